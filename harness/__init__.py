@@ -1,0 +1,1 @@
+"""lvsm-bench harness: data, metrics, profiling, training, evaluation, records, tables, plots."""

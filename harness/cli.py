@@ -1,0 +1,46 @@
+"""One entry point: `python -m harness <command>`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .experiment import ExperimentError
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .model_table import model_table
+    from .tables import markdown
+    print(markdown(model_table(), floatfmt=",.0f"))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .experiment import run_experiment
+    run_experiment(args.experiment, args.set, **({"preset": args.preset} if args.preset else {}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness", description="lvsm-bench: LVSM-family benchmark harness")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("models", help="the registered variants and their parameter counts per preset")
+    p.set_defaults(func=_models)
+    p = sub.add_parser("run", help="run an experiment YAML (resumes from its records)")
+    p.add_argument("experiment", help="path to experiments/<name>.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the YAML")
+    p.add_argument("--preset", default=None, help="model preset (default: the experiment's, or one that suits the device)")
+    p.set_defaults(func=_run)
+    p = sub.add_parser("bench", help="the main job (for now: the model table)")
+    p.add_argument("--preset", default=None)
+    p.set_defaults(func=_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ExperimentError, FileNotFoundError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""Imports every module that registers an experiment kind (see `experiment.register_kind`)."""

@@ -1,0 +1,68 @@
+"""What every variant shares: the call contract, its input checks and the bookkeeping around it."""
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import ModelConfig
+
+
+def _expect_shape(tensor: torch.Tensor, name: str, expected: tuple) -> None:
+    """`expected` holds ints, or None for a free dimension; the message spells it out."""
+    shape = tuple(tensor.shape)
+    ok = len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
+    if not ok:
+        spelled = ", ".join("*" if e is None else str(e) for e in expected)
+        raise ValueError(f"{name}: expected shape [{spelled}], got {list(shape)}")
+
+
+class NVSModel(nn.Module):
+    """Base class of the LVSM family.
+
+    Call contract: `model(input_images [b,n,3,h,w] in [0,1], input_c2w [b,n,4,4] OpenCV,
+    input_fxfycxcy [b,n,4] pixels, target_c2w [b,m,4,4], target_fxfycxcy [b,m,4]) -> [b,m,3,h,w]`.
+    """
+
+    name: ClassVar[str] = ""
+    # (regex, replacement) pairs mapping the official state-dict keys onto ours, applied in order.
+    official_key_map: ClassVar[list[tuple[str, str]]] = []
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.gradient_checkpointing = False
+        # How many input views (per batch element) have gone through the input encoder; lets tests
+        # verify that incremental inference never re-encodes a view.
+        self.input_views_encoded = 0
+
+    def check_views(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy) -> tuple[int, int, int, int, int]:
+        if input_images.dim() != 5 or input_images.shape[2] != 3:
+            raise ValueError(f"input_images: expected shape [b, n, 3, h, w], got {list(input_images.shape)}")
+        b, n, _, h, w = input_images.shape
+        p = self.config.patch_size
+        if h % p or w % p:
+            raise ValueError(f"input_images: height and width must be divisible by the patch size {p}, got {h}x{w}")
+        _expect_shape(input_c2w, "input_c2w", (b, n, 4, 4))
+        _expect_shape(input_fxfycxcy, "input_fxfycxcy", (b, n, 4))
+        if target_c2w.dim() != 4:
+            raise ValueError(f"target_c2w: expected shape [{b}, m, 4, 4], got {list(target_c2w.shape)}")
+        m = target_c2w.shape[1]
+        _expect_shape(target_c2w, "target_c2w", (b, m, 4, 4))
+        _expect_shape(target_fxfycxcy, "target_fxfycxcy", (b, m, 4))
+        return b, n, m, h, w
+
+    def run_block(self, block: Callable, *args):
+        """Run one block, through activation checkpointing when training with it enabled."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def view_tokens(self, image_size: int | None) -> int:
+        size = image_size or self.config.image_size
+        return (size // self.config.patch_size) ** 2
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

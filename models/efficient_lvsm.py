@@ -1,0 +1,162 @@
+"""Efficient-LVSM: a dual-stream model. Input views attend only to themselves; each target view
+runs self-attention, then cross-attention to all input views' states at the same depth
+(layer-wise co-refinement), then an MLP (Jia et al., ICLR 2026)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import flops as F
+from .base import NVSModel
+from .config import ModelConfig
+from .layers import SelfAttentionBlock, SelfCrossBlock, init_depth_scaled, init_weights
+from .registry import register
+from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer, input_view_features, target_view_features
+
+KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [b, heads, n*P, head_dim]
+
+
+@register("efficient_lvsm")
+class EfficientLVSM(NVSModel):
+    official_key_map = [
+        (r"^rgbp_tokenizer\.1\.", "input_tokenizer.proj."),
+        (r"^target_pose_tokenizer\.1\.", "target_tokenizer.proj."),
+        (r"^image_token_decoder\.1\.", "head.proj."),
+        (r"^input_self_attn_blocks\.", "input_blocks."),
+        (r"^self_cross_blocks\.", "target_blocks."),
+        (r"\.to_qkv\.weight$", ".qkv.weight"),
+        (r"\.to_q\.weight$", ".q.weight"),
+        (r"\.to_kv\.weight$", ".kv.weight"),
+        (r"\.fc\.weight$", ".proj.weight"),
+        (r"\.mlp\.mlp\.0\.weight$", ".mlp.fc_in.weight"),
+        (r"\.mlp\.mlp\.2\.weight$", ".mlp.fc_out.weight"),
+    ]
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        c = config
+        self.input_tokenizer = Tokenizer(INPUT_CHANNELS, c.patch_size, c.dim)
+        self.target_tokenizer = Tokenizer(TARGET_CHANNELS, c.patch_size, c.dim)
+        self.input_blocks = nn.ModuleList(
+            SelfAttentionBlock(c.dim, c.head_dim, c.mlp_ratio, c.qk_norm, norm_affine=False) for _ in range(c.stream_depth)
+        )
+        self.target_blocks = nn.ModuleList(
+            SelfCrossBlock(c.dim, c.head_dim, c.mlp_ratio, c.qk_norm, norm_affine=False) for _ in range(c.stream_depth)
+        )
+        self.head = RenderHead(c.dim, c.patch_size, norm_affine=False)
+        # The official init leaves the input stream at PyTorch's default Linear init.
+        for module in (self.input_tokenizer, self.target_tokenizer, self.target_blocks, self.head):
+            init_weights(module)
+        if c.depth_init:
+            init_depth_scaled(self.target_blocks)
+
+    def _tokens(self, input_images, input_c2w, input_fxfycxcy) -> torch.Tensor:
+        return self.input_tokenizer(input_view_features(input_images, input_c2w, input_fxfycxcy))
+
+    def _target_tokens(self, target_c2w, target_fxfycxcy, height: int, width: int) -> torch.Tensor:
+        return self.target_tokenizer(target_view_features(target_c2w, target_fxfycxcy, height, width))
+
+    def forward(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy):
+        b, n, m, h, w = self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
+        self.input_views_encoded += n
+        inputs = self._tokens(input_images, input_c2w, input_fxfycxcy)  # [b*n, P, d]
+        targets = self._target_tokens(target_c2w, target_fxfycxcy, h, w)  # [b*m, P, d]
+        # Interleave the two streams layer by layer so that only one layer's input states are alive.
+        for input_block, target_block in zip(self.input_blocks, self.target_blocks):
+            inputs = self.run_block(input_block, inputs)
+            keys, values = target_block.context_keys_values(inputs.reshape(b, -1, inputs.shape[-1]))
+            targets = self.run_block(target_block, targets, keys, values, m)
+        return self.head(targets, h, w).reshape(b, m, RGB_CHANNELS, h, w)
+
+    # --- incremental inference -------------------------------------------------------------
+    def encode_views(self, images, c2w, fxfycxcy) -> KeysValues:
+        """Run new input views [b, k, ...] through the input stream once; return, per layer, the
+        cross-attention keys and values that a KV cache stores."""
+        b, k = images.shape[:2]
+        self.input_views_encoded += k
+        tokens = self._tokens(images, c2w, fxfycxcy)
+        cache = []
+        for input_block, target_block in zip(self.input_blocks, self.target_blocks):
+            tokens = input_block(tokens)
+            cache.append(target_block.context_keys_values(tokens.reshape(b, -1, tokens.shape[-1])))
+        return cache
+
+    def render_from_cache(self, cache: KeysValues, target_c2w, target_fxfycxcy, height: int, width: int) -> torch.Tensor:
+        b, m = target_c2w.shape[:2]
+        targets = self._target_tokens(target_c2w, target_fxfycxcy, height, width)
+        for (keys, values), target_block in zip(cache, self.target_blocks):
+            targets = target_block(targets, keys, values, m)
+        return self.head(targets, height, width).reshape(b, m, RGB_CHANNELS, height, width)
+
+    def incremental(self, target_c2w: torch.Tensor, target_fxfycxcy: torch.Tensor, height: int, width: int) -> "IncrementalRenderer":
+        return IncrementalRenderer(self, target_c2w, target_fxfycxcy, height, width)
+
+    # --- cost ------------------------------------------------------------------------------
+    def input_stream_flops(self, n_input: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
+        """Tokenizing and encoding n input views, including their cross-attention K/V projections."""
+        c, p = self.config, self.view_tokens(image_size)
+        tokens = batch * n_input * p
+        return (F.linear(tokens, INPUT_CHANNELS * c.patch_size ** 2, c.dim)
+                + (F.self_attention_block(batch * n_input, p, c.dim, c.mlp_ratio)
+                   + F.linear(tokens, c.dim, 2 * c.dim)).scaled(c.stream_depth))
+
+    def target_stream_flops(self, n_input: int, n_target: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
+        """Rendering n_target views against the K/V of n_input views."""
+        c, p = self.config, self.view_tokens(image_size)
+        views = batch * n_target
+        tokens = views * p
+        per_layer = (F.self_attention_block(views, p, c.dim, c.mlp_ratio)
+                     + F.linear(tokens, c.dim, c.dim) + F.linear(tokens, c.dim, c.dim)
+                     + F.attention(p, n_input * p, c.dim).scaled(views))
+        return (F.linear(tokens, TARGET_CHANNELS * c.patch_size ** 2, c.dim) + per_layer.scaled(c.stream_depth)
+                + F.linear(tokens, c.dim, RGB_CHANNELS * c.patch_size ** 2))
+
+    def analytic_flops(self, n_input: int, n_target: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
+        return (self.input_stream_flops(n_input, batch, image_size)
+                + self.target_stream_flops(n_input, n_target, batch, image_size))
+
+
+class IncrementalRenderer:
+    """Start from the target cameras, add input views one or several at a time, render after each.
+
+    Each added view goes through the input stream exactly once; the cache holds, per layer, the
+    cross-attention keys and values of every view added so far. Exact, since input views never
+    attend to each other.
+    """
+
+    def __init__(self, model: EfficientLVSM, target_c2w: torch.Tensor, target_fxfycxcy: torch.Tensor, height: int, width: int):
+        p = model.config.patch_size
+        if height % p or width % p:
+            raise ValueError(f"incremental: height and width must be divisible by the patch size {p}, got {height}x{width}")
+        if target_c2w.dim() != 4 or target_c2w.shape[-2:] != (4, 4):
+            raise ValueError(f"target_c2w: expected shape [b, m, 4, 4], got {list(target_c2w.shape)}")
+        if tuple(target_fxfycxcy.shape) != (*target_c2w.shape[:2], 4):
+            raise ValueError(f"target_fxfycxcy: expected shape [{target_c2w.shape[0]}, {target_c2w.shape[1]}, 4], "
+                             f"got {list(target_fxfycxcy.shape)}")
+        self.model = model
+        self.target_c2w, self.target_fxfycxcy = target_c2w, target_fxfycxcy
+        self.height, self.width = height, width
+        self.cache: KeysValues = []
+        self.num_views = 0
+
+    def add_views(self, images: torch.Tensor, c2w: torch.Tensor, fxfycxcy: torch.Tensor) -> "IncrementalRenderer":
+        b = self.target_c2w.shape[0]
+        if images.dim() != 5 or images.shape[0] != b or tuple(images.shape[2:]) != (3, self.height, self.width):
+            raise ValueError(f"images: expected shape [{b}, k, 3, {self.height}, {self.width}], got {list(images.shape)}")
+        k = images.shape[1]
+        if tuple(c2w.shape) != (b, k, 4, 4):
+            raise ValueError(f"c2w: expected shape [{b}, {k}, 4, 4], got {list(c2w.shape)}")
+        if tuple(fxfycxcy.shape) != (b, k, 4):
+            raise ValueError(f"fxfycxcy: expected shape [{b}, {k}, 4], got {list(fxfycxcy.shape)}")
+        new = self.model.encode_views(images, c2w, fxfycxcy)
+        if self.cache:
+            self.cache = [(torch.cat([k0, k1], dim=2), torch.cat([v0, v1], dim=2)) for (k0, v0), (k1, v1) in zip(self.cache, new)]
+        else:
+            self.cache = new
+        self.num_views += k
+        return self
+
+    def render(self) -> torch.Tensor:
+        if not self.cache:
+            raise RuntimeError("incremental: add at least one input view before rendering")
+        return self.model.render_from_cache(self.cache, self.target_c2w, self.target_fxfycxcy, self.height, self.width)

@@ -1,0 +1,83 @@
+"""LVSM decoder-only: every target view is rendered in its own sequence [all input tokens ; target
+tokens] under full self-attention (Jin et al., ICLR 2025)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import flops as F
+from .base import NVSModel
+from .config import ModelConfig
+from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
+from .registry import register
+from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer, input_view_features, target_view_features
+
+# Official LVSM key renames that every LVSM block shares.
+LVSM_BLOCK_KEYS = [
+    (r"\.norm1\.weight$", ".attn_norm.weight"),
+    (r"\.norm2\.weight$", ".mlp_norm.weight"),
+    (r"\.attn\.to_qkv\.weight$", ".attn.qkv.weight"),
+    (r"\.attn\.fc\.weight$", ".attn.proj.weight"),
+    (r"\.mlp\.mlp\.0\.weight$", ".mlp.fc_in.weight"),
+    (r"\.mlp\.mlp\.2\.weight$", ".mlp.fc_out.weight"),
+]
+LVSM_TOKEN_KEYS = [
+    (r"^image_tokenizer\.1\.", "input_tokenizer.proj."),
+    (r"^target_pose_tokenizer\.1\.", "target_tokenizer.proj."),
+    (r"^image_token_decoder\.0\.", "head.norm."),
+    (r"^image_token_decoder\.1\.", "head.proj."),
+]
+
+
+@register("lvsm_decoder_only")
+class LVSMDecoderOnly(NVSModel):
+    official_key_map = LVSM_TOKEN_KEYS + [
+        (r"^transformer_input_layernorm\.", "input_norm."),
+        (r"^transformer_blocks\.", "blocks."),
+    ] + LVSM_BLOCK_KEYS
+
+    def __init__(self, config: ModelConfig, target_chunk: int | None = None):
+        super().__init__(config)
+        c = config
+        self.input_tokenizer = Tokenizer(INPUT_CHANNELS, c.patch_size, c.dim)
+        self.target_tokenizer = Tokenizer(TARGET_CHANNELS, c.patch_size, c.dim)
+        self.input_norm = layer_norm(c.dim, affine=True)
+        self.blocks = nn.ModuleList(
+            SelfAttentionBlock(c.dim, c.head_dim, c.mlp_ratio, c.qk_norm, norm_affine=True) for _ in range(c.depth)
+        )
+        self.head = RenderHead(c.dim, c.patch_size, norm_affine=True)
+        # Rendering M targets builds M sequences at once; a chunk size bounds memory, same result.
+        self.target_chunk = target_chunk
+        init_weights(self)
+        if c.depth_init:
+            init_depth_scaled(self.blocks)
+
+    def forward(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy, target_chunk: int | None = None):
+        b, n, m, h, w = self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
+        self.input_views_encoded += n
+        d = self.config.dim
+        inputs = self.input_tokenizer(input_view_features(input_images, input_c2w, input_fxfycxcy)).reshape(b, -1, d)
+        targets = self.target_tokenizer(target_view_features(target_c2w, target_fxfycxcy, h, w))
+        p = targets.shape[1]
+        targets = targets.reshape(b, m, p, d)
+        chunk = target_chunk or self.target_chunk or m
+        renders = []
+        for start in range(0, m, chunk):
+            part = targets[:, start:start + chunk]
+            views = part.shape[1]
+            # Sequences are ordered (batch, target view), as in the official model.
+            seq = torch.cat([inputs.unsqueeze(1).expand(b, views, -1, d), part], dim=2).reshape(b * views, -1, d)
+            seq = self.input_norm(seq)
+            for block in self.blocks:
+                seq = self.run_block(block, seq)
+            renders.append(self.head(seq[:, -p:], h, w).reshape(b, views, RGB_CHANNELS, h, w))
+        return torch.cat(renders, dim=1)
+
+    def analytic_flops(self, n_input: int, n_target: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
+        c, p = self.config, self.view_tokens(image_size)
+        pp = c.patch_size ** 2
+        sequences = batch * n_target
+        return (F.linear(batch * n_input * p, INPUT_CHANNELS * pp, c.dim)
+                + F.linear(sequences * p, TARGET_CHANNELS * pp, c.dim)
+                + F.self_attention_block(sequences, (n_input + 1) * p, c.dim, c.mlp_ratio).scaled(c.depth)
+                + F.linear(sequences * p, c.dim, RGB_CHANNELS * pp))

@@ -1,0 +1,85 @@
+"""LVSM encoder-decoder: input views are compressed into learned latent tokens by an encoder; a
+decoder reads them once per target view (Jin et al., ICLR 2025)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import flops as F
+from .base import NVSModel
+from .config import ModelConfig
+from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
+from .lvsm_decoder_only import LVSM_BLOCK_KEYS, LVSM_TOKEN_KEYS
+from .registry import register
+from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer, input_view_features, target_view_features
+
+
+@register("lvsm_encoder_decoder")
+class LVSMEncoderDecoder(NVSModel):
+    official_key_map = LVSM_TOKEN_KEYS + [
+        (r"^n_light_field_latent$", "latents"),
+        (r"^transformer_input_layernorm_decoder\.", "decoder_input_norm."),
+        (r"^transformer_encoder\.", "encoder."),
+        (r"^transformer_decoder\.", "decoder."),
+    ] + LVSM_BLOCK_KEYS
+
+    def __init__(self, config: ModelConfig, target_chunk: int | None = None):
+        super().__init__(config)
+        c = config
+        self.input_tokenizer = Tokenizer(INPUT_CHANNELS, c.patch_size, c.dim)
+        self.target_tokenizer = Tokenizer(TARGET_CHANNELS, c.patch_size, c.dim)
+        self.latents = nn.Parameter(torch.randn(c.n_latents, c.dim) * 0.02)
+        self.encoder = nn.ModuleList(
+            SelfAttentionBlock(c.dim, c.head_dim, c.mlp_ratio, c.qk_norm, norm_affine=True) for _ in range(c.encoder_depth)
+        )
+        self.decoder_input_norm = layer_norm(c.dim, affine=True)
+        self.decoder = nn.ModuleList(
+            SelfAttentionBlock(c.dim, c.head_dim, c.mlp_ratio, c.qk_norm, norm_affine=True) for _ in range(c.decoder_depth)
+        )
+        self.head = RenderHead(c.dim, c.patch_size, norm_affine=True)
+        self.target_chunk = target_chunk
+        init_weights(self)
+        if c.depth_init:
+            init_depth_scaled(self.encoder)
+            init_depth_scaled(self.decoder)
+
+    def encode(self, input_images, input_c2w, input_fxfycxcy) -> torch.Tensor:
+        """The scene as latent tokens [b, n_latents, dim]; no LayerNorm in front of the encoder."""
+        b, n = input_images.shape[:2]
+        self.input_views_encoded += n
+        d, n_latents = self.config.dim, self.config.n_latents
+        inputs = self.input_tokenizer(input_view_features(input_images, input_c2w, input_fxfycxcy)).reshape(b, -1, d)
+        seq = torch.cat([self.latents.unsqueeze(0).expand(b, -1, -1).to(inputs.dtype), inputs], dim=1)
+        for block in self.encoder:
+            seq = self.run_block(block, seq)
+        return seq[:, :n_latents]
+
+    def forward(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy, target_chunk: int | None = None):
+        b, n, m, h, w = self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
+        latents = self.encode(input_images, input_c2w, input_fxfycxcy)
+        d = self.config.dim
+        targets = self.target_tokenizer(target_view_features(target_c2w, target_fxfycxcy, h, w))
+        p = targets.shape[1]
+        targets = targets.reshape(b, m, p, d)
+        chunk = target_chunk or self.target_chunk or m
+        renders = []
+        for start in range(0, m, chunk):
+            part = targets[:, start:start + chunk]
+            views = part.shape[1]
+            # Decoder sequences put the target tokens FIRST, then the latents.
+            seq = torch.cat([part, latents.unsqueeze(1).expand(b, views, -1, d)], dim=2).reshape(b * views, -1, d)
+            seq = self.decoder_input_norm(seq)
+            for block in self.decoder:
+                seq = self.run_block(block, seq)
+            renders.append(self.head(seq[:, :p], h, w).reshape(b, views, RGB_CHANNELS, h, w))
+        return torch.cat(renders, dim=1)
+
+    def analytic_flops(self, n_input: int, n_target: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
+        c, p = self.config, self.view_tokens(image_size)
+        pp = c.patch_size ** 2
+        sequences = batch * n_target
+        return (F.linear(batch * n_input * p, INPUT_CHANNELS * pp, c.dim)
+                + F.self_attention_block(batch, c.n_latents + n_input * p, c.dim, c.mlp_ratio).scaled(c.encoder_depth)
+                + F.linear(sequences * p, TARGET_CHANNELS * pp, c.dim)
+                + F.self_attention_block(sequences, p + c.n_latents, c.dim, c.mlp_ratio).scaled(c.decoder_depth)
+                + F.linear(sequences * p, c.dim, RGB_CHANNELS * pp))

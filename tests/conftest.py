@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+VARIANTS = ["lvsm_decoder_only", "lvsm_encoder_decoder", "efficient_lvsm"]
+
+
+def load_fixture(name: str) -> dict:
+    return torch.load(FIXTURES / f"{name}_tiny.pt", weights_only=True)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
+
+
+def random_views(b: int, n: int, m: int, size: int = 32, seed: int = 0):
+    """Images in [0,1] and plausible cameras (small rotations, pixel intrinsics)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(b, n, 3, size, size, generator=g)
+
+    def cameras(v):
+        axis_angle = 0.15 * torch.randn(b, v, 3, generator=g)
+        c2w = torch.eye(4).repeat(b, v, 1, 1)
+        c2w[..., :3, :3] = torch.linalg.matrix_exp(torch.cross(
+            axis_angle[..., None, :].expand(b, v, 3, 3), torch.eye(3).expand(b, v, 3, 3), dim=-1))
+        c2w[..., :3, 3] = 0.5 * torch.randn(b, v, 3, generator=g)
+        k = torch.tensor([0.9 * size, 0.9 * size, size / 2, size / 2]).repeat(b, v, 1)
+        return c2w, k
+
+    ic, ik = cameras(n)
+    tc, tk = cameras(m)
+    return images, ic, ik, tc, tk
