@@ -10,7 +10,7 @@ from .experiment import ExperimentError
 def _models(args: argparse.Namespace) -> int:
     from .model_table import model_table
     from .tables import markdown
-    print(markdown(model_table(), floatfmt=",.0f"))
+    print(markdown(model_table(), intfmt=","))
     return 0
 
 

@@ -10,8 +10,8 @@ from tabulate import tabulate
 from .records import write_atomic
 
 
-def markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    return tabulate(df, headers="keys", tablefmt="pipe", showindex=False, floatfmt=floatfmt, missingval="n/a")
+def markdown(df: pd.DataFrame, floatfmt: str = ".4g", intfmt: str = "") -> str:
+    return tabulate(df, headers="keys", tablefmt="pipe", showindex=False, floatfmt=floatfmt, intfmt=intfmt, missingval="n/a")
 
 
 def write_tables(df: pd.DataFrame, out_dir: str | Path, stem: str, title: str, notes: Iterable[str] = (),
