@@ -123,18 +123,20 @@ class World:
         return color.clamp(0, 1), t_hit
 
     @torch.no_grad()
-    def render(self, c2w: torch.Tensor, fxfycxcy: torch.Tensor, size: int, supersample: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images [v,3,size,size] and distance along each ray [v,size,size] (inf on background) for OpenCV
-        cameras c2w [v,4,4] with pixel intrinsics of a size x size image. Rays come from the models' own
+    def render(self, c2w: torch.Tensor, fxfycxcy: torch.Tensor, size: int | tuple[int, int],
+               supersample: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [v,3,H,W] and distance along each ray [v,H,W] (inf on background) for OpenCV cameras
+        c2w [v,4,4] with pixel intrinsics; `size` is S (square) or (H, W). Rays come from the models' own
         `pixel_rays`, so images and cameras agree exactly as the models read them. With supersampling
         the returned distance is the nearest one within each pixel's footprint."""
         s = supersample
-        o, d = pixel_rays(c2w.to(torch.float32), fxfycxcy.to(torch.float32) * s, size * s, size * s)
+        h, w = (size, size) if isinstance(size, int) else size
+        o, d = pixel_rays(c2w.to(torch.float32), fxfycxcy.to(torch.float32) * s, h * s, w * s)
         v = c2w.shape[0]
         o, d = o.permute(0, 2, 3, 1).reshape(-1, 3), d.permute(0, 2, 3, 1).reshape(-1, 3)
         color, depth = self.cast(o, d)
-        color = color.reshape(v, size * s, size * s, 3).permute(0, 3, 1, 2)
-        depth = depth.reshape(v, size * s, size * s)
+        color = color.reshape(v, h * s, w * s, 3).permute(0, 3, 1, 2)
+        depth = depth.reshape(v, h * s, w * s)
         if s > 1:
             color = F.avg_pool2d(color, s)
             depth = -F.max_pool2d(-depth[:, None], s)[:, 0]

@@ -115,7 +115,7 @@ class SyntheticObjects(_Synthetic):
     family_id = 1
 
     def __init__(self, count: int = 64, seed: int = 0, image_size: int = 64, views: int = 32,
-                 supersample: int = 1, fov_degrees: float = 40.0, radius: float = 3.2):
+                 supersample: int = 1, fov_degrees: float = 40.0, radius: float = 2.7):
         super().__init__(count, seed, image_size, supersample, fov_degrees)
         self.n_views, self.radius = views, radius
 
@@ -191,8 +191,15 @@ class SyntheticScenes(_Synthetic):
         def spot(x: float, y: tuple[float, float], z: tuple[float, float]) -> np.ndarray:
             return np.array([rng.uniform(-x, x), rng.uniform(*y), rng.uniform(*z)])
 
-        start, end = (spot(0.6 * half[0], (1.0, 1.8), (0.4 * half[2], 0.85 * half[2])) for _ in range(2))
-        look_a, look_b = (spot(0.7 * half[0], (0.3, 1.5), (-half[2], -0.3 * half[2])) for _ in range(2))
+        # The camera region (front half) and the looked-at region (back half, where the solids stand).
+        low, high = np.array([-0.6 * half[0], 1.0, 0.4 * half[2]]), np.array([0.6 * half[0], 1.8, 0.85 * half[2]])
+        start = spot(0.6 * half[0], (1.0, 1.8), (0.4 * half[2], 0.85 * half[2]))
+        heading = rng.uniform(0, 2 * math.pi)
+        move = rng.uniform(1.8, 3.0) * np.array([math.cos(heading), rng.uniform(-0.15, 0.15), math.sin(heading)])
+        end = np.clip(start + move, low, high)
+        look_a = spot(0.7 * half[0], (0.3, 1.5), (-half[2], -0.3 * half[2]))
+        look_b = np.clip(look_a + np.array([rng.choice([-1, 1]) * rng.uniform(1.5, 3.5), rng.uniform(-0.5, 0.5), 0]),
+                         [-0.9 * half[0], 0.2, -half[2]], [0.9 * half[0], 1.8, -0.3 * half[2]])
         wobble_freq, wobble_phase = rng.uniform(0.5, 1.5, 3), rng.uniform(0, 2 * math.pi, 3)
         s = np.asarray(indices, dtype=np.float64)[:, None] / max(1, self.frames - 1)
         eye = start + (end - start) * s + 0.08 * np.sin(2 * math.pi * wobble_freq * s + wobble_phase)
