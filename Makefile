@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PRESET ?=
 preset_flag = $(if $(PRESET),--preset $(PRESET),)
 
-.PHONY: bench test models
+.PHONY: bench test models eval table-re10k
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,3 +22,14 @@ test: $(STAMP)  ## the test suite
 
 models: $(STAMP)  ## parameter counts of every variant at every preset
 	$(PY) -m harness models
+
+CHECKPOINT ?=
+RE10K_DIR ?=
+RE10K_INDEX ?= $(if $(RE10K_DIR),$(RE10K_DIR)/evaluation_index_re10k.json,)
+CHECKPOINTS ?=
+SCENES ?=
+eval: $(STAMP)  ## PSNR/SSIM/LPIPS on the synthetic evaluation split -> results/eval/ (CHECKPOINT=path; none: random-init models)
+	$(PY) -m harness evaluate experiments/eval_synthetic.yaml $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(preset_flag)
+
+table-re10k: $(STAMP)  ## RealEstate10K table beside the published one (RE10K_DIR=, optional CHECKPOINTS='model=path ...', SCENES=N)
+	RE10K_DIR="$(RE10K_DIR)" RE10K_INDEX="$(RE10K_INDEX)" $(PY) -m harness evaluate experiments/table_re10k.yaml $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(if $(SCENES),--set data.max_scenes=$(SCENES)) $(preset_flag)

@@ -20,6 +20,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import main_from_cli
+    return main_from_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description="lvsm-bench: LVSM-family benchmark harness")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -30,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the YAML")
     p.add_argument("--preset", default=None, help="model preset (default: the experiment's, or one that suits the device)")
     p.set_defaults(func=_run)
+    p = sub.add_parser("evaluate", help="PSNR/SSIM/LPIPS of models or checkpoints on an evaluation index (resumes)")
+    p.add_argument("experiment", nargs="?", default="experiments/eval_synthetic.yaml", help="an experiment of kind evaluate")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="[MODEL=]PATH",
+                   help="evaluate this checkpoint instead of the experiment's models (official ones need MODEL=)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the YAML")
+    p.add_argument("--preset", default=None, help="preset of the models evaluated without a checkpoint")
+    p.set_defaults(func=_evaluate)
     p = sub.add_parser("bench", help="the main job (for now: the model table)")
     p.add_argument("--preset", default=None)
     p.set_defaults(func=_models)

@@ -50,16 +50,19 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- LPIPS
 
-def _torchvision_weights(net: str):
-    import torchvision.models as tvm
-    return {"vgg": tvm.VGG16_Weights.IMAGENET1K_V1, "alex": tvm.AlexNet_Weights.IMAGENET1K_V1}[net]
+# The torchvision weights `lpips` asks for (VGG16_Weights / AlexNet_Weights .IMAGENET1K_V1); spelled out
+# so that finding out LPIPS is unavailable does not import torchvision (seconds). A test checks them.
+BACKBONE_URLS = {
+    "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth",
+    "alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+}
 
 
 def backbone_filename(net: str) -> str:
     """The file torchvision would download for `lpips.LPIPS(net=net)` (e.g. `vgg16-397923af.pth`)."""
     if net not in LPIPS_NETS:
         raise ValueError(f"lpips net: unknown value {net!r}; allowed: {list(LPIPS_NETS)}")
-    return Path(_torchvision_weights(net).url).name
+    return Path(BACKBONE_URLS[net]).name
 
 
 def backbone_cache_path(net: str) -> Path:
@@ -68,7 +71,7 @@ def backbone_cache_path(net: str) -> Path:
 
 
 def missing_backbone_message(net: str, path: Path) -> str:
-    url = _torchvision_weights(net).url
+    url = BACKBONE_URLS[net]
     return (f"LPIPS ({net}) reported as n/a: backbone weights {path.name} not found at {path}. "
             f"Download {url} and put it at {backbone_cache_path(net)} (set TORCH_HOME to choose the cache) "
             f"or pass its path as the LPIPS backbone option.")
@@ -143,7 +146,7 @@ class LPIPSMetric:
             self.message = missing_backbone_message(self.net, path)
             if self.message not in _WARNED:
                 _WARNED.add(self.message)
-                warnings.warn(self.message, LPIPSUnavailableWarning, stacklevel=2)
+                warnings.warn(self.message, LPIPSUnavailableWarning, stacklevel=3)
         if model is not None:
             self._model = model.to(self.device).eval().requires_grad_(False)
             self.available = True

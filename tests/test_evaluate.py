@@ -1,0 +1,180 @@
+"""Checkpoints (ours and official) and the evaluation runner end to end on tiny models and a few
+synthetic scenes: tables, resume after an interruption, failures recorded, missing data explained."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import load_fixture, random_views
+from harness import evaluate
+from harness.checkpoint import load_checkpoint, save_checkpoint
+from harness.cli import main
+from harness.experiment import ExperimentError, load_experiment
+from harness.records import RecordStore
+from models import build_model
+
+SCENES = 4
+pytestmark = pytest.mark.filterwarnings("ignore::harness.metrics.LPIPSUnavailableWarning")  # expected: no backbone here
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch, tmp_path):
+    # Fixed resume keys whatever the checkout's state, and no LPIPS backbone (the CI case).
+    monkeypatch.setenv("LVSM_BENCH_CODE_VERSION", "test")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+
+def _experiment_file(tmp_path: Path, **changes) -> Path:
+    spec = {
+        "kind": "evaluate", "name": "eval_test", "output_dir": str(tmp_path / "out"),
+        "models": [{"name": "lvsm_decoder_only", "preset": "tiny"}, {"name": "efficient_lvsm", "preset": "tiny"}],
+        "data": {"source": "synthetic_scene", "options": {"count": SCENES, "seed": 0, "image_size": 32},
+                 "n_input": 2, "n_target": 2},
+        "grid_scenes": 2,
+    }
+    spec.update(changes)
+    path = tmp_path / "eval_test.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _run(path: Path, **options):
+    return evaluate.run_evaluation(load_experiment(path), progress=False, **options)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = build_model("lvsm_encoder_decoder", "tiny").eval()
+    path = save_checkpoint(tmp_path / "ckpt" / "model.pt", model, step=123, preset="tiny", extra={"note": "x"})
+    loaded, meta = load_checkpoint(path)
+    assert (meta.model, meta.step, meta.preset, meta.source, meta.extra) == ("lvsm_encoder_decoder", 123, "tiny", "ours", {"note": "x"})
+    assert loaded.config == model.config and meta.weights_label == "checkpoint step 123"
+    views = random_views(1, 2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*views), model(*views), rtol=0, atol=0)
+    assert list(path.parent.iterdir()) == [path]  # atomic save leaves no temporary file behind
+    with pytest.raises(ValueError, match="holds model 'lvsm_encoder_decoder'"):
+        load_checkpoint(path, model_name="efficient_lvsm")
+
+
+def test_official_checkpoint_needs_and_uses_model_name(tmp_path):
+    fixture = load_fixture("efficient_lvsm")
+    path = tmp_path / "official.pt"
+    torch.save({"model": fixture["state_dict"], "step": 9}, path)
+    with pytest.raises(ValueError, match="give the model name"):
+        load_checkpoint(path)
+    model, meta = load_checkpoint(path, model_name="efficient_lvsm")
+    assert meta.source == "official" and meta.step == 9 and meta.weights_label == "official"
+    with torch.no_grad():
+        render = model(fixture["input_image"], fixture["input_c2w"], fixture["input_fxfycxcy"],
+                       fixture["target_c2w"], fixture["target_fxfycxcy"])
+    assert (render - fixture["render"]).abs().max().item() <= 1e-5
+
+
+def test_end_to_end_tables_grid_and_random_init_label(tmp_path):
+    result = _run(_experiment_file(tmp_path))
+    out = tmp_path / "out"
+    summary = pd.read_csv(out / "summary.csv", keep_default_na=False)  # keep the literal n/a
+    assert {"model", "psnr", "ssim", "lpips", "scenes", "weights", "source"} <= set(summary.columns)
+    assert list(summary["model"]) == ["lvsm_decoder_only", "efficient_lvsm"]
+    assert set(summary["weights"]) == {"random-init"} and set(summary["scenes"]) == {SCENES}
+    assert set(summary["lpips"]) == {"n/a"}
+    assert all(summary["psnr"].between(3, 40)) and all(summary["source"].str.startswith("measured: cpu"))
+    for name in ("summary.md", "summary.tex", "per_scene.csv", "grid.png", "records.jsonl"):
+        assert (out / name).stat().st_size > 0
+    md = (out / "summary.md").read_text()
+    assert "random-init" in md and "vgg16-397923af.pth" in md  # LPIPS n/a is explained in the table
+    rows = RecordStore(out / "records.jsonl").rows()
+    assert sum(r["row"] == "view" for r in rows) == 2 * SCENES * 2
+    # The summary is the mean over scenes of the recorded per-scene means.
+    per_scene = result.per_scene[result.per_scene["model"] == "efficient_lvsm"]
+    assert summary.loc[1, "psnr"] == pytest.approx(per_scene["psnr"].mean(), rel=1e-9)
+
+
+def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
+    path = _experiment_file(tmp_path)
+    real_render = evaluate._render
+    calls = {"n": 0}
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:  # model 1 has evaluated 2 scenes when the user presses Ctrl-C
+            raise KeyboardInterrupt
+        return real_render(*args)
+
+    monkeypatch.setattr(evaluate, "_render", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(path)
+    assert sum(r["row"] == "scene" for r in RecordStore(tmp_path / "out" / "records.jsonl").rows()) == 2
+
+    rendered: list[list[str]] = []
+
+    def counting(model, batch, *args):
+        rendered.append(list(batch["scene"]))
+        return real_render(model, batch, *args)
+
+    monkeypatch.setattr(evaluate, "_render", counting)
+    result = _run(path)
+    assert result.computed == 2 * SCENES - 2
+    evaluated = [s for group in rendered for s in group]
+    grid = 2 * 2  # two grid scenes rendered once per model for the PNG
+    assert len(evaluated) == 2 * SCENES - 2 + grid
+    assert set(result.summary["scenes"]) == {SCENES}
+
+    rendered.clear()
+    again = _run(path)
+    assert again.computed == 0 and len(rendered) == grid
+    pd.testing.assert_frame_equal(again.summary, result.summary)
+
+
+def test_a_failing_scene_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    path = _experiment_file(tmp_path, models=[{"name": "lvsm_encoder_decoder", "preset": "tiny"}])
+    real_render = evaluate._render
+    first = evaluate.resolve_data(load_experiment(path).data).index
+    bad_scene = list(first)[1]
+
+    def flaky(model, batch, *args):
+        if bad_scene in batch["scene"]:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_render(model, batch, *args)
+
+    monkeypatch.setattr(evaluate, "_render", flaky)
+    result = _run(path)
+    assert result.failed == 1 and int(result.summary.loc[0, "failed"]) == 1 and int(result.summary.loc[0, "scenes"]) == SCENES - 1
+    errors = [r for r in RecordStore(tmp_path / "out" / "records.jsonl").rows() if r.get("status") == "error"]
+    assert len(errors) == 1 and "simulated" in errors[0]["error"] and errors[0]["scene"] == bad_scene
+    monkeypatch.setattr(evaluate, "_render", real_render)
+    retried = _run(path)
+    assert retried.computed == 1 and int(retried.summary.loc[0, "scenes"]) == SCENES and int(retried.summary.loc[0, "failed"]) == 0
+
+
+def test_cli_evaluates_our_checkpoint_and_prints_published_rows(tmp_path, capsys):
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model("efficient_lvsm", "tiny"), step=7, preset="tiny")
+    published = {"source": "a paper", "rows": [{"model": "Theirs", "psnr": 30.0, "ssim": 0.9, "lpips": 0.1, "source": "Table 1"}]}
+    path = _experiment_file(tmp_path, published=published, grid_scenes=0)
+    assert main(["evaluate", str(path), "--checkpoint", str(ckpt), "--set", "data.max_scenes=2"]) == 0
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert list(summary["model"]) == ["efficient_lvsm", "Theirs"]
+    assert summary.loc[0, "weights"] == "checkpoint step 7" and summary.loc[0, "scenes"] == 2
+    assert summary.loc[1, "source"] == "published: Table 1" and summary.loc[1, "psnr"] == 30.0
+    assert not (tmp_path / "out" / "grid.png").exists()
+
+
+def test_missing_dataset_explains_what_it_needs(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("RE10K_DIR", raising=False)
+    experiment = load_experiment(Path(__file__).parent.parent / "experiments" / "table_re10k.yaml",
+                                 [f"output_dir={tmp_path / 'out'}"])
+    assert evaluate.run_evaluation(experiment, progress=False) is None
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "RE10K_DIR" in out[0] and "not set" in out[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_experiment_values_name_the_key(tmp_path):
+    with pytest.raises(ExperimentError, match="models\\[\\].name: unknown value 'lvsm'"):
+        load_experiment(_experiment_file(tmp_path, models=[{"name": "lvsm"}]))
+    with pytest.raises(ExperimentError, match="label 'efficient_lvsm' used twice"):
+        load_experiment(_experiment_file(tmp_path, models=[{"name": "efficient_lvsm"}, {"name": "efficient_lvsm"}]))
