@@ -1,0 +1,169 @@
+"""The training loop: one entry point for a single process and for every rank under `torchrun`."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from models import build_model
+from ..provenance import environment
+from ..records import RecordStore
+from ..runtime import autocast, default_dtype, resolve_device
+from .config import DataSpec, ModelSpec, OptimSpec, TrainSpec, settings_dict
+from .data import EvalSplit, evaluation_split, open_sources, to_device, training_batches
+from .distributed import World, barrier, rank_device
+from .loss import ReconstructionLoss
+from .optim import build_optimizer, build_scheduler
+from .state import load_state, restore_rng_states, save_state
+from .validation import evaluate_model
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "metrics.jsonl"
+
+
+@dataclass
+class RunResult:
+    model: torch.nn.Module          # the unwrapped model, on its device
+    step: int
+    train_seconds: float
+    loss: str                       # which loss was optimized ("mse", "mse + 0.5*lpips(vgg)")
+    loss_note: str
+    device: torch.device
+    dtype: str
+    validation: list[dict[str, Any]] = field(default_factory=list)  # one row per validation, in step order
+    eval_split: EvalSplit | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def read_log(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Log rows, keeping for every (kind, step) the last row written: a resumed run that repeats
+    steps after a crash supersedes the rows the crash left behind."""
+    latest: dict[tuple, dict[str, Any]] = {}
+    for row in RecordStore(Path(out_dir) / LOG).rows():
+        latest[(row.get("kind"), row.get("step"))] = row
+    return sorted(latest.values(), key=lambda r: (r.get("step", 0), r.get("kind", "")))
+
+
+def _same_settings(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    for section, values in current.items():
+        for key, value in values.items():
+            old = saved.get(section, {}).get(key)
+            if json.dumps(old, sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
+                raise ValueError(f"{path}: was written with {section}.{key}={old!r}, this run asks for {value!r}; "
+                                 f"use another output directory or delete the checkpoint to start over")
+
+
+def train_model(model_spec: ModelSpec, data: DataSpec, optim: OptimSpec, train: TrainSpec, out_dir: str | Path, *,
+                world: World | None = None, stop_after: int | None = None, resume: bool = True,
+                progress: bool = True, label: str = "") -> RunResult:
+    """Train `model_spec` for `train.steps` optimizer steps, validating every `train.val_every` steps and
+    checkpointing every `train.checkpoint_every`. With `resume`, continue from `out_dir/checkpoint.pt`.
+    `stop_after` ends the run early (after a checkpoint) at that step, as an interruption would."""
+    world = world or World()
+    out_dir = Path(out_dir)
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    device = rank_device(world, resolve_device(train.device))
+    dtype = default_dtype(device) if train.dtype == "auto" else train.dtype
+    settings = settings_dict(model_spec, data, optim, train)
+
+    seed_everything(train.seed)
+    model = build_model(model_spec.name, model_spec.preset, **model_spec.overrides).to(device)
+    model.gradient_checkpointing = train.gradient_checkpointing
+    model.train()
+    optimizer = build_optimizer(model, optim, device)
+    scheduler = build_scheduler(optimizer, optim, train.steps)
+    criterion = ReconstructionLoss(train.perceptual_weight, device)
+
+    step, examples_seen, train_seconds = 0, 0, 0.0
+    checkpoint = out_dir / CHECKPOINT
+    if resume and checkpoint.is_file():
+        state = load_state(checkpoint)
+        _same_settings(state["extra"]["settings"], settings, checkpoint)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["extra"]["optimizer"])
+        scheduler.load_state_dict(state["extra"]["scheduler"])
+        step, examples_seen = int(state["step"]), int(state["extra"]["examples_seen"])
+        train_seconds = float(state["extra"]["train_seconds"])
+        restore_rng_states(state["extra"]["rng"])
+    elif world.is_main and (out_dir / LOG).exists():
+        (out_dir / LOG).unlink()  # a fresh start: drop the log of a run that left no checkpoint
+
+    wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world.distributed else model
+    train_source, eval_source = open_sources(data)
+    split = evaluation_split(eval_source, data, batch_size=max(train.batch_size, 8)) if world.is_main else None
+    log = RecordStore(out_dir / LOG)
+    env = environment(device)
+    if world.is_main:
+        log.append({"kind": "start", "step": step, "loss_name": criterion.info.name, "loss_note": criterion.info.note,
+                    "dtype": dtype, "world_size": world.size, "settings": settings, **env})
+
+    def validate() -> None:
+        if world.is_main:
+            result = evaluate_model(model, split, device, dtype)
+            log.append({"kind": "val", "step": step, "seconds": train_seconds, "examples": examples_seen, **result})
+            bar.set_postfix_str(f"val psnr {result['psnr']:.2f}", refresh=False)
+        barrier(world)
+
+    def save() -> None:
+        if world.is_main:
+            save_state(checkpoint, model=model, preset=model_spec.preset, optimizer=optimizer, scheduler=scheduler,
+                       step=step, examples_seen=examples_seen, train_seconds=train_seconds, settings=settings)
+        barrier(world)
+
+    end = train.steps if stop_after is None else min(train.steps, stop_after)
+    bar = tqdm(total=train.steps, initial=step, desc=label or model_spec.name, disable=not (progress and world.is_main),
+               dynamic_ncols=True, leave=True)
+    if step == 0 and step < end:
+        validate()
+    batches = training_batches(train_source, data, world, train.batch_size, examples_seen)
+    while step < end:
+        started = time.perf_counter()
+        batch = to_device(next(batches), device)
+        with autocast(device, dtype):
+            render = wrapped(batch["input_images"], batch["input_c2w"], batch["input_fxfycxcy"],
+                             batch["target_c2w"], batch["target_fxfycxcy"])
+        loss, parts = criterion(render, batch["target_images"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip if optim.grad_clip > 0 else math.inf)
+        optimizer.step()
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds += time.perf_counter() - started
+        step += 1
+        examples_seen += train.batch_size * world.size
+        bar.update(1)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"{label or model_spec.name}: loss is {loss.item()} at step {step}")
+        if world.is_main and (step % train.log_every == 0 or step == end):
+            log.append({"kind": "train", "step": step, "loss": loss.item(), **parts, "lr": lr,
+                        "grad_norm": float(grad_norm), "seconds": train_seconds})
+            bar.set_postfix_str(f"loss {loss.item():.4f}", refresh=False)
+        if step % train.val_every == 0 or step == train.steps:
+            validate()
+        if step % train.checkpoint_every == 0 or step == end:
+            save()
+    bar.close()
+    history = [r for r in read_log(out_dir) if r.get("kind") == "val"] if world.is_main else []
+    return RunResult(model=model, step=step, train_seconds=train_seconds, loss=criterion.info.name,
+                     loss_note=criterion.info.note, device=device, dtype=dtype, validation=history,
+                     eval_split=split, environment=env)

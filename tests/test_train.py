@@ -1,0 +1,185 @@
+"""Training loop: exact resume, DDP over two gloo ranks, optimizer groups and schedule, the
+camera-ignoring predictors, and the convergence study end to end on a tiny configuration."""
+from __future__ import annotations
+
+import socket
+import textwrap
+
+import pandas as pd
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from harness.experiment import ExperimentError, load_experiment, run_experiment
+from harness.train import DataSpec, ModelSpec, OptimSpec, TrainSpec, World, lr_factor, parameter_groups, read_log, train_model
+from harness.train.data import open_sources, training_batches
+from harness.train.validation import gaussian_blur, nearest_context
+from models import build_model
+
+
+def tiny_run(steps: int = 6):
+    model = ModelSpec("lvsm_decoder_only", "tiny", {"image_size": 16, "patch_size": 8})
+    data = DataSpec(source="synthetic_object", image_size=16, options={"count": 4, "seed": 0, "views": 8, "supersample": 1},
+                    eval_options={"seed": 1, "count": 2}, n_input=2, n_target=2, eval_n_target=2, eval_scenes=2, normalize=True)
+    optim = OptimSpec(lr=3e-3, warmup_steps=2)
+    train = TrainSpec(steps=steps, batch_size=2, val_every=3, checkpoint_every=3, log_every=1, device="cpu", threads=2)
+    return model, data, optim, train
+
+
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
+    spec = tiny_run(steps=6)
+    straight = train_model(*spec, tmp_path / "straight", progress=False)
+    first = train_model(*spec, tmp_path / "resumed", stop_after=3, progress=False)
+    assert first.step == 3
+    torch.manual_seed(1234)  # a new process would start from other RNG states; the checkpoint restores them
+    resumed = train_model(*spec, tmp_path / "resumed", progress=False)
+    assert resumed.step == 6
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    changed = build_model("lvsm_decoder_only", "tiny", image_size=16, patch_size=8)
+    assert not all(torch.equal(a, b) for a, b in zip(changed.state_dict().values(), resumed.model.state_dict().values()))
+    losses = lambda d: [r["loss"] for r in read_log(d) if r["kind"] == "train"]  # noqa: E731
+    assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+    assert resumed.train_seconds > first.train_seconds
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    model, data, optim, train = tiny_run(steps=3)
+    train_model(model, data, optim, train, tmp_path, stop_after=3, progress=False)
+    optim.lr = 1e-4
+    with pytest.raises(ValueError, match="OptimSpec.lr=0.003"):
+        train_model(model, data, optim, train, tmp_path, progress=False)
+
+
+def test_ranks_take_disjoint_shards_of_one_stream():
+    _, data, _, _ = tiny_run()
+    source = open_sources(data)[0]
+    single = next(training_batches(source, data, World(), batch_size=4))
+    shards = [next(training_batches(source, data, World(rank, 2), batch_size=2)) for rank in range(2)]
+    interleaved = [single["target_images"][i] for i in range(4)]
+    assert torch.equal(shards[0]["target_images"][0], interleaved[0])
+    assert torch.equal(shards[1]["target_images"][0], interleaved[1])
+    assert torch.equal(shards[0]["target_images"][1], interleaved[2])
+    assert not torch.equal(shards[0]["target_images"], shards[1]["target_images"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
+    import os
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from harness.train.distributed import close_world, init_world
+    world = init_world("cpu")
+    model, data, optim, train = tiny_run(steps=3)
+    train.threads = 1
+    result = train_model(model, data, optim, train, out_dir, world=world, progress=False)
+    torch.save(result.model.state_dict(), f"{out_dir}/rank{rank}.pt")
+    close_world(world)
+
+
+@pytest.mark.timeout(120)
+def test_two_gloo_ranks_hold_identical_parameters(tmp_path):
+    mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    initial = build_model("lvsm_decoder_only", "tiny", image_size=16, patch_size=8).state_dict()
+    for name in states[0]:
+        assert torch.equal(states[0][name], states[1][name]), name
+    assert not all(torch.equal(states[0][k], initial[k]) for k in initial)
+    starts = [r for r in read_log(tmp_path) if r["kind"] == "start"]
+    assert len(starts) == 1 and starts[0]["world_size"] == 2  # only rank 0 writes
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_no_weight_decay_on_one_dimensional_parameters():
+    model = build_model("efficient_lvsm", "tiny")
+    decay, no_decay = parameter_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert decay["params"] and all(p.dim() >= 2 for p in decay["params"])
+    assert no_decay["params"] and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_warmup_then_cosine_or_constant():
+    spec = OptimSpec(lr=1e-3, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_factor(0, spec, 100) == pytest.approx(0.1)
+    assert lr_factor(9, spec, 100) == pytest.approx(1.0)
+    assert lr_factor(10, spec, 100) == pytest.approx(1.0)
+    assert lr_factor(55, spec, 100) == pytest.approx(0.55)
+    assert lr_factor(100, spec, 100) == pytest.approx(0.1)
+    spec.schedule = "constant"
+    assert lr_factor(80, spec, 100) == 1.0
+
+
+def test_camera_ignoring_predictors():
+    images = torch.rand(1, 2, 3, 16, 16)
+    c2w = torch.eye(4).repeat(1, 2, 1, 1)
+    c2w[0, 1, :3, 3] = torch.tensor([1.0, 0.0, 0.0])
+    target_c2w = c2w[:, [1, 0, 1]].clone()
+    target_c2w[0, 0, :3, 3] += 0.1
+    batch = {"input_images": images, "input_c2w": c2w, "target_c2w": target_c2w}
+    picked = nearest_context(batch)
+    assert torch.equal(picked[0, 0], images[0, 1]) and torch.equal(picked[0, 1], images[0, 0])
+    flat = torch.full((2, 3, 16, 16), 0.3)
+    assert torch.allclose(gaussian_blur(flat, 2.0), flat)
+    blurred = gaussian_blur(images[0], 1.5)
+    assert blurred.shape == images[0].shape and blurred.std() < images[0].std()
+
+
+def _write(path, text):
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("body, words", [
+    ("bogus: 1\n", ["unknown key 'bogus'", "allowed:", "variants"]),
+    ("variants: [lvsm_decoder_only, no_such_model]\n", ["variants[1]", "'no_such_model'", "efficient_lvsm"]),
+    ("train: {steps: many}\n", ["train.steps", "expected int", "'many'"]),
+    ("train: {stepz: 3}\n", ["unknown key 'stepz'", "steps"]),
+    ("optim: {schedule: linear}\n", ["optim.schedule", "'cosine'", "'constant'"]),
+    ("overrides: {depthh: 3}\n", ["depthh", "allowed", "stream_depth"]),
+])
+def test_bad_experiment_yaml_names_the_key_and_the_allowed_values(tmp_path, body, words):
+    path = _write(tmp_path / "bad.yaml", "kind: convergence\n" + body)
+    with pytest.raises(ExperimentError) as caught:
+        load_experiment(path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    for word in words:
+        assert word in message
+
+
+def test_convergence_study_end_to_end(tmp_path, capsys):
+    path = _write(tmp_path / "tiny.yaml", f"""
+        kind: convergence
+        output_dir: {tmp_path / "out"}
+        variants: [lvsm_encoder_decoder, efficient_lvsm]
+        preset: tiny
+        overrides: {{image_size: 16, patch_size: 8}}
+        data: {{source: synthetic_object, image_size: 16, options: {{count: 4, views: 8, supersample: 1}},
+                eval_options: {{seed: 1, count: 2}}, n_target: 2, eval_n_target: 2, eval_scenes: 2}}
+        optim: {{warmup_steps: 1}}
+        train: {{steps: 2, batch_size: 2, val_every: 1, checkpoint_every: 2, device: cpu}}
+        reach_psnr: [5.0]
+        blur_sigmas: [1.0, 2.0]
+    """)
+    summary = run_experiment(path, progress=False)
+    out = tmp_path / "out"
+    table = pd.read_csv(out / "summary.csv")
+    for column in ["variant", "steps", "seconds", "final_psnr", "final_ssim", "best_trivial_psnr", "pose_swap_drop_db",
+                   "steps_to_trivial", "steps_to_5dB"]:
+        assert column in table.columns
+    assert list(table["variant"]) == ["lvsm_encoder_decoder", "efficient_lvsm"] and (table["steps"] == 2).all()
+    for name in ("psnr_vs_step.png", "psnr_vs_seconds.png", "final.md", "trivial_predictors.md", "settings.json"):
+        assert (out / name).is_file(), name
+    printed = capsys.readouterr().out
+    for predictor in ("context_mean", "nearest_context", "blurred_mean"):
+        assert predictor in printed
+    # A rerun finds every variant recorded and trains nothing.
+    mtime = (out / "runs" / "efficient_lvsm" / "checkpoint.pt").stat().st_mtime_ns
+    again = run_experiment(path, progress=False)
+    assert (out / "runs" / "efficient_lvsm" / "checkpoint.pt").stat().st_mtime_ns == mtime
+    pd.testing.assert_frame_equal(summary.reset_index(drop=True), again.reset_index(drop=True))
