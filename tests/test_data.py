@@ -197,3 +197,15 @@ def test_real_re10k_evaluation_index_parses():
     assert len(index) == 7194 and sum(v is not None for v in index.values()) == 6474
     entry = next(v for v in index.values() if v is not None)
     assert len(entry["context"]) == 2 and len(entry["target"]) == 3
+
+
+def test_preview_command_writes_a_png_grid(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from harness.cli import main
+    out = tmp_path / "preview.png"
+    assert main(["preview", "--out", str(out), "--scenes", "1", "--views", "3", "--size", "16"]) == 0
+    image = Image.open(out)
+    assert image.size == (3 * 18, 2 * (16 + 14))     # 3 views + gaps wide; 2 sources x (label + row) high
+    assert len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 20   # rendered content, not a blank canvas
