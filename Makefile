@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PRESET ?=
 preset_flag = $(if $(PRESET),--preset $(PRESET),)
 
-.PHONY: bench test models eval table-re10k
+.PHONY: bench test models eval table-re10k preview
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,3 +33,6 @@ eval: $(STAMP)  ## PSNR/SSIM/LPIPS on the synthetic evaluation split -> results/
 
 table-re10k: $(STAMP)  ## RealEstate10K table beside the published one (RE10K_DIR=, optional CHECKPOINTS='model=path ...', SCENES=N)
 	RE10K_DIR="$(RE10K_DIR)" RE10K_INDEX="$(RE10K_INDEX)" $(PY) -m harness evaluate experiments/table_re10k.yaml $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(if $(SCENES),--set data.max_scenes=$(SCENES)) $(preset_flag)
+
+preview: $(STAMP)  ## PNG grid of synthetic object and room scenes -> results/preview/preview.png
+	$(PY) -m harness preview

@@ -25,6 +25,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     return main_from_cli(args)
 
 
+def _preview(args: argparse.Namespace) -> int:
+    from .data.preview import write_preview
+    path = write_preview(args.out, sources=tuple(args.source or ("synthetic_object", "synthetic_scene")), scenes=args.scenes, views=args.views,
+                         image_size=args.size, seed=args.seed)
+    print(f"preview: wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description="lvsm-bench: LVSM-family benchmark harness")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="the main job (for now: the model table)")
     p.add_argument("--preset", default=None)
     p.set_defaults(func=_models)
+    p = sub.add_parser("preview", help="PNG grid of a few synthetic scenes and their views")
+    p.add_argument("--out", default="results/preview/preview.png")
+    p.add_argument("--source", action="append", default=None, help="data source(s) to show (default: both synthetic ones)")
+    p.add_argument("--scenes", type=int, default=3)
+    p.add_argument("--views", type=int, default=8)
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_preview)
     return parser
 
 
