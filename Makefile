@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PRESET ?=
 preset_flag = $(if $(PRESET),--preset $(PRESET),)
 
-.PHONY: bench test models eval table-re10k preview
+.PHONY: bench test models flops speed kv-cache efficiency-table gpu-check eval table-re10k preview
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,21 @@ test: $(STAMP)  ## the test suite
 
 models: $(STAMP)  ## parameter counts of every variant at every preset
 	$(PY) -m harness models
+
+flops: $(STAMP)  ## forward FLOPs of all variants for N=1..64, M=1,8 at the paper preset (meta device) -> results/flops/
+	$(PY) -m harness run experiments/flops.yaml $(preset_flag)
+
+speed: $(STAMP)  ## latency/memory/FLOPs vs N (1..64) and M (1, 8), all variants -> results/speed_vs_views/
+	$(PY) -m harness run experiments/speed_vs_views.yaml $(preset_flag)
+
+kv-cache: $(STAMP)  ## adding one view to N: Efficient-LVSM KV cache vs decoder-only recompute -> results/kv_cache/
+	$(PY) -m harness run experiments/kv_cache.yaml $(preset_flag)
+
+efficiency-table: $(STAMP)  ## the published efficiency table with our numbers beside it -> results/efficiency_table/
+	$(PY) -m harness run experiments/efficiency_table.yaml $(preset_flag)
+
+gpu-check: $(STAMP)  ## CUDA machine only: CUDA tests + speed/efficiency/kv-cache at paper preset, bf16 -> $$OUT or results/gpu/
+	bash scripts/gpu_check.sh
 
 CHECKPOINT ?=
 RE10K_DIR ?=

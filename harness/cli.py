@@ -25,6 +25,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     return main_from_cli(args)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import time
+    from .experiment import run_experiment
+    start = time.perf_counter()
+    run_experiment("experiments/bench.yaml", [], **({"preset": args.preset} if args.preset else {}))
+    print(f"bench: {time.perf_counter() - start:.1f} s wall")
+    return 0
+
+
 def _preview(args: argparse.Namespace) -> int:
     from .data.preview import write_preview
     path = write_preview(args.out, sources=tuple(args.source or ("synthetic_object", "synthetic_scene")), scenes=args.scenes, views=args.views,
@@ -50,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the YAML")
     p.add_argument("--preset", default=None, help="preset of the models evaluated without a checkpoint")
     p.set_defaults(func=_evaluate)
-    p = sub.add_parser("bench", help="the main job (for now: the model table)")
-    p.add_argument("--preset", default=None)
-    p.set_defaults(func=_models)
+    p = sub.add_parser("bench", help="the main profiling job: latency, memory and FLOPs vs views (experiments/bench.yaml)")
+    p.add_argument("--preset", default=None, help="model preset (default: small on CPU, paper on CUDA)")
+    p.set_defaults(func=_bench)
     p = sub.add_parser("preview", help="PNG grid of a few synthetic scenes and their views")
     p.add_argument("--out", default="results/preview/preview.png")
     p.add_argument("--source", action="append", default=None, help="data source(s) to show (default: both synthetic ones)")
