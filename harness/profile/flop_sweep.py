@@ -35,7 +35,8 @@ def wide(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     """N down the side; one column per (variant, M)."""
     frame = frame.assign(series=[f"{report.LABELS.get(m, m)} M={t}" for m, t in zip(frame["model"], frame["n_target"])])
     table = frame.pivot_table(index="n_input", columns="series", values=column, sort=False).reset_index()
-    table["n_input"] = table["n_input"].astype(int)
+    # Object dtype keeps N an int when tabulate turns the all-numeric frame into one float array.
+    table["n_input"] = table["n_input"].astype(int).astype(object)
     return table.rename(columns={"n_input": "N"})
 
 

@@ -19,7 +19,8 @@ def published_notes(published) -> list[str]:
     """One note per published row, `key=value` pairs, and where they come from."""
     if published is None:
         return []
-    return [f"published ({published.source}): " + ", ".join(f"{k}={v}" for k, v in row.items()) for row in published.rows]
+    rows = "; ".join(", ".join(f"{k}={v}" for k, v in row.items()) for row in published.rows)
+    return [f"published: {rows} (source: {published.source.strip()})"]
 
 
 def ok_frame(rows: Sequence[dict]) -> pd.DataFrame:
