@@ -341,7 +341,7 @@ class Evaluation:
         published = self.experiment.published
         if not published or not published.rows:
             return summary
-        rows = [{"model": r.get("model", "?"), "weights": "published", "preset": r.get("preset", "paper"),
+        rows = [{"model": r.get("model", "?"), "weights": "published", "preset": r.get("preset"),
                  **{m: r.get(m) for m in METRICS}, "scenes": r.get("scenes"), "failed": None,
                  "source": f"published: {r.get('source', published.source)}"} for r in published.rows]
         return pd.concat([summary, pd.DataFrame(rows, columns=summary.columns)], ignore_index=True)
@@ -355,7 +355,7 @@ class Evaluation:
             f"Measured rows: dataset {data.source} ({options}), {len(self.index)} scenes, evaluation index {index_text}",
             *([f"{self.data.not_in_source} scenes of the index are not in the source and were not evaluated"]
               if self.data.not_in_source else []),
-            f"device {self.environment['device']}, dtype {self.dtype}, torch {self.environment['torch']}, commit {self.version}",
+            f"device {self.environment['device']}, dtype {self.dtype}, torch {self.environment['torch']}, commit {self.environment['commit']}",
             "Protocol (pixelSplat/MVSplat/LVSM): PSNR on [0,1]-clamped images; SSIM skimage win 11, gaussian, "
             "data_range 1; LPIPS normalize=True; mean over each scene's targets, then over scenes",
             f"LPIPS: {self.lpips.message}",
@@ -386,7 +386,7 @@ class Evaluation:
         examples = {ex.scene: ex for ex in self._examples(scenes)}
         n_input = max(ex.input_images.shape[0] for ex in examples.values())
         columns = [f"input {i + 1}" for i in range(n_input)] + ["ground truth"] + self.labels
-        fig, axes = plt.subplots(len(scenes), len(columns), figsize=(1.6 * len(columns), 1.7 * len(scenes)), squeeze=False)
+        fig, axes = plt.subplots(len(scenes), len(columns), figsize=(1.3 * len(columns), 1.4 * len(scenes)), squeeze=False)
         for r, scene in enumerate(scenes):
             ex = examples[scene]
             images = list(ex.input_images) + [ex.target_images[0]] + [renders.get((label, scene)) for label in self.labels]
@@ -394,7 +394,7 @@ class Evaluation:
                 ax = axes[r, c]
                 ax.axis("off")
                 if image is not None:
-                    ax.imshow(image.clamp(0, 1).permute(1, 2, 0).numpy())
+                    ax.imshow(image.clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
                 if r == 0:
                     ax.set_title(columns[c], fontsize=7)
             axes[r, 0].text(-0.08, 0.5, scene[-20:], transform=axes[r, 0].transAxes, fontsize=6, rotation=90,
@@ -402,7 +402,7 @@ class Evaluation:
         weights = dict(zip(self.labels, self._weights()))
         fig.suptitle(f"{self.experiment.name}: first target view; models: "
                      + ", ".join(f"{k} ({v})" for k, v in weights.items()), fontsize=7)
-        return save_figure(fig, self.out_dir / "grid.png")
+        return save_figure(fig, self.out_dir / "grid.png", dpi=100)
 
 
 def _none_if_nan(value: Any) -> Any:

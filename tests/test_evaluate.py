@@ -2,12 +2,15 @@
 synthetic scenes: tables, resume after an interruption, failures recorded, missing data explained."""
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from conftest import load_fixture, random_views
 from harness import evaluate
@@ -171,6 +174,49 @@ def test_missing_dataset_explains_what_it_needs(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "RE10K_DIR" in out[0] and "not set" in out[0]
     assert not (tmp_path / "out").exists()
+
+
+def _fake_re10k(root: Path, scenes=("s0", "s1"), frames=6) -> None:
+    """A few random frames in pixelSplat's chunk layout (JPEG bytes, normalized intrinsics, w2c rows)."""
+    folder = root / "test"
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    chunk = []
+    for key in scenes:
+        jpegs = []
+        for _ in range(frames):
+            buffer = io.BytesIO()
+            Image.fromarray((torch.rand(36, 64, 3, generator=g) * 255).byte().numpy()).save(buffer, format="JPEG")
+            jpegs.append(torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8))
+        w2c = torch.eye(4)[:3].reshape(1, 12).repeat(frames, 1)
+        w2c[:, 3] = torch.arange(frames) * 0.1  # x translation per frame
+        cameras = torch.cat([torch.tensor([[0.5, 0.9, 0.5, 0.5, 0.0, 0.0]]).repeat(frames, 1), w2c], 1)
+        chunk.append({"key": key, "url": "", "timestamps": torch.arange(frames), "cameras": cameras, "images": jpegs})
+    torch.save(chunk, folder / "000000.torch")
+    (folder / "index.json").write_text(json.dumps({key: "000000.torch" for key in scenes}))
+    index = {"s0": {"context": [0, 5], "target": [1, 2, 3]}, "s1": {"context": [0, 4], "target": [2]}, "gone": None}
+    (root / "evaluation_index_re10k.json").write_text(json.dumps(index))
+
+
+def test_table_re10k_with_data_puts_published_rows_beside_ours(tmp_path, monkeypatch):
+    _fake_re10k(tmp_path / "re10k")
+    monkeypatch.setenv("RE10K_DIR", str(tmp_path / "re10k"))
+    monkeypatch.setenv("RE10K_INDEX", str(tmp_path / "re10k" / "evaluation_index_re10k.json"))
+    experiment = load_experiment(Path(__file__).parent.parent / "experiments" / "table_re10k.yaml",
+                                 [f"output_dir={tmp_path / 'out'}", "data.options.image_size=32", "grid_scenes=1"])
+    result = evaluate.run_evaluation(experiment, preset="tiny", progress=False)
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    ours = summary[summary["weights"] == "random-init"]
+    assert list(ours["model"]) == ["lvsm_decoder_only", "lvsm_encoder_decoder", "efficient_lvsm"]
+    assert set(ours["scenes"]) == {2} and set(ours["preset"]) == {"tiny"}
+    published = summary[summary["weights"] == "published"].set_index("model")
+    assert published.loc["LVSM decoder-only", "psnr"] == 29.67
+    assert published.loc["LVSM decoder-only", "source"] == "published: LVSM paper Table 1"
+    assert published.loc["Efficient-LVSM (256 checkpoint)", "source"] == "published: Efficient-LVSM release README"
+    # Scene s0 has 3 targets, s1 one: the summary weighs the two scenes equally.
+    scenes = result.per_scene[result.per_scene["model"] == "efficient_lvsm"].set_index("scene")
+    assert scenes.loc["s0", "targets"] == 3 and scenes.loc["s1", "targets"] == 1
+    assert ours.iloc[2]["psnr"] == pytest.approx(scenes["psnr"].mean(), rel=1e-9)
 
 
 def test_bad_experiment_values_name_the_key(tmp_path):
