@@ -51,7 +51,8 @@ def test_normalize_poses_matches_official_fixture():
 
 @pytest.mark.parametrize("name", ["synthetic_object", "synthetic_scene"])
 def test_synthetic_scene_layout_and_determinism(name):
-    src = open_source(name, count=3, seed=7, image_size=32)
+    length = {"synthetic_object": {"views": 12}, "synthetic_scene": {"frames": 12}}[name]
+    src = open_source(name, count=3, seed=7, image_size=32, **length)
     scene = src.views(1, [0, 5, 9])
     assert scene.images.shape == (3, 3, 32, 32) and scene.images.dtype == torch.float32
     assert 0 <= scene.images.min() and scene.images.max() <= 1
@@ -60,10 +61,10 @@ def test_synthetic_scene_layout_and_determinism(name):
     assert torch.allclose(rot @ rot.transpose(1, 2), torch.eye(3).expand(3, 3, 3), atol=1e-5)
     assert torch.allclose(torch.linalg.det(rot), torch.ones(3), atol=1e-5)  # right-handed, OpenCV
     assert torch.allclose(scene.fxfycxcy[:, 2:], torch.tensor([16.0, 16.0]))
-    again = open_source(name, count=3, seed=7, image_size=32).views(1, [5])
+    again = open_source(name, count=3, seed=7, image_size=32, **length).views(1, [5])
     assert torch.equal(again.images[0], scene.images[1]) and torch.equal(again.c2w[0], scene.c2w[1])
     assert not torch.allclose(src.views(2, [5]).images, again.images)            # other scene
-    assert not torch.allclose(open_source(name, count=3, seed=8, image_size=32).views(1, [5]).images, again.images)
+    assert not torch.allclose(open_source(name, count=3, seed=8, image_size=32, **length).views(1, [5]).images, again.images)
     assert src[0].images.shape[0] == src.num_views(0)
     assert scene.name == src.names[1] and scene.indices == [0, 5, 9]
 

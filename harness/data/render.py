@@ -57,30 +57,32 @@ class Solids:
         return Solids(self.kind[mask], self.center[mask], self.rotation[mask], self.extent[mask])
 
     def hits(self, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """Distance [K,N] along world rays o, d [N,3] to each solid (inf where missed)."""
-        # Local rays [K,N,3]; a rigid map keeps the ray parameter t.
-        ol = torch.einsum("nc,kcj->knj", o, self.rotation) - torch.einsum("kc,kcj->kj", self.center, self.rotation)[:, None]
-        dl = torch.einsum("nc,kcj->knj", d, self.rotation)
-        t = torch.full(ol.shape[:2], torch.inf)
-        boxes, ellipsoids, rooms = (self.kind == k for k in (BOX, ELLIPSOID, ROOM))
-        if boxes.any() or rooms.any():
-            slab = boxes | rooms
-            half = self.extent[slab][:, None]
-            inv = 1.0 / torch.where(dl[slab].abs() < 1e-9, torch.full_like(dl[slab], 1e-9), dl[slab])
-            t1, t2 = (-half - ol[slab]) * inv, (half - ol[slab]) * inv
+        """Distance [N,K] along world rays o, d [N,3] to each solid (inf where missed)."""
+        # Local rays [N,K,3] through one matmul per ray set (a rigid map keeps the ray parameter t).
+        k = len(self)
+        axes = self.rotation.permute(1, 0, 2).reshape(3, 3 * k)
+        ol = (o @ axes).view(-1, k, 3) - torch.einsum("kc,kcj->kj", self.center, self.rotation)
+        dl = (d @ axes).view(-1, k, 3)
+        # Solids are ordered slab kinds (boxes, rooms) first, then ellipsoids (see World), so each
+        # kind is a contiguous slice: views instead of boolean-mask copies of [N,K,3] tensors.
+        n_slab = int((self.kind != ELLIPSOID).sum())
+        t = []
+        if n_slab:
+            o_s, d_s, half = ol[:, :n_slab], dl[:, :n_slab], self.extent[:n_slab]
+            inv = 1.0 / torch.where(d_s.abs() < 1e-9, 1e-9, d_s)
+            t1, t2 = (-half - o_s) * inv, (half - o_s) * inv
             t_near = torch.minimum(t1, t2).amax(-1)
             t_far = torch.maximum(t1, t2).amin(-1)
-            inside = rooms[slab][:, None]
-            hit = torch.where(inside, t_far, t_near)
-            t[slab] = torch.where((t_near <= t_far) & (hit > _EPS), hit, torch.inf)
-        if ellipsoids.any():
-            r = self.extent[ellipsoids][:, None]
-            os_, ds = ol[ellipsoids] / r, dl[ellipsoids] / r
+            hit = torch.where(self.kind[:n_slab] == ROOM, t_far, t_near)
+            t.append(torch.where((t_near <= t_far) & (hit > _EPS), hit, torch.inf))
+        if n_slab < k:
+            r = self.extent[n_slab:]
+            os_, ds = ol[:, n_slab:] / r, dl[:, n_slab:] / r
             a, b, c = (ds * ds).sum(-1), (os_ * ds).sum(-1), (os_ * os_).sum(-1) - 1
             disc = b * b - a * c
             near = (-b - disc.clamp_min(0).sqrt()) / a
-            t[ellipsoids] = torch.where((disc >= 0) & (near > _EPS), near, torch.inf)
-        return t
+            t.append(torch.where((disc >= 0) & (near > _EPS), near, torch.inf))
+        return torch.cat(t, dim=1)
 
     def surface(self, which: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For world hit points [N,3] on solids `which` [N]: local points, world unit normals (facing the
@@ -108,9 +110,14 @@ class World:
     light: torch.Tensor            # [3] unit direction towards the light
     ambient: float = 0.35
 
+    def __post_init__(self) -> None:
+        order = torch.argsort((self.solids.kind == ELLIPSOID).long(), stable=True)
+        self.solids = self.solids.select(order)
+        self.texture_offset = self.texture_offset[order]
+
     def cast(self, o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Colour [N,3] and hit distance [N] (inf on background) of world rays o, d [N,3]."""
-        t_hit, which = self.solids.hits(o, d).min(0)
+        t_hit, which = self.solids.hits(o, d).min(1)
         hit = torch.isfinite(t_hit)
         color = self.background.expand(o.shape[0], 3).clone()
         if hit.any():
