@@ -386,7 +386,7 @@ class Evaluation:
         examples = {ex.scene: ex for ex in self._examples(scenes)}
         n_input = max(ex.input_images.shape[0] for ex in examples.values())
         columns = [f"input {i + 1}" for i in range(n_input)] + ["ground truth"] + self.labels
-        fig, axes = plt.subplots(len(scenes), len(columns), figsize=(1.3 * len(columns), 1.4 * len(scenes)), squeeze=False)
+        fig, axes = plt.subplots(len(scenes), len(columns), figsize=(1.5 * len(columns), 1.5 * len(scenes)), squeeze=False)
         for r, scene in enumerate(scenes):
             ex = examples[scene]
             images = list(ex.input_images) + [ex.target_images[0]] + [renders.get((label, scene)) for label in self.labels]
@@ -396,8 +396,8 @@ class Evaluation:
                 if image is not None:
                     ax.imshow(image.clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
                 if r == 0:
-                    ax.set_title(columns[c], fontsize=7)
-            axes[r, 0].text(-0.08, 0.5, scene[-20:], transform=axes[r, 0].transAxes, fontsize=6, rotation=90,
+                    ax.set_title(columns[c], fontsize=6)
+            axes[r, 0].text(-0.08, 0.5, scene, transform=axes[r, 0].transAxes, fontsize=5, rotation=90,
                             ha="right", va="center")
         weights = dict(zip(self.labels, self._weights()))
         fig.suptitle(f"{self.experiment.name}: first target view; models: "
