@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,8 @@ def test_samplers_run_on_a_loaded_source(tmp_path, truth):
     src = open_source("lvsm_json", root=str(write_lvsm(tmp_path, truth)), image_size=32, span=(2, 3))
     (ex,) = evaluation_examples(src, {SCENE: {"context": [0, 3], "target": [1, 2]}})
     assert ex.input_images.shape == (2, 3, 32, 32) and ex.target_indices == [1, 2]
+    copy = pickle.loads(pickle.dumps(src))            # DataLoader workers may receive sources by pickle
+    assert torch.equal(copy.views(0, [1]).images, ex.target_images[:1])
 
 
 # --- bad input: one-line errors naming the file/scene and what was expected ---------------------------

@@ -4,7 +4,6 @@ under `<root>/images/<scene>/`; an optional `<root>/full_list.txt` lists the jso
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from .geometry import w2c_to_c2w
 from .images import decode_image, square_scene
 from .registry import register_source
 from .scene import Scene
-from .source import Source
+from .source import LRU, Source
 
 
 @register_source("lvsm_json")
@@ -35,7 +34,7 @@ class LVSMJson(Source):
                             "(or a full_list.txt naming them)")
         self.names = [f.stem for f in self.files]
         self.image_size, self.span = image_size, tuple(span)
-        self._metadata = lru_cache(maxsize=64)(self._read)
+        self._metadata = LRU(self._read, 64)
 
     def _read(self, i: int) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor]:
         path = self.files[i]

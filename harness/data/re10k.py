@@ -5,7 +5,6 @@ world-to-camera), `images` (list of uint8 tensors holding JPEG bytes)."""
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from .geometry import w2c_to_c2w
 from .images import decode_image, square_scene
 from .registry import register_source
 from .scene import Scene
-from .source import Source
+from .source import LRU, Source
 
 CAMERA_WIDTH = 18
 
@@ -55,25 +54,19 @@ class RealEstate10K(Source):
         self.folder, self.image_size, self.span = folder, image_size, tuple(span)
         self.names = list(index)
         self.chunk_of = index
-        self._chunks: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
-        self._cache_chunks = cache_chunks
+        self._chunk = LRU(self._load_chunk, cache_chunks)
 
-    def _chunk(self, file: str) -> dict[str, dict[str, Any]]:
-        if file not in self._chunks:
-            path = self.folder / file
-            if not path.is_file():
-                raise DataError(f"re10k {self.index_path}: chunk {path} named by the index does not exist")
-            try:
-                items = torch.load(path, weights_only=True)
-            except Exception as error:  # torch raises many types for a damaged pickle/zip
-                raise DataError(f"re10k {path}: cannot load chunk ({type(error).__name__}: {error})") from None
-            if not isinstance(items, list) or not all(isinstance(x, dict) and "key" in x for x in items):
-                raise DataError(f"re10k {path}: expected a list of dicts with 'key', 'cameras', 'images'")
-            self._chunks[file] = {x["key"]: x for x in items}
-            while len(self._chunks) > self._cache_chunks:
-                self._chunks.popitem(last=False)
-        self._chunks.move_to_end(file)
-        return self._chunks[file]
+    def _load_chunk(self, file: str) -> dict[str, dict[str, Any]]:
+        path = self.folder / file
+        if not path.is_file():
+            raise DataError(f"re10k {self.index_path}: chunk {path} named by the index does not exist")
+        try:
+            items = torch.load(path, weights_only=True)
+        except Exception as error:  # torch raises many types for a damaged pickle/zip
+            raise DataError(f"re10k {path}: cannot load chunk ({type(error).__name__}: {error})") from None
+        if not isinstance(items, list) or not all(isinstance(x, dict) and "key" in x for x in items):
+            raise DataError(f"re10k {path}: expected a list of dicts with 'key', 'cameras', 'images'")
+        return {x["key"]: x for x in items}
 
     def _item(self, i: int) -> tuple[dict[str, Any], str]:
         name = self.names[i]

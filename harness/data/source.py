@@ -2,7 +2,8 @@
 can also return just some views of a scene (so samplers decode/render only what they use)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, Sequence
 
 from torch.utils.data import Dataset
 
@@ -60,3 +61,19 @@ class Source(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source_name!r}, {len(self)} scenes, family={self.family!r})"
+
+
+class LRU:
+    """A small bounded cache (chunks, metadata files) that, unlike functools.lru_cache on a bound
+    method, pickles with its source for DataLoader workers."""
+
+    def __init__(self, load: Callable[[Any], Any], size: int):
+        self.load, self.size, self.items = load, size, OrderedDict()
+
+    def __call__(self, key: Hashable) -> Any:
+        if key not in self.items:
+            self.items[key] = self.load(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        self.items.move_to_end(key)
+        return self.items[key]

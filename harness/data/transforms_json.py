@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from .geometry import opengl_to_opencv
 from .images import decode_image, find_image, square_scene
 from .registry import register_source
 from .scene import Scene
-from .source import FAMILIES, Source
+from .source import FAMILIES, LRU, Source
 
 INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
 
@@ -42,7 +41,7 @@ class TransformsJson(Source):
                             "NeRF/instant-ngp/nerfstudio transforms file")
         self.names = [f.parent.name for f in self.files]
         self.image_size, self.family, self.background, self.span = image_size, family, background, tuple(span)
-        self._metadata = lru_cache(maxsize=16)(self._read)
+        self._metadata = LRU(self._read, 16)
 
     def _read(self, i: int) -> tuple[list[dict[str, Any]], dict[str, Any], torch.Tensor]:
         path = self.files[i]
