@@ -13,6 +13,7 @@ from models.rays import pixel_rays
 
 _EPS = 1e-4
 N_WAVES = 6
+RAY_CHUNK = 1 << 16
 BOX, ELLIPSOID, ROOM = 0, 1, 2
 
 
@@ -141,7 +142,9 @@ class World:
         o, d = pixel_rays(c2w.to(torch.float32), fxfycxcy.to(torch.float32) * s, h * s, w * s)
         v = c2w.shape[0]
         o, d = o.permute(0, 2, 3, 1).reshape(-1, 3), d.permute(0, 2, 3, 1).reshape(-1, 3)
-        color, depth = self.cast(o, d)
+        # Chunks bound the [rays, solids, 3] temporaries (a 64-frame 256x256 scene is 4M rays).
+        parts = [self.cast(o[k:k + RAY_CHUNK], d[k:k + RAY_CHUNK]) for k in range(0, o.shape[0], RAY_CHUNK)]
+        color, depth = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         color = color.reshape(v, h * s, w * s, 3).permute(0, 3, 1, 2)
         depth = depth.reshape(v, h * s, w * s)
         if s > 1:
