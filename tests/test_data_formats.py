@@ -124,6 +124,10 @@ def test_transforms_json_camera_angles_give_the_same_intrinsics(tmp_path, truth)
     k = truth["k"][1]
     assert torch.allclose(scene.fxfycxcy[0], torch.tensor([k[0], k[1], W / 2, H / 2]), atol=1e-3)
     assert scene.images.shape == (1, 3, H, W) and src.family == "object"
+    meta = tmp_path / SCENE / "transforms.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "k1": 0.05}))
+    with pytest.warns(UserWarning, match="lens distortion \\(k1\\) is ignored"):
+        open_source("transforms_json", root=str(tmp_path))[0]
 
 
 def test_samplers_run_on_a_loaded_source(tmp_path, truth):

@@ -2,11 +2,12 @@
 `frames[].file_path` + `frames[].transform_matrix` (camera-to-world, OpenGL axes: x right, y up,
 z backward), intrinsics from `fl_x/fl_y/cx/cy` or `camera_angle_x` (+ `camera_angle_y`), optional
 `w`/`h`; any of these may be given per frame. Converted to OpenCV c2w and pixel intrinsics.
-Lens distortion coefficients (k1.., p1..) are not applied."""
+Lens distortion coefficients (k1.., p1..) are not applied (a warning says so)."""
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from .scene import Scene
 from .source import FAMILIES, LRU, Source
 
 INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
+DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 
 
 @register_source("transforms_json")
@@ -65,6 +67,10 @@ class TransformsJson(Source):
             full[:3] = m[:3]
             c2w.append(full)
         shared = {k: data[k] for k in INTRINSIC_KEYS if k in data}
+        distortion = [k for k in DISTORTION_KEYS if any(float(src.get(k, 0) or 0) != 0 for src in [data, *frames])]
+        if distortion:
+            warnings.warn(f"transforms_json {path}: lens distortion ({', '.join(distortion)}) is ignored; "
+                          "undistort the images for exact pinhole cameras", stacklevel=2)
         return frames, shared, opengl_to_opencv(torch.stack(c2w)).to(torch.float32)
 
     @staticmethod
