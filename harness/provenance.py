@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import hashlib
 import os
 import platform
 import subprocess
@@ -26,9 +27,20 @@ def git_commit() -> str:
         return "unknown"
 
 
+@functools.lru_cache(maxsize=1)
+def source_hash() -> str:
+    """Hash of the code that produces measurements (models/ and harness/ sources). Unlike the
+    commit, it does not change when results or docs are committed, so a rerun still resumes."""
+    digest = hashlib.sha1()
+    for path in sorted([*REPO_ROOT.glob("models/**/*.py"), *REPO_ROOT.glob("harness/**/*.py")]):
+        digest.update(path.relative_to(REPO_ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def code_version() -> str:
-    """What a record's resume key pins: measurements from other code are measured again."""
-    return os.environ.get("LVSM_BENCH_CODE_VERSION", git_commit())
+    """What a record's resume key pins: measurements made by other code are measured again."""
+    return os.environ.get("LVSM_BENCH_CODE_VERSION") or f"src-{source_hash()}"
 
 
 def device_name(device: torch.device | str) -> str:
