@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PRESET ?=
 preset_flag = $(if $(PRESET),--preset $(PRESET),)
 
-.PHONY: bench test models flops speed kv-cache efficiency-table gpu-check eval table-re10k preview
+.PHONY: bench test models flops speed kv-cache efficiency-table gpu-check eval table-re10k preview convergence
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,3 +51,6 @@ table-re10k: $(STAMP)  ## RealEstate10K table beside the published one (RE10K_DI
 
 preview: $(STAMP)  ## PNG grid of synthetic object and room scenes -> results/preview/preview.png
 	$(PY) -m harness preview
+
+convergence: $(STAMP)  ## train the three variants on one budget (CPU, synthetic objects) -> results/convergence/ (about 25 min on 2 cores)
+	$(PY) -m harness train experiments/convergence.yaml

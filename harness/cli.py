@@ -25,6 +25,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     return main_from_cli(args)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .experiment import run_experiment
+    run_experiment(args.experiment, args.set, progress=not args.no_progress)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import time
     from .experiment import run_experiment
@@ -62,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="the main profiling job: latency, memory and FLOPs vs views (experiments/bench.yaml)")
     p.add_argument("--preset", default=None, help="model preset (default: small on CPU, paper on CUDA)")
     p.set_defaults(func=_bench)
+    p = sub.add_parser("train", help="run a train/convergence experiment; resumes; multi-GPU: torchrun --nproc_per_node N -m harness train ...")
+    p.add_argument("experiment", help="path to experiments/<name>.yaml (kind train or convergence)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the YAML")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
     p = sub.add_parser("preview", help="PNG grid of a few synthetic scenes and their views")
     p.add_argument("--out", default="results/preview/preview.png")
     p.add_argument("--source", action="append", default=None, help="data source(s) to show (default: both synthetic ones)")
