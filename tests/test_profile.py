@@ -260,3 +260,18 @@ def test_gpu_check_fails_loudly_without_cuda(tmp_path):
     assert result.returncode != 0
     assert "no CUDA device" in result.stdout + result.stderr
     assert not list(tmp_path.glob("*/rows.jsonl"))
+
+
+def test_deadline_leaves_points_for_the_next_run(tmp_path):
+    import time
+    store = RecordStore(tmp_path / "rows.jsonl")
+
+    def measure(point):
+        time.sleep(0.05)
+        return {"value": 1}
+
+    first = Sweep(store, "exp", "v1").run(_points(4), measure, progress=False, deadline_s=0.01)
+    assert (first.measured, first.left) == (1, 3) and len(store.rows()) == 1
+    assert "3 left for the next run" in first.line("exp")
+    second = Sweep(store, "exp", "v1").run(_points(4), measure, progress=False)
+    assert (second.measured, second.skipped, second.left) == (3, 1, 0)

@@ -91,7 +91,7 @@ def run_efficiency(spec: EfficiencyExperiment, preset: str | None = None, progre
                 **measure_call(lambda: model(*views), ctx.device, ctx.dtype, settings)}
 
     sweep = ctx.sweep(spec)
-    summary = sweep.run(points, measure, lambda p: p["model"], progress)
+    summary = sweep.run(points, measure, lambda p: p["model"], progress, deadline_s=spec.deadline_s)
     rows = sweep.rows(points)
     frame = report.ok_frame(rows)
     notes = ctx.notes(spec) + [f"ours: N={spec.n_input} input views, M={spec.n_target} target view(s)"]
@@ -101,7 +101,7 @@ def run_efficiency(spec: EfficiencyExperiment, preset: str | None = None, progre
     ratio_lines = speedups(spec, frame)
     table = build_table(spec, frame)
     paths = write_tables(table, spec.results_dir(), spec.name, "Efficiency: ours beside the published table", notes + ratio_lines)
-    print(f"{spec.name}: {summary.measured} measured, {summary.skipped} already recorded, {len(summary.failed)} failed")
+    print(summary.line(spec.name))
     print("\n".join([f"# {spec.name}", *[f"- {n}" for n in notes], "", markdown(table), "", *ratio_lines, "",
                      f"wrote {paths['md']}"]))
     return rows

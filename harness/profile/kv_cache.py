@@ -52,7 +52,7 @@ def _cache_mib(cache) -> float:
     return sum(t.numel() * t.element_size() for kv in cache for t in kv) / 2 ** 20
 
 
-def build_report(spec: KVCacheExperiment, ctx, rows: list[dict[str, Any]]) -> list[str]:
+def build_report(spec: KVCacheExperiment, ctx, rows: list[dict[str, Any]], expected: int) -> list[str]:
     out_dir = spec.results_dir()
     frame = report.ok_frame(rows)
     notes = ctx.notes(spec) + [
@@ -61,6 +61,8 @@ def build_report(spec: KVCacheExperiment, ctx, rows: list[dict[str, Any]]) -> li
         f"from all N+{spec.n_new} views",
         "latency: median (IQR) of the timed runs after warm-up; GFLOPs: FlopCounterMode on meta, 2 x MAC, attention included",
     ] + report.failures(rows, ["model", "mode", "n_cached"])
+    if len(rows) < expected:
+        notes.append(f"{expected - len(rows)} of {expected} points not measured yet (rerun to resume)")
     if spec.published:
         notes.append(f"published: {spec.published.source}")
     if frame.empty:
@@ -138,8 +140,8 @@ def run_kv_cache(spec: KVCacheExperiment, preset: str | None = None, progress: b
         return {**flops.columns(), "kv_cache_mb": _cache_mib(base), **measure_call(step, dev, ctx.dtype, settings)}
 
     sweep = ctx.sweep(spec)
-    summary = sweep.run(points, measure, lambda p: f"{p['mode']} N={p['n_cached']}", progress)
+    summary = sweep.run(points, measure, lambda p: f"{p['mode']} N={p['n_cached']}", progress, deadline_s=spec.deadline_s)
     rows = sweep.rows(points)
-    print(f"{spec.name}: {summary.measured} measured, {summary.skipped} already recorded, {len(summary.failed)} failed")
-    print("\n".join(build_report(spec, ctx, rows)))
+    print(summary.line(spec.name))
+    print("\n".join(build_report(spec, ctx, rows, len(points))))
     return rows

@@ -12,6 +12,7 @@ from .fit import growth_exponent
 # Display names and a fixed colour per variant, so every figure reads the same.
 LABELS = {"lvsm_decoder_only": "LVSM decoder-only", "lvsm_encoder_decoder": "LVSM encoder-decoder",
           "efficient_lvsm": "Efficient-LVSM"}
+AXIS_NAMES = {"n_input": "N input views", "n_cached": "N cached input views", "n_target": "M target views"}
 COLORS = {"lvsm_decoder_only": "tab:red", "lvsm_encoder_decoder": "tab:orange", "efficient_lvsm": "tab:blue"}
 
 
@@ -60,7 +61,8 @@ def loglog(frame: pd.DataFrame, path: str | Path, x: str, metrics: dict[str, str
     if frame.empty:
         return None
     facets = sorted(frame[facet].unique()) if facet else [None]
-    fig, axes = plt.subplots(len(metrics), len(facets), figsize=(4.6 * len(facets), 3.4 * len(metrics)), squeeze=False)
+    fig, axes = plt.subplots(len(metrics), len(facets), figsize=(4.6 * len(facets), 3.4 * len(metrics)),
+                             squeeze=False, layout="constrained")
     for r, (column, ylabel) in enumerate(metrics.items()):
         for c, value in enumerate(facets):
             ax = axes[r][c]
@@ -80,13 +82,13 @@ def loglog(frame: pd.DataFrame, path: str | Path, x: str, metrics: dict[str, str
                             label=f"{label} (slope {ref_slope:.2f})" if ref_slope is not None else label)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_xlabel(x)
+            ax.set_xlabel(AXIS_NAMES.get(x, x))
             ax.set_ylabel(ylabel)
             if facet:
-                ax.set_title(f"{facet} = {value}")
+                ax.set_title(f"{AXIS_NAMES.get(facet, facet)} = {value}")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle(f"{title} (slopes fitted over {x} >= {min_n})")
+    fig.suptitle(f"{title}\n(slopes fitted over N >= {min_n})")
     return save_figure(fig, path)
 
 

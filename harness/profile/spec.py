@@ -58,6 +58,7 @@ class MeasuredSpec(CostSpec):
     min_runs: int = 5
     time_budget_s: float | None = None  # per point; see MeasureSettings
     threads: int | None = None  # CPU threads for torch (None: torch's default); recorded in every row
+    deadline_s: float | None = None  # stop starting new points after this long; a rerun resumes
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,6 +67,7 @@ class MeasuredSpec(CostSpec):
         _positive("min_runs", self.min_runs)
         _positive("time_budget_s", self.time_budget_s)
         _positive("threads", self.threads)
+        _positive("deadline_s", self.deadline_s)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device: expected auto, cpu, cuda or cuda:<index>, got {self.device!r}")
 

@@ -65,7 +65,7 @@ def headline(ratios: pd.DataFrame, n: int, m: int) -> str | None:
             f"({1 / r['FLOPs ratio']:.2f}x fewer), thop linear-MACs ratio {r['thop MACs ratio']:.3f}")
 
 
-def build_report(spec: ProfileExperiment, ctx, rows: list[dict[str, Any]]) -> list[str]:
+def build_report(spec: ProfileExperiment, ctx, rows: list[dict[str, Any]], expected: int) -> list[str]:
     out_dir = spec.results_dir()
     notes = ctx.notes(spec) + [
         f"latency: median and IQR of the timed runs after warm-up ({'CUDA events' if ctx.device.type == 'cuda' else 'time.perf_counter'})",
@@ -74,6 +74,8 @@ def build_report(spec: ProfileExperiment, ctx, rows: list[dict[str, Any]]) -> li
         "GFLOPs: FlopCounterMode on meta, 2 FLOPs per multiply-add, attention matmuls included; "
         "thop GMACs: linear layers only, the convention of the published GFLOPs column",
     ] + report.failures(rows, ["model", "n_input", "n_target"])
+    if len(rows) < expected:
+        notes.append(f"{expected - len(rows)} of {expected} points not measured yet (rerun to resume)")
     frame = report.ok_frame(rows)
     lines = []
     if frame.empty:
@@ -124,8 +126,8 @@ def run_profile(spec: ProfileExperiment, preset: str | None = None, progress: bo
                 **measure_call(lambda: model(*views), ctx.device, ctx.dtype, settings)}
 
     sweep = ctx.sweep(spec)
-    summary = sweep.run(points, measure, lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}", progress)
+    summary = sweep.run(points, measure, lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}", progress, deadline_s=spec.deadline_s)
     rows = sweep.rows(points)
-    print(f"{spec.name}: {summary.measured} measured, {summary.skipped} already recorded, {len(summary.failed)} failed")
-    print("\n".join(build_report(spec, ctx, rows)))
+    print(summary.line(spec.name))
+    print("\n".join(build_report(spec, ctx, rows, len(points))))
     return rows

@@ -7,6 +7,7 @@ code version (an OOM would only repeat); `error` points are retried.
 from __future__ import annotations
 
 import gc
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -43,6 +44,13 @@ class SweepSummary:
     measured: int = 0
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
+    left: int = 0  # not reached before the deadline; a rerun measures them
+
+    def line(self, name: str) -> str:
+        text = f"{name}: {self.measured} measured, {self.skipped} already recorded, {len(self.failed)} failed"
+        if self.left:
+            text += f", {self.left} left for the next run (deadline reached; rerun to resume)"
+        return text
 
 
 @dataclass
@@ -57,14 +65,21 @@ class Sweep:
         return point_key(self.experiment, point, self.version)
 
     def run(self, points: Sequence[Mapping[str, Any]], measure: Callable[[Mapping[str, Any]], Mapping[str, Any]],
-            label: Callable[[Mapping[str, Any]], str] = lambda p: "", progress: bool = True) -> SweepSummary:
+            label: Callable[[Mapping[str, Any]], str] = lambda p: "", progress: bool = True,
+            deadline_s: float | None = None) -> SweepSummary:
+        """`deadline_s`: stop starting new points after this many seconds (nothing is recorded for
+        the points left, so the next run measures them)."""
         done = self.store.done_keys(SKIP_STATUSES)
         summary = SweepSummary()
+        start = time.monotonic()
         bar = tqdm(points, desc=self.experiment, unit="point", disable=not progress, dynamic_ncols=True, mininterval=1.0)
         for point in bar:
             key = self.key(point)
             if key in done:
                 summary.skipped += 1
+                continue
+            if deadline_s is not None and time.monotonic() - start > deadline_s:
+                summary.left += 1
                 continue
             bar.set_postfix_str(label(point))
             try:
