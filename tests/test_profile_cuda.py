@@ -68,4 +68,4 @@ def test_kv_cache_render_matches_full_forward_on_cuda():
         full = model(images, c2w, k, tc, tk)
         renderer = model.incremental(tc, tk, 32, 32).add_views(images[:, :3], c2w[:, :3], k[:, :3])
         cached = renderer.add_views(images[:, 3:], c2w[:, 3:], k[:, 3:]).render()
-    torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cached, full, atol=1e-3, rtol=1e-3)

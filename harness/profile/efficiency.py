@@ -57,7 +57,7 @@ def build_table(spec: EfficiencyExperiment, frame: pd.DataFrame) -> pd.DataFrame
             "GFLOPs (published, thop)": pub.get("gflops_thop"),
             "peak mem MiB (ours)": ours.loc[name, "peak_mem_mb"] if have else None,
         })
-    return pd.DataFrame(rows)
+    return report.blank_missing(pd.DataFrame(rows))
 
 
 def speedups(spec: EfficiencyExperiment, frame: pd.DataFrame) -> list[str]:

@@ -87,6 +87,7 @@ def build_report(spec: KVCacheExperiment, ctx, rows: list[dict[str, Any]], expec
     table["KV cache MiB"] = [cached["kv_cache_mb"].get(n) for n in ns]
     table["cached peak MiB"] = [cached["peak_mem_mb"].get(n) for n in ns]
     table["recompute peak MiB"] = [full["peak_mem_mb"].get(n) for n in ns]
+    table = report.blank_missing(table)
     paths = write_tables(table, out_dir, spec.name, "Adding one input view: KV cache vs recomputing", notes)
     slopes = report.exponents(frame, "n_cached", {"latency_ms": "latency exponent", "gflops": "FLOPs exponent"},
                               ["model", "mode"], spec.fit_min_n)

@@ -24,6 +24,11 @@ def published_notes(published) -> list[str]:
     return [f"published: {rows} (source: {published.source.strip()})"]
 
 
+def blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
+    """NaN -> None, which the table writers print as n/a."""
+    return frame.astype(object).where(frame.notna(), None)
+
+
 def ok_frame(rows: Sequence[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows))
     if frame.empty:

@@ -114,7 +114,7 @@ class RunContext:
             where = "counted: FlopCounterMode on the meta device (shapes only), forward pass, attention included"
         else:
             where = (f"measured: {self.env['device']}, dtype {self.dtype} ({'autocast' if self.dtype != 'float32' else 'no autocast'}), "
-                     f"torch {self.env['torch']}, {self.env['threads']} threads, torch.no_grad()")
+                     f"torch {self.env['torch']}, torch threads={self.env['threads']}, torch.no_grad()")
         return [where, size, "inputs: synthetic random views; weights: random init (cost does not depend on values)",
                 f"code: commit {self.env['commit']}, records keyed by code version {self.version}"]
 
