@@ -29,4 +29,9 @@ def plucker(origins: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
 
 
 def plucker_rays(c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    # Ray geometry stays in the cameras' precision: under bf16 autocast the einsum would return
+    # bf16 directions beside float32 origins, and torch.cross refuses mixed dtypes.
+    if c2w.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(c2w.device.type):
+        with torch.autocast(device_type=c2w.device.type, enabled=False):
+            return plucker(*pixel_rays(c2w, fxfycxcy, height, width))
     return plucker(*pixel_rays(c2w, fxfycxcy, height, width))

@@ -6,6 +6,8 @@
 # everything is also packed into gpu_check.tar.gz and the tables into summary.md beside it.
 # Budget: about 8 minutes on one H100. Points whose 20 runs would take longer than
 # $POINT_BUDGET_S seconds make fewer timed runs (at least $MIN_RUNS); every row records its count.
+# Each experiment also stops starting new points after its deadline (the largest N come last);
+# the tables list any point left, and rerunning the script measures only those.
 # Without CUDA this fails at once (exit 3): it never falls back to the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +17,7 @@ PY=${PY:-.venv/bin/python}
 DEST=${OUT:-results/gpu}
 POINT_BUDGET_S=${POINT_BUDGET_S:-12}
 MIN_RUNS=${MIN_RUNS:-5}
+declare -A DEADLINE_S=([efficiency_table]=${EFFICIENCY_DEADLINE_S:-60} [kv_cache]=${KV_DEADLINE_S:-150} [speed_vs_views]=${SPEED_DEADLINE_S:-210})
 mkdir -p "$DEST"
 LOG="$DEST/gpu_check.log"
 exec > >(tee -a "$LOG") 2>&1
@@ -25,7 +28,9 @@ echo "== gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ) -> $DEST"
 import sys
 import torch
 if not torch.cuda.is_available():
-    sys.exit("gpu-check: no CUDA device (torch.cuda.is_available() is False); this script only measures on a GPU")
+    print("gpu-check: no CUDA device (torch.cuda.is_available() is False); this script only measures on a GPU",
+          file=sys.stderr)
+    sys.exit(3)
 print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
       f"bf16 {torch.cuda.is_bf16_supported()}")
 PYEOF
@@ -42,7 +47,7 @@ for experiment in efficiency_table kv_cache speed_vs_views; do
     echo "== $experiment ($(( $(date +%s) - start )) s so far)"
     "$PY" -m harness run "experiments/$experiment.yaml" --preset paper \
         --set device=cuda --set dtype=bfloat16 --set "output_dir=$DEST/$experiment" \
-        --set "time_budget_s=$POINT_BUDGET_S" --set "min_runs=$MIN_RUNS"
+        --set "time_budget_s=$POINT_BUDGET_S" --set "min_runs=$MIN_RUNS" --set "deadline_s=${DEADLINE_S[$experiment]}"
 done
 
 for md in "$DEST"/*/*.md; do printf '\n<!-- %s -->\n' "$md"; cat "$md"; done > "$DEST/summary.md"

@@ -275,3 +275,17 @@ def test_deadline_leaves_points_for_the_next_run(tmp_path):
     assert "3 left for the next run" in first.line("exp")
     second = Sweep(store, "exp", "v1").run(_points(4), measure, progress=False)
     assert (second.measured, second.skipped, second.left) == (3, 1, 0)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_bf16_autocast_measurement_runs(name):
+    """The gpu-check measures under bf16 autocast; CPU autocast exercises the same dtype paths."""
+    model = build_model(name, "tiny").eval()
+    views = synthetic_views(1, 2, 2, 32, "cpu")
+    result = measure_call(lambda: model(*views), torch.device("cpu"), "bfloat16", MeasureSettings(warmup=1, runs=2))
+    assert result["runs"] == 2
+    if name == "efficient_lvsm":
+        renderer = model.incremental(views[3], views[4], 32, 32)
+        result = measure_call(lambda: renderer.add_views(*views[:3]).render(), torch.device("cpu"), "bfloat16",
+                              MeasureSettings(warmup=0, runs=1))
+        assert result["runs"] == 1
