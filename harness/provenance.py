@@ -47,7 +47,7 @@ def device_name(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu: {platform.processor() or platform.machine()} ({torch.get_num_threads()} thread{"s" if torch.get_num_threads() != 1 else ""})"
+    return f"cpu: {platform.processor() or platform.machine()} ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})"
 
 
 def default_device() -> torch.device:
