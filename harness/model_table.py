@@ -21,6 +21,8 @@ def model_table() -> pd.DataFrame:
         for preset in PRESETS:
             with torch.device("meta"):
                 row[f"params_{preset}"] = build_model(name, preset).num_parameters()
-        row["official_paper_params"] = OFFICIAL_PARAMETERS.get(name)
+        official = OFFICIAL_PARAMETERS.get(name)
+        # Ablations have no official release to compare with.
+        row["official_paper_params"] = f"{official:,}" if official else "n/a (ablation)"
         rows.append(row)
     return pd.DataFrame(rows)

@@ -158,3 +158,22 @@ def test_gradient_checkpointing_gives_same_gradients():
         model(*views).square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_final_context_ablation_differs_from_co_refinement_only_with_depth():
+    views = random_views(1, 2, 2)
+    outputs = {}
+    for depth in (1, 3):
+        for name in ("efficient_lvsm", "efficient_lvsm_final_context"):
+            torch.manual_seed(5)
+            model = build_model(name, "tiny", stream_depth=depth).eval()
+            with torch.no_grad():
+                outputs[name, depth] = model(*views)
+            session = model.incremental(views[3], views[4], 32, 32)
+            with torch.no_grad():
+                session.add_views(views[0][:, :1], views[1][:, :1], views[2][:, :1])
+                session.add_views(views[0][:, 1:], views[1][:, 1:], views[2][:, 1:])
+                assert (session.render() - outputs[name, depth]).abs().max().item() <= 1e-5
+    # With one layer the final input states are the layer-0 states: the two designs coincide.
+    assert torch.allclose(outputs["efficient_lvsm", 1], outputs["efficient_lvsm_final_context", 1], atol=1e-6)
+    assert (outputs["efficient_lvsm", 3] - outputs["efficient_lvsm_final_context", 3]).abs().max().item() > 1e-3
