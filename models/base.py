@@ -29,6 +29,8 @@ class NVSModel(nn.Module):
     name: ClassVar[str] = ""
     # (regex, replacement) pairs mapping the official state-dict keys onto ours, applied in order.
     official_key_map: ClassVar[list[tuple[str, str]]] = []
+    # Config depth field -> the state-dict prefix of the blocks it counts (read by `load_official`).
+    depth_fields: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -20,6 +20,7 @@ KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values 
 
 @register("efficient_lvsm")
 class EfficientLVSM(NVSModel):
+    depth_fields = {"stream_depth": "input_blocks"}
     official_key_map = [
         (r"^rgbp_tokenizer\.1\.", "input_tokenizer.proj."),
         (r"^target_pose_tokenizer\.1\.", "target_tokenizer.proj."),

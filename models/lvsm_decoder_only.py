@@ -31,6 +31,7 @@ LVSM_TOKEN_KEYS = [
 
 @register("lvsm_decoder_only")
 class LVSMDecoderOnly(NVSModel):
+    depth_fields = {"depth": "blocks"}
     official_key_map = LVSM_TOKEN_KEYS + [
         (r"^transformer_input_layernorm\.", "input_norm."),
         (r"^transformer_blocks\.", "blocks."),

@@ -16,6 +16,7 @@ from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, T
 
 @register("lvsm_encoder_decoder")
 class LVSMEncoderDecoder(NVSModel):
+    depth_fields = {"encoder_depth": "encoder", "decoder_depth": "decoder"}
     official_key_map = LVSM_TOKEN_KEYS + [
         (r"^n_light_field_latent$", "latents"),
         (r"^transformer_input_layernorm_decoder\.", "decoder_input_norm."),

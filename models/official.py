@@ -84,16 +84,17 @@ def _block_count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def config_from_weights(name: str, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+def config_from_weights(cls: type[NVSModel], state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Every size the weights determine (image size excepted: no weight depends on it)."""
     tokenizer = state.get("input_tokenizer.proj.weight")
     if tokenizer is None:
         raise KeyError("load_official: missing key 'input_tokenizer.proj.weight' (official 'image_tokenizer.1.weight' "
                        "or 'rgbp_tokenizer.1.weight'); is this a checkpoint of the named model?")
     dim, fan_in = tokenizer.shape
-    patch = round((fan_in / 9) ** 0.5)
-    sizes: dict[str, Any] = {"dim": int(dim), "patch_size": patch}
-    block = {"lvsm_decoder_only": "blocks", "lvsm_encoder_decoder": "encoder", "efficient_lvsm": "input_blocks"}[name]
+    sizes: dict[str, Any] = {"dim": int(dim), "patch_size": round((fan_in / 9) ** 0.5)}
+    for field, prefix in cls.depth_fields.items():
+        sizes[field] = _block_count(state, prefix)
+    block = next(iter(cls.depth_fields.values()))
     q_norm = state.get(f"{block}.0.attn.q_norm.weight")
     sizes["qk_norm"] = q_norm is not None
     if q_norm is not None:
@@ -101,26 +102,18 @@ def config_from_weights(name: str, state: Mapping[str, torch.Tensor]) -> dict[st
     fc_in = state.get(f"{block}.0.mlp.fc_in.weight")
     if fc_in is not None:
         sizes["mlp_ratio"] = int(fc_in.shape[0] // dim)
-    if name == "lvsm_encoder_decoder":
-        sizes["encoder_depth"] = _block_count(state, "encoder")
-        sizes["decoder_depth"] = _block_count(state, "decoder")
-        if "latents" in state:
-            sizes["n_latents"] = int(state["latents"].shape[0])
-    elif name == "efficient_lvsm":
-        sizes["stream_depth"] = _block_count(state, block)
-    else:
-        sizes["depth"] = _block_count(state, block)
+    if "latents" in state:
+        sizes["n_latents"] = int(state["latents"].shape[0])
     return sizes
 
 
-def _config_from_official(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+def _config_from_official(cls: type[NVSModel], config: Mapping[str, Any]) -> dict[str, Any]:
     flat = _flatten(config)
-    ours = {}
-    for key, value in flat.items():
-        if key in OFFICIAL_CONFIG_KEYS:
-            ours[OFFICIAL_CONFIG_KEYS[key]] = value
-    if name == "efficient_lvsm" and "depth" in ours:
-        ours["stream_depth"] = ours.pop("depth")  # its n_layer counts blocks per stream
+    ours = {OFFICIAL_CONFIG_KEYS[key]: value for key, value in flat.items() if key in OFFICIAL_CONFIG_KEYS}
+    if "depth" in ours and "depth" not in cls.depth_fields:
+        depth = ours.pop("depth")
+        if len(cls.depth_fields) == 1:  # Efficient-LVSM's n_layer counts blocks per stream
+            ours[next(iter(cls.depth_fields))] = depth
     if "image_size" in ours and "image_w" in flat and flat["image_w"] != ours["image_size"]:
         del ours["image_size"]  # non-square training size: keep the preset's square profiling size
     return ours
@@ -141,8 +134,8 @@ def load_official(name: str, config: Mapping[str, Any] | str | Path | None = Non
     if weights is None:
         raise ValueError("load_official: no weights given (a state dict, a dict wrapping one, or a checkpoint path)")
     state = convert_official_state_dict(cls, unwrap_checkpoint(weights))
-    from_weights = config_from_weights(name, state)
-    from_config = _config_from_official(name, config) if config else {}
+    from_weights = config_from_weights(cls, state)
+    from_config = _config_from_official(cls, config) if config else {}
     for key, value in from_config.items():
         if key in from_weights and from_weights[key] != value:
             raise ValueError(f"load_official: config says {key}={value!r} but the weights imply {from_weights[key]!r}")

@@ -177,3 +177,9 @@ def test_final_context_ablation_differs_from_co_refinement_only_with_depth():
     # With one layer the final input states are the layer-0 states: the two designs coincide.
     assert torch.allclose(outputs["efficient_lvsm", 1], outputs["efficient_lvsm_final_context", 1], atol=1e-6)
     assert (outputs["efficient_lvsm", 3] - outputs["efficient_lvsm_final_context", 3]).abs().max().item() > 1e-3
+
+
+def test_ablation_loads_official_efficient_weights():
+    f = load_fixture("efficient_lvsm")
+    model = load_official("efficient_lvsm_final_context", f["config"], f["state_dict"])
+    assert len(model.target_blocks) == 2 and model.num_parameters() == 303_296
