@@ -62,6 +62,27 @@ class NVSModel(nn.Module):
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
+    def render_target_sequences(self, shared: torch.Tensor, targets: torch.Tensor, norm: nn.Module, blocks: nn.ModuleList,
+                                targets_first: bool, chunk: int | None, height: int, width: int) -> torch.Tensor:
+        """LVSM's per-target rendering: one sequence per target view, [shared ; target] (or
+        [target ; shared]), batch-ordered (batch, target view), through `norm` and `blocks`, then
+        the head on the target tokens. shared: [b, S, d]; targets: [b, m, P, d] -> [b, m, 3, h, w].
+        Chunks of `chunk` target views bound the memory; the result does not depend on it."""
+        b, m, p, d = targets.shape
+        chunk = chunk or m
+        renders = []
+        for start in range(0, m, chunk):
+            part = targets[:, start:start + chunk]
+            views = part.shape[1]
+            context = shared.unsqueeze(1).expand(b, views, -1, d)
+            seq = torch.cat([part, context] if targets_first else [context, part], dim=2).reshape(b * views, -1, d)
+            seq = norm(seq)
+            for block in blocks:
+                seq = self.run_block(block, seq)
+            out = seq[:, :p] if targets_first else seq[:, -p:]
+            renders.append(self.head(out, height, width).reshape(b, views, 3, height, width))
+        return torch.cat(renders, dim=1)
+
     def view_tokens(self, image_size: int | None) -> int:
         size = image_size or self.config.image_size
         return (size // self.config.patch_size) ** 2

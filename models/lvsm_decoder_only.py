@@ -2,7 +2,6 @@
 tokens] under full self-attention (Jin et al., ICLR 2025)."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from . import flops as F
@@ -58,21 +57,9 @@ class LVSMDecoderOnly(NVSModel):
         self.input_views_encoded += n
         d = self.config.dim
         inputs = self.input_tokenizer(input_view_features(input_images, input_c2w, input_fxfycxcy)).reshape(b, -1, d)
-        targets = self.target_tokenizer(target_view_features(target_c2w, target_fxfycxcy, h, w))
-        p = targets.shape[1]
-        targets = targets.reshape(b, m, p, d)
-        chunk = target_chunk or self.target_chunk or m
-        renders = []
-        for start in range(0, m, chunk):
-            part = targets[:, start:start + chunk]
-            views = part.shape[1]
-            # Sequences are ordered (batch, target view), as in the official model.
-            seq = torch.cat([inputs.unsqueeze(1).expand(b, views, -1, d), part], dim=2).reshape(b * views, -1, d)
-            seq = self.input_norm(seq)
-            for block in self.blocks:
-                seq = self.run_block(block, seq)
-            renders.append(self.head(seq[:, -p:], h, w).reshape(b, views, RGB_CHANNELS, h, w))
-        return torch.cat(renders, dim=1)
+        targets = self.target_tokenizer(target_view_features(target_c2w, target_fxfycxcy, h, w)).reshape(b, m, -1, d)
+        return self.render_target_sequences(inputs, targets, self.input_norm, self.blocks, targets_first=False,
+                                            chunk=target_chunk or self.target_chunk, height=h, width=w)
 
     def analytic_flops(self, n_input: int, n_target: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
         c, p = self.config, self.view_tokens(image_size)

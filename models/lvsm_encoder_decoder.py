@@ -59,21 +59,10 @@ class LVSMEncoderDecoder(NVSModel):
         b, n, m, h, w = self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
         latents = self.encode(input_images, input_c2w, input_fxfycxcy)
         d = self.config.dim
-        targets = self.target_tokenizer(target_view_features(target_c2w, target_fxfycxcy, h, w))
-        p = targets.shape[1]
-        targets = targets.reshape(b, m, p, d)
-        chunk = target_chunk or self.target_chunk or m
-        renders = []
-        for start in range(0, m, chunk):
-            part = targets[:, start:start + chunk]
-            views = part.shape[1]
-            # Decoder sequences put the target tokens FIRST, then the latents.
-            seq = torch.cat([part, latents.unsqueeze(1).expand(b, views, -1, d)], dim=2).reshape(b * views, -1, d)
-            seq = self.decoder_input_norm(seq)
-            for block in self.decoder:
-                seq = self.run_block(block, seq)
-            renders.append(self.head(seq[:, :p], h, w).reshape(b, views, RGB_CHANNELS, h, w))
-        return torch.cat(renders, dim=1)
+        targets = self.target_tokenizer(target_view_features(target_c2w, target_fxfycxcy, h, w)).reshape(b, m, -1, d)
+        # Decoder sequences put the target tokens FIRST, then the latents.
+        return self.render_target_sequences(latents, targets, self.decoder_input_norm, self.decoder, targets_first=True,
+                                            chunk=target_chunk or self.target_chunk, height=h, width=w)
 
     def analytic_flops(self, n_input: int, n_target: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
         c, p = self.config, self.view_tokens(image_size)
