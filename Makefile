@@ -6,13 +6,16 @@ STAMP := $(VENV)/.installed-stamp
 PRESET ?=
 preset_flag = $(if $(PRESET),--preset $(PRESET),)
 
-.PHONY: bench test models flops speed kv-cache efficiency-table gpu-check eval table-re10k preview convergence
+.PHONY: help bench test models flops speed kv-cache efficiency-table gpu-check eval table-re10k preview convergence
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+help:  ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 20
 
 bench: $(STAMP)  ## the main profiling job on the embedded default (PRESET= overrides)
 	$(PY) -m harness bench $(preset_flag)
