@@ -22,7 +22,7 @@ def tiny_run(steps: int = 6):
     data = DataSpec(source="synthetic_object", image_size=16, options={"count": 4, "seed": 0, "views": 8, "supersample": 1},
                     eval_options={"seed": 1, "count": 2}, n_input=2, n_target=2, eval_n_target=2, eval_scenes=2, normalize=True)
     optim = OptimSpec(lr=3e-3, warmup_steps=2)
-    train = TrainSpec(steps=steps, batch_size=2, val_every=3, checkpoint_every=3, log_every=1, device="cpu", threads=2)
+    train = TrainSpec(steps=steps, batch_size=2, val_every=3, checkpoint_every=3, log_every=1, device="cpu", threads=1)
     return model, data, optim, train
 
 
@@ -63,6 +63,26 @@ def test_ranks_take_disjoint_shards_of_one_stream():
     assert not torch.equal(shards[0]["target_images"], shards[1]["target_images"])
 
 
+def test_nearby_views_draw_context_and_targets_near_an_anchor():
+    import numpy as np
+    from harness.data import open_source
+    from harness.train.data import camera_centres, evaluation_index, nearby_views
+    source = open_source("synthetic_object", count=2, image_size=16, views=40)
+    centres = camera_centres(source, 0).double()
+    for seed in range(5):
+        context, target = nearby_views(source, 0, 2, 3, 6, np.random.default_rng(seed))
+        assert len(set(context + target)) == 5
+        # Every view lies among the 6 cameras nearest one of the context views (the anchor).
+        near = [set(torch.argsort((centres - centres[c]).norm(dim=-1), stable=True)[:6].tolist()) for c in context]
+        assert any(set(context + target) <= pool for pool in near)
+    spec = DataSpec(nearby_views=6, n_input=2, eval_n_target=3)
+    assert evaluation_index(source, spec) == evaluation_index(source, spec)
+    from harness.train.data import example_stream
+    spec = DataSpec(nearby_views=6, n_input=2, n_target=2, context_target_rate=1.0)
+    example = next(example_stream(source, spec))
+    assert set(example.target_indices) <= set(example.input_indices)  # the copy curriculum at rate 1
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,7 +95,6 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     from harness.train.distributed import close_world, init_world
     world = init_world("cpu")
     model, data, optim, train = tiny_run(steps=3)
-    train.threads = 1
     result = train_model(model, data, optim, train, out_dir, world=world, progress=False)
     torch.save(result.model.state_dict(), f"{out_dir}/rank{rank}.pt")
     close_world(world)

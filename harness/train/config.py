@@ -31,6 +31,11 @@ class DataSpec:
     eval_n_target: int = 3
     eval_scenes: int = 32
     normalize: bool = True
+    # 0: the source's own view rule; k > 0: context and targets among the k cameras nearest a random
+    # anchor view (a context span for unordered object views; see harness.train.data.nearby_views).
+    nearby_views: int = 0
+    # With nearby_views: probability that a training target is one of the example's context views.
+    context_target_rate: float = 0.0
     seed: int = 0
 
 
@@ -128,6 +133,10 @@ def validate_run(model: ModelSpec, data: DataSpec, optim: OptimSpec, train: Trai
                 "train.checkpoint_every": train.checkpoint_every, "train.log_every": train.log_every,
                 "data.image_size": data.image_size, "data.n_input": data.n_input, "data.n_target": data.n_target,
                 "data.eval_n_target": data.eval_n_target, "data.eval_scenes": data.eval_scenes, "optim.lr": optim.lr}
+    if not 0.0 <= data.context_target_rate <= 1.0:
+        raise ExperimentError(f"{where}: data.context_target_rate: expected a probability in [0, 1], got {data.context_target_rate}")
+    if data.nearby_views < 0:
+        raise ExperimentError(f"{where}: data.nearby_views: expected 0 (off) or a positive count, got {data.nearby_views}")
     for key, value in positive.items():
         if value <= 0:
             raise ExperimentError(f"{where}: {key}: expected a positive number, got {value!r}")

@@ -5,6 +5,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from .config import DataSpec
@@ -58,14 +59,66 @@ def open_sources(spec: DataSpec, cache: bool = True):
     return train, evaluation
 
 
+def camera_centres(source, i: int) -> torch.Tensor:
+    """Centres [v,3] of every camera of scene i; procedural sources give them without rendering."""
+    n = source.num_views(i)
+    if hasattr(source, "cameras"):
+        return source.cameras(i, list(range(n)))[:, :3, 3]
+    return source.views(i, range(n)).c2w[:, :3, 3]
+
+
+def nearby_views(source, i: int, n_input: int, n_target: int, pool: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """Context and target views drawn from the `pool` cameras closest to a random anchor view (the
+    anchor is a context view), so every target has a context camera near it: a context span for
+    unordered (object-style) views."""
+    centres = camera_centres(source, i).double()
+    anchor = int(rng.integers(len(centres)))
+    order = torch.argsort((centres - centres[anchor]).norm(dim=-1), stable=True).tolist()
+    near = order[1:max(pool, n_input + n_target)]
+    picks = rng.permutation(len(near))[:n_input + n_target - 1].tolist()
+    chosen = [anchor] + [near[p] for p in picks]
+    return sorted(chosen[:n_input]), chosen[n_input:]
+
+
+def example_stream(source, spec: DataSpec) -> Iterator:
+    """The data module's training stream, or (with `nearby_views`) the same stream drawing views by
+    `nearby_views`: scene uniformly at random, views near a random anchor."""
+    from ..data import make_example, training_examples
+    if not spec.nearby_views:
+        yield from training_examples(source, n_input=spec.n_input, n_target=spec.n_target, seed=spec.seed,
+                                     normalize=spec.normalize)
+        return
+    rng = np.random.default_rng(spec.seed)
+    while True:
+        i = int(rng.integers(len(source)))
+        context, target = nearby_views(source, i, spec.n_input, spec.n_target, spec.nearby_views, rng)
+        # Curriculum: some targets are context views themselves, so routing colour along matching
+        # rays is rewarded from the first steps (validation never does this).
+        copies = rng.random(len(target)) < spec.context_target_rate
+        target = [int(rng.choice(context)) if copy else t for t, copy in zip(target, copies)]
+        yield make_example(source, i, context, target, spec.normalize)
+
+
+def evaluation_index(source, spec: DataSpec) -> dict:
+    """The fixed validation index (RealEstate10K index format), drawn by the same view rule as training."""
+    from ..data import make_evaluation_index
+    n_input = spec.eval_n_input or spec.n_input
+    if not spec.nearby_views:
+        return make_evaluation_index(source, n_input=n_input, n_target=spec.eval_n_target, seed=spec.seed)
+    index = {}
+    for i, name in enumerate(source.names):
+        context, target = nearby_views(source, i, n_input, spec.eval_n_target, spec.nearby_views,
+                                       np.random.default_rng([spec.seed, i]))
+        index[name] = {"context": context, "target": target}
+    return index
+
+
 def training_batches(source, spec: DataSpec, world: World, batch_size: int, examples_seen: int = 0) -> Iterator[dict[str, Any]]:
     """Rank r takes positions r, r+W, r+2W ... of one global example stream, so W ranks with batch B
     see exactly the examples one process with batch W*B would. `examples_seen` (global) skips what a
     resumed run has already trained on."""
-    from ..data import collate, training_examples
-    stream = training_examples(source, n_input=spec.n_input, n_target=spec.n_target, seed=spec.seed,
-                               normalize=spec.normalize)
-    stream = itertools.islice(stream, examples_seen + world.rank, None, world.size)
+    from ..data import collate
+    stream = itertools.islice(example_stream(source, spec), examples_seen + world.rank, None, world.size)
     while True:
         examples = list(itertools.islice(stream, batch_size))
         if len(examples) < batch_size:
@@ -81,9 +134,8 @@ class EvalSplit:
 
 
 def evaluation_split(source, spec: DataSpec, batch_size: int) -> EvalSplit:
-    from ..data import collate, evaluation_examples, make_evaluation_index
-    index = make_evaluation_index(source, n_input=spec.eval_n_input or spec.n_input, n_target=spec.eval_n_target,
-                                  seed=spec.seed)
+    from ..data import collate, evaluation_examples
+    index = dict(itertools.islice(evaluation_index(source, spec).items(), spec.eval_scenes))
     examples = list(itertools.islice(evaluation_examples(source, index, normalize=spec.normalize), spec.eval_scenes))
     if not examples:
         raise ValueError(f"data.source {spec.source!r}: the evaluation split is empty")

@@ -17,6 +17,28 @@ from .report import write_report
 from .validation import pose_swap_drop, trivial_baselines
 
 
+def save_renders(path: Path, result: RunResult, examples: int = 6) -> None:
+    """PNG, one row per validation example: context views | ground-truth targets | renders."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from ..records import write_atomic
+    from .validation import model_predictor
+    batch = {k: (v[:examples] if hasattr(v, "shape") else v[:examples]) for k, v in result.eval_split.batches[0].items()}
+    result.model.eval()
+    renders = model_predictor(result.model, result.device, result.dtype)(batch).float().cpu()
+    rows = [torch.cat([*batch["input_images"][i], *batch["target_images"][i], *renders[i]], dim=2)
+            for i in range(renders.shape[0])]
+    grid = (torch.cat(rows, dim=1).clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    image = Image.fromarray(grid)
+    image = image.resize((image.width * 3, image.height * 3), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_atomic(path, buffer.getvalue())
+
+
 def final_row(variant: str, result: RunResult) -> dict[str, Any]:
     final = [r for r in result.validation if r["step"] == result.step]
     if not final:
@@ -66,6 +88,7 @@ def run_convergence(exp: ConvergenceExperiment, preset: str | None = None, progr
                 if not trivial:
                     trivial = _trivial(exp, result, store, version)
                 row = {"kind": "final", "key": key, **final_row(variant, result)}
+                save_renders(out_dir / f"renders_{variant}.png", result)
                 store.append(row)
                 finals.append(row)
                 print(f"{variant}: final PSNR {row['final_psnr']:.2f} dB, SSIM {row['final_ssim']:.3f}, "
