@@ -3,13 +3,13 @@
 under `<root>/images/<scene>/`; an optional `<root>/full_list.txt` lists the json files to use."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import DataError
+from .frames_json import pose_rows, read_frames, require_keys
 from .geometry import w2c_to_c2w
 from .images import decode_image, square_scene
 from .registry import register_source
@@ -40,27 +40,16 @@ class LVSMJson(Source):
         path = self.files[i]
         if not path.is_file():
             raise DataError(f"lvsm_json: metadata file {path} not found")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise DataError(f"lvsm_json {path}: not valid JSON ({error})") from None
-        frames = data.get("frames") if isinstance(data, dict) else None
-        if not isinstance(frames, list) or not frames:
-            raise DataError(f"lvsm_json {path}: expected an object with a non-empty 'frames' list")
+        _, frames = read_frames(path, "lvsm_json")
         ks, w2cs = [], []
         for j, frame in enumerate(frames):
             where = f"lvsm_json {path}: frame {j}"
-            missing = [k for k in ("image_path", "fxfycxcy", "w2c") if k not in frame]
-            if missing:
-                raise DataError(f"{where}: missing key {missing[0]!r}")
+            require_keys(frame, ("image_path", "fxfycxcy", "w2c"), where)
             k = torch.tensor(frame["fxfycxcy"], dtype=torch.float64)
             if k.shape != (4,):
                 raise DataError(f"{where}: 'fxfycxcy' has shape {tuple(k.shape)}; expected 4 numbers in pixels")
-            w2c = torch.tensor(frame["w2c"], dtype=torch.float64)
-            if w2c.shape not in ((4, 4), (3, 4)):
-                raise DataError(f"{where}: 'w2c' has shape {tuple(w2c.shape)}; expected a 4x4 (or 3x4) matrix")
             ks.append(k)
-            w2cs.append(w2c[:3])
+            w2cs.append(pose_rows(frame, "w2c", where, "a 4x4 (or 3x4) matrix"))
         return frames, torch.stack(ks), w2c_to_c2w(torch.stack(w2cs))
 
     def _image_path(self, i: int, frame: dict[str, Any], where: str) -> Path:

@@ -5,7 +5,6 @@ z backward), intrinsics from `fl_x/fl_y/cx/cy` or `camera_angle_x` (+ `camera_an
 Lens distortion coefficients (k1.., p1..) are not applied (a warning says so)."""
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import torch
 
 from .errors import DataError
+from .frames_json import pose_rows, read_frames, require_keys
 from .geometry import opengl_to_opencv
 from .images import decode_image, find_image, square_scene
 from .registry import register_source
@@ -47,24 +47,13 @@ class TransformsJson(Source):
 
     def _read(self, i: int) -> tuple[list[dict[str, Any]], dict[str, Any], torch.Tensor]:
         path = self.files[i]
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise DataError(f"transforms_json {path}: not valid JSON ({error})") from None
-        frames = data.get("frames") if isinstance(data, dict) else None
-        if not isinstance(frames, list) or not frames:
-            raise DataError(f"transforms_json {path}: expected an object with a non-empty 'frames' list")
+        data, frames = read_frames(path, "transforms_json")
         c2w = []
         for j, frame in enumerate(frames):
             where = f"transforms_json {path}: frame {j}"
-            for key in ("file_path", "transform_matrix"):
-                if key not in frame:
-                    raise DataError(f"{where}: missing key {key!r}")
-            m = torch.tensor(frame["transform_matrix"], dtype=torch.float64)
-            if m.shape not in ((4, 4), (3, 4)):
-                raise DataError(f"{where}: 'transform_matrix' has shape {tuple(m.shape)}; expected 4x4 (or 3x4)")
+            require_keys(frame, ("file_path", "transform_matrix"), where)
             full = torch.eye(4, dtype=torch.float64)
-            full[:3] = m[:3]
+            full[:3] = pose_rows(frame, "transform_matrix", where, "4x4 (or 3x4)")
             c2w.append(full)
         shared = {k: data[k] for k in INTRINSIC_KEYS if k in data}
         distortion = [k for k in DISTORTION_KEYS if any(float(src.get(k, 0) or 0) != 0 for src in [data, *frames])]

@@ -2,9 +2,10 @@
 variants as the numbers of input views N and target views M grow.
 
 Modules, one job each: `inputs` (synthetic views), `flops` (FlopCounterMode vs the analytic
-formula), `timing` and `memory` (one measured call), `measure` (both together), `sweep` (points ->
-records, resumable), `fit` (growth exponents), `report` (tables and log-log plots), `spec` (the YAML
-fields every profiling kind shares) and one module per experiment kind: `speed` (`profile`),
+formula), `timing` and `memory` (one measured call), `measure` (both together), `forward` (one
+forward point: FLOPs and measured call), `sweep` (points -> records, resumable), `fit` (growth
+exponents), `report` (tables and log-log plots), `spec` (the YAML fields every profiling kind shares,
+and the measure-then-report run they share) and one module per experiment kind: `speed` (`profile`),
 `flop_sweep` (`profile_flops`), `kv_cache` (`profile_kv_cache`), `efficiency` (`profile_efficiency`).
 """
 from .flops import FlopCount, FlopCounter

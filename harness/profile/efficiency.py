@@ -10,10 +10,8 @@ import pandas as pd
 from ..experiment import register_kind
 from ..tables import markdown, write_tables
 from . import report
-from .flops import FlopCounter
-from .inputs import synthetic_views
-from .measure import measure_call
-from .spec import MeasuredSpec, ModelCache, check_model_list, resolve_context
+from .forward import forward_measure
+from .spec import MeasuredSpec, check_model_list, resolve_context
 
 PUBLISHED_KEYS = ("label", "params_m", "latency_ms", "gflops_thop")
 
@@ -75,24 +73,7 @@ def speedups(spec: EfficiencyExperiment, frame: pd.DataFrame) -> list[str]:
     return lines
 
 
-@register_kind("profile_efficiency", EfficiencyExperiment)
-def run_efficiency(spec: EfficiencyExperiment, preset: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    ctx = resolve_context(spec, preset)
-    settings = spec.measure_settings()
-    points = [ctx.point(model=model, n_input=spec.n_input, n_target=spec.n_target, batch=spec.batch, **settings.key())
-              for model in spec.models]
-    counter, cache = FlopCounter(ctx.config), ModelCache(ctx.config, ctx.device)
-
-    def measure(point: dict[str, Any]) -> dict[str, Any]:
-        flops = counter.forward(point["model"], point["n_input"], point["n_target"], point["batch"])
-        model = cache.get(point["model"])
-        views = synthetic_views(point["batch"], point["n_input"], point["n_target"], ctx.image_size, ctx.device)
-        return {"params": model.num_parameters(), **flops.columns(),
-                **measure_call(lambda: model(*views), ctx.device, ctx.dtype, settings)}
-
-    sweep = ctx.sweep(spec)
-    summary = sweep.run(points, measure, lambda p: p["model"], progress, deadline_s=spec.deadline_s)
-    rows = sweep.rows(points)
+def build_report(spec: EfficiencyExperiment, ctx, rows: list[dict[str, Any]]) -> list[str]:
     frame = report.ok_frame(rows)
     notes = ctx.notes(spec) + [f"ours: N={spec.n_input} input views, M={spec.n_target} target view(s)"]
     if spec.published:
@@ -101,7 +82,15 @@ def run_efficiency(spec: EfficiencyExperiment, preset: str | None = None, progre
     ratio_lines = speedups(spec, frame)
     table = build_table(spec, frame)
     paths = write_tables(table, spec.results_dir(), spec.name, "Efficiency: ours beside the published table", notes + ratio_lines)
-    print(summary.line(spec.name))
-    print("\n".join([f"# {spec.name}", *[f"- {n}" for n in notes], "", markdown(table), "", *ratio_lines, "",
-                     f"wrote {paths['md']}"]))
-    return rows
+    return [f"# {spec.name}", *[f"- {n}" for n in notes], "", markdown(table), "", *ratio_lines, "",
+            f"wrote {paths['md']}"]
+
+
+@register_kind("profile_efficiency", EfficiencyExperiment)
+def run_efficiency(spec: EfficiencyExperiment, preset: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    ctx = resolve_context(spec, preset)
+    settings = spec.measure_settings()
+    points = [ctx.point(model=model, n_input=spec.n_input, n_target=spec.n_target, batch=spec.batch, **settings.key())
+              for model in spec.models]
+    return ctx.measure_and_report(spec, points, forward_measure(ctx, settings), lambda p: p["model"], progress,
+                                  lambda rows: build_report(spec, ctx, rows))

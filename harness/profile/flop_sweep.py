@@ -2,7 +2,7 @@
 FlopCounterMode on the meta device and set beside the analytic formula (experiments/flops.yaml)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -11,24 +11,12 @@ from ..experiment import register_kind
 from ..tables import markdown, write_tables
 from . import report
 from .flops import FlopCounter
-from .spec import CostSpec, check_model_list, resolve_context
-from .speed import VARIANTS
+from .spec import ViewGridSpec, resolve_context
 
 
 @dataclass
-class FlopsExperiment(CostSpec):
-    models: list[str] = field(default_factory=lambda: list(VARIANTS))
-    n_inputs: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-    n_targets: list[int] = field(default_factory=lambda: [1, 8])
+class FlopsExperiment(ViewGridSpec):
     preset: str = "paper"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_model_list(self.models)
-        for key in ("n_inputs", "n_targets"):
-            values = getattr(self, key)
-            if not values or any(v <= 0 for v in values):
-                raise ValueError(f"{key}: expected a non-empty list of positive ints, got {values}")
 
 
 def wide(frame: pd.DataFrame, column: str) -> pd.DataFrame:

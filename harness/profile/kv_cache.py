@@ -140,9 +140,5 @@ def run_kv_cache(spec: KVCacheExperiment, preset: str | None = None, progress: b
 
         return {**flops.columns(), "kv_cache_mb": _cache_mib(base), **measure_call(step, dev, ctx.dtype, settings)}
 
-    sweep = ctx.sweep(spec)
-    summary = sweep.run(points, measure, lambda p: f"{p['mode']} N={p['n_cached']}", progress, deadline_s=spec.deadline_s)
-    rows = sweep.rows(points)
-    print(summary.line(spec.name))
-    print("\n".join(build_report(spec, ctx, rows, len(points))))
-    return rows
+    return ctx.measure_and_report(spec, points, measure, lambda p: f"{p['mode']} N={p['n_cached']}", progress,
+                                  lambda rows: build_report(spec, ctx, rows, len(points)))

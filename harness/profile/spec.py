@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 
@@ -19,6 +19,7 @@ from .sweep import Sweep
 
 # `auto`: the paper preset where there is a GPU to run it, `small` on a CPU.
 AUTO_PRESET = {"cuda": "paper", "cpu": "small", "meta": "paper"}
+VARIANTS = ["lvsm_decoder_only", "lvsm_encoder_decoder", "efficient_lvsm"]
 
 
 def _validate(check) -> None:
@@ -82,6 +83,23 @@ def check_model_list(models: list[str], where: str = "models") -> None:
 
 
 @dataclass
+class ViewGridSpec(CostSpec):
+    """Kinds that sweep every model over a grid of N input and M target views. Listed before the
+    other base (`class K(ViewGridSpec, MeasuredSpec)`) so that its fields and checks come last."""
+    models: list[str] = field(default_factory=lambda: list(VARIANTS))
+    n_inputs: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    n_targets: list[int] = field(default_factory=lambda: [1, 8])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_model_list(self.models)
+        for key in ("n_inputs", "n_targets"):
+            values = getattr(self, key)
+            if not values or any(v <= 0 for v in values):
+                raise ValueError(f"{key}: expected a non-empty list of positive ints, got {values}")
+
+
+@dataclass
 class RunContext:
     """What a spec resolves to on this machine: device, dtype, preset and model config."""
     device: torch.device
@@ -104,6 +122,19 @@ class RunContext:
     def sweep(self, spec: Experiment) -> Sweep:
         store = RecordStore(spec.results_dir() / "rows.jsonl")
         return Sweep(store, spec.name, self.version, self.env)
+
+    def measure_and_report(self, spec: MeasuredSpec, points: Sequence[Mapping[str, Any]],
+                           measure: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+                           label: Callable[[Mapping[str, Any]], str], progress: bool,
+                           report: Callable[[list[dict[str, Any]]], list[str]]) -> list[dict[str, Any]]:
+        """Measures the points not yet recorded (until `spec.deadline_s`), prints the sweep summary,
+        then the lines `report` makes of the recorded rows (it writes the tables)."""
+        sweep = self.sweep(spec)
+        summary = sweep.run(points, measure, label, progress, deadline_s=spec.deadline_s)
+        rows = sweep.rows(points)
+        print(summary.line(spec.name))
+        print("\n".join(report(rows)))
+        return rows
 
     def notes(self, spec: CostSpec) -> list[str]:
         c = self.config

@@ -2,7 +2,7 @@
 target views (experiments/speed_vs_views.yaml, experiments/bench.yaml)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -10,31 +10,17 @@ import pandas as pd
 from ..experiment import register_kind
 from ..tables import markdown, write_tables
 from . import report
-from .flops import FlopCounter
-from .inputs import synthetic_views
-from .measure import measure_call
-from .spec import MeasuredSpec, ModelCache, check_model_list, resolve_context
+from .forward import forward_measure
+from .spec import MeasuredSpec, ViewGridSpec, resolve_context
 
-VARIANTS = ["lvsm_decoder_only", "lvsm_encoder_decoder", "efficient_lvsm"]
 NUMERATOR, DENOMINATOR = "efficient_lvsm", "lvsm_decoder_only"
 
 
 @dataclass
-class ProfileExperiment(MeasuredSpec):
-    models: list[str] = field(default_factory=lambda: list(VARIANTS))
-    n_inputs: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-    n_targets: list[int] = field(default_factory=lambda: [1, 8])
+class ProfileExperiment(ViewGridSpec, MeasuredSpec):
     # The setting whose Efficient-LVSM / decoder-only ratios are printed as the headline.
     headline_n: int = 2
     headline_m: int = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_model_list(self.models)
-        for key in ("n_inputs", "n_targets"):
-            values = getattr(self, key)
-            if not values or any(v <= 0 for v in values):
-                raise ValueError(f"{key}: expected a non-empty list of positive ints, got {values}")
 
 
 METRICS = {"latency_ms": "latency (ms)", "gflops": "GFLOPs (2 x MAC, attention incl.)",
@@ -116,18 +102,6 @@ def run_profile(spec: ProfileExperiment, preset: str | None = None, progress: bo
     settings = spec.measure_settings()
     points = [ctx.point(model=model, n_input=n, n_target=m, batch=spec.batch, **settings.key())
               for m in spec.n_targets for n in sorted(spec.n_inputs) for model in spec.models]
-    counter, cache = FlopCounter(ctx.config), ModelCache(ctx.config, ctx.device)
-
-    def measure(point: dict[str, Any]) -> dict[str, Any]:
-        flops = counter.forward(point["model"], point["n_input"], point["n_target"], point["batch"])
-        model = cache.get(point["model"])
-        views = synthetic_views(point["batch"], point["n_input"], point["n_target"], ctx.image_size, ctx.device)
-        return {"params": model.num_parameters(), **flops.columns(),
-                **measure_call(lambda: model(*views), ctx.device, ctx.dtype, settings)}
-
-    sweep = ctx.sweep(spec)
-    summary = sweep.run(points, measure, lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}", progress, deadline_s=spec.deadline_s)
-    rows = sweep.rows(points)
-    print(summary.line(spec.name))
-    print("\n".join(build_report(spec, ctx, rows, len(points))))
-    return rows
+    return ctx.measure_and_report(spec, points, forward_measure(ctx, settings),
+                                  lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}", progress,
+                                  lambda rows: build_report(spec, ctx, rows, len(points)))
