@@ -210,3 +210,19 @@ def test_preview_command_writes_a_png_grid(tmp_path):
     image = Image.open(out)
     assert image.size == (3 * 18, 2 * (16 + 14))     # 3 views + gaps wide; 2 sources x (label + row) high
     assert len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 20   # rendered content, not a blank canvas
+
+
+def test_object_texture_freq_and_background_options():
+    from harness.data import open_source
+    plain = open_source("synthetic_object", count=1, image_size=24, views=2)
+    default = open_source("synthetic_object", count=1, image_size=24, views=2, texture_freq=[2.0, 5.0], background=1.0)
+    assert torch.equal(plain[0].images, default[0].images)  # the defaults are the original source
+    solid = open_source("synthetic_object", count=1, image_size=24, views=2, texture_freq=[0, 0], background=0.5)
+    depth = solid.depth(0, [0])[0]
+    image = solid[0].images[0]
+    assert torch.allclose(image[:, depth.isinf()], torch.tensor(0.5))  # the background grey level
+    assert not torch.equal(image, plain[0].images[0])
+    with pytest.raises(ValueError, match="texture_freq"):
+        open_source("synthetic_object", texture_freq=[3.0, 1.0])
+    with pytest.raises(ValueError, match="background"):
+        open_source("synthetic_object", background=2.0)

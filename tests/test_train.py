@@ -202,3 +202,28 @@ def test_convergence_study_end_to_end(tmp_path, capsys):
     again = run_experiment(path, progress=False)
     assert (out / "runs" / "efficient_lvsm" / "checkpoint.pt").stat().st_mtime_ns == mtime
     pd.testing.assert_frame_equal(summary.reset_index(drop=True), again.reset_index(drop=True))
+
+
+def test_ring_layout_spreads_context_views_in_azimuth():
+    import math
+
+    import numpy as np
+    from harness.data import open_source
+    from harness.train.data import camera_centres, evaluation_index, example_stream, ring_views
+    source = open_source("synthetic_object", count=2, image_size=16, views=40)
+    centres = camera_centres(source, 0).double()
+    azimuth = torch.atan2(centres[:, 0], centres[:, 2])
+    for seed in range(5):
+        context, target = ring_views(source, 0, 4, 3, np.random.default_rng(seed))
+        assert len(set(context + target)) == 7
+        angles = sorted(azimuth[context].tolist())
+        gaps = [b - a for a, b in zip(angles, angles[1:])] + [angles[0] + 2 * math.pi - angles[-1]]
+        assert max(gaps) < math.radians(150)  # a random draw of 4 leaves a wider gap most of the time
+    spec = DataSpec(context_layout="ring", n_input=3, n_target=2, eval_n_target=3)
+    index = evaluation_index(source, spec)
+    assert index == evaluation_index(source, spec) and all(len(v["context"]) == 3 for v in index.values())
+    example = next(example_stream(source, spec))
+    assert len(example.input_indices) == 3 and not set(example.target_indices) & set(example.input_indices)
+    from harness.train.config import ConvergenceExperiment
+    with pytest.raises(ValueError, match="context_layout"):
+        ConvergenceExperiment(name="c", kind="convergence", data=DataSpec(context_layout="ring", nearby_views=6))

@@ -110,14 +110,23 @@ class _Synthetic(Source, abc.ABC):
 @register_source("synthetic_object")
 class SyntheticObjects(_Synthetic):
     """One composite object (2-5 textured boxes/ellipsoids) at the origin; `views` cameras at distance
-    `radius` on the sphere (elevation -10..50 degrees), all looking at the origin."""
+    `radius` on the sphere (elevation -10..50 degrees), all looking at the origin. `texture_freq`
+    (low, high) is the range of texture frequencies (cycles per unit length; [0, 0] gives one solid
+    colour per part); `background` is the grey level (or RGB) behind the object."""
     family = "object"
     family_id = 1
 
     def __init__(self, count: int = 64, seed: int = 0, image_size: int = 64, views: int = 32,
-                 supersample: int = 1, fov_degrees: float = 40.0, radius: float = 2.7):
+                 supersample: int = 1, fov_degrees: float = 40.0, radius: float = 2.7,
+                 texture_freq: tuple[float, float] | list[float] = (2.0, 5.0), background: float | list[float] = 1.0):
         super().__init__(count, seed, image_size, supersample, fov_degrees)
         self.n_views, self.radius = views, radius
+        if len(texture_freq) != 2 or not 0 <= texture_freq[0] <= texture_freq[1]:
+            raise ValueError(f"synthetic_object: texture_freq: expected [low, high] with 0 <= low <= high, got {texture_freq!r}")
+        self.texture_freq = (float(texture_freq[0]), float(texture_freq[1]))
+        self.background = torch.tensor(background, dtype=torch.float32).expand(3).clone()
+        if not bool(((self.background >= 0) & (self.background <= 1)).all()):
+            raise ValueError(f"synthetic_object: background: expected a grey level or RGB in [0, 1], got {background!r}")
 
     def num_views(self, i: int) -> int:
         return self.n_views
@@ -133,8 +142,8 @@ class SyntheticObjects(_Synthetic):
                 center = direction / np.linalg.norm(direction) * rng.uniform(0.25, 0.55)
                 extent = rng.uniform(0.12, 0.4, 3)
             parts.append((BOX if rng.random() < 0.5 else ELLIPSOID, center, _random_rotation(rng), extent))
-        return World(_solids(parts), _textures(rng, len(parts), (2.0, 5.0)), torch.arange(len(parts)),
-                     background=torch.ones(3), light=_light(rng), ambient=0.4)
+        return World(_solids(parts), _textures(rng, len(parts), self.texture_freq), torch.arange(len(parts)),
+                     background=self.background, light=_light(rng), ambient=0.4)
 
     def cameras(self, i: int, indices: list[int]) -> torch.Tensor:
         rng = _rng(self.seed, i, self.family_id, 1)

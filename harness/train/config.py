@@ -36,6 +36,10 @@ class DataSpec:
     nearby_views: int = 0
     # With nearby_views: probability that a training target is one of the example's context views.
     context_target_rate: float = 0.0
+    # "source": the source's own view rule (or nearby_views); "ring": the context views spread evenly in
+    # azimuth around the object, targets drawn from the other views, so every visible surface was seen
+    # by some context view (see harness.train.data.ring_views).
+    context_layout: Literal["source", "ring"] = "source"
     seed: int = 0
 
 
@@ -135,6 +139,10 @@ def validate_run(model: ModelSpec, data: DataSpec, optim: OptimSpec, train: Trai
                 "data.eval_n_target": data.eval_n_target, "data.eval_scenes": data.eval_scenes, "optim.lr": optim.lr}
     if not 0.0 <= data.context_target_rate <= 1.0:
         raise ExperimentError(f"{where}: data.context_target_rate: expected a probability in [0, 1], got {data.context_target_rate}")
+    check_choice(data.context_layout, ["ring", "source"], f"{where}: data.context_layout")
+    if data.context_layout == "ring" and data.nearby_views:
+        raise ExperimentError(f"{where}: data.context_layout ring and data.nearby_views {data.nearby_views} both pick "
+                              "the views: set nearby_views to 0")
     if data.nearby_views < 0:
         raise ExperimentError(f"{where}: data.nearby_views: expected 0 (off) or a positive count, got {data.nearby_views}")
     for key, value in positive.items():

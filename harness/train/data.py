@@ -80,18 +80,44 @@ def nearby_views(source, i: int, n_input: int, n_target: int, pool: int, rng: np
     return sorted(chosen[:n_input]), chosen[n_input:]
 
 
+def ring_views(source, i: int, n_input: int, n_target: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """Context views spread evenly in azimuth around the object (the camera nearest each of n_input
+    angles 360/n_input degrees apart, at a random phase), targets drawn at random from the other
+    views: every surface a target sees was seen by some context view, yet no target is a context view."""
+    centres = camera_centres(source, i).double()
+    if len(centres) < n_input + n_target:
+        raise ValueError(f"scene {i}: context_layout ring needs {n_input + n_target} views, the source has {len(centres)}")
+    azimuth = torch.atan2(centres[:, 0], centres[:, 2])
+    phase = rng.uniform(0, 2 * np.pi)
+    context: list[int] = []
+    for k in range(n_input):
+        gap = torch.remainder(azimuth - (phase + 2 * np.pi * k / n_input) + np.pi, 2 * np.pi) - np.pi
+        gap[context] = float("inf")
+        context.append(int(gap.abs().argmin()))
+    rest = [j for j in range(len(centres)) if j not in context]
+    target = [rest[p] for p in rng.permutation(len(rest))[:n_target].tolist()]
+    return sorted(context), target
+
+
+def pick_views(source, i: int, spec: DataSpec, n_input: int, n_target: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """Context and target views of scene i by the spec's own rule (ring or nearby_views)."""
+    if spec.context_layout == "ring":
+        return ring_views(source, i, n_input, n_target, rng)
+    return nearby_views(source, i, n_input, n_target, spec.nearby_views, rng)
+
+
 def example_stream(source, spec: DataSpec) -> Iterator:
-    """The data module's training stream, or (with `nearby_views`) the same stream drawing views by
-    `nearby_views`: scene uniformly at random, views near a random anchor."""
+    """The data module's training stream, or (with `nearby_views` or the ring layout) the same stream
+    drawing views by that rule: scene uniformly at random, views by `pick_views`."""
     from ..data import make_example, training_examples
-    if not spec.nearby_views:
+    if not spec.nearby_views and spec.context_layout == "source":
         yield from training_examples(source, n_input=spec.n_input, n_target=spec.n_target, seed=spec.seed,
                                      normalize=spec.normalize)
         return
     rng = np.random.default_rng(spec.seed)
     while True:
         i = int(rng.integers(len(source)))
-        context, target = nearby_views(source, i, spec.n_input, spec.n_target, spec.nearby_views, rng)
+        context, target = pick_views(source, i, spec, spec.n_input, spec.n_target, rng)
         # Curriculum: some targets are context views themselves, so routing colour along matching
         # rays is rewarded from the first steps (validation never does this).
         copies = rng.random(len(target)) < spec.context_target_rate
@@ -103,12 +129,11 @@ def evaluation_index(source, spec: DataSpec) -> dict:
     """The fixed validation index (RealEstate10K index format), drawn by the same view rule as training."""
     from ..data import make_evaluation_index
     n_input = spec.eval_n_input or spec.n_input
-    if not spec.nearby_views:
+    if not spec.nearby_views and spec.context_layout == "source":
         return make_evaluation_index(source, n_input=n_input, n_target=spec.eval_n_target, seed=spec.seed)
     index = {}
     for i, name in enumerate(source.names):
-        context, target = nearby_views(source, i, n_input, spec.eval_n_target, spec.nearby_views,
-                                       np.random.default_rng([spec.seed, i]))
+        context, target = pick_views(source, i, spec, n_input, spec.eval_n_target, np.random.default_rng([spec.seed, i]))
         index[name] = {"context": context, "target": target}
     return index
 
