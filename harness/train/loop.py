@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from models import build_model
+from ..experiment import ExperimentError
 from ..provenance import environment
 from ..records import RecordStore
 from ..runtime import autocast, default_dtype, resolve_device
@@ -64,7 +65,7 @@ def _same_settings(saved: dict[str, Any], current: dict[str, Any], path: Path) -
         for key, value in values.items():
             old = saved.get(section, {}).get(key)
             if json.dumps(old, sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
-                raise ValueError(f"{path}: was written with {section}.{key}={old!r}, this run asks for {value!r}; "
+                raise ExperimentError(f"{path}: was written with {section}.{key}={old!r}, this run asks for {value!r}; "
                                  f"use another output directory or delete the checkpoint to start over")
 
 
