@@ -238,19 +238,16 @@ def test_experiment_files_load(name):
     assert spec.kind.startswith("profile") and spec.published is not None
 
 
-def test_bad_values_name_the_file_and_key(tmp_path):
-    path = _write(tmp_path, "kind: profile\nmodels: [lvsm_decoder_only, nope]\n")
-    with pytest.raises(ExperimentError, match=r"exp.yaml: models\[1\]: unknown value 'nope'"):
-        load_experiment(path)
-    path = _write(tmp_path, "kind: profile\nruns: 0\n")
-    with pytest.raises(ExperimentError, match=r"exp.yaml: runs: expected a positive number, got 0"):
-        load_experiment(path)
-    path = _write(tmp_path, "kind: profile_kv_cache\ncached_model: lvsm_decoder_only\n")
-    with pytest.raises(ExperimentError, match=r"exp.yaml: cached_model: 'lvsm_decoder_only' has no KV-cache renderer"):
-        load_experiment(path)
-    path = _write(tmp_path, "kind: profile\ndevice: gpu\n")
-    with pytest.raises(ExperimentError, match=r"exp.yaml: device: expected auto, cpu, cuda"):
-        load_experiment(path)
+@pytest.mark.parametrize("body, message", [
+    ("kind: profile\nmodels: [lvsm_decoder_only, nope]\n", r"exp.yaml: models\[1\]: unknown value 'nope'"),
+    ("kind: profile\nruns: 0\n", r"exp.yaml: runs: expected a positive number, got 0"),
+    ("kind: profile_kv_cache\ncached_model: lvsm_decoder_only\n",
+     r"exp.yaml: cached_model: 'lvsm_decoder_only' has no KV-cache renderer"),
+    ("kind: profile\ndevice: gpu\n", r"exp.yaml: device: expected auto, cpu, cuda"),
+])
+def test_bad_values_name_the_file_and_key(tmp_path, body, message):
+    with pytest.raises(ExperimentError, match=message):
+        load_experiment(_write(tmp_path, body))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
