@@ -12,6 +12,8 @@ class ModelConfig:
     Each variant reads its own depth fields: decoder-only LVSM `depth`; the encoder-decoder
     `encoder_depth`, `decoder_depth` and `n_latents`; Efficient-LVSM `stream_depth` blocks in each of
     its two streams.
+    `latent_init_std` is the std of the encoder-decoder's latent tokens at initialisation: 0.02 as
+    in the official code; small from-scratch runs may raise it (see experiments/convergence.yaml).
     `image_size` is only the resolution the preset is profiled and trained at: no weight depends on
     it, so a model renders any size divisible by `patch_size`.
     """
@@ -28,6 +30,7 @@ class ModelConfig:
     stream_depth: int = 12
     qk_norm: bool = True
     depth_init: bool = True
+    latent_init_std: float = 0.02
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -36,6 +39,12 @@ class ModelConfig:
                 raise TypeError(f"ModelConfig.{f.name}: expected an int, got {value!r}")
             if f.type in ("int", int) and value <= 0:
                 raise ValueError(f"ModelConfig.{f.name}: expected a positive int, got {value}")
+            if f.type in ("float", float):
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    raise TypeError(f"ModelConfig.{f.name}: expected a number, got {value!r}")
+                if not value > 0:
+                    raise ValueError(f"ModelConfig.{f.name}: expected a positive number, got {value}")
+                object.__setattr__(self, f.name, float(value))
         if self.dim % self.head_dim:
             raise ValueError(f"ModelConfig.dim={self.dim} is not divisible by head_dim={self.head_dim}")
         if self.image_size % self.patch_size:

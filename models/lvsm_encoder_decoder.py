@@ -29,7 +29,7 @@ class LVSMEncoderDecoder(NVSModel):
         c = config
         self.input_tokenizer = Tokenizer(INPUT_CHANNELS, c.patch_size, c.dim)
         self.target_tokenizer = Tokenizer(TARGET_CHANNELS, c.patch_size, c.dim)
-        self.latents = nn.Parameter(torch.randn(c.n_latents, c.dim) * 0.02)
+        self.latents = nn.Parameter(torch.randn(c.n_latents, c.dim) * c.latent_init_std)
         self.encoder = nn.ModuleList(
             SelfAttentionBlock(c.dim, c.head_dim, c.mlp_ratio, c.qk_norm, norm_affine=True) for _ in range(c.encoder_depth)
         )

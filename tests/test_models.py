@@ -148,6 +148,19 @@ def test_presets_and_overrides():
         build_model("efficient_lvsm", "huge")
 
 
+def test_latent_init_std_sets_the_encoder_decoder_latents():
+    torch.manual_seed(0)
+    official = build_model("lvsm_encoder_decoder", "tiny", n_latents=256)
+    wide = build_model("lvsm_encoder_decoder", "tiny", n_latents=256, latent_init_std=1)
+    assert abs(official.latents.std().item() - 0.02) < 0.002
+    assert abs(wide.latents.std().item() - 1.0) < 0.05
+    assert wide.config.latent_init_std == 1.0 and isinstance(wide.config.latent_init_std, float)
+    with pytest.raises(ValueError, match="latent_init_std: expected a positive number, got 0"):
+        build_model("lvsm_encoder_decoder", "tiny", latent_init_std=0)
+    with pytest.raises(TypeError, match="latent_init_std: expected a number, got 'big'"):
+        build_model("lvsm_encoder_decoder", "tiny", latent_init_std="big")
+
+
 def test_gradient_checkpointing_gives_same_gradients():
     views = random_views(1, 2, 2)
     grads = []
