@@ -152,6 +152,11 @@ class LPIPSMetric:
             self.available = True
 
     @property
+    def network(self) -> Any:
+        """The frozen, differentiable `lpips.LPIPS` module (None when unavailable), for use as a loss."""
+        return self._model
+
+    @property
     def label(self) -> str:
         if not self.available:
             return "n/a"

@@ -60,9 +60,11 @@ def test_overrides_parse_yaml_values():
 
 
 def test_write_tables_states_provenance(tmp_path):
-    df = pd.DataFrame([{"model": "m", "psnr": 20.123456, "lpips": None}])
+    df = pd.DataFrame([{"model": "m", "psnr": 20.123456, "lpips": None, "steps": 1250},
+                       {"model": "k", "psnr": 19.5, "lpips": 0.25, "steps": float("nan")}])
     paths = write_tables(df, tmp_path, "t", "Title", ["measured: cpu, float32"])
     md = paths["md"].read_text()
-    assert "measured: cpu, float32" in md and "n/a" in md and "20.12" in md
-    assert paths["csv"].read_text().splitlines()[0] == "model,psnr,lpips"
+    assert "measured: cpu, float32" in md and "n/a" in md and "20.12" in md and "1250" in md
+    assert "nan" not in md and "nan" not in paths["tex"].read_text()
+    assert paths["csv"].read_text().splitlines()[0] == "model,psnr,lpips,steps"
     assert "\\toprule" in paths["tex"].read_text()

@@ -25,7 +25,7 @@ def load_perceptual(device: torch.device) -> tuple[nn.Module | None, str]:
         metric = LPIPSMetric("vgg", device=device)
     if not metric.available:
         return None, metric.message
-    return metric._model, ""
+    return metric.network, ""
 
 
 class ReconstructionLoss(nn.Module):
