@@ -2,6 +2,7 @@
 the measurement helpers and the experiment files."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -186,9 +187,13 @@ output_dir: {tmp_path / 'out'}
     printed = capsys.readouterr().out
     assert "Efficient-LVSM / LVSM decoder-only at N=2, M=2: latency ratio" in printed
     assert "measured: cpu" in (out / "exp.md").read_text()
+    # Rows measured at another commit keep that commit in the rebuilt tables.
+    lines = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    (out / "rows.jsonl").write_text("".join(json.dumps({**r, "commit": "abc1234"}) + "\n" for r in lines))
     run_experiment(path, progress=False)
     assert "0 measured, 6 already recorded" in capsys.readouterr().out
     assert len(RecordStore(out / "rows.jsonl").rows()) == 6
+    assert "code: commit abc1234," in (out / "exp.md").read_text()
 
 
 def test_kv_cache_and_efficiency_experiments_run(tmp_path, capsys):

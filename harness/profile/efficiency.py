@@ -75,7 +75,7 @@ def speedups(spec: EfficiencyExperiment, frame: pd.DataFrame) -> list[str]:
 
 def build_report(spec: EfficiencyExperiment, ctx, rows: list[dict[str, Any]]) -> list[str]:
     frame = report.ok_frame(rows)
-    notes = ctx.notes(spec) + [f"ours: N={spec.n_input} input views, M={spec.n_target} target view(s)"]
+    notes = ctx.notes(spec, rows) + [f"ours: N={spec.n_input} input views, M={spec.n_target} target view(s)"]
     if spec.published:
         notes.append(f"published: {spec.published.source}")
     notes += report.failures(rows, ["model"])

@@ -44,7 +44,7 @@ def run_flops(spec: FlopsExperiment, preset: str | None = None, progress: bool =
     rows = sweep.rows(points)
     frame = report.ok_frame(rows)
     out_dir = spec.results_dir()
-    notes = ctx.notes(spec) + ["GFLOPs = 2 x multiply-adds of linear layers and attention matmuls (norms, softmax, GELU left out)",
+    notes = ctx.notes(spec, rows) + ["GFLOPs = 2 x multiply-adds of linear layers and attention matmuls (norms, softmax, GELU left out)",
                                "thop GMACs = linear-layer multiply-adds only, as `thop` counts (the published GFLOPs column)"]
     notes += report.failures(rows, ["model", "n_input", "n_target"])
     notes += report.published_notes(spec.published)

@@ -55,7 +55,7 @@ def _cache_mib(cache) -> float:
 def build_report(spec: KVCacheExperiment, ctx, rows: list[dict[str, Any]], expected: int) -> list[str]:
     out_dir = spec.results_dir()
     frame = report.ok_frame(rows)
-    notes = ctx.notes(spec) + [
+    notes = ctx.notes(spec, rows) + [
         f"cached: {report.LABELS.get(spec.cached_model)} adds {spec.n_new} view(s) to a KV cache of N views, then renders "
         f"{spec.n_targets} targets; recompute: {report.LABELS.get(spec.baseline_model)} renders the {spec.n_targets} targets "
         f"from all N+{spec.n_new} views",

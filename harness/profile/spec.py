@@ -136,7 +136,9 @@ class RunContext:
         print("\n".join(report(rows)))
         return rows
 
-    def notes(self, spec: CostSpec) -> list[str]:
+    def notes(self, spec: CostSpec, rows: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+        """Provenance lines; the commit is the one the `rows` were measured at (a rerun that only
+        rebuilds the tables from recorded rows must not relabel them with the current commit)."""
         c = self.config
         size = (f"preset `{self.preset}` (dim {c.dim}, head dim {c.head_dim}, decoder-only depth {c.depth}, "
                 f"enc-dec {c.encoder_depth}+{c.decoder_depth} with {c.n_latents} latents, Efficient-LVSM "
@@ -147,7 +149,12 @@ class RunContext:
             where = (f"measured: {self.env['device']}, dtype {self.dtype} ({'autocast' if self.dtype != 'float32' else 'no autocast'}), "
                      f"torch {self.env['torch']}, torch threads={self.env['threads']}, torch.no_grad()")
         return [where, size, "inputs: synthetic random views; weights: random init (cost does not depend on values)",
-                f"code: commit {self.env['commit']}, records keyed by code version {self.version}"]
+                f"code: commit {', '.join(measured_commits(rows) or [self.env['commit']])}, "
+                f"records keyed by code version {self.version}"]
+
+
+def measured_commits(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return sorted({str(r["commit"]) for r in rows if r.get("commit")})
 
 
 def resolve_context(spec: CostSpec, preset: str | None = None, device: str | None = None) -> RunContext:

@@ -53,7 +53,7 @@ def headline(ratios: pd.DataFrame, n: int, m: int) -> str | None:
 
 def build_report(spec: ProfileExperiment, ctx, rows: list[dict[str, Any]], expected: int) -> list[str]:
     out_dir = spec.results_dir()
-    notes = ctx.notes(spec) + [
+    notes = ctx.notes(spec, rows) + [
         f"latency: median and IQR of the timed runs after warm-up ({'CUDA events' if ctx.device.type == 'cuda' else 'time.perf_counter'})",
         "memory: " + ("torch.cuda.max_memory_allocated (reserved: max_memory_reserved)" if ctx.device.type == "cuda"
                       else "process peak RSS (VmHWM reset per point via /proc/self/clear_refs); baseline = RSS before the timed runs"),
