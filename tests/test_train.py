@@ -66,7 +66,7 @@ def test_ranks_take_disjoint_shards_of_one_stream():
 def test_nearby_views_draw_context_and_targets_near_an_anchor():
     import numpy as np
     from harness.data import open_source
-    from harness.train.data import camera_centres, evaluation_index, nearby_views
+    from harness.train.data import camera_centres, evaluation_index, example_stream, nearby_views
     source = open_source("synthetic_object", count=2, image_size=16, views=40)
     centres = camera_centres(source, 0).double()
     for seed in range(5):
@@ -77,7 +77,6 @@ def test_nearby_views_draw_context_and_targets_near_an_anchor():
         assert any(set(context + target) <= pool for pool in near)
     spec = DataSpec(nearby_views=6, n_input=2, eval_n_target=3)
     assert evaluation_index(source, spec) == evaluation_index(source, spec)
-    from harness.train.data import example_stream
     spec = DataSpec(nearby_views=6, n_input=2, n_target=2, context_target_rate=1.0)
     example = next(example_stream(source, spec))
     assert set(example.target_indices) <= set(example.input_indices)  # the copy curriculum at rate 1
