@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .experiment import ExperimentError
+from .errors import HarnessError
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ExperimentError, FileNotFoundError, KeyError) as error:
+    except (HarnessError, FileNotFoundError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 2

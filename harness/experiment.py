@@ -11,9 +11,7 @@ from typing import Any, Callable, Literal, Union
 
 import yaml
 
-
-class ExperimentError(ValueError):
-    """A bad experiment file or value; the message names the file, the key and what was expected."""
+from .errors import ConfigError as ExperimentError  # noqa: E402  (the old name, until every kind is on the schema)
 
 
 @dataclass

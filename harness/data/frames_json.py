@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 
 
 def read_frames(path: Path, source: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:

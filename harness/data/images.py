@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError
+from ..errors import DataError
 from .geometry import resize_center_crop
 from .scene import Scene
 

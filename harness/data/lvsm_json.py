@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 from .frames_json import pose_rows, read_frames, require_keys
 from .geometry import w2c_to_c2w
 from .images import decode_image, square_scene

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 from .geometry import w2c_to_c2w
 from .images import decode_image, square_scene
 from .registry import register_source

@@ -4,7 +4,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from .errors import DataError
+from ..errors import DataError
 from .source import Source
 
 _SOURCES: dict[str, Callable[..., Source]] = {}

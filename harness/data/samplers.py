@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 from .geometry import normalize_poses
 from .scene import Example
 from .source import FAMILIES, Source

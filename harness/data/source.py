@@ -7,7 +7,7 @@ from typing import Any, Callable, Hashable, Sequence
 
 from torch.utils.data import Dataset
 
-from .errors import DataError
+from ..errors import DataError
 from .scene import Scene
 
 FAMILIES = ("scene", "object")

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 from .frames_json import pose_rows, read_frames, require_keys
 from .geometry import opengl_to_opencv
 from .images import decode_image, find_image, square_scene
