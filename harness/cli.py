@@ -1,78 +1,128 @@
-"""One entry point: `python -m harness <command>`."""
+"""One entry point, `python -m harness` or `lvsm-bench`:
+
+    run FILE [--set KEY=VALUE]... [--preset P] [--checkpoint [MODEL=]PATH]... [--plugin PATH]... [--no-progress]
+    ls {models,kinds,sources,presets} [--plugin PATH]...
+    validate FILE... [--plugin PATH]...
+    preview [--out PNG] [--source NAME]... [--scenes K] [--views V] [--size S] [--seed N]
+
+A user mistake (any HarnessError) prints one line `error: ...` and exits 2; `--debug` shows its
+traceback. Anything else is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 
-from .errors import HarnessError
+from .errors import ConfigError, HarnessError
 
-
-def _models(args: argparse.Namespace) -> int:
-    from .model_table import model_table
-    from .tables import markdown
-    print(markdown(model_table(), intfmt=","))
-    return 0
+log = logging.getLogger("harness")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .experiment import run_experiment
-    run_experiment(args.experiment, args.set, **({"preset": args.preset} if args.preset else {}))
-    return 0
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import main_from_cli
-    return main_from_cli(args)
-
-
-def _train(args: argparse.Namespace) -> int:
-    from .experiment import run_experiment
-    run_experiment(args.experiment, args.set, progress=not args.no_progress)
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    import time
-    from .experiment import run_experiment
+    from .plugins import load_plugins
+    from .schema import RunOptions, get_kind, load_experiment
+    load_plugins(args.plugin)
+    spec = load_experiment(args.experiment, args.set)
     start = time.perf_counter()
-    run_experiment("experiments/bench.yaml", [], **({"preset": args.preset} if args.preset else {}))
-    print(f"bench: {time.perf_counter() - start:.1f} s wall")
+    result = get_kind(spec.kind).run(spec, RunOptions(args.preset, tuple(args.checkpoint), not args.no_progress))
+    log.info("%s: done in %.1f s wall", spec.name, time.perf_counter() - start)
+    failed = getattr(result, "failed", 0)
+    if failed:
+        log.error("%s: %d evaluation(s) failed (listed in the summary notes); a rerun retries only those", spec.name, failed)
+        return 1
+    return 0
+
+
+def models_table():
+    """Every registered variant: label, what it reads, parameters per preset and the official count."""
+    import pandas as pd
+    import torch
+
+    from models import PRESETS, build_model, list_models, model_card
+    rows = []
+    for name in list_models():
+        card = model_card(name)
+        row = {"model": name, "label": card.label}
+        for preset in PRESETS:
+            with torch.device("meta"):
+                row[f"params {preset}"] = f"{build_model(name, preset).num_parameters():,}"
+        row["official (paper)"] = f"{card.official_params:,}" if card.official_params else "n/a"
+        row["reads"] = ", ".join(card.reads)
+        row["paper / ablation of"] = card.ablation_of or card.paper.split(",")[0]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from .plugins import load_plugins
+    from .tables import markdown
+    load_plugins(args.plugin)
+    if args.what == "models":
+        print(markdown(models_table()))
+    elif args.what == "kinds":
+        from .schema import KINDS, get_kind
+        for name in KINDS:
+            print(f"{name:20s} {get_kind(name).summary}")
+    elif args.what == "sources":
+        from .data import list_sources
+        from .data.registry import source_options
+        for name in list_sources():
+            print(f"{name:20s} options: {', '.join(source_options(name))}")
+    else:
+        from models import PRESETS
+        for name, config in PRESETS.items():
+            print(f"{name:8s} {config}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .plugins import load_plugins
+    from .schema import load_experiment
+    load_plugins(args.plugin)
+    for path in args.experiments:
+        spec = load_experiment(path, args.set)
+        print(f"{path}: ok (kind {spec.kind}, name {spec.name})")
     return 0
 
 
 def _preview(args: argparse.Namespace) -> int:
     from .data.preview import write_preview
-    path = write_preview(args.out, sources=tuple(args.source or ("synthetic_object", "synthetic_scene")), scenes=args.scenes, views=args.views,
-                         image_size=args.size, seed=args.seed)
+    for key in ("scenes", "views", "size"):
+        if getattr(args, key) <= 0:
+            raise ConfigError(f"preview --{key}: expected a positive int, got {getattr(args, key)}")
+    path = write_preview(args.out, sources=tuple(args.source or ("synthetic_object", "synthetic_scene")), scenes=args.scenes,
+                         views=args.views, image_size=args.size, seed=args.seed)
     print(f"preview: wrote {path}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m harness", description="lvsm-bench: LVSM-family benchmark harness")
+    parser = argparse.ArgumentParser(prog="lvsm-bench", description="lvsm-bench: LVSM-family benchmark harness")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a user error too")
+    parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("models", help="the registered variants and their parameter counts per preset")
-    p.set_defaults(func=_models)
-    p = sub.add_parser("run", help="run an experiment YAML (resumes from its records)")
+    plugin = argparse.ArgumentParser(add_help=False)
+    plugin.add_argument("--plugin", action="append", default=[], metavar="PATH.py",
+                        help="import a file that registers variants, data sources or kinds (repeatable)")
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a key of the YAML (dotted keys, YAML values; repeatable)")
+
+    p = sub.add_parser("run", parents=[plugin, overrides], help="run an experiment YAML of any kind (resumes from its rows)")
     p.add_argument("experiment", help="path to experiments/<name>.yaml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the YAML")
-    p.add_argument("--preset", default=None, help="model preset (default: the experiment's, or one that suits the device)")
-    p.set_defaults(func=_run)
-    p = sub.add_parser("evaluate", help="PSNR/SSIM/LPIPS of models or checkpoints on an evaluation index (resumes)")
-    p.add_argument("experiment", nargs="?", default="experiments/eval_synthetic.yaml", help="an experiment of kind evaluate")
+    p.add_argument("--preset", default=None, help="model preset (default: the experiment's; auto = small on CPU, paper on CUDA)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="[MODEL=]PATH",
                    help="evaluate this checkpoint instead of the experiment's models (official ones need MODEL=)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the YAML")
-    p.add_argument("--preset", default=None, help="preset of the models evaluated without a checkpoint")
-    p.set_defaults(func=_evaluate)
-    p = sub.add_parser("bench", help="the main profiling job: latency, memory and FLOPs vs views (experiments/bench.yaml)")
-    p.add_argument("--preset", default=None, help="model preset (default: small on CPU, paper on CUDA)")
-    p.set_defaults(func=_bench)
-    p = sub.add_parser("train", help="run a train/convergence experiment; resumes; multi-GPU: torchrun --nproc_per_node N -m harness train ...")
-    p.add_argument("experiment", help="path to experiments/<name>.yaml (kind train or convergence)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the YAML")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_train)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run)
+    p = sub.add_parser("ls", parents=[plugin], help="list the registered models, experiment kinds, data sources or presets")
+    p.add_argument("what", choices=["models", "kinds", "sources", "presets"])
+    p.set_defaults(func=_ls)
+    p = sub.add_parser("validate", parents=[plugin, overrides], help="check experiment YAMLs without running them")
+    p.add_argument("experiments", nargs="+", metavar="FILE")
+    p.set_defaults(func=_validate)
     p = sub.add_parser("preview", help="PNG grid of a few synthetic scenes and their views")
     p.add_argument("--out", default="results/preview/preview.png")
     p.add_argument("--source", action="append", default=None, help="data source(s) to show (default: both synthetic ones)")
@@ -86,9 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
     try:
         return args.func(args)
-    except (HarnessError, FileNotFoundError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
+    except HarnessError as error:
+        if args.debug:
+            raise
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

@@ -12,13 +12,28 @@ from . import flops as F
 from .base import NVSModel
 from .config import ModelConfig
 from .layers import SelfAttentionBlock, SelfCrossBlock, init_depth_scaled, init_weights
-from .registry import register
+from .lvsm_decoder_only import EFFICIENCY_SOURCE
+from .registry import ModelCard, Published, register
 from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer, input_view_features, target_view_features
 
 KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [b, heads, n*P, head_dim]
 
 
-@register("efficient_lvsm")
+EFFICIENT_LVSM_PAPER = 'Jia et al., "Efficient-LVSM", ICLR 2026'
+EFFICIENT_LVSM_CODE = "Efficient-LVSM release (non-commercial licence)"
+
+
+@register("efficient_lvsm", card=ModelCard(
+    label="Efficient-LVSM", color="tab:blue", reads=("stream_depth",), paper=EFFICIENT_LVSM_PAPER,
+    code=EFFICIENT_LVSM_CODE, official_params=199_070_208,
+    published={
+        "re10k": Published("Efficient-LVSM release README (256 checkpoint; RealEstate10K, 2 input views, 256x256)",
+                           {"psnr": 28.93, "ssim": 0.895, "lpips": 0.102}),
+        "objects": Published("secondary summaries of the Efficient-LVSM paper (512 px; ABO and GSO): unverified",
+                             {"abo_psnr": 32.65, "abo_ssim": 0.951, "abo_lpips": 0.042,
+                              "gso_psnr": 32.92, "gso_ssim": 0.973, "gso_lpips": 0.021}),
+        "efficiency": Published(EFFICIENCY_SOURCE, {"params_m": 199, "latency_ms": 24.78, "gflops_thop": 1325}),
+    }))
 class EfficientLVSM(NVSModel):
     depth_fields = {"stream_depth": "input_blocks"}
     official_key_map = [
@@ -122,7 +137,11 @@ class EfficientLVSM(NVSModel):
                 + self.target_stream_flops(n_input, n_target, batch, image_size))
 
 
-@register("efficient_lvsm_final_context")
+@register("efficient_lvsm_final_context", card=ModelCard(
+    label="Efficient-LVSM (final context)", color="tab:cyan", reads=("stream_depth",), paper=EFFICIENT_LVSM_PAPER,
+    ablation_of="efficient_lvsm",
+    published={"co_refinement": Published("Efficient-LVSM paper, co-refinement ablation (small scale)",
+                                          {"psnr_vs_reference_db": "-1.3 to -2"})}))
 class EfficientLVSMFinalContext(EfficientLVSM):
     """Ablation of layer-wise co-refinement: every target block cross-attends to the input stream's
     FINAL states (an encoder-decoder with per-layer K/V projections). Same weights and cost as

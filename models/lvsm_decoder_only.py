@@ -8,7 +8,7 @@ from . import flops as F
 from .base import NVSModel
 from .config import ModelConfig
 from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
-from .registry import register
+from .registry import ModelCard, Published, register
 from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer, input_view_features, target_view_features
 
 # Official LVSM key renames that every LVSM block shares.
@@ -28,7 +28,22 @@ LVSM_TOKEN_KEYS = [
 ]
 
 
-@register("lvsm_decoder_only")
+LVSM_PAPER = 'Jin et al., "LVSM: A Large View Synthesis Model with Minimal 3D Inductive Bias", ICLR 2025'
+LVSM_TABLE_1 = "LVSM paper Table 1 (RealEstate10K, 2 input views, 256x256)"
+EFFICIENCY_SOURCE = ("Efficient-LVSM release README, efficiency table (GPU, view setting and resolution not stated; "
+                     "GFLOPs counted with thop: linear layers only)")
+OBJECTS_SOURCE = "LVSM paper, object-level table (512 px; ABO and GSO)"
+
+
+@register("lvsm_decoder_only", card=ModelCard(
+    label="LVSM decoder-only", color="tab:red", reads=("depth",), paper=LVSM_PAPER,
+    code="github.com/Haian-Jin/LVSM (non-commercial licence)", official_params=170_795_520,
+    published={
+        "re10k": Published(LVSM_TABLE_1, {"psnr": 29.67, "ssim": 0.906, "lpips": 0.098}),
+        "objects": Published(OBJECTS_SOURCE, {"abo_psnr": 32.10, "abo_ssim": 0.938, "abo_lpips": 0.045,
+                                              "gso_psnr": 32.36, "gso_ssim": 0.962, "gso_lpips": 0.028}),
+        "efficiency": Published(EFFICIENCY_SOURCE, {"params_m": 177, "latency_ms": 109.37, "gflops_thop": 8523}),
+    }))
 class LVSMDecoderOnly(NVSModel):
     depth_fields = {"depth": "blocks"}
     official_key_map = LVSM_TOKEN_KEYS + [

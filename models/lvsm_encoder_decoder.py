@@ -9,12 +9,20 @@ from . import flops as F
 from .base import NVSModel
 from .config import ModelConfig
 from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
-from .lvsm_decoder_only import LVSM_BLOCK_KEYS, LVSM_TOKEN_KEYS
-from .registry import register
+from .lvsm_decoder_only import LVSM_BLOCK_KEYS, LVSM_PAPER, LVSM_TABLE_1, LVSM_TOKEN_KEYS, OBJECTS_SOURCE
+from .registry import ModelCard, Published, register
 from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer, input_view_features, target_view_features
 
 
-@register("lvsm_encoder_decoder")
+@register("lvsm_encoder_decoder", card=ModelCard(
+    label="LVSM encoder-decoder", color="tab:orange",
+    reads=("encoder_depth", "decoder_depth", "n_latents", "latent_init_std"), paper=LVSM_PAPER,
+    code="github.com/Haian-Jin/LVSM (non-commercial licence)", official_params=173_154_816,
+    published={
+        "re10k": Published(LVSM_TABLE_1, {"psnr": 28.58, "ssim": 0.893, "lpips": 0.114}),
+        "objects": Published(OBJECTS_SOURCE, {"abo_psnr": 29.81, "abo_ssim": 0.913, "abo_lpips": 0.065,
+                                              "gso_psnr": 29.32, "gso_ssim": 0.933, "gso_lpips": 0.052}),
+    }))
 class LVSMEncoderDecoder(NVSModel):
     depth_fields = {"encoder_depth": "encoder", "decoder_depth": "decoder"}
     official_key_map = LVSM_TOKEN_KEYS + [

@@ -1,26 +1,69 @@
-"""One registry of model constructors, addressed by name (timm-style)."""
+"""One registry of model constructors, addressed by name (timm-style), each with its card.
+
+A variant is described once, where it is registered: `@register("name", card=ModelCard(...))` on an
+`NVSModel` subclass. The card carries everything the harness shows about it (display label and
+colour, paper, official parameter count, published numbers, the config fields it reads), so tables,
+plots, tests and experiments derive their lists from here and never keep their own. A file outside
+the repository registers a variant the same way and is loaded with `--plugin`.
+"""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from .base import NVSModel
 from .config import ModelConfig, preset as named_preset
 
+# Config fields every variant reads (sizes of the tokenizers, blocks and head).
+SHARED_FIELDS = ("image_size", "patch_size", "dim", "head_dim", "mlp_ratio", "qk_norm", "depth_init")
+
+
+@dataclass(frozen=True)
+class Published:
+    """Numbers a paper or release reports for a variant in one table, and where they come from."""
+    source: str
+    values: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the harness shows about a variant. `reads`: the ModelConfig fields the variant uses
+    beyond SHARED_FIELDS (an override of any other field is refused). `published`: table name ->
+    the numbers it reports there (e.g. "efficiency", "re10k"). `official_params`: parameter count of
+    the official paper-size model, for variants with an official release."""
+    label: str
+    color: str = "tab:gray"
+    reads: tuple[str, ...] = ()
+    paper: str = ""
+    code: str = ""
+    official_params: int | None = None
+    ablation_of: str = ""
+    published: Mapping[str, Published] = field(default_factory=dict)
+
+    @property
+    def config_fields(self) -> tuple[str, ...]:
+        return SHARED_FIELDS + tuple(self.reads)
+
+
 _MODELS: dict[str, type[NVSModel]] = {}
+_CARDS: dict[str, ModelCard] = {}
 
 
-def register(name: str):
+def register(name: str, card: ModelCard | None = None):
+    """Class decorator. Registering a taken name raises (a plugin must pick its own name)."""
     def add(cls: type[NVSModel]) -> type[NVSModel]:
         if name in _MODELS:
-            raise KeyError(f"model {name!r} is registered twice")
+            raise ValueError(f"model {name!r} is registered twice ({_MODELS[name].__module__} and {cls.__module__})")
         cls.name = name
         _MODELS[name] = cls
+        _CARDS[name] = card or ModelCard(label=name)
         return cls
     return add
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    """Registered names in registration order: the released variants first, then ablations and plugins."""
+    return list(_MODELS)
 
 
 def model_class(name: str) -> type[NVSModel]:
@@ -28,6 +71,24 @@ def model_class(name: str) -> type[NVSModel]:
         return _MODELS[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; allowed: {list_models()}") from None
+
+
+def model_card(name: str) -> ModelCard:
+    model_class(name)
+    return _CARDS[name]
+
+
+def label(name: str) -> str:
+    """Display name of a registered variant; any other name (a published method) as it is."""
+    return _CARDS[name].label if name in _CARDS else name
+
+
+def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
+    """Refuse an override of a config field the variant does not read: it would be ignored silently."""
+    read = model_card(name).config_fields
+    unread = [key for key in overrides if key not in read]
+    if unread:
+        raise ValueError(f"model {name!r} does not read config field {unread[0]!r}; it reads: {', '.join(read)}")
 
 
 def resolve_config(preset: str | ModelConfig | dict[str, Any] = "paper", **overrides: Any) -> ModelConfig:
@@ -43,6 +104,7 @@ def resolve_config(preset: str | ModelConfig | dict[str, Any] = "paper", **overr
 
 
 def build_model(name: str, preset: str | ModelConfig | dict[str, Any] = "paper", **overrides: Any) -> NVSModel:
-    """`build_model("efficient_lvsm", preset="small", depth=4)`."""
+    """`build_model("efficient_lvsm", preset="small", stream_depth=4)`."""
     cls = model_class(name)
+    check_overrides(name, {**(preset if isinstance(preset, dict) else {}), **overrides})
     return cls(resolve_config(preset, **overrides))

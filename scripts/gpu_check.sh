@@ -46,8 +46,8 @@ tests_status=0
 for experiment in efficiency_table kv_cache speed_vs_views; do
     echo "== $experiment ($(( $(date +%s) - start )) s so far)"
     "$PY" -m harness run "experiments/$experiment.yaml" --preset paper \
-        --set device=cuda --set dtype=bfloat16 --set "output_dir=$DEST/$experiment" \
-        --set "time_budget_s=$POINT_BUDGET_S" --set "min_runs=$MIN_RUNS" --set "deadline_s=${DEADLINE_S[$experiment]}"
+        --set measure.device=cuda --set measure.dtype=bfloat16 --set "output_dir=$DEST/$experiment" \
+        --set "measure.time_budget_s=$POINT_BUDGET_S" --set "measure.min_runs=$MIN_RUNS" --set "measure.deadline_s=${DEADLINE_S[$experiment]}"
 done
 
 for md in "$DEST"/*/*.md; do printf '\n<!-- %s -->\n' "$md"; cat "$md"; done > "$DEST/summary.md"

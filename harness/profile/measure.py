@@ -1,33 +1,288 @@
-"""One measured call: warm-up, then timed runs with the peak memory taken over them, under
-`torch.no_grad()` and the requested autocast dtype."""
+"""Measuring one profiling point: synthetic inputs, FLOPs, latency and peak memory.
+
+Read top to bottom: the inputs a point runs on; its FLOPs, counted by
+`torch.utils.flop_counter.FlopCounterMode` on the meta device and set beside the model's analytic
+formula; its latency (warm-up, then timed runs: CUDA events on a GPU, `time.perf_counter` on a CPU);
+its peak memory; `measure_call`, which does all of that for one callable under the requested dtype,
+SDPA backend and torch.compile setting; and the `RunContext` a profiling experiment resolves to on
+this machine (device, dtype, preset, model config, provenance).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from ..runtime import autocast
-from .memory import PeakMemory
-from .timing import planned_runs, timed_runs, warm_up
+from models import PRESETS, ModelConfig, build_model
+from models.base import NVSModel
+from models.flops import FlopEstimate
+
+from ..errors import ConfigError
+from ..pipeline import measured_commits
+from ..provenance import code_version, environment
+from ..runtime import autocast, default_dtype, resolve_device
+from ..schema import Measurement
+
+# --------------------------------------------------------------------------------------- inputs
+# A forward pass costs the same whatever the pixels and cameras hold, so random images and simple
+# cameras are enough (and need no dataset).
+
+
+def cameras(batch: int, views: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV camera-to-world matrices (identity rotations, scattered centres) and pixel intrinsics."""
+    c2w = torch.eye(4).repeat(batch, views, 1, 1)
+    c2w[..., :3, 3] = 0.5 * torch.randn(batch, views, 3, generator=generator)
+    fxfycxcy = torch.tensor([float(size), float(size), size / 2, size / 2]).repeat(batch, views, 1)
+    return c2w, fxfycxcy
+
+
+def input_views(batch: int, views: int, size: int, device: torch.device | str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, views, 3, size, size, generator=g)
+    c2w, k = cameras(batch, views, size, g)
+    return images.to(device), c2w.to(device), k.to(device)
+
+
+def target_views(batch: int, views: int, size: int, device: torch.device | str, seed: int = 1):
+    c2w, k = cameras(batch, views, size, torch.Generator().manual_seed(seed))
+    return c2w.to(device), k.to(device)
+
+
+def synthetic_views(batch: int, n_input: int, n_target: int, size: int, device: torch.device | str, seed: int = 0):
+    """The five tensors of the call contract, on `device` (`meta` works too)."""
+    if torch.device(device).type == "meta":  # shapes only: skip generating values that are dropped
+        b, n, m = batch, n_input, n_target
+        return tuple(torch.empty(*shape, device="meta") for shape in
+                     [(b, n, 3, size, size), (b, n, 4, 4), (b, n, 4), (b, m, 4, 4), (b, m, 4)])
+    return (*input_views(batch, n_input, size, device, seed), *target_views(batch, n_target, size, device, seed + 1))
+
+
+# ---------------------------------------------------------------------------------------- FLOPs
+# On meta, `scaled_dot_product_attention` runs through kernels FlopCounterMode has formulas for, so
+# attention is counted (on a real CPU the default SDPA kernel is not), and even the paper preset at
+# N=64 costs nothing to count.
 
 
 @dataclass(frozen=True)
-class MeasureSettings:
-    warmup: int = 3
-    runs: int = 20
-    # Optional per-point time budget (seconds): points whose runs would overrun it make fewer timed
-    # runs, never under `min_runs`; the row records how many were made.
-    min_runs: int = 5
-    time_budget_s: float | None = None
+class FlopCount:
+    counted: int  # FlopCounterMode's total, FLOPs (2 per multiply-add)
+    analytic: FlopEstimate
 
-    def key(self) -> dict[str, Any]:
-        return {"warmup": self.warmup, "runs": self.runs, "min_runs": self.min_runs, "time_budget_s": self.time_budget_s}
+    @property
+    def relative_difference(self) -> float:
+        return abs(self.counted - self.analytic.flops) / max(self.analytic.flops, 1)
+
+    def columns(self) -> dict[str, float]:
+        return {"gflops": self.counted / 1e9, "gflops_analytic": self.analytic.flops / 1e9,
+                "gmacs_linear_thop": self.analytic.linear_macs / 1e9, "gmacs_attention": self.analytic.attention_macs / 1e9,
+                "flops_rel_diff": self.relative_difference}
 
 
-def measure_call(fn: Callable[[], Any], device: torch.device, dtype: str, settings: MeasureSettings) -> dict[str, Any]:
+def _count(fn: Callable[[], Any]) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+class FlopCounter:
+    """Counts the forward FLOPs of the variants at one model config; models are built once, on meta."""
+
+    def __init__(self, config: ModelConfig):
+        self.config = config
+        self._models: dict[str, NVSModel] = {}
+
+    def model(self, name: str) -> NVSModel:
+        if name not in self._models:
+            with torch.device("meta"):
+                self._models[name] = build_model(name, self.config).eval()
+        return self._models[name]
+
+    def forward(self, name: str, n_input: int, n_target: int, batch: int = 1) -> FlopCount:
+        model, size = self.model(name), self.config.image_size
+        views = synthetic_views(batch, n_input, n_target, size, "meta")
+        return FlopCount(_count(lambda: model(*views)), model.analytic_flops(n_input, n_target, batch, size))
+
+    def incremental(self, name: str, n_cached: int, n_new: int, n_target: int, batch: int = 1) -> FlopCount:
+        """Adding `n_new` views to a KV cache of `n_cached` views, then rendering `n_target` views."""
+        model, size = self.model(name), self.config.image_size
+        renderer = model.incremental(*target_views(batch, n_target, size, "meta"), size, size)
+        with torch.no_grad():
+            renderer.add_views(*input_views(batch, n_cached, size, "meta"))
+        new = input_views(batch, n_new, size, "meta", seed=7)
+        counted = _count(lambda: renderer.add_views(*new).render())
+        analytic = (model.input_stream_flops(n_new, batch, size)
+                    + model.target_stream_flops(n_cached + n_new, n_target, batch, size))
+        return FlopCount(counted, analytic)
+
+
+# -------------------------------------------------------------------------------------- latency
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    runs: int
+    warmup: int
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.q3_ms - self.q1_ms
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float], warmup: int) -> "LatencyStats":
+        q1, median, q3 = np.percentile(np.asarray(samples_ms, dtype=float), [25, 50, 75])
+        return cls(float(median), float(q1), float(q3), len(samples_ms), warmup)
+
+    def columns(self, noisy_iqr: float) -> dict[str, Any]:
+        spread = self.iqr_ms / self.median_ms if self.median_ms > 0 else 0.0
+        return {"latency_ms": self.median_ms, "latency_iqr_ms": self.iqr_ms, "latency_q1_ms": self.q1_ms,
+                "latency_q3_ms": self.q3_ms, "runs": self.runs, "warmup": self.warmup,
+                "latency_spread": spread, "noisy": bool(spread > noisy_iqr)}
+
+
+def time_once_ms(fn: Callable[[], Any], device: torch.device) -> float:
+    """CUDA kernels are asynchronous: host clocks would time the launch, so CUDA events time the work."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+    begin = time.perf_counter()
+    fn()
+    return (time.perf_counter() - begin) * 1e3
+
+
+def warm_up(fn: Callable[[], Any], device: torch.device, runs: int, budget_s: float | None = None) -> tuple[int, float]:
+    """Run `fn` up to `runs` times (at least once, which also builds lazily built kernels), stopping
+    early once the warm-up has used `budget_s`. Returns (runs made, last run's ms)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    done, spent_ms, last_ms = 0, 0.0, 0.0
+    while done < max(runs, 1):
+        last_ms = time_once_ms(fn, device)
+        spent_ms += last_ms
+        done += 1
+        if budget_s is not None and spent_ms / 1e3 >= budget_s:
+            break
+    return done, last_ms
+
+
+def planned_runs(last_ms: float, runs: int, min_runs: int, budget_s: float | None) -> int:
+    """`runs` timed runs, or fewer (never under `min_runs`) when they would overrun `budget_s`: on a
+    loaded machine every point is still measured, with fewer repetitions."""
+    if budget_s is None or last_ms <= 0:
+        return runs
+    affordable = int(budget_s * 1e3 // last_ms)
+    return max(min(runs, affordable), min(min_runs, runs))
+
+
+def timed_runs(fn: Callable[[], Any], device: torch.device, runs: int, warmup: int) -> LatencyStats:
+    return LatencyStats.from_samples([time_once_ms(fn, device) for _ in range(runs)], warmup)
+
+
+# --------------------------------------------------------------------------------------- memory
+# CUDA: the allocator's peak. CPU: the process's peak resident set size (VmHWM); writing "5" to
+# /proc/self/clear_refs resets it to the current RSS (Linux >= 4.0), so each point gets its own
+# peak. It is the whole process's peak: `baseline_mem_mb` is the RSS when the block started, and
+# peak minus baseline approximates the block's own working memory. Freed heap pages are handed back
+# with malloc_trim first, so the previous point's garbage does not count.
+
+MiB = 2 ** 20
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_cpu_peak() -> bool:
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """`with PeakMemory(device) as m:` fills `m.columns`: peak_mem_mb, peak_reserved_mb (CUDA only),
+    baseline_mem_mb, mem_kind. Where /proc is missing (not Linux) the CPU columns stay empty."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.columns: dict[str, float | str | None] = {}
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._baseline = torch.cuda.memory_allocated(self.device)
+        else:
+            self._cpu_ok = reset_cpu_peak()
+            self._baseline = (_status_kib("VmRSS") or 0) * 1024
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.columns = {"peak_mem_mb": torch.cuda.max_memory_allocated(self.device) / MiB,
+                            "peak_reserved_mb": torch.cuda.max_memory_reserved(self.device) / MiB,
+                            "baseline_mem_mb": self._baseline / MiB, "mem_kind": "cuda max_memory_allocated"}
+            return
+        peak = _status_kib("VmHWM") if self._cpu_ok else None
+        self.columns = {"peak_mem_mb": None if peak is None else peak * 1024 / MiB, "peak_reserved_mb": None,
+                        "baseline_mem_mb": self._baseline / MiB if peak is not None else None,
+                        "mem_kind": "cpu process peak RSS (VmHWM)" if peak is not None else "unavailable"}
+
+
+# ------------------------------------------------------------------------------ one measured call
+
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+
+
+def sdpa_backend(name: str):
+    """A context that pins torch SDPA to one backend; `auto` leaves torch's choice."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[name]))
+
+
+def measure_call(fn: Callable[[], Any], device: torch.device, dtype: str, settings: Measurement,
+                 compile_s: float | None = None) -> dict[str, Any]:
+    """Warm-up, then timed runs with the peak memory taken over them, under `torch.no_grad()`, the
+    autocast dtype and the SDPA backend asked for."""
     def step() -> Any:
-        with torch.no_grad(), autocast(device, dtype):
+        with torch.no_grad(), autocast(device, dtype), sdpa_backend(settings.sdpa_backend):
             return fn()
 
     warm_budget = None if settings.time_budget_s is None else settings.time_budget_s / 4
@@ -35,4 +290,99 @@ def measure_call(fn: Callable[[], Any], device: torch.device, dtype: str, settin
     runs = planned_runs(last_ms, settings.runs, settings.min_runs, settings.time_budget_s)
     with PeakMemory(device) as memory:
         stats = timed_runs(step, device, runs, warmed)
-    return {**stats.columns(), **memory.columns}
+    return {**stats.columns(settings.noisy_iqr), **memory.columns, "sdpa_backend": settings.sdpa_backend,
+            "compiled": settings.compile, "compile_s": compile_s}
+
+
+def compiled(model: NVSModel, settings: Measurement, first_call: Callable[[Callable], Any]) -> tuple[Callable, float | None]:
+    """The callable to time, and the seconds torch.compile took (its first call), kept out of every latency."""
+    if not settings.compile:
+        return model, None
+    fn = torch.compile(model)
+    start = time.perf_counter()
+    with torch.no_grad():
+        first_call(fn)
+    return fn, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------ the run's context
+
+# `auto`: the paper preset where there is a GPU to run it, `small` on a CPU.
+AUTO_PRESET = {"cuda": "paper", "cpu": "small", "meta": "paper"}
+
+
+@dataclass
+class RunContext:
+    """What a profiling experiment resolves to on this machine: device, dtype, preset and model config."""
+    device: torch.device
+    dtype: str
+    preset: str
+    config: ModelConfig
+    batch: int
+    version: str
+    env: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    def point(self, **values: Any) -> dict[str, Any]:
+        """A point's identity: the swept values plus everything that changes what is measured."""
+        measured = {} if self.device.type == "meta" else {"threads": self.env["threads"]}
+        return {"preset": self.preset, "config": self.config.to_dict(), "device": self.env["device"],
+                "dtype": self.dtype, **measured, **values}
+
+    def notes(self, rows: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+        """Provenance lines; the commit is the one the `rows` were measured at (a rerun that only
+        rebuilds the tables from recorded rows must not relabel them with the current commit)."""
+        c = self.config
+        size = (f"preset `{self.preset}` (dim {c.dim}, head dim {c.head_dim}, decoder-only depth {c.depth}, "
+                f"enc-dec {c.encoder_depth}+{c.decoder_depth} with {c.n_latents} latents, Efficient-LVSM "
+                f"{c.stream_depth}+{c.stream_depth}), {c.image_size}x{c.image_size} px, patch {c.patch_size}, batch {self.batch}")
+        if self.device.type == "meta":
+            where = "counted: FlopCounterMode on the meta device (shapes only), forward pass, attention included"
+        else:
+            where = (f"measured: {self.env['device']}, dtype {self.dtype} ({'autocast' if self.dtype != 'float32' else 'no autocast'}), "
+                     f"torch {self.env['torch']}, torch threads={self.env['threads']}, torch.no_grad()")
+        return [where, size, "inputs: synthetic random views; weights: random init (cost does not depend on values)",
+                f"code: commit {', '.join(measured_commits(rows) or [self.env['commit']])}, "
+                f"records keyed by code version {self.version}"]
+
+
+def resolve_context(preset: str, batch: int, image_size: int | None, measurement: Measurement | None) -> RunContext:
+    """`measurement` None: FLOPs only, counted on the meta device."""
+    dev = torch.device("meta") if measurement is None else resolve_device(measurement.device)
+    name = AUTO_PRESET[dev.type] if preset == "auto" else preset
+    if name not in PRESETS:
+        raise ConfigError(f"preset: unknown value {name!r}; allowed: auto, {', '.join(PRESETS)}")
+    config = PRESETS[name]
+    if image_size is not None:
+        try:
+            config = config.with_overrides(image_size=image_size)
+        except ValueError as error:
+            raise ConfigError(f"image_size: {error}") from None
+    if measurement is not None and measurement.threads:
+        torch.set_num_threads(measurement.threads)
+    dtype = "float32" if measurement is None else measurement.dtype
+    if dtype == "auto":
+        dtype = default_dtype(dev)
+    env = environment("cpu" if dev.type == "meta" else dev)
+    if dev.type == "meta":
+        env["device"] = "meta (counted, not run)"
+    return RunContext(dev, dtype, name, config, batch, code_version(), env)
+
+
+class ModelCache:
+    """Builds each variant once on the measuring device, so that points of different variants can
+    alternate (a burst of load from other processes then hits neighbours alike)."""
+
+    def __init__(self, config: ModelConfig, device: torch.device):
+        self.config, self.device = config, device
+        self.models: dict[str, NVSModel] = {}
+
+    def get(self, name: str) -> NVSModel:
+        if name not in self.models:
+            torch.manual_seed(0)
+            with torch.device(self.device):
+                self.models[name] = build_model(name, self.config).eval().requires_grad_(False)
+        return self.models[name]

@@ -1,27 +1,49 @@
-"""Tables and log-log plots built from recorded rows (never from in-memory state)."""
+"""Reports of the profiling kinds, built from recorded rows (never from in-memory state): the
+tables, the ratios of a pair of variants, growth exponents in N and log-log plots. Labels, colours
+and published numbers come from the variants' cards."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
-from ..plots import plt, save_figure
-from .fit import growth_exponent
+from models import label, list_models, model_card
 
-# Display names and a fixed colour per variant, so every figure reads the same.
-LABELS = {"lvsm_decoder_only": "LVSM decoder-only", "lvsm_encoder_decoder": "LVSM encoder-decoder",
-          "efficient_lvsm": "Efficient-LVSM"}
+from ..pipeline import Report, Table, failure_notes, ok_frame
+from ..plots import plt
+
 AXIS_NAMES = {"n_input": "N input views", "n_cached": "N cached input views", "n_target": "M target views"}
-COLORS = {"lvsm_decoder_only": "tab:red", "lvsm_encoder_decoder": "tab:orange", "efficient_lvsm": "tab:blue"}
 
 
-def published_notes(published) -> list[str]:
-    """One note per published row, `key=value` pairs, and where they come from."""
-    if published is None:
-        return []
-    rows = "; ".join(", ".join(f"{k}={v}" for k, v in row.items()) for row in published.rows)
-    return [f"published: {rows} (source: {published.source.strip()})"]
+# ---------------------------------------------------------------------------------- shared parts
+
+
+def growth_exponent(ns: Sequence[float], values: Sequence[float], min_n: float = 1) -> float | None:
+    """Least-squares slope of log(value) against log(n) over the points with n >= min_n and a
+    positive value; None when fewer than two such n exist."""
+    pairs = [(float(n), float(v)) for n, v in zip(ns, values)
+             if n >= min_n and v is not None and np.isfinite(v) and v > 0]
+    if len({n for n, _ in pairs}) < 2:
+        return None
+    x, y = np.log([n for n, _ in pairs]), np.log([v for _, v in pairs])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def card_published(table: str, models: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+    """model -> {values..., "source"} for the variants whose card reports numbers in `table`."""
+    out = {}
+    for name in models:
+        published = model_card(name).published.get(table) if name in list_models() else None
+        if published is not None:
+            out[name] = {**published.values, "source": published.source}
+    return out
+
+
+def published_notes(table: str, models: Sequence[str], keys: Sequence[str]) -> list[str]:
+    rows = card_published(table, models)
+    return [f"published ({label(name)}): " + ", ".join(f"{k}={row[k]}" for k in keys if k in row) + f" (source: {row['source']})"
+            for name, row in rows.items()]
 
 
 def blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
@@ -29,17 +51,12 @@ def blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(object).where(frame.notna(), None)
 
 
-def ok_frame(rows: Sequence[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(list(rows))
-    if frame.empty:
-        return frame
-    return frame[frame["status"] == "ok"].copy()
-
-
-def failures(rows: Sequence[dict], columns: Sequence[str]) -> list[str]:
-    """One note per failed point, so a table never silently drops one."""
-    return [f"not measured ({r['status']}): " + ", ".join(f"{c}={r.get(c)}" for c in columns) + f": {r.get('error')}"
-            for r in rows if r.get("status") != "ok"]
+def noisy_note(frame: pd.DataFrame, threshold: float) -> list[str]:
+    if "noisy" not in frame or not frame["noisy"].fillna(False).astype(bool).any():
+        return []
+    count = int(frame["noisy"].fillna(False).astype(bool).sum())
+    return [f"noisy: {count} point(s) whose latency IQR exceeds {threshold:.0%} of the median are marked `noisy` "
+            "(machine under load; rerun on a quiet machine)"]
 
 
 def exponents(frame: pd.DataFrame, x: str, metrics: dict[str, str], by: Sequence[str], min_n: int) -> pd.DataFrame:
@@ -58,8 +75,8 @@ def exponents(frame: pd.DataFrame, x: str, metrics: dict[str, str], by: Sequence
     return pd.DataFrame(out)
 
 
-def loglog(frame: pd.DataFrame, path: str | Path, x: str, metrics: dict[str, str], facet: str | None,
-           series: str, min_n: int, title: str, extra: dict[str, pd.DataFrame] | None = None) -> Path | None:
+def loglog(frame: pd.DataFrame, x: str, metrics: dict[str, str], facet: str | None, series: str, min_n: int,
+           title: str, extra: dict[str, pd.DataFrame] | None = None):
     """A grid of log-log axes: one row per metric, one column per `facet` value; one line per
     `series` value, its fitted exponent (x >= min_n) in the legend. `extra` adds dashed reference
     lines (label -> frame with x and the metric columns), e.g. published numbers."""
@@ -78,13 +95,14 @@ def loglog(frame: pd.DataFrame, path: str | Path, x: str, metrics: dict[str, str
                 if not (y > 0).any():
                     continue
                 slope = growth_exponent(group[x], y, min_n)
-                legend = f"{LABELS.get(name, name)} (slope {slope:.2f})" if slope is not None else LABELS.get(name, name)
-                ax.plot(group[x], y, marker="o", color=COLORS.get(name), label=legend)
-            for label, ref in (extra or {}).items():
+                color = model_card(name).color if name in list_models() else None
+                legend = f"{label(name)} (slope {slope:.2f})" if slope is not None else label(name)
+                ax.plot(group[x], y, marker="o", color=color, label=legend)
+            for ref_label, ref in (extra or {}).items():
                 if column in ref:
                     ref_slope = growth_exponent(ref[x], ref[column], min_n)
                     ax.plot(ref[x], ref[column], linestyle="--", marker="x", color="gray",
-                            label=f"{label} (slope {ref_slope:.2f})" if ref_slope is not None else label)
+                            label=f"{ref_label} (slope {ref_slope:.2f})" if ref_slope is not None else ref_label)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel(AXIS_NAMES.get(x, x))
@@ -94,7 +112,7 @@ def loglog(frame: pd.DataFrame, path: str | Path, x: str, metrics: dict[str, str
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
     fig.suptitle(f"{title}\n(slopes fitted over N >= {min_n})")
-    return save_figure(fig, path)
+    return fig
 
 
 def ratio_table(frame: pd.DataFrame, numerator: str, denominator: str, keys: Sequence[str],
@@ -109,3 +127,234 @@ def ratio_table(frame: pd.DataFrame, numerator: str, denominator: str, keys: Seq
     for column, title in metrics.items():
         out[title] = pd.to_numeric(a.loc[joined, column]) / pd.to_numeric(b.loc[joined, column])
     return out.reset_index().sort_values(list(keys))
+
+
+def _labelled(frame: pd.DataFrame) -> pd.Series:
+    return frame["model"].map(label)
+
+
+def _unmeasured(rows: Sequence[Mapping[str, Any]], expected: int) -> list[str]:
+    return [f"{expected - len(rows)} of {expected} points not measured yet (rerun to resume)"] if len(rows) < expected else []
+
+
+# ---------------------------------------------------------------------------------------- profile
+
+PROFILE_METRICS = {"latency_ms": "latency (ms)", "gflops": "GFLOPs (2 x MAC, attention incl.)",
+                   "work_mem_mb": "peak - baseline memory (MiB)"}
+
+
+def profile_table(frame: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({
+        "model": _labelled(frame), "N": frame["n_input"], "M": frame["n_target"],
+        "latency ms (median)": frame["latency_ms"], "IQR ms": frame["latency_iqr_ms"], "runs": frame["runs"],
+        "noisy": frame["noisy"].map(lambda v: "noisy" if v is True else "") if "noisy" in frame else "",
+        "peak mem MiB": frame["peak_mem_mb"], "peak - baseline MiB": frame["work_mem_mb"],
+    })
+    if frame["peak_reserved_mb"].notna().any():
+        out["reserved MiB"] = frame["peak_reserved_mb"]
+    if "compile_s" in frame and frame["compile_s"].notna().any():
+        out["compile s"] = frame["compile_s"]
+    out["GFLOPs"] = frame["gflops"]
+    out["thop GMACs (linear only)"] = frame["gmacs_linear_thop"]
+    out["params M"] = frame["params"] / 1e6
+    return out
+
+
+def profile_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Report:
+    notes = ctx.notes(rows) + [
+        f"latency: median and IQR of the timed runs after warm-up ({'CUDA events' if ctx.device.type == 'cuda' else 'time.perf_counter'}); "
+        f"SDPA backend {spec.measure.sdpa_backend}; torch.compile {'on (compile time apart)' if spec.measure.compile else 'off'}",
+        "memory: " + ("torch.cuda.max_memory_allocated (reserved: max_memory_reserved)" if ctx.device.type == "cuda"
+                      else "process peak RSS (VmHWM reset per point via /proc/self/clear_refs); baseline = RSS before the timed runs"),
+        "GFLOPs: FlopCounterMode on meta, 2 FLOPs per multiply-add, attention matmuls included; "
+        "thop GMACs: linear layers only, the convention of the published GFLOPs column",
+    ] + failure_notes(rows, ["model", "n_input", "n_target"]) + _unmeasured(rows, expected)
+    frame = ok_frame(rows)
+    result = Report(spec.name, notes)
+    if frame.empty:
+        result.tables.append(Table(spec.name, f"{spec.name}: nothing measured yet", pd.DataFrame(), notes))
+        return result
+    frame["work_mem_mb"] = pd.to_numeric(frame["peak_mem_mb"]) - pd.to_numeric(frame["baseline_mem_mb"])
+    frame = frame.sort_values(["model", "n_target", "n_input"])
+    notes += noisy_note(frame, spec.measure.noisy_iqr)
+    result.tables.append(Table(spec.name, f"{spec.name}: cost against the number of input views", profile_table(frame), notes))
+
+    numerator, denominator = spec.ratio
+    ratios = ratio_table(frame.rename(columns={"n_input": "N", "n_target": "M"}), numerator, denominator, ["N", "M"],
+                         {"latency_ms": "latency ratio", "gflops": "FLOPs ratio", "gmacs_linear_thop": "thop MACs ratio"})
+    if not ratios.empty:
+        pair = f"{label(numerator)} / {label(denominator)}"
+        ratio_notes = [f"ratios = {pair} at the same N, M ({notes[1]})"]
+        published = card_published(spec.card_table, spec.ratio)
+        if len(published) == 2 and all("latency_ms" in p for p in published.values()):
+            a, b = (published[m] for m in spec.ratio)
+            ratio_notes.append(f"published latency ratio {a['latency_ms'] / b['latency_ms']:.3f} "
+                               f"({b['latency_ms'] / a['latency_ms']:.1f}x; source: {a['source']})")
+        result.tables.append(Table("ratios", pair, ratios, ratio_notes))
+        hit = ratios[(ratios["N"] == spec.headline_n) & (ratios["M"] == spec.headline_m)]
+        if not hit.empty:
+            r = hit.iloc[0]
+            result.headlines.append(
+                f"{pair} at N={spec.headline_n}, M={spec.headline_m}: latency ratio {r['latency ratio']:.3f} "
+                f"(speed-up {1 / r['latency ratio']:.2f}x), FLOPs ratio {r['FLOPs ratio']:.3f} "
+                f"({1 / r['FLOPs ratio']:.2f}x fewer), thop linear-MACs ratio {r['thop MACs ratio']:.3f}")
+
+    slopes = exponents(frame, "n_input", {"latency_ms": "latency exponent", "gflops": "FLOPs exponent",
+                                          "work_mem_mb": "memory exponent"}, ["model", "n_target"], spec.fit_min_n)
+    slopes = slopes.rename(columns={"n_target": "M"})
+    slopes["model"] = slopes["model"].map(label)
+    result.tables.append(Table("exponents", f"Growth exponents in N (log-log fit over N >= {spec.fit_min_n})", slopes,
+                               notes[1:3], floatfmt=".2f"))
+    result.figures["cost_vs_views.png"] = lambda: loglog(
+        frame, "n_input", PROFILE_METRICS, "n_target", "model", spec.fit_min_n,
+        f"{spec.name} ({ctx.env['device']}, {ctx.dtype}, preset {ctx.preset})")
+    return result
+
+
+# ------------------------------------------------------------------------------------------ FLOPs
+
+
+def wide(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """N down the side; one column per (variant, M)."""
+    frame = frame.assign(series=[f"{label(m)} M={t}" for m, t in zip(frame["model"], frame["n_target"])])
+    table = frame.pivot_table(index="n_input", columns="series", values=column, sort=False).reset_index()
+    # Object dtype keeps N an int when tabulate turns the all-numeric frame into one float array.
+    table["n_input"] = table["n_input"].astype(int).astype(object)
+    return table.rename(columns={"n_input": "N"})
+
+
+def flops_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Report:
+    notes = ctx.notes(rows) + [
+        "GFLOPs = 2 x multiply-adds of linear layers and attention matmuls (norms, softmax, GELU left out)",
+        "thop GMACs = linear-layer multiply-adds only, as `thop` counts (the published GFLOPs column)",
+    ] + failure_notes(rows, ["model", "n_input", "n_target"]) + _unmeasured(rows, expected)
+    notes += published_notes(spec.card_table, spec.models, ["gflops_thop"])
+    frame = ok_frame(rows)
+    result = Report(f"{spec.name}: forward GFLOPs", notes)
+    if frame.empty:
+        return result
+    frame = frame.sort_values(["model", "n_target", "n_input"])
+    notes.append(f"FlopCounterMode vs analytic formula: largest relative difference {frame['flops_rel_diff'].max():.2e}")
+    long = pd.DataFrame({"model": _labelled(frame), "N": frame["n_input"], "M": frame["n_target"],
+                         "GFLOPs (counted)": frame["gflops"], "GFLOPs (analytic)": frame["gflops_analytic"],
+                         "rel. diff": frame["flops_rel_diff"], "thop GMACs (linear only)": frame["gmacs_linear_thop"],
+                         "attention GMACs": frame["gmacs_attention"]})
+    result.tables.append(Table(spec.name, "Forward FLOPs against the number of input views", long, notes, console=False))
+    result.tables.append(Table("gflops_wide", "Forward GFLOPs (counted)", wide(frame, "gflops"), notes, floatfmt=",.1f"))
+    result.tables.append(Table("thop_gmacs_wide", "thop-style GMACs (linear layers only)", wide(frame, "gmacs_linear_thop"),
+                               notes, floatfmt=",.1f", console=False))
+    slopes = exponents(frame, "n_input", {"gflops": f"FLOPs exponent (N >= {spec.fit_min_n})"}, ["model", "n_target"],
+                       spec.fit_min_n)
+    slopes_all = exponents(frame, "n_input", {"gflops": "FLOPs exponent (all N)"}, ["model", "n_target"], 1)
+    slopes = slopes.merge(slopes_all, on=["model", "n_target"]).rename(columns={"n_target": "M"})
+    slopes["model"] = slopes["model"].map(label)
+    result.tables.append(Table("exponents", "Growth exponents of forward FLOPs in N", slopes, notes[:2], floatfmt=".2f"))
+    result.figures["flops_vs_views.png"] = lambda: loglog(
+        frame, "n_input", {"gflops": "GFLOPs (2 x MAC)", "gmacs_linear_thop": "thop GMACs (linear only)"},
+        "n_target", "model", spec.fit_min_n, f"forward FLOPs, preset {ctx.preset}")
+    return result
+
+
+# --------------------------------------------------------------------------------------- KV cache
+
+
+def kv_cache_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Report:
+    frame = ok_frame(rows)
+    notes = ctx.notes(rows) + [
+        f"cached: {label(spec.cached_model)} adds {spec.n_new} view(s) to a KV cache of N views, then renders "
+        f"{spec.n_targets} targets; recompute: {label(spec.baseline_model)} renders the {spec.n_targets} targets "
+        f"from all N+{spec.n_new} views",
+        "latency: median (IQR) of the timed runs after warm-up; GFLOPs: FlopCounterMode on meta, 2 x MAC, attention included",
+    ] + failure_notes(rows, ["model", "mode", "n_cached"]) + _unmeasured(rows, expected)
+    if spec.published:
+        notes.append(f"published: {spec.published.source}")
+    result = Report(spec.name, notes)
+    if frame.empty:
+        return result
+    notes += noisy_note(frame, spec.measure.noisy_iqr)
+    cached = frame[frame["mode"] == "kv_cache"].set_index("n_cached")
+    full = frame[frame["mode"] == "recompute"].set_index("n_cached")
+    ns = sorted(set(cached.index) | set(full.index))
+    table = pd.DataFrame({"N": ns})
+    table["cached ms"] = [cached["latency_ms"].get(n) for n in ns]
+    table["cached IQR"] = [cached["latency_iqr_ms"].get(n) for n in ns]
+    table["recompute ms"] = [full["latency_ms"].get(n) for n in ns]
+    table["recompute IQR"] = [full["latency_iqr_ms"].get(n) for n in ns]
+    table["noisy"] = ["noisy" if bool(cached["noisy"].get(n, False)) or bool(full["noisy"].get(n, False)) else ""
+                      for n in ns] if "noisy" in frame else ""
+    table["speed-up"] = table["recompute ms"] / table["cached ms"]
+    published = {r.n: r for r in (spec.published.rows if spec.published else [])}
+    if published:
+        table["published cached ms"] = [published[n].cached_ms if n in published else None for n in ns]
+        table["published recompute ms"] = [published[n].recompute_ms if n in published else None for n in ns]
+        table["published speed-up"] = table["published recompute ms"] / table["published cached ms"]
+    table["cached GFLOPs"] = [cached["gflops"].get(n) for n in ns]
+    table["recompute GFLOPs"] = [full["gflops"].get(n) for n in ns]
+    table["FLOPs ratio"] = table["recompute GFLOPs"] / table["cached GFLOPs"]
+    table["KV cache MiB"] = [cached["kv_cache_mb"].get(n) for n in ns]
+    table["cached peak MiB"] = [cached["peak_mem_mb"].get(n) for n in ns]
+    table["recompute peak MiB"] = [full["peak_mem_mb"].get(n) for n in ns]
+    result.tables.append(Table(spec.name, "Adding one input view: KV cache vs recomputing", blank_missing(table), notes))
+    slopes = exponents(frame, "n_cached", {"latency_ms": "latency exponent", "gflops": "FLOPs exponent"},
+                       ["model", "mode"], spec.fit_min_n)
+    slopes["model"] = slopes["model"].map(label)
+    extra = {}
+    if published:
+        pub = pd.DataFrame([r.model_dump() for r in published.values()]).sort_values("n").rename(columns={"n": "n_cached"})
+        extra = {"published cached": pub.rename(columns={"cached_ms": "latency_ms"})[["n_cached", "latency_ms"]],
+                 "published recompute": pub.rename(columns={"recompute_ms": "latency_ms"})[["n_cached", "latency_ms"]]}
+        for ref_label, ref in extra.items():
+            slope = growth_exponent(ref["n_cached"], ref["latency_ms"], spec.fit_min_n)
+            slopes = pd.concat([slopes, pd.DataFrame([{"model": ref_label, "mode": "published", "latency exponent": slope}])])
+    result.tables.append(Table("exponents", f"Growth exponents in N (fit over N >= {spec.fit_min_n})", slopes, notes[:2],
+                               floatfmt=".2f"))
+    result.figures["kv_cache.png"] = lambda: loglog(
+        frame, "n_cached", {"latency_ms": "latency (ms)", "gflops": "GFLOPs"}, None, "model", spec.fit_min_n,
+        f"add {spec.n_new} view + render {spec.n_targets} ({ctx.env['device']}, {ctx.dtype}, preset {ctx.preset})", extra)
+    return result
+
+
+# ------------------------------------------------------------------------------------- efficiency
+
+
+def efficiency_report(spec, ctx, rows: list[dict[str, Any]]) -> Report:
+    frame = ok_frame(rows)
+    notes = ctx.notes(rows) + [f"ours: N={spec.n_input} input views, M={spec.n_target} target view(s)"]
+    from_cards = card_published(spec.card_table, spec.models)
+    notes += sorted({f"published: {row['source']}" for row in from_cards.values()})
+    if spec.published:
+        notes.append(f"published (other methods): {spec.published.source}")
+    notes += failure_notes(rows, ["model"])
+    ours = frame.set_index("model") if not frame.empty else pd.DataFrame()
+    notes += noisy_note(frame, spec.measure.noisy_iqr) if not frame.empty else []
+    others = {r.label: r.model_dump() for r in (spec.published.rows if spec.published else [])}
+    table_rows = []
+    for name in [*spec.models, *others]:
+        pub, have = from_cards.get(name) or others.get(name, {}), name in ours.index
+        table_rows.append({
+            "model": label(name),
+            "params M (ours)": ours.loc[name, "params"] / 1e6 if have else None,
+            "params M (published)": pub.get("params_m"),
+            "latency ms (ours)": ours.loc[name, "latency_ms"] if have else None,
+            "IQR ms": ours.loc[name, "latency_iqr_ms"] if have else None,
+            "noisy": ("noisy" if ours.loc[name, "noisy"] is True else "") if have and "noisy" in ours else None,
+            "latency ms (published)": pub.get("latency_ms"),
+            "GFLOPs (ours, 2xMAC incl. attn)": ours.loc[name, "gflops"] if have else None,
+            "thop GMACs (ours, linear only)": ours.loc[name, "gmacs_linear_thop"] if have else None,
+            "GFLOPs (published, thop)": pub.get("gflops_thop"),
+            "peak mem MiB (ours)": ours.loc[name, "peak_mem_mb"] if have else None,
+        })
+    result = Report(spec.name, notes)
+    slow, fast = spec.baseline_model, spec.fast_model
+    if {slow, fast} <= set(ours.index):
+        result.headlines.append(
+            f"ours: {label(slow)} / {label(fast)} latency {ours.loc[slow, 'latency_ms'] / ours.loc[fast, 'latency_ms']:.2f}x, "
+            f"FLOPs {ours.loc[slow, 'gflops'] / ours.loc[fast, 'gflops']:.2f}x, "
+            f"thop MACs {ours.loc[slow, 'gmacs_linear_thop'] / ours.loc[fast, 'gmacs_linear_thop']:.2f}x")
+    if {slow, fast} <= set(from_cards):
+        a, b = from_cards[slow], from_cards[fast]
+        result.headlines.append(f"published: latency {a['latency_ms'] / b['latency_ms']:.2f}x, "
+                                f"GFLOPs (thop) {a['gflops_thop'] / b['gflops_thop']:.2f}x")
+    result.tables.append(Table(spec.name, "Efficiency: ours beside the published table", blank_missing(pd.DataFrame(table_rows)),
+                               notes + result.headlines))
+    return result

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .config import DataSpec
+from .config import TrainData
 from .distributed import World
 
 TENSOR_KEYS = ("input_images", "input_c2w", "input_fxfycxcy", "target_images", "target_c2w", "target_fxfycxcy")
@@ -48,7 +48,7 @@ class CachedSource:
         return self.views(i, range(self.source.num_views(self.source._check_scene(i))))
 
 
-def open_sources(spec: DataSpec, cache: bool = True):
+def open_sources(spec: TrainData, cache: bool = True):
     """(training source, evaluation source); the evaluation one is opened with `eval_options` on top.
     Procedural sources are cached in memory (`cache`); on-disk ones are read as they are drawn."""
     from ..data import open_source
@@ -99,14 +99,14 @@ def ring_views(source, i: int, n_input: int, n_target: int, rng: np.random.Gener
     return sorted(context), target
 
 
-def pick_views(source, i: int, spec: DataSpec, n_input: int, n_target: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+def pick_views(source, i: int, spec: TrainData, n_input: int, n_target: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
     """Context and target views of scene i by the spec's own rule (ring or nearby_views)."""
     if spec.context_layout == "ring":
         return ring_views(source, i, n_input, n_target, rng)
     return nearby_views(source, i, n_input, n_target, spec.nearby_views, rng)
 
 
-def example_stream(source, spec: DataSpec) -> Iterator:
+def example_stream(source, spec: TrainData) -> Iterator:
     """The data module's training stream, or (with `nearby_views` or the ring layout) the same stream
     drawing views by that rule: scene uniformly at random, views by `pick_views`."""
     from ..data import make_example, training_examples
@@ -125,7 +125,7 @@ def example_stream(source, spec: DataSpec) -> Iterator:
         yield make_example(source, i, context, target, spec.normalize)
 
 
-def evaluation_index(source, spec: DataSpec) -> dict:
+def evaluation_index(source, spec: TrainData) -> dict:
     """The fixed validation index (RealEstate10K index format), drawn by the same view rule as training."""
     from ..data import make_evaluation_index
     n_input = spec.eval_n_input or spec.n_input
@@ -138,7 +138,7 @@ def evaluation_index(source, spec: DataSpec) -> dict:
     return index
 
 
-def training_batches(source, spec: DataSpec, world: World, batch_size: int, examples_seen: int = 0) -> Iterator[dict[str, Any]]:
+def training_batches(source, spec: TrainData, world: World, batch_size: int, examples_seen: int = 0) -> Iterator[dict[str, Any]]:
     """Rank r takes positions r, r+W, r+2W ... of one global example stream, so W ranks with batch B
     see exactly the examples one process with batch W*B would. `examples_seen` (global) skips what a
     resumed run has already trained on."""
@@ -158,7 +158,7 @@ class EvalSplit:
     n_examples: int
 
 
-def evaluation_split(source, spec: DataSpec, batch_size: int) -> EvalSplit:
+def evaluation_split(source, spec: TrainData, batch_size: int) -> EvalSplit:
     from ..data import collate, evaluation_examples
     index = dict(itertools.islice(evaluation_index(source, spec).items(), spec.eval_scenes))
     examples = list(itertools.islice(evaluation_examples(source, index, normalize=spec.normalize), spec.eval_scenes))

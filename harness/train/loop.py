@@ -15,11 +15,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from models import build_model
-from ..experiment import ExperimentError
+from ..errors import ConfigError
 from ..provenance import environment
 from ..records import RecordStore
 from ..runtime import autocast, default_dtype, resolve_device
-from .config import DataSpec, ModelSpec, OptimSpec, TrainSpec, settings_dict
+from ..schema import ModelRef
+from .config import OptimSpec, TrainData, TrainSpec, settings_dict
 from .data import EvalSplit, evaluation_split, open_sources, to_device, training_batches
 from .distributed import World, barrier, rank_device
 from .loss import ReconstructionLoss
@@ -65,11 +66,11 @@ def _same_settings(saved: dict[str, Any], current: dict[str, Any], path: Path) -
         for key, value in values.items():
             old = saved.get(section, {}).get(key)
             if json.dumps(old, sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
-                raise ExperimentError(f"{path}: was written with {section}.{key}={old!r}, this run asks for {value!r}; "
+                raise ConfigError(f"{path}: was written with {section}.{key}={old!r}, this run asks for {value!r}; "
                                  f"use another output directory or delete the checkpoint to start over")
 
 
-def train_model(model_spec: ModelSpec, data: DataSpec, optim: OptimSpec, train: TrainSpec, out_dir: str | Path, *,
+def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: TrainSpec, out_dir: str | Path, *,
                 world: World | None = None, stop_after: int | None = None, resume: bool = True,
                 progress: bool = True, label: str = "") -> RunResult:
     """Train `model_spec` for `train.steps` optimizer steps, validating every `train.val_every` steps and

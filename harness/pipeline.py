@@ -1,0 +1,250 @@
+"""The pipeline every kind shares: points -> measure -> rows.jsonl -> report.
+
+A kind lists its points (plain dicts: what is measured and everything that changes the result) and a
+`measure` function. `Sweep.run` measures each point not yet recorded and appends one row the moment
+it exists; a point that raises is recorded with status `oom` / `error` and its reason, and the sweep
+goes on. A rerun skips points recorded `ok` or `oom` for the same experiment, point and code version
+(an OOM would only repeat) and retries the failed ones. The kind then builds a `Report` from the
+recorded rows alone (never from memory); `write_report` renders it once to Markdown, CSV, LaTeX and
+the console, with its figures, beside one `manifest.json` (resolved config, environment, commit).
+"""
+from __future__ import annotations
+
+import functools
+import gc
+import importlib.metadata
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+from tqdm import tqdm
+
+from .errors import OutputError
+from .provenance import code_version, git_commit
+from .records import RecordStore, point_key, write_atomic
+from .tables import markdown, write_tables
+
+log = logging.getLogger(__name__)
+
+ROWS = "rows.jsonl"
+SKIP_STATUSES = ("ok", "oom")
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+Point = Mapping[str, Any]
+
+
+def failure_status(error: BaseException) -> str:
+    import torch
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return "oom"
+    if isinstance(error, RuntimeError) and any(text in str(error).lower() for text in _OOM_TEXT):
+        return "oom"
+    return "error"
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"[:limit]
+
+
+def release_memory() -> None:
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def ensure_writable(out_dir: str | Path) -> Path:
+    """Create the output directory and prove it writable before any work starts."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise OutputError(f"output directory {out_dir}: cannot be created or written ({error.strerror or error})") from None
+    return out_dir
+
+
+@dataclass
+class SweepSummary:
+    measured: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    left: int = 0  # not reached before the deadline; a rerun measures them
+
+    def line(self, name: str) -> str:
+        text = f"{name}: {self.measured} measured, {self.skipped} already recorded, {len(self.failed)} failed"
+        if self.left:
+            text += f", {self.left} left for the next run (deadline reached; rerun to resume)"
+        return text
+
+
+@dataclass
+class Sweep:
+    """The points of one experiment and the record file they go to."""
+    out_dir: Path
+    experiment: str
+    context: Mapping[str, Any] = field(default_factory=dict)  # columns added to every row (device, commit ...)
+    version: str = field(default_factory=code_version)
+    writer: bool = True  # False on the non-zero ranks of a distributed run: they measure, rank 0 records
+
+    def __post_init__(self) -> None:
+        self.out_dir = ensure_writable(self.out_dir) if self.writer else Path(self.out_dir)
+        self.store = RecordStore(self.out_dir / ROWS)
+
+    def key(self, point: Point) -> str:
+        return point_key(self.experiment, point, self.version)
+
+    def pending(self, points: Sequence[Point]) -> list[Point]:
+        done = self.store.done_keys(SKIP_STATUSES)
+        return [p for p in points if self.key(p) not in done]
+
+    def record(self, point: Point, result: Mapping[str, Any], status: str = "ok", error: str | None = None) -> dict[str, Any]:
+        row = {"key": self.key(point), "experiment": self.experiment, "version": self.version, "status": status,
+               "error": error, **self.context, **point, **result}
+        if self.writer:
+            self.store.append(row)
+        return row
+
+    def run(self, points: Sequence[Point], measure: Callable[[Point], Mapping[str, Any]],
+            label: Callable[[Point], str] = lambda p: "", progress: bool = True,
+            deadline_s: float | None = None, unit: str = "point") -> SweepSummary:
+        """Measure what is not recorded yet; `deadline_s`: start no new point after this long."""
+        todo = {self.key(p) for p in self.pending(points)}
+        summary = SweepSummary(skipped=len(points) - len(todo))
+        start = time.monotonic()
+        bar = tqdm(total=len(todo), desc=self.experiment, unit=unit, disable=not progress or not todo,
+                   dynamic_ncols=True, mininterval=1.0)
+        for point in points:
+            if self.key(point) not in todo:
+                continue
+            if deadline_s is not None and time.monotonic() - start > deadline_s:
+                summary.left += 1
+                continue
+            bar.set_postfix_str(label(point))
+            try:
+                result, status, error = dict(measure(point)), "ok", None
+            except Exception as caught:  # one failing point is recorded with its reason; the sweep goes on
+                result, status, error = {}, failure_status(caught), one_line(caught)
+                summary.failed.append(f"{label(point)}: {error}")
+                log.warning("%s: %s failed: %s", self.experiment, label(point), error)
+                release_memory()
+            self.record(point, result, status, error)
+            summary.measured += 1
+            bar.update(1)
+        bar.close()
+        log.info(summary.line(self.experiment))
+        return summary
+
+    def rows(self, points: Sequence[Point]) -> list[dict[str, Any]]:
+        """The latest row of each point, in point order; points not yet recorded are left out."""
+        latest = self.store.latest_by_key()
+        return [latest[k] for k in (self.key(p) for p in points) if k in latest]
+
+
+# -------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class Table:
+    stem: str
+    title: str
+    frame: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    floatfmt: str = ".4g"
+    console: bool = True  # also printed when the run ends
+
+
+@dataclass
+class Report:
+    """What a run says: a title, provenance notes, tables, figures (file name -> matplotlib figure
+    or a function that draws one) and headline lines printed last."""
+    title: str
+    notes: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+    headlines: list[str] = field(default_factory=list)
+
+
+def write_report(report: Report, out_dir: str | Path, stream=None) -> dict[str, Path]:
+    """Every table as .md/.csv/.tex, every figure as a file; the whole report on the console."""
+    from .plots import save_figure
+    out_dir = Path(out_dir)
+    paths: dict[str, Path] = {}
+    console = [f"# {report.title}", *[f"- {n}" for n in report.notes], ""]
+    for table in report.tables:
+        written = write_tables(table.frame, out_dir, table.stem, table.title, table.notes, floatfmt=table.floatfmt)
+        paths[table.stem] = written["md"]
+        if table.console:
+            console += [f"## {table.title}", "", markdown(table.frame, table.floatfmt) if not table.frame.empty else "(empty)", ""]
+    for name, figure in report.figures.items():
+        figure = figure() if callable(figure) else figure
+        if figure is not None:
+            paths[name] = save_figure(figure, out_dir / name)
+    console += report.headlines
+    if paths:
+        console.append("wrote " + ", ".join(str(p) for p in paths.values()))
+    print("\n".join(console), file=stream or sys.stdout)
+    return paths
+
+
+# ------------------------------------------------------------------------------------ manifest
+
+PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pydantic", "scikit-image", "lpips", "matplotlib", "PyYAML")
+
+
+@functools.lru_cache(maxsize=1)
+def environment_report() -> dict[str, Any]:
+    """torch.utils.collect_env's report and the versions of the packages that shape a number."""
+    from torch.utils import collect_env
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        info = collect_env.get_env_info()._asdict()
+    except Exception as error:  # collect_env shells out to tools that may be missing; the manifest says so
+        info = {"error": one_line(error)}
+    info.pop("pip_packages", None)
+    info.pop("conda_packages", None)
+    return {"packages": versions, "collect_env": info}
+
+
+def write_manifest(out_dir: str | Path, spec: Any, extra: Mapping[str, Any] | None = None) -> Path:
+    """One manifest per run: the resolved experiment, the command, the environment and the commit."""
+    manifest = {"experiment": spec.model_dump(mode="json"), "command": sys.argv, "commit": git_commit(),
+                "code_version": code_version(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **(extra or {}), **environment_report()}
+    path = Path(out_dir) / "manifest.json"
+    write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+# -------------------------------------------------------------------------------- row helpers
+
+
+def ok_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows))
+    if frame.empty:
+        return frame
+    return frame[frame["status"] == "ok"].copy()
+
+
+def failure_notes(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[str]:
+    """One note per failed point, so a table never silently drops one."""
+    return [f"not measured ({r['status']}): " + ", ".join(f"{c}={r.get(c)}" for c in columns) + f": {r.get('error')}"
+            for r in rows if r.get("status") != "ok"]
+
+
+def measured_commits(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return sorted({str(r["commit"]) for r in rows if r.get("commit")})

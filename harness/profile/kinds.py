@@ -1,0 +1,231 @@
+"""The four profiling kinds: what each experiment YAML may say, its points, how a point is measured,
+and the report built from the recorded rows.
+
+- `profile`: latency, peak memory and FLOPs of each variant over a grid of N input and M target views
+  (experiments/bench.yaml, experiments/speed_vs_views.yaml).
+- `profile_flops`: forward FLOPs over the grid, counted on the meta device beside the analytic formula
+  (experiments/flops.yaml).
+- `profile_kv_cache`: adding views to N cached ones (Efficient-LVSM's KV cache) against recomputing
+  everything (LVSM decoder-only) (experiments/kv_cache.yaml).
+- `profile_efficiency`: the published efficiency table with our measurements beside it
+  (experiments/efficiency_table.yaml).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from models import list_models, model_card, model_class
+
+from ..pipeline import Sweep, write_manifest, write_report
+from ..runtime import autocast
+from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, RunOptions, Spec,
+                      revalidate)
+from . import report
+from .measure import (FlopCounter, ModelCache, RunContext, compiled, input_views, measure_call, resolve_context,
+                      synthetic_views, target_views)
+
+
+def released_variants() -> list[str]:
+    """The variants with an official release: the default model list of every profiling experiment."""
+    return [name for name in list_models() if model_card(name).official_params]
+
+
+# ---------------------------------------------------------------------------------------- specs
+
+
+class CostSpec(ExperimentBase):
+    preset: PresetName = "auto"
+    batch: Positive = 1
+    image_size: Positive | None = None  # None: the preset's
+    fit_min_n: Positive = 8  # growth exponents are fitted over N >= this
+    # Which table of the variants' cards holds the published numbers printed beside ours.
+    card_table: str = "efficiency"
+
+
+class ViewGridSpec(CostSpec):
+    models: list[ModelName] = Field(default_factory=released_variants, min_length=1)
+    n_inputs: list[Positive] = Field(default=[1, 2, 4, 8, 16, 32, 64], min_length=1)
+    n_targets: list[Positive] = Field(default=[1, 8], min_length=1)
+
+
+class ProfileSpec(ViewGridSpec):
+    kind: Literal["profile"]
+    measure: Measurement = Measurement()
+    # The pair whose ratios (first / second, same N and M) are tabulated, and the headline point.
+    ratio: list[ModelName] = Field(default=["efficient_lvsm", "lvsm_decoder_only"], min_length=2, max_length=2)
+    headline_n: Positive = 2
+    headline_m: Positive = 1
+
+
+class FlopsSpec(ViewGridSpec):
+    kind: Literal["profile_flops"]
+    preset: PresetName = "paper"
+
+
+class KVCacheRow(Spec):
+    n: Positive
+    cached_ms: float = Field(gt=0)
+    recompute_ms: float = Field(gt=0)
+
+
+class KVCacheSpec(CostSpec):
+    kind: Literal["profile_kv_cache"]
+    measure: Measurement = Measurement()
+    cached_model: ModelName = "efficient_lvsm"
+    baseline_model: ModelName = "lvsm_decoder_only"
+    n_cached: list[Positive] = Field(default=[4, 8, 16, 32, 48, 64], min_length=1)
+    n_new: Positive = 1
+    n_targets: Positive = 8
+    published: Published[KVCacheRow] | None = None
+
+    @field_validator("cached_model")
+    @classmethod
+    def _has_cache(cls, name: str) -> str:
+        if not hasattr(model_class(name), "incremental"):
+            raise ValueError(f"{name!r} has no KV-cache renderer (`incremental`)")
+        return name
+
+
+class EfficiencyRow(Spec):
+    """A published method that is not a registered variant (registered ones take theirs from the card)."""
+    label: str
+    params_m: float = Field(gt=0)
+    latency_ms: float = Field(gt=0)
+    gflops_thop: float = Field(gt=0)
+
+
+class EfficiencySpec(CostSpec):
+    kind: Literal["profile_efficiency"]
+    measure: Measurement = Measurement()
+    models: list[ModelName] = Field(default=["lvsm_decoder_only", "efficient_lvsm"], min_length=1)
+    n_input: Positive = 2
+    n_target: Positive = 1
+    # The pair whose latency and FLOPs ratio is compared with the published one.
+    baseline_model: ModelName = "lvsm_decoder_only"
+    fast_model: ModelName = "efficient_lvsm"
+    published: Published[EfficiencyRow] | None = None
+
+    @model_validator(mode="after")
+    def _pair_measured(self) -> "EfficiencySpec":
+        missing = [m for m in (self.baseline_model, self.fast_model) if m not in self.models]
+        if missing:
+            raise ValueError(f"baseline_model/fast_model {missing[0]!r} is not in models {self.models}")
+        return self
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+def _context(spec: CostSpec, options: RunOptions, measured: bool = True) -> tuple[CostSpec, RunContext]:
+    if options.preset:
+        spec = revalidate(spec, preset=options.preset)
+    measurement = spec.measure if measured else None
+    return spec, resolve_context(spec.preset, spec.batch, spec.image_size, measurement)
+
+
+def _sweep_and_report(spec: CostSpec, ctx: RunContext, points: list[dict[str, Any]], measure, label_of, options: RunOptions,
+                      build) -> list[dict[str, Any]]:
+    sweep = Sweep(spec.results_dir(), spec.name, context=ctx.env, version=ctx.version)
+    write_manifest(sweep.out_dir, spec, {"device": ctx.env["device"], "preset": ctx.preset, "dtype": ctx.dtype})
+    summary = sweep.run(points, measure, label_of, options.progress,
+                        deadline_s=getattr(getattr(spec, "measure", None), "deadline_s", None))
+    rows = sweep.rows(points)
+    result = build(rows, len(points))
+    result.notes.insert(0, summary.line(spec.name))
+    write_report(result, sweep.out_dir)
+    return rows
+
+
+def forward_measure(ctx: RunContext, settings: Measurement):
+    """The sweep's `measure` for forward points; each model is built (and compiled) once."""
+    counter, cache, fns = FlopCounter(ctx.config), ModelCache(ctx.config, ctx.device), {}
+
+    def measure(point: Mapping[str, Any]) -> dict[str, Any]:
+        flops = counter.forward(point["model"], point["n_input"], point["n_target"], point["batch"])
+        model = cache.get(point["model"])
+        views = synthetic_views(point["batch"], point["n_input"], point["n_target"], ctx.image_size, ctx.device)
+        if point["model"] not in fns:
+            with autocast(ctx.device, ctx.dtype):
+                fns[point["model"]] = compiled(model, settings, lambda fn: fn(*views))
+        fn, compile_s = fns[point["model"]]
+        return {"params": model.num_parameters(), **flops.columns(),
+                **measure_call(lambda: fn(*views), ctx.device, ctx.dtype, settings, compile_s)}
+
+    return measure
+
+
+def run_profile(spec: ProfileSpec, options: RunOptions) -> list[dict[str, Any]]:
+    spec, ctx = _context(spec, options)
+    points = [ctx.point(model=model, n_input=n, n_target=m, batch=spec.batch, measure=spec.measure.key())
+              for m in spec.n_targets for n in sorted(spec.n_inputs) for model in spec.models]
+    return _sweep_and_report(spec, ctx, points, forward_measure(ctx, spec.measure),
+                             lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}", options,
+                             lambda rows, expected: report.profile_report(spec, ctx, rows, expected))
+
+
+def run_flops(spec: FlopsSpec, options: RunOptions) -> list[dict[str, Any]]:
+    spec, ctx = _context(spec, options, measured=False)
+    points = [ctx.point(model=model, n_input=n, n_target=m, batch=spec.batch)
+              for model in spec.models for m in spec.n_targets for n in sorted(spec.n_inputs)]
+    counter = FlopCounter(ctx.config)
+
+    def measure(point: Mapping[str, Any]) -> dict[str, Any]:
+        count = counter.forward(point["model"], point["n_input"], point["n_target"], point["batch"])
+        return {"params": counter.model(point["model"]).num_parameters(), **count.columns()}
+
+    return _sweep_and_report(spec, ctx, points, measure, lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}",
+                             options, lambda rows, expected: report.flops_report(spec, ctx, rows, expected))
+
+
+def _cache_mib(cache) -> float:
+    return sum(t.numel() * t.element_size() for kv in cache for t in kv) / 2 ** 20
+
+
+def run_kv_cache(spec: KVCacheSpec, options: RunOptions) -> list[dict[str, Any]]:
+    spec, ctx = _context(spec, options)
+    settings = spec.measure
+    common = dict(n_new=spec.n_new, n_target=spec.n_targets, batch=spec.batch, measure=settings.key())
+    points = [ctx.point(model=model, mode=mode, n_cached=n, **common) for n in sorted(spec.n_cached)
+              for model, mode in ((spec.cached_model, "kv_cache"), (spec.baseline_model, "recompute"))]
+    counter, models = FlopCounter(ctx.config), ModelCache(ctx.config, ctx.device)
+    size, dev = ctx.image_size, ctx.device
+
+    def measure(point: Mapping[str, Any]) -> dict[str, Any]:
+        n, new, m, b = point["n_cached"], point["n_new"], point["n_target"], point["batch"]
+        model = models.get(point["model"])
+        if point["mode"] == "recompute":
+            flops = counter.forward(point["model"], n + new, m, b)
+            views = synthetic_views(b, n + new, m, size, dev)
+            return {**flops.columns(), "kv_cache_mb": None, **measure_call(lambda: model(*views), dev, ctx.dtype, settings)}
+        flops = counter.incremental(point["model"], n, new, m, b)
+        renderer = model.incremental(*target_views(b, m, size, dev), size, size)
+        with torch.no_grad(), autocast(dev, ctx.dtype):
+            renderer.add_views(*input_views(b, n, size, dev))
+        base, added = renderer.cache, input_views(b, new, size, dev, seed=7)
+
+        def step():
+            # Each timed run starts again from the same N cached views.
+            renderer.cache, renderer.num_views = base, n
+            return renderer.add_views(*added).render()
+
+        return {**flops.columns(), "kv_cache_mb": _cache_mib(base), **measure_call(step, dev, ctx.dtype, settings)}
+
+    return _sweep_and_report(spec, ctx, points, measure, lambda p: f"{p['mode']} N={p['n_cached']}", options,
+                             lambda rows, expected: report.kv_cache_report(spec, ctx, rows, expected))
+
+
+def run_efficiency(spec: EfficiencySpec, options: RunOptions) -> list[dict[str, Any]]:
+    spec, ctx = _context(spec, options)
+    points = [ctx.point(model=model, n_input=spec.n_input, n_target=spec.n_target, batch=spec.batch,
+                        measure=spec.measure.key()) for model in spec.models]
+    return _sweep_and_report(spec, ctx, points, forward_measure(ctx, spec.measure), lambda p: p["model"], options,
+                             lambda rows, expected: report.efficiency_report(spec, ctx, rows))
+
+
+PROFILE = Kind(ProfileSpec, run_profile, "latency, peak memory and FLOPs over N input and M target views")
+FLOPS = Kind(FlopsSpec, run_flops, "forward FLOPs over N and M, counted on the meta device beside the analytic formula")
+KV_CACHE = Kind(KVCacheSpec, run_kv_cache, "adding views: Efficient-LVSM's KV cache against recomputing")
+EFFICIENCY = Kind(EfficiencySpec, run_efficiency, "the published efficiency table with our measurements beside it")

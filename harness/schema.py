@@ -1,0 +1,289 @@
+"""Experiments are data: a YAML file names its kind and is validated by that kind's pydantic model.
+
+Every model here is strict (no silent coercion), forbids unknown keys and is frozen. The shared
+parts (measurement settings, a model reference, a data reference, published rows) are defined once
+and reused by every kind. Kinds are named by `"module:attr"` strings and imported on first use, so no
+module imports every kind. `extends: other.yaml` builds one file on another; `--set key.sub=value`
+overrides any key; `plugins: [file.py]` registers variants or data sources before validation.
+Any mistake becomes one `ConfigError` line: `FILE: dotted.key: message`.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable, Generic, Literal, TypeVar
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+# --------------------------------------------------------------------------------------- fields
+
+
+def _registered_model(name: str) -> str:
+    from models import list_models
+    if name not in list_models():
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    return name
+
+
+def _preset(name: str) -> str:
+    from models import PRESETS
+    if name != "auto" and name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; allowed: auto, {', '.join(PRESETS)}")
+    return name
+
+
+def _source(name: str) -> str:
+    from .data import list_sources
+    if name not in list_sources():
+        raise ValueError(f"unknown data source {name!r}; registered: {', '.join(list_sources())}")
+    return name
+
+
+ModelName = Annotated[str, AfterValidator(_registered_model)]
+PresetName = Annotated[str, AfterValidator(_preset)]  # a preset of models.PRESETS, or auto (small on CPU, paper on CUDA)
+SourceName = Annotated[str, AfterValidator(_source)]
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+SdpaBackend = Literal["auto", "flash", "efficient", "cudnn", "math"]
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# --------------------------------------------------------------------------- shared sub-models
+
+
+class Measurement(Spec):
+    """How one timed point is measured. `time_budget_s`: per point; points whose runs would overrun it
+    make fewer timed runs (never under `min_runs`); the row records how many were made.
+    `deadline_s`: no new point is started after this long (a rerun measures the rest)."""
+    device: Device = "auto"
+    dtype: Dtype = "auto"
+    warmup: NonNegative = 3
+    runs: Positive = 20
+    min_runs: Positive = 5
+    time_budget_s: PositiveFloat | None = None
+    threads: Positive | None = None  # torch CPU threads (None: torch's default); recorded in every row
+    deadline_s: PositiveFloat | None = None
+    # Spread (IQR / median) above which a point is marked noisy in every table.
+    noisy_iqr: PositiveFloat = 0.25
+    compile: bool = False  # torch.compile the model; compile time is reported apart from latency
+    sdpa_backend: SdpaBackend = "auto"
+
+    def key(self) -> dict[str, Any]:
+        """What changes a measured number (device, dtype and threads are keyed by the run context;
+        the deadline only decides which points are reached)."""
+        return self.model_dump(exclude={"device", "dtype", "threads", "deadline_s"})
+
+
+class ModelRef(Spec):
+    """A registered variant at a preset with config overrides, or a checkpoint (ours, or an official
+    one of `name`'s variant)."""
+    name: ModelName
+    preset: PresetName = "small"
+    overrides: dict[str, Any] = {}
+    checkpoint: str = ""
+    label: str = ""
+
+    @model_validator(mode="after")
+    def _overrides_fit(self) -> "ModelRef":
+        from models.registry import check_overrides, resolve_config
+        check_overrides(self.name, self.overrides)
+        resolve_config("paper" if self.preset == "auto" else self.preset, **self.overrides)
+        return self
+
+
+class DataRef(Spec):
+    """Where examples come from: a registered source with its `harness.data.open_source` options
+    (strings may use $ENV_VARS), and how many context and target views an example has."""
+    source: SourceName = "synthetic_scene"
+    options: dict[str, Any] = {}
+    n_input: Positive = 2
+    n_target: Positive = 3
+    seed: int = 0
+    normalize: bool = True  # scene pose normalization, as the LVSM loader does
+
+
+Row = TypeVar("Row", bound=Spec)
+
+
+class Published(Spec, Generic[Row]):
+    """Numbers from a paper, printed beside ours; the rows are typed per kind, so a mistyped key is
+    refused instead of printing n/a."""
+    source: str
+    rows: list[Row] = []
+
+
+class ExperimentBase(Spec):
+    """Keys every experiment has."""
+    kind: str
+    name: str
+    description: str = ""
+    output_dir: str = ""
+    plugins: list[str] = []
+
+    def results_dir(self) -> Path:
+        return Path(self.output_dir or f"results/{self.name}")
+
+
+# ------------------------------------------------------------------------------------- kinds
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the command line adds to an experiment."""
+    preset: str | None = None
+    checkpoints: tuple[str, ...] = ()
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Kind:
+    spec: type[ExperimentBase]
+    run: Callable[[Any, RunOptions], Any]
+    summary: str
+
+
+KINDS: dict[str, str | Kind] = {
+    "profile": "harness.profile.kinds:PROFILE",
+    "profile_flops": "harness.profile.kinds:FLOPS",
+    "profile_kv_cache": "harness.profile.kinds:KV_CACHE",
+    "profile_efficiency": "harness.profile.kinds:EFFICIENCY",
+    "evaluate": "harness.evaluate:EVALUATE",
+    "train": "harness.train.runner:TRAIN",
+    "convergence": "harness.train.runner:CONVERGENCE",
+}
+
+
+def register_kind(name: str, kind: str | Kind) -> None:
+    """Add a kind (from a plugin): a `Kind` or its `"module:attr"` address. Names are never reused."""
+    if name in KINDS:
+        raise ConfigError(f"experiment kind {name!r} is registered twice")
+    KINDS[name] = kind
+
+
+def get_kind(name: str) -> Kind:
+    if name not in KINDS:
+        raise ConfigError(f"unknown experiment kind {name!r}; registered: {', '.join(KINDS)}")
+    target = KINDS[name]
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        target = KINDS[name] = getattr(importlib.import_module(module), attr)
+    return target
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def format_validation_error(where: str, error: ValidationError) -> str:
+    """The first problem as `where: dotted.key: message (got value)`, plus how many more there are."""
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    key = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function-"))
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] != "missing" and "input" in first and not isinstance(first["input"], dict):
+        message += f" (got {first['input']!r})"
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{where}: {key + ': ' if key else ''}{message}{more}"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: experiment file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_experiment(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's keys on top of the file it `extends` (a path relative to it), recursively."""
+    path = Path(path)
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: extends itself through {' -> '.join(str(p) for p in seen)}")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: expected a file path, got {parent!r}")
+    base = read_experiment(path.parent / parent, (*seen, path.resolve()))
+    base.pop("name", None)  # a child is its own experiment: its name comes from its own file
+    base.pop("output_dir", None)
+    return _merge(base, data)
+
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], where: str) -> dict[str, Any]:
+    """`key.sub=value` assignments, values parsed as YAML, on top of the file's keys."""
+    data = _merge({}, data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not _KEY.match(key):
+            raise ConfigError(f"{where}: --set {item!r}: expected KEY=VALUE with a dotted key")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{where}: --set {key}: value {raw!r} is not valid YAML "
+                              f"({str(error).splitlines()[0]})") from None
+        target, parts = data, key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{where}: --set {key}: {'.'.join(parts[:depth + 1])} is not a mapping")
+        target[parts[-1]] = value
+    return data
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentBase:
+    """Read, extend, override, load its plugins, and validate with the kind's model."""
+    from .plugins import load_plugins
+    path = Path(path)
+    data = apply_overrides(read_experiment(path), overrides or [], str(path))
+    data.setdefault("name", path.stem)
+    plugins = data.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"{path}: plugins: expected a list of file paths, got {plugins!r}")
+    load_plugins([p if Path(p).is_absolute() or Path(p).exists() else str(path.parent / p) for p in plugins])
+    kind = data.get("kind")
+    if not isinstance(kind, str):
+        raise ConfigError(f"{path}: kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+    try:
+        spec = get_kind(kind).spec
+    except ConfigError as error:
+        raise ConfigError(f"{path}: kind: {error}") from None
+    try:
+        return spec.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(str(path), error)) from None
+
+
+def revalidate(spec: ExperimentBase, **changes: Any) -> ExperimentBase:
+    """A copy of a frozen experiment with `changes`, checked again (model_copy alone does not check)."""
+    try:
+        return type(spec).model_validate({**spec.model_dump(), **changes})
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(spec.name, error)) from None
