@@ -19,6 +19,26 @@ def _expect_shape(tensor: torch.Tensor, name: str, expected: tuple) -> None:
         raise ValueError(f"{name}: expected shape [{spelled}], got {list(shape)}")
 
 
+def expect_finite(tensor: torch.Tensor, name: str) -> None:
+    """Refuse NaN/Inf in a camera tensor: one bad number spreads through the rays to every pixel of
+    the render (and through scene normalisation to every view), so it would pass as a plain bad score.
+
+    CPU tensors are checked at once. On an accelerator, reading the answer back would synchronise the
+    device inside the timed forward pass, so the check is queued on the device instead
+    (`_assert_async`): it fails at the next synchronisation, and like any device-side assert it
+    leaves that CUDA context unusable; torch.compile traces the same queued form. Meta tensors
+    (FLOP counting) hold no values."""
+    if tensor.device.type == "meta" or not tensor.is_floating_point():
+        return
+    message = f"{name}: expected finite values, got NaN or Inf"
+    if tensor.device.type == "cpu" and not torch.compiler.is_compiling():
+        if not bool(torch.isfinite(tensor).all()):
+            bad = (~torch.isfinite(tensor)).nonzero()[0].tolist()
+            raise ValueError(f"{message} (first at index {bad})")
+    else:
+        torch._assert_async(torch.isfinite(tensor).all(), message)
+
+
 class NVSModel(nn.Module):
     """Base class of the LVSM family.
 
@@ -54,7 +74,15 @@ class NVSModel(nn.Module):
         m = target_c2w.shape[1]
         _expect_shape(target_c2w, "target_c2w", (b, m, 4, 4))
         _expect_shape(target_fxfycxcy, "target_fxfycxcy", (b, m, 4))
+        self.check_cameras(input_c2w, input_fxfycxcy, "input_c2w", "input_fxfycxcy")
+        self.check_cameras(target_c2w, target_fxfycxcy, "target_c2w", "target_fxfycxcy")
         return b, n, m, h, w
+
+    @staticmethod
+    def check_cameras(c2w: torch.Tensor, fxfycxcy: torch.Tensor, c2w_name: str, fxfycxcy_name: str) -> None:
+        """Cameras must be finite (shapes are checked by the caller)."""
+        expect_finite(c2w, c2w_name)
+        expect_finite(fxfycxcy, fxfycxcy_name)
 
     def run_block(self, block: Callable, *args):
         """Run one block, through activation checkpointing when training with it enabled."""

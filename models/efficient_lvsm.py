@@ -171,6 +171,7 @@ class IncrementalRenderer:
         if tuple(target_fxfycxcy.shape) != (*target_c2w.shape[:2], 4):
             raise ValueError(f"target_fxfycxcy: expected shape [{target_c2w.shape[0]}, {target_c2w.shape[1]}, 4], "
                              f"got {list(target_fxfycxcy.shape)}")
+        model.check_cameras(target_c2w, target_fxfycxcy, "target_c2w", "target_fxfycxcy")
         self.model = model
         self.target_c2w, self.target_fxfycxcy = target_c2w, target_fxfycxcy
         self.height, self.width = height, width
@@ -186,6 +187,7 @@ class IncrementalRenderer:
             raise ValueError(f"c2w: expected shape [{b}, {k}, 4, 4], got {list(c2w.shape)}")
         if tuple(fxfycxcy.shape) != (b, k, 4):
             raise ValueError(f"fxfycxcy: expected shape [{b}, {k}, 4], got {list(fxfycxcy.shape)}")
+        self.model.check_cameras(c2w, fxfycxcy, "c2w", "fxfycxcy")
         new = self.model.encode_views(images, c2w, fxfycxcy)
         if self.cache:
             self.cache = [(torch.cat([k0, k1], dim=2), torch.cat([v0, v1], dim=2)) for (k0, v0), (k1, v1) in zip(self.cache, new)]

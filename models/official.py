@@ -3,6 +3,7 @@ the weights' shapes, and refuse anything that does not fit (nanoGPT's `from_pret
 checkpoint filters)."""
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from pathlib import Path
@@ -11,8 +12,8 @@ from typing import Any, Mapping
 import torch
 
 from .base import NVSModel
-from .config import ModelConfig
-from .registry import model_class
+from .config import PRESETS, ModelConfig
+from .registry import list_models, model_class
 
 # Training-only parts of official checkpoints; they carry no rendering weights.
 TRAINING_ONLY_PREFIXES = ("loss_computer.", "repa", "dino", "projector")
@@ -34,7 +35,11 @@ def unwrap_checkpoint(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
         if not path.is_file():
             raise FileNotFoundError(f"{path}: checkpoint file not found")
         source = str(path)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # noqa: BLE001  (torch raises many types for a file that is not its own)
+            raise ValueError(f"{path}: not a readable torch checkpoint ({_first_line(error)}); expected a file "
+                             "written by torch.save holding a state dict") from None
     if not isinstance(obj, Mapping):
         raise TypeError(f"{source}: expected a state dict or a dict wrapping one, got {type(obj).__name__}")
     while not any(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -53,19 +58,98 @@ def unwrap_checkpoint(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
     return state
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _rename(cls: type[NVSModel], key: str) -> str:
+    for pattern, replacement in cls.official_key_map:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
 def convert_official_state_dict(cls: type[NVSModel], state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     converted, dropped = {}, []
     for key, value in state.items():
         if key.startswith(TRAINING_ONLY_PREFIXES):
             dropped.append(key)
             continue
-        new = key
-        for pattern, replacement in cls.official_key_map:
-            new = re.sub(pattern, replacement, new)
-        converted[new] = value
+        converted[_rename(cls, key)] = value
     if dropped:
         warnings.warn(f"load_official: ignored {len(dropped)} training-only tensors (e.g. {dropped[0]})", stacklevel=3)
     return converted
+
+
+# ------------------------------------------------------------------------------- which variant, how deep
+
+_NUMBERED = re.compile(r"^(.*?)\.(\d+)\.")
+
+
+def _numbered_lists(keys) -> dict[str, set[int]]:
+    """Block lists in state-dict keys: prefix -> the block indices present (`blocks.3.attn...`)."""
+    lists: dict[str, set[int]] = {}
+    for key in keys:
+        if m := _NUMBERED.match(key):
+            lists.setdefault(m.group(1), set()).add(int(m.group(2)))
+    return lists
+
+
+def _top_names(keys) -> set[str]:
+    return {key.split(".", 1)[0] for key in keys}
+
+
+@functools.cache
+def _skeleton(cls: type[NVSModel]) -> tuple[frozenset[str], frozenset[str]]:
+    """`cls`'s top-level state-dict names and block-list prefixes, from a tiny model on the meta
+    device (no memory, no init)."""
+    with torch.device("meta"):
+        keys = list(cls(PRESETS["tiny"]).state_dict())
+    return frozenset(_top_names(keys)), frozenset(_numbered_lists(keys))
+
+
+def _looks_like(cls: type[NVSModel], official_keys) -> bool:
+    try:
+        expected = _skeleton(cls)[0]
+    except Exception:  # noqa: BLE001  (a plugin variant that cannot be built at the tiny size takes no part)
+        return False
+    return expected <= _top_names(_rename(cls, k) for k in official_keys)
+
+
+def check_variant(name: str, official_keys) -> None:
+    """Refuse weights whose key signature (the top-level modules they fill) is another variant's:
+    named plainly instead of surfacing later as a missing key or a zero depth."""
+    keys = [k for k in official_keys if not k.startswith(TRAINING_ONLY_PREFIXES)]
+    if _looks_like(model_class(name), keys):
+        return
+    matches = [other for other in list_models() if other != name and _looks_like(model_class(other), keys)]
+    if matches:
+        alike = " (or ".join(matches) + ")" * (len(matches) - 1)
+        raise ValueError(f"load_official: these weights look like {alike}, not {name} "
+                         f"(their top-level keys: {', '.join(sorted(_top_names(keys)))})")
+
+
+def _official_prefix(prefix: str, origin: Mapping[str, str]) -> str:
+    """The official name of one of our block lists (`blocks` -> `transformer_blocks`), for messages."""
+    for ours, theirs in origin.items():
+        if ours.startswith(prefix + ".") and (m := _NUMBERED.match(theirs)):
+            return m.group(1)
+    return prefix
+
+
+def _check_contiguous(cls: type[NVSModel], state: Mapping[str, torch.Tensor], origin: Mapping[str, str]) -> None:
+    try:
+        block_lists = _skeleton(cls)[1]
+    except Exception:  # noqa: BLE001  (a plugin variant that cannot be built at the tiny size: its depth lists)
+        block_lists = frozenset(cls.depth_fields.values())
+    for prefix, indices in _numbered_lists(state).items():
+        if prefix not in block_lists:
+            continue
+        gaps = sorted(set(range(max(indices) + 1)) - indices)
+        if gaps:
+            official = _official_prefix(prefix, origin)
+            raise ValueError(f"load_official: {cls.name} weights lack block {official}.{gaps[0]} (they hold "
+                             f"{official}.{{{','.join(map(str, sorted(indices)))}}}); blocks must run 0..N-1 without gaps")
 
 
 def _flatten(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,9 +163,10 @@ def _flatten(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _block_count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
-    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
-    indices = {int(m.group(1)) for k in state if (m := pattern.match(k))}
-    return max(indices) + 1 if indices else 0
+    indices = _numbered_lists(state).get(prefix)
+    if not indices:
+        raise ValueError(f"load_official: no blocks '{prefix}.N.*' in the weights; is this a checkpoint of the named model?")
+    return max(indices) + 1
 
 
 def config_from_weights(cls: type[NVSModel], state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -133,15 +218,57 @@ def load_official(name: str, config: Mapping[str, Any] | str | Path | None = Non
         config, weights = None, config
     if weights is None:
         raise ValueError("load_official: no weights given (a state dict, a dict wrapping one, or a checkpoint path)")
-    state = convert_official_state_dict(cls, unwrap_checkpoint(weights))
+    official = unwrap_checkpoint(weights)
+    check_variant(name, official)
+    state = convert_official_state_dict(cls, official)
+    origin = {_rename(cls, key): key for key in official}
+    _check_contiguous(cls, state, origin)
     from_weights = config_from_weights(cls, state)
     from_config = _config_from_official(cls, config) if config else {}
     for key, value in from_config.items():
         if key in from_weights and from_weights[key] != value:
             raise ValueError(f"load_official: config says {key}={value!r} but the weights imply {from_weights[key]!r}")
+    if not config:
+        _check_paper_depth(cls, from_weights, origin)
     model = cls(ModelConfig(**{**from_config, **from_weights}))
+    _check_block_counts(model, state, origin)
     load_checked(model, state, strict=strict)
     return model.eval()
+
+
+def _check_paper_depth(cls: type[NVSModel], sizes: Mapping[str, Any], origin: Mapping[str, str]) -> None:
+    """Weights of the paper's width with fewer blocks than the paper's model are, without a config
+    to say otherwise, far more likely a checkpoint that lost its last blocks than a shallower model:
+    trailing blocks leave no other trace in the weights."""
+    paper = PRESETS["paper"]
+    if any(sizes.get(key) != getattr(paper, key) for key in ("dim", "head_dim", "patch_size")):
+        return
+    for field, prefix in cls.depth_fields.items():
+        found, expected = sizes[field], getattr(paper, field)
+        if found < expected:
+            official = _official_prefix(prefix, origin)
+            raise ValueError(f"load_official: {cls.name} weights of the paper's width hold {found} blocks under "
+                             f"{official!r} where the paper's model has {expected} (block {official}.{found} is missing?); "
+                             f"give the official config to load a shallower model on purpose")
+
+
+def _check_block_counts(model: NVSModel, state: Mapping[str, torch.Tensor], origin: Mapping[str, str]) -> None:
+    """Block lists whose depth no config field sets (Efficient-LVSM's target stream follows its input
+    stream) must hold as many blocks as the model built from the weights: otherwise one missing
+    trailing block is a long list of missing keys, or with strict=False silently dropped weights."""
+    needed = {prefix: len(indices) for prefix, indices in _numbered_lists(model.state_dict()).items()}
+    present = _numbered_lists(state)
+    held = {prefix: len(present.get(prefix, ())) for prefix in needed}
+    if held == needed:
+        return
+    # A list shorter than the model lacks its next block; when none is, the list the depth was read
+    # from is the one that lost its last block, and it is the shortest.
+    short = [prefix for prefix in needed if held[prefix] < needed[prefix]]
+    prefix = short[0] if short else min(held, key=held.get)
+    name = {p: _official_prefix(p, origin) for p in needed}
+    raise ValueError(f"load_official: {model.name} weights hold "
+                     f"{', '.join(f'{held[p]} blocks under {name[p]!r}' for p in needed)}; the model built from them "
+                     f"needs {', '.join(str(needed[p]) for p in needed)}: block {name[prefix]}.{held[prefix]} is missing")
 
 
 def load_checked(model: NVSModel, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:

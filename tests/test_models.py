@@ -1,14 +1,16 @@
 """The three variants against the official fixtures, parameter counts, chunking, KV cache, errors."""
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import VARIANTS, load_fixture, random_views
-from models import build_model, load_official, pixel_rays, preset
-from models.official import unwrap_checkpoint
+from models import build_model, load_official, model_class, pixel_rays, preset
+from models.official import convert_official_state_dict, unwrap_checkpoint
 
 OFFICIAL_PARAMS = {"lvsm_decoder_only": 170_795_520, "lvsm_encoder_decoder": 173_154_816, "efficient_lvsm": 199_070_208}
 REFERENCE = Path(__file__).parent / "fixtures"
@@ -86,13 +88,24 @@ def test_target_chunking_leaves_output_unchanged(name):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_paper_preset_parameter_counts_equal_official(name):
+def test_paper_preset_matches_the_official_state_dict_key_by_key(name):
+    """keys_<name>.txt: the official paper-size state dict (name, shape), listed from the official
+    code on the meta device. After our key mapping, every official key must be one of ours with the
+    same shape, and we must have no other."""
+    lines = (REFERENCE / f"keys_{name}.txt").read_text().strip().splitlines()
+    listing = {key: ast.literal_eval(shape) for key, shape in (line.split("\t") for line in lines[:-1])}
+    total = lines[-1].split()
+    assert total[0] == "total_parameters" and int(total[1]) == OFFICIAL_PARAMS[name]
     with torch.device("meta"):
         model = build_model(name, "paper")
-    assert model.num_parameters() == OFFICIAL_PARAMS[name]
-    lines = (REFERENCE.parent.parent.parent / "shared" / "reference" / f"keys_{name}.txt")
-    if lines.exists():  # the listing beside the repository, when present, says the same
-        assert lines.read_text().strip().splitlines()[-1].split()[-1] == str(OFFICIAL_PARAMS[name])
+        official = {key: torch.empty(shape) for key, shape in listing.items()}
+    mapped = convert_official_state_dict(model_class(name), official)
+    assert len(mapped) == len(listing)                       # the mapping sends no two keys to one
+    ours = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    theirs = {key: tuple(value.shape) for key, value in mapped.items()}
+    assert sorted(set(theirs) - set(ours)) == [] and sorted(set(ours) - set(theirs)) == []
+    assert {key: shape for key, shape in theirs.items() if ours[key] != shape} == {}
+    assert model.num_parameters() == OFFICIAL_PARAMS[name] == sum(torch.Size(s).numel() for s in listing.values())
 
 
 def test_target_views_are_independent_in_decoder_only_and_efficient():
@@ -142,8 +155,10 @@ def test_presets_and_overrides():
     assert preset("paper").tokens_per_view == 1024
     model = build_model("efficient_lvsm", "tiny", stream_depth=3)
     assert len(model.input_blocks) == 3 and len(model.target_blocks) == 3
-    with pytest.raises(KeyError, match="unknown model config key"):
+    with pytest.raises(ValueError, match="'efficient_lvsm' does not read config field 'layers'"):
         build_model("efficient_lvsm", "tiny", layers=3)
+    with pytest.raises(ValueError, match="'efficient_lvsm' does not read config field 'depth'"):
+        build_model("efficient_lvsm", "tiny", depth=3)       # would be ignored silently
     with pytest.raises(KeyError, match="unknown preset 'huge'"):
         build_model("efficient_lvsm", "huge")
 
@@ -161,16 +176,67 @@ def test_latent_init_std_sets_the_encoder_decoder_latents():
         build_model("lvsm_encoder_decoder", "tiny", latent_init_std="big")
 
 
-def test_gradient_checkpointing_gives_same_gradients():
+@pytest.mark.parametrize("name", VARIANTS)
+def test_gradient_checkpointing_recomputes_every_block_and_keeps_the_gradients(name):
+    """Checkpointing shows as each block's forward running again during backward (and only then);
+    the gradients must not change."""
     views = random_views(1, 2, 2)
-    grads = []
+    grads, runs = [], {}
     for ckpt in (False, True):
         torch.manual_seed(1)
-        model = build_model("efficient_lvsm", "tiny").train()
+        model = build_model(name, "tiny").train()
         model.gradient_checkpointing = ckpt
-        model(*views).square().mean().backward()
+        blocks = [block for child in model.modules() if isinstance(child, nn.ModuleList) for block in child]
+        calls = [0]
+
+        def count(*_, calls=calls):
+            calls[0] += 1
+        for block in blocks:
+            # A pre-hook: the recomputation stops once it has what backward needs, before post-hooks.
+            block.register_forward_pre_hook(count)
+        loss = model(*views).square().mean()
+        forward = calls[0]
+        loss.backward()
+        runs[ckpt] = (forward, calls[0] - forward)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert runs[False][0] >= len(blocks) > 0 and runs[False][1] == 0
+    assert runs[True] == (runs[False][0], runs[False][0])   # each block run once more, in backward
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    with torch.no_grad():                                    # never under no_grad (inference, timing)
+        calls[0] = 0
+        model(*views)
+        assert calls[0] == runs[False][0]
+
+
+def _two_stream_reference(model, views, final_context: bool) -> torch.Tensor:
+    """Efficient-LVSM's forward spelled out from its parts: target block l cross-attends to the input
+    states after input block l (co-refinement), or to the input stream's final states (ablation)."""
+    images, ic, ik, tc, tk = views
+    b, m, (h, w) = images.shape[0], tc.shape[1], images.shape[-2:]
+    tokens, states = model._tokens(images, ic, ik), []
+    for block in model.input_blocks:
+        tokens = block(tokens)
+        states.append(tokens)
+    if final_context:
+        states = [states[-1]] * len(states)
+    targets = model._target_tokens(tc, tk, h, w)
+    for block, context in zip(model.target_blocks, states):
+        keys, values = block.context_keys_values(context.reshape(b, -1, context.shape[-1]))
+        targets = block(targets, keys, values, m)
+    return model.head(targets, h, w).reshape(b, m, 3, h, w)
+
+
+def test_final_context_ablation_reads_the_final_input_states():
+    """Same (official, perturbed) weights in both: each model equals its own spelled-out definition
+    and not the other's."""
+    f = load_fixture("efficient_lvsm")
+    views = (f["input_image"], f["input_c2w"], f["input_fxfycxcy"], f["target_c2w"], f["target_fxfycxcy"])
+    with torch.no_grad():
+        for name, final in (("efficient_lvsm", False), ("efficient_lvsm_final_context", True)):
+            model = load_official(name, f["config"], f["state_dict"])
+            out = model(*views)
+            assert (out - _two_stream_reference(model, views, final)).abs().max().item() <= 1e-5, name
+            assert (out - _two_stream_reference(model, views, not final)).abs().max().item() > 1e-3, name
 
 
 def test_final_context_ablation_differs_from_co_refinement_only_with_depth():
