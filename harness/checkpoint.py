@@ -14,6 +14,7 @@ import torch
 from models import ModelConfig, NVSModel, build_model, list_models, load_official
 from models.official import load_checked
 
+from .errors import CheckpointError, MissingResource
 from .provenance import git_commit
 from .records import write_atomic
 
@@ -67,21 +68,57 @@ def is_our_checkpoint(obj: Any) -> bool:
 def load_checkpoint(path: str | Path, model_name: str | None = None, device: torch.device | str = "cpu",
                     strict: bool = True) -> tuple[NVSModel, CheckpointMeta]:
     """`(model, meta)` from one of our checkpoints, or from an official one when `model_name` says
-    which variant it holds (official files do not name their model)."""
+    which variant it holds (official files do not name their model). Every way the file can fail to
+    be that (absent, not a torch file, truncated, another variant's weights, keys or shapes that do
+    not fit) is one CheckpointError / MissingResource line naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint file not found")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+        raise MissingResource(f"{path}: checkpoint file not found; expected an lvsm-bench checkpoint "
+                              "(save_checkpoint) or official LVSM / Efficient-LVSM weights")
+    obj = read_torch_file(path)
+    try:
+        model, meta = _build(path, obj, model_name, strict)
+    except (ValueError, KeyError, TypeError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: {_message(error)}") from None
+    return model.to(device).eval(), meta
+
+
+def read_torch_file(path: Path) -> Any:
+    """`torch.load` of a file expected to hold a checkpoint; anything else is one CheckpointError line.
+    (torch's own errors say "mmap", "PytorchStreamReader" or "Invalid argument" without the file.)"""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001  (pickle, zip and OS errors all mean "not a usable torch file")
+        size = path.stat().st_size
+        reason = _message(error).split(". ")[0].rstrip(".")
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({size} bytes; {reason}); expected a complete "
+                              "file written by torch.save (an lvsm-bench checkpoint or official LVSM / Efficient-LVSM "
+                              "weights), not a damaged, truncated or other file") from None
+
+
+def _message(error: BaseException) -> str:
+    """One line from an exception (KeyError's str() quotes its message; torch's are multi-line)."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    first = (str(text).strip().splitlines() or [type(error).__name__])[0]
+    return first if isinstance(error, (ValueError, KeyError)) else f"{type(error).__name__}: {first}"
+
+
+def _build(path: Path, obj: Any, model_name: str | None, strict: bool) -> tuple[NVSModel, CheckpointMeta]:
     if is_our_checkpoint(obj):
-        name = obj["model"]
+        name = obj.get("model")
         if model_name and model_name != name:
-            raise ValueError(f"{path}: holds model {name!r}, but {model_name!r} was asked for")
+            raise CheckpointError(f"{path}: holds model {name!r}, but {model_name!r} was asked for")
         if name not in list_models():
-            raise KeyError(f"{path}: model {name!r} is not registered; allowed: {list_models()}")
+            raise CheckpointError(f"{path}: model {name!r} is not registered; allowed: {list_models()}")
+        for key in ("config", "state_dict"):
+            if not isinstance(obj.get(key), Mapping):
+                raise CheckpointError(f"{path}: lvsm-bench checkpoint without its {key!r} dict (damaged or hand-edited)")
         try:
             config = ModelConfig(**obj["config"])
         except TypeError as error:
-            raise ValueError(f"{path}: config does not fit this code's ModelConfig ({error})") from None
+            raise CheckpointError(f"{path}: config does not fit this code's ModelConfig ({error})") from None
         with torch.device("meta"):
             model = build_model(name, config)
         model = model.to_empty(device="cpu")
@@ -91,12 +128,12 @@ def load_checkpoint(path: str | Path, model_name: str | None = None, device: tor
                               created=obj.get("created", ""), extra=dict(obj.get("extra", {})))
     else:
         if not model_name:
-            raise ValueError(f"{path}: not an lvsm-bench checkpoint; for an official checkpoint give the model name "
-                             f"(one of {list_models()})")
+            raise CheckpointError(f"{path}: not an lvsm-bench checkpoint; for an official checkpoint give the model "
+                                  f"name (one of {list_models()})")
         model = load_official(model_name, obj, strict=strict)
         meta = CheckpointMeta(model=model_name, config=model.config.to_dict(), step=int(_official_step(obj)),
                               source="official", path=str(path))
-    return model.to(device).eval(), meta
+    return model, meta
 
 
 def _official_step(obj: Any) -> int:

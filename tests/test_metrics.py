@@ -106,6 +106,20 @@ def test_lpips_random_backbone_shapes_and_batching_only():
     assert batched(target, target).abs().max() < 1e-6
 
 
+def test_lpips_reads_images_in_0_1_as_the_protocol_does():
+    """The protocol calls lpips with normalize=True: images in [0,1] are mapped to the [-1,1] the
+    network expects. So the metric equals the bare network on 2x-1 scaled (clamped) images, and not
+    the network on the [0,1] images themselves. (Random backbone: any fixed network shows the scaling.)"""
+    pred, target = _pair(n=3, size=32)
+    metric = LPIPSMetric("alex", random_backbone=True)
+    p, t = pred.clamp(0, 1), target.clamp(0, 1)
+    with torch.no_grad():
+        expected = metric.network(t * 2 - 1, p * 2 - 1).flatten().double()
+        unscaled = metric.network(t, p).flatten().double()
+    torch.testing.assert_close(metric(pred, target), expected, rtol=0, atol=1e-6)
+    assert (unscaled - expected).abs().min() > 1e-4
+
+
 def test_lpips_loads_backbone_file_random_weights_shapes_only(tmp_path):
     """A backbone file written from a random AlexNet: checks the file is found and loaded, not LPIPS values."""
     import torchvision
