@@ -118,16 +118,22 @@ def test_every_format_loads_the_same_cameras_and_pixels(tmp_path, truth):
     assert (sources["re10k"][0].images - lossless[0]).abs().mean() < 0.02     # JPEG vs PNG
 
 
-def test_transforms_json_camera_angles_give_the_same_intrinsics(tmp_path, truth):
+def test_transforms_json_camera_angles_give_the_same_intrinsics(tmp_path, truth, caplog):
     src = open_source("transforms_json", root=str(write_transforms(tmp_path, truth, "angles")), image_size=None)
     scene = src.views(0, [1])
     k = truth["k"][1]
     assert torch.allclose(scene.fxfycxcy[0], torch.tensor([k[0], k[1], W / 2, H / 2]), atol=1e-3)
-    assert scene.images.shape == (1, 3, H, W) and src.family == "object"
+    assert scene.images.shape == (1, 3, H, W) and src.family == "object" and scene.notes == []
     meta = tmp_path / SCENE / "transforms.json"
-    meta.write_text(json.dumps({**json.loads(meta.read_text()), "k1": 0.05}))
-    with pytest.warns(UserWarning, match="lens distortion \\(k1\\) is ignored"):
-        open_source("transforms_json", root=str(tmp_path))[0]
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "k1": 0.05, "p2": None}))
+    # Never silent: one logged warning per file (however often it is read), and a note on every scene.
+    for _ in range(2):
+        src = open_source("transforms_json", root=str(tmp_path))
+        scene, again = src[0], src.views(0, [1])
+        assert len(scene.notes) == 1 and "lens distortion (k1)" in scene.notes[0] and again.notes == scene.notes
+        warned = [r for r in caplog.records if "lens distortion (k1) is ignored" in r.getMessage()]
+        assert len(warned) == 1 and str(meta) in warned[0].getMessage() and warned[0].levelname == "WARNING"
+        caplog.clear()
 
 
 def test_samplers_run_on_a_loaded_source(tmp_path, truth):
@@ -156,11 +162,25 @@ def test_missing_image_is_named(tmp_path, truth):
         src.views(0, [2])
     one_line(error, f"{SCENE}.json", "frame 2", "00002.png", "not found")
 
+
+
+def test_transforms_json_leaves_out_frames_without_images(tmp_path, truth, caplog):
+    """instant-ngp's fox lists 67 frames and ships 50 images: frames without an image are left out with
+    one warning that counts them; only a file with no image at all is an error."""
     root = write_transforms(tmp_path / "tj", truth)
-    (root / SCENE / "images" / "001.png").unlink()
+    for j in (1, 2):
+        (root / SCENE / "images" / f"00{j}.png").unlink()
+    src = open_source("transforms_json", root=str(root), image_size=S)
+    assert src.num_views(0) == VIEWS - 2
+    scene = src[0]
+    assert torch.allclose(scene.c2w, truth["c2w"][[0, 3]], atol=1e-5)      # frames 0 and 3, in file order
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "2 of 4 frames have no image file" in warned[0] and "transforms.json" in warned[0]
+    for j in (0, 3):
+        (root / SCENE / "images" / f"00{j}.png").unlink()
     with pytest.raises(DataError) as error:
         open_source("transforms_json", root=str(root))[0]
-    one_line(error, "transforms.json", "frame 1", "./images/001", "not found")
+    one_line(error, "transforms.json", "none of its 4 frames has its image file", "./images/000")
 
 
 def test_corrupt_jpeg_is_named(tmp_path, truth):

@@ -45,17 +45,18 @@ def find_image(path: Path) -> Path | None:
 
 
 def square_scene(images: list[torch.Tensor], c2w: torch.Tensor, fxfycxcy: torch.Tensor, name: str,
-                 indices: list[int], image_size: int | None) -> Scene:
+                 indices: list[int], image_size: int | None, notes: list[str] | None = None) -> Scene:
     """Resize each view (views may differ in size) to `image_size` and centre-crop; with image_size None
     the views must already share one size."""
+    notes = list(notes or [])
     if image_size is None:
         shapes = {tuple(im.shape) for im in images}
         if len(shapes) > 1:
             raise DataError(f"scene {name!r}: views have different sizes {sorted(shapes)}; pass image_size to resize them")
-        return Scene(torch.stack(images), c2w.to(torch.float32), fxfycxcy.to(torch.float32), name, indices)
+        return Scene(torch.stack(images), c2w.to(torch.float32), fxfycxcy.to(torch.float32), name, indices, notes)
     out, ks = [], []
     for image, k in zip(images, fxfycxcy):
         resized, k = resize_center_crop(image[None], k[None], image_size)
         out.append(resized[0])
         ks.append(k[0])
-    return Scene(torch.stack(out), c2w.to(torch.float32), torch.stack(ks), name, indices)
+    return Scene(torch.stack(out), c2w.to(torch.float32), torch.stack(ks), name, indices, notes)

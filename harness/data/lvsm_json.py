@@ -9,12 +9,12 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from .frames_json import pose_rows, read_frames, require_keys
-from .geometry import w2c_to_c2w
+from .frames_json import numbers, pose_rows, read_frames, require_keys
+from .geometry import singular_frames, w2c_to_c2w
 from .images import decode_image, square_scene
 from .registry import register_source
 from .scene import Scene
-from .source import LRU, Source
+from .source import LRU, Source, check_span, optional_size
 
 
 @register_source("lvsm_json")
@@ -33,7 +33,7 @@ class LVSMJson(Source):
             raise DataError(f"lvsm_json: no scenes under {self.root}; expected {self.root}/metadata/<scene>.json "
                             "(or a full_list.txt naming them)")
         self.names = [f.stem for f in self.files]
-        self.image_size, self.span = image_size, tuple(span)
+        self.image_size, self.span = optional_size(image_size, "image_size", "lvsm_json"), check_span(span, "lvsm_json")
         self._metadata = LRU(self._read, 64)
 
     def _read(self, i: int) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor]:
@@ -45,11 +45,16 @@ class LVSMJson(Source):
         for j, frame in enumerate(frames):
             where = f"lvsm_json {path}: frame {j}"
             require_keys(frame, ("image_path", "fxfycxcy", "w2c"), where)
-            k = torch.tensor(frame["fxfycxcy"], dtype=torch.float64)
+            k = numbers(frame["fxfycxcy"], "fxfycxcy", where, "4 numbers in pixels")
             if k.shape != (4,):
                 raise DataError(f"{where}: 'fxfycxcy' has shape {tuple(k.shape)}; expected 4 numbers in pixels")
+            if not (k[:2] > 0).all():
+                raise DataError(f"{where}: 'fxfycxcy' has focal lengths {k[:2].tolist()}; expected fx, fy > 0 pixels")
             ks.append(k)
-            w2cs.append(pose_rows(frame, "w2c", where, "a 4x4 (or 3x4) matrix"))
+            w2c = pose_rows(frame, "w2c", where, "a 4x4 (or 3x4) matrix")
+            if singular_frames(w2c):
+                raise DataError(f"{where}: 'w2c' has a singular rotation block; expected an invertible world-to-camera matrix")
+            w2cs.append(w2c)
         return frames, torch.stack(ks), w2c_to_c2w(torch.stack(w2cs))
 
     def _image_path(self, i: int, frame: dict[str, Any], where: str) -> Path:

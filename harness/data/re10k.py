@@ -11,22 +11,36 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from .geometry import w2c_to_c2w
+from .geometry import singular_frames, w2c_to_c2w
 from .images import decode_image, square_scene
 from .registry import register_source
 from .scene import Scene
-from .source import LRU, Source
+from .source import LRU, Source, check_span, optional_size, positive_int
 
 CAMERA_WIDTH = 18
 
 
 def camera_rows(cameras: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N,18] rows -> (normalized fxfycxcy [N,4], c2w [N,4,4])."""
+    """[N,18] rows -> (normalized fxfycxcy [N,4], c2w [N,4,4]); a row that is no camera is named by frame."""
+    layout = "(fx fy cx cy normalized, 2 zeros, 3x4 world-to-camera)"
+    if not isinstance(cameras, torch.Tensor) or not cameras.is_floating_point():
+        raise DataError(f"{where}: cameras are {type(cameras).__name__} "
+                        f"{getattr(cameras, 'dtype', '')}; expected a float tensor [N,{CAMERA_WIDTH}] {layout}")
     if cameras.dim() != 2 or cameras.shape[1] != CAMERA_WIDTH:
-        raise DataError(f"{where}: cameras have shape {tuple(cameras.shape)}; expected [N,{CAMERA_WIDTH}] "
-                        "(fx fy cx cy normalized, 2 zeros, 3x4 world-to-camera)")
+        raise DataError(f"{where}: cameras have shape {tuple(cameras.shape)}; expected [N,{CAMERA_WIDTH}] {layout}")
     cameras = cameras.to(torch.float64)
-    return cameras[:, :4], w2c_to_c2w(cameras[:, 6:].reshape(-1, 3, 4))
+    bad = (~torch.isfinite(cameras)).any(1).nonzero()[:, 0].tolist()
+    if bad:
+        raise DataError(f"{where}: frame {bad[0]}: camera row holds NaN or Infinity ({len(bad)} such rows); "
+                        "expected finite numbers")
+    bad = (cameras[:, :2] <= 0).any(1).nonzero()[:, 0].tolist()
+    if bad:
+        raise DataError(f"{where}: frame {bad[0]}: focal lengths {cameras[bad[0], :2].tolist()}; expected fx, fy > 0")
+    w2c = cameras[:, 6:].reshape(-1, 3, 4)
+    bad = singular_frames(w2c)
+    if bad:
+        raise DataError(f"{where}: frame {bad[0]}: singular world-to-camera rotation; expected an invertible matrix")
+    return cameras[:, :4], w2c_to_c2w(w2c)
 
 
 @register_source("re10k")
@@ -38,6 +52,8 @@ class RealEstate10K(Source):
 
     def __init__(self, root: str, split: str = "test", image_size: int | None = 256,
                  span: tuple[int, int] | list[int] = (25, 192), cache_chunks: int = 2):
+        image_size, span = optional_size(image_size, "image_size", "re10k"), check_span(span, "re10k")
+        cache_chunks = positive_int(cache_chunks, "cache_chunks", "re10k")
         base = Path(root)
         folder = base / split if (base / split / "index.json").is_file() else base
         self.index_path = folder / "index.json"

@@ -71,7 +71,7 @@ def make_example(src: Source, i: int, context: list[int], target: list[int], nor
     c2w = normalize_poses(scene.c2w) if normalize else scene.c2w.to(torch.float32)
     n = len(context)
     return Example(scene.name, scene.images[:n], c2w[:n], scene.fxfycxcy[:n],
-                   scene.images[n:], c2w[n:], scene.fxfycxcy[n:], list(context), list(target))
+                   scene.images[n:], c2w[n:], scene.fxfycxcy[n:], list(context), list(target), list(scene.notes))
 
 
 def training_examples(src: Source, n_input: int = 2, n_target: int = 6, seed: int = 0, normalize: bool = True,

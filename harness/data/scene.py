@@ -16,6 +16,8 @@ class Scene:
     fxfycxcy: torch.Tensor
     name: str
     indices: list[int] = field(default_factory=list)  # frame numbers of these views within the full scene
+    # What the loader could not honour (e.g. lens distortion it did not undo), for reports to repeat.
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         v = self.images.shape[0]
@@ -43,6 +45,7 @@ class Example:
     target_fxfycxcy: torch.Tensor
     input_indices: list[int]
     target_indices: list[int]
+    notes: list[str] = field(default_factory=list)  # the scene's notes
 
 
 BATCH_KEYS = ("input_images", "input_c2w", "input_fxfycxcy", "target_images", "target_c2w", "target_fxfycxcy")

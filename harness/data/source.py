@@ -2,6 +2,7 @@
 can also return just some views of a scene (so samplers decode/render only what they use)."""
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, Sequence
 
@@ -61,6 +62,28 @@ class Source(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source_name!r}, {len(self)} scenes, family={self.family!r})"
+
+
+def positive_int(value: Any, option: str, source: str) -> int:
+    """A source option that counts something (scenes, views, pixels, chunks): a zero or negative count
+    would yield an empty or broken source much later, with an error that does not name the option."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise DataError(f"{source}: option {option!r}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def optional_size(value: Any, option: str, source: str) -> int | None:
+    """`image_size` of a real source: a positive integer, or None to keep the files' size."""
+    return None if value is None else positive_int(value, option, source)
+
+
+def check_span(span: Any, source: str) -> tuple[int, int]:
+    """The [low, high] frame distance between the outer context views: 1 <= low <= high."""
+    if (not isinstance(span, (list, tuple)) or len(span) != 2
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in span)
+            or not 1 <= span[0] <= span[1]):
+        raise DataError(f"{source}: option 'span': expected [low, high] integers with 1 <= low <= high, got {span!r}")
+    return int(span[0]), int(span[1])
 
 
 class LRU:

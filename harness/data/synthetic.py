@@ -12,11 +12,12 @@ import math
 import numpy as np
 import torch
 
+from ..errors import DataError
 from .geometry import look_at
 from .registry import register_source
 from .render import BOX, ELLIPSOID, N_WAVES, ROOM, Solids, Textures, World
 from .scene import Scene
-from .source import Source
+from .source import Source, check_span, positive_int
 
 UP = torch.tensor([0.0, 1.0, 0.0])
 
@@ -80,9 +81,13 @@ class _Synthetic(Source, abc.ABC):
     family_id = 0
 
     def __init__(self, count: int, seed: int, image_size: int, supersample: int, fov_degrees: float):
-        if count < 1 or image_size < 1 or supersample < 1:
-            raise ValueError(f"{self.source_name}: count, image_size and supersample must be >= 1, got "
-                             f"{count}, {image_size}, {supersample}")
+        name = self.source_name
+        count, image_size = positive_int(count, "count", name), positive_int(image_size, "image_size", name)
+        supersample = positive_int(supersample, "supersample", name)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise DataError(f"{name}: option 'seed': expected a non-negative integer, got {seed!r}")
+        if isinstance(fov_degrees, bool) or not isinstance(fov_degrees, (int, float)) or not 0 < fov_degrees < 180:
+            raise DataError(f"{name}: option 'fov_degrees': expected a number between 0 and 180, got {fov_degrees!r}")
         self.count, self.seed, self.image_size = count, seed, image_size
         self.supersample, self.fov_degrees = supersample, fov_degrees
         self.names = [f"{self.source_name}_s{seed}_{i:05d}" for i in range(count)]
@@ -120,13 +125,22 @@ class SyntheticObjects(_Synthetic):
                  supersample: int = 1, fov_degrees: float = 40.0, radius: float = 2.7,
                  texture_freq: tuple[float, float] | list[float] = (2.0, 5.0), background: float | list[float] = 1.0):
         super().__init__(count, seed, image_size, supersample, fov_degrees)
-        self.n_views, self.radius = views, radius
-        if len(texture_freq) != 2 or not 0 <= texture_freq[0] <= texture_freq[1]:
-            raise ValueError(f"synthetic_object: texture_freq: expected [low, high] with 0 <= low <= high, got {texture_freq!r}")
+        self.n_views = positive_int(views, "views", self.source_name)
+        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius > 0 or radius == math.inf:
+            raise DataError(f"synthetic_object: option 'radius': expected a positive number, got {radius!r}")
+        self.radius = radius
+        if (not isinstance(texture_freq, (list, tuple)) or len(texture_freq) != 2
+                or not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in texture_freq)
+                or not 0 <= texture_freq[0] <= texture_freq[1] < math.inf):
+            raise DataError(f"synthetic_object: option 'texture_freq': expected [low, high] with 0 <= low <= high, "
+                            f"got {texture_freq!r}")
         self.texture_freq = (float(texture_freq[0]), float(texture_freq[1]))
-        self.background = torch.tensor(background, dtype=torch.float32).expand(3).clone()
+        try:
+            self.background = torch.tensor(background, dtype=torch.float32).expand(3).clone()
+        except (TypeError, ValueError, RuntimeError):
+            self.background = torch.full((3,), float("nan"))
         if not bool(((self.background >= 0) & (self.background <= 1)).all()):
-            raise ValueError(f"synthetic_object: background: expected a grey level or RGB in [0, 1], got {background!r}")
+            raise DataError(f"synthetic_object: option 'background': expected a grey level or RGB in [0, 1], got {background!r}")
 
     def num_views(self, i: int) -> int:
         return self.n_views
@@ -164,8 +178,8 @@ class SyntheticScenes(_Synthetic):
     def __init__(self, count: int = 64, seed: int = 0, image_size: int = 64, frames: int = 64,
                  span: tuple[int, int] | list[int] | None = None, supersample: int = 1, fov_degrees: float = 55.0):
         super().__init__(count, seed, image_size, supersample, fov_degrees)
-        self.frames = frames
-        self.span = tuple(span) if span is not None else (max(1, frames // 6), max(1, frames * 2 // 3))
+        self.frames = positive_int(frames, "frames", self.source_name)
+        self.span = check_span(span, self.source_name) if span is not None else (max(1, frames // 6), max(1, frames * 2 // 3))
 
     def num_views(self, i: int) -> int:
         return self.frames
