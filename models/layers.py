@@ -7,6 +7,22 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def head_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dimension of `x` [..., hd] (any strides), in float32: x * rsqrt(mean(x^2)
+    + eps) * weight, with `weight` broadcasting against x. Returns a new tensor of x's shape, dense in
+    x's dimension order, in float32.
+
+    F.rms_norm would first copy a strided view to contiguous memory and then make four passes over
+    it (square, mean, scale, weight); here one reduction reads the view where it lies, and the two
+    multiplications write the result once. The norm is accumulated in float32 or wider, also when
+    x is bf16 under autocast, where the mean of squares would lose too many bits.
+    """
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+    # eps + |x|^2 / hd as one op: every op over all tokens costs a thread-pool round trip.
+    inv_rms = torch.addcmul(norm.new_full((), eps), norm, norm, value=1.0 / x.shape[-1]).rsqrt_()
+    return (x * inv_rms).mul_(weight.float())
+
+
 class HeadRMSNorm(nn.Module):
     """RMSNorm over the head dimension with a learnable weight shared across heads (eps 1e-5)."""
 
@@ -16,17 +32,18 @@ class HeadRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalize in float32: under bf16 autocast the mean of squares loses too many bits.
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+        return head_rms_norm(x, self.weight, self.eps).to(x.dtype)
 
 
 def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """[B, S, H*hd] -> [B, H, S, hd] with the head index outer, as the official code splits."""
+    """[B, S, H*hd] -> [B, H, S, hd] with the head index outer, as the official code splits (a view)."""
     b, s, _ = x.shape
     return x.view(b, s, -1, head_dim).transpose(1, 2)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, S, hd] -> [B, S, H*hd]. A view, no copy, when x is a transposed [B, S, H, hd] tensor,
+    which is what SDPA returns for queries laid out that way (see `Attention`)."""
     b, h, s, hd = x.shape
     return x.transpose(1, 2).reshape(b, s, h * hd)
 
@@ -37,6 +54,10 @@ class Attention(nn.Module):
     Self-attention uses the fused `qkv` projection. Cross-attention (`cross=True`) projects queries
     with `q` and keys/values with `kv`, and exposes `keys_values` so that Efficient-LVSM can cache
     the normalized keys and the values of its input views.
+
+    Heads are normalized in the projection's own [B, S, (q|k|v), H, hd] layout and only then viewed
+    as [B, H, S, hd]: SDPA reads strided inputs and returns its output in the queries' layout, so
+    queries kept token-major make `merge_heads` a view, and no head split or merge copies anything.
     """
 
     def __init__(self, dim: int, head_dim: int, qk_norm: bool = True, cross: bool = False):
@@ -52,18 +73,35 @@ class Attention(nn.Module):
         self.k_norm = HeadRMSNorm(head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=False)
 
+    def _heads(self, x: torch.Tensor, parts: int) -> torch.Tensor:
+        """[B, S, parts*dim] -> [B, S, parts, H, hd], a view."""
+        b, s, _ = x.shape
+        return x.view(b, s, parts, -1, self.head_dim)
+
     def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized keys and values of `context` [B, S, dim], each [B, H, S, hd]."""
-        k, v = self.kv(context).chunk(2, dim=-1)
-        return self.k_norm(split_heads(k, self.head_dim)), split_heads(v, self.head_dim)
+        kv = self._heads(self.kv(context), 2)
+        return self.k_norm(kv[:, :, 0]).transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+
+    def _normed_queries_keys(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k of a [B, S, 3, H, hd] projection, normalized, each [B, S, H, hd]."""
+        if not isinstance(self.q_norm, HeadRMSNorm):
+            return qkv[:, :, 0], qkv[:, :, 1]
+        if self.q_norm.eps != self.k_norm.eps:
+            return self.q_norm(qkv[:, :, 0]), self.k_norm(qkv[:, :, 1])
+        # Both norms in one pass over q and k: the same formula, with each one's weight.
+        weight = torch.stack([self.q_norm.weight, self.k_norm.weight]).unsqueeze(1)  # [2, 1, hd]
+        qk = head_rms_norm(qkv[:, :, :2], weight, self.q_norm.eps).to(qkv.dtype)
+        return qk[:, :, 0], qk[:, :, 1]
 
     def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None, values: torch.Tensor | None = None) -> torch.Tensor:
         if self.cross:
-            q = self.q_norm(split_heads(self.q(x), self.head_dim))
+            q = self.q_norm(self._heads(self.q(x), 1)[:, :, 0]).transpose(1, 2)
             k, v = keys, values
         else:
-            q, k, v = (split_heads(t, self.head_dim) for t in self.qkv(x).chunk(3, dim=-1))
-            q, k = self.q_norm(q), self.k_norm(k)
+            qkv = self._heads(self.qkv(x), 3)
+            q, k = self._normed_queries_keys(qkv)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
         return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
 
 

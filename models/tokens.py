@@ -1,11 +1,14 @@
 """Patchify/unpatchify in the official (row-in-patch, col-in-patch, channel) order, the linear
-tokenizers for input and target views, and the output head."""
+tokenizers for input and target views, and the output head.
+
+The view features are assembled channel-last and handed on as channel-first views: patchify's
+copy then moves runs of p*C adjacent numbers instead of gathering every channel from its own plane."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .rays import plucker_rays
+from .rays import plucker_rays_last
 
 INPUT_CHANNELS = 9  # 2*rgb-1, o x d, d
 TARGET_CHANNELS = 6  # o x d, d
@@ -41,15 +44,16 @@ class Tokenizer(nn.Module):
 
 
 def input_view_features(images: torch.Tensor, c2w: torch.Tensor, fxfycxcy: torch.Tensor) -> torch.Tensor:
-    """The 9-channel input-view signal [2*rgb-1, o x d, d]: [b, n, 9, h, w]."""
+    """The 9-channel input-view signal [2*rgb-1, o x d, d]: [b, n, 9, h, w], a view of [b, n, h, w, 9]."""
     h, w = images.shape[-2:]
-    rays = plucker_rays(c2w.float(), fxfycxcy.float(), h, w).to(images.dtype)
-    return torch.cat([images * 2.0 - 1.0, rays], dim=2)
+    rays = plucker_rays_last(c2w.float(), fxfycxcy.float(), h, w).to(images.dtype)
+    pixels = torch.add(images.new_full((), -1.0), images.movedim(2, -1), alpha=2.0)  # 2*rgb-1 in one op, exactly
+    return torch.cat([pixels, rays], dim=-1).movedim(-1, 2)
 
 
 def target_view_features(c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The 6-channel target-view signal (Plücker rays only): [b, m, 6, h, w]."""
-    return plucker_rays(c2w.float(), fxfycxcy.float(), height, width)
+    """The 6-channel target-view signal (Plücker rays only): [b, m, 6, h, w], a view of [b, m, h, w, 6]."""
+    return plucker_rays_last(c2w.float(), fxfycxcy.float(), height, width).movedim(-1, 2)
 
 
 class RenderHead(nn.Module):
