@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PRESET ?=
 preset_flag = $(if $(PRESET),--preset $(PRESET),)
 
-.PHONY: help bench test models flops speed kv-cache efficiency-table gpu-check eval table-re10k preview convergence
+.PHONY: help bench test models flops speed kv-cache efficiency-table gpu-check eval table-re10k preview convergence speed-check op-profile
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,13 +18,14 @@ help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 20
 
 bench: $(STAMP)  ## the main profiling job on the embedded default (PRESET= overrides)
-	$(PY) -m harness bench $(preset_flag)
+	$(PY) -m harness run experiments/bench.yaml $(preset_flag)
 
-test: $(STAMP)  ## the test suite
+test: $(STAMP)  ## ruff, then the test suite
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
-models: $(STAMP)  ## parameter counts of every variant at every preset
-	$(PY) -m harness models
+models: $(STAMP)  ## every registered variant: label, config fields it reads, parameters per preset
+	$(PY) -m harness ls models
 
 flops: $(STAMP)  ## forward FLOPs of all variants for N=1..64, M=1,8 at the paper preset (meta device) -> results/flops/
 	$(PY) -m harness run experiments/flops.yaml $(preset_flag)
@@ -47,13 +48,19 @@ RE10K_INDEX ?= $(if $(RE10K_DIR),$(RE10K_DIR)/evaluation_index_re10k.json,)
 CHECKPOINTS ?=
 SCENES ?=
 eval: $(STAMP)  ## PSNR/SSIM/LPIPS on the synthetic evaluation split -> results/eval/ (CHECKPOINT=path; none: random-init models)
-	$(PY) -m harness evaluate experiments/eval_synthetic.yaml $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(preset_flag)
+	$(PY) -m harness run experiments/eval_synthetic.yaml $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(preset_flag)
 
 table-re10k: $(STAMP)  ## RealEstate10K table beside the published one (RE10K_DIR=, optional CHECKPOINTS='model=path ...', SCENES=N)
-	RE10K_DIR="$(RE10K_DIR)" RE10K_INDEX="$(RE10K_INDEX)" $(PY) -m harness evaluate experiments/table_re10k.yaml $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(if $(SCENES),--set data.max_scenes=$(SCENES)) $(preset_flag)
+	RE10K_DIR="$(RE10K_DIR)" RE10K_INDEX="$(RE10K_INDEX)" $(PY) -m harness run experiments/table_re10k.yaml $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(if $(SCENES),--set data.max_scenes=$(SCENES)) $(preset_flag)
 
 preview: $(STAMP)  ## PNG grid of synthetic object and room scenes -> results/preview/preview.png
 	$(PY) -m harness preview
 
 convergence: $(STAMP)  ## train the three variants on one budget (CPU, synthetic objects) -> results/convergence/ (about 25 min on 2 cores)
-	$(PY) -m harness train experiments/convergence.yaml
+	$(PY) -m harness run experiments/convergence.yaml
+
+speed-check: $(STAMP)  ## forward GFLOP/s as a fraction of torch.mm vs the official code's (issue 12), 2 threads -> results/speed_check/
+	$(PY) -m harness.speed_check
+
+op-profile: $(STAMP)  ## torch.profiler top ops and bytes copied per forward, per variant -> results/op_profile/
+	$(PY) -m harness.op_profile
