@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from models import build_model, label as variant_label, list_models, model_card
 
-from .checkpoint import is_our_checkpoint, load_checkpoint
+from .checkpoint import is_our_checkpoint, load_checkpoint, read_torch_file
 from .errors import CheckpointError, ConfigError, HarnessError, MissingResource
 from .metrics import METRICS, LPIPSMetric, image_metrics, mean_over_scenes, scene_means
 from .pipeline import Report, Sweep, Table, failure_status, one_line, release_memory, write_manifest, write_report
@@ -208,8 +208,8 @@ class Evaluation:
         self.device = resolve_device(spec.device)
         self.dtype = default_dtype(self.device) if spec.dtype == "auto" else spec.dtype
         self.environment = environment(self.device)
-        self.sweep = Sweep(spec.results_dir(), spec.name, context=self.environment)
-        self.data = resolve_data(spec.data)
+        self.data = resolve_data(spec.data)  # before the output directory exists: missing data writes nothing
+        self.sweep = Sweep(spec.results_dir(), spec.name, context=self.environment, skip=("ok",))
         self.index = self.data.index
         self.lpips = LPIPSMetric(spec.lpips_net, self.device, spec.lpips_backbone or None)
         self.labels = [label_of(m, spec.models) for m in spec.models]
@@ -232,7 +232,11 @@ class Evaluation:
             release_memory()
         rows = self.sweep.rows(all_points)
         per_scene, summary, failures = self.tables(rows)
-        paths = write_report(self.report(summary, per_scene, failures, grid_renders), self.sweep.out_dir)
+        report = self.report(summary, per_scene, failures, grid_renders)
+        # What a loader noted about the data (e.g. lens distortion left uncorrected) reaches the table.
+        data_notes = sorted({note for r in rows for note in r.get("data_notes") or []})
+        report.tables[0].notes += [f"data: {note}" for note in data_notes]
+        paths = write_report(report, self.sweep.out_dir)
         paths["per_scene"] = self.sweep.out_dir / "per_scene.csv"
         write_atomic(paths["per_scene"], per_scene.to_csv(index=False, na_rep="n/a"))
         return EvaluationResult(summary, per_scene, paths, computed, len(failures), failures)
@@ -294,7 +298,7 @@ class Evaluation:
                      for v, values in zip(ex.target_indices, views)]
         means = scene_means(view_rows).iloc[0]
         self.sweep.record(point, {**self._columns(loaded, ex.scene), "per_view": view_rows, "targets": int(means["targets"]),
-                                  **{m: _none_if_nan(means[m]) for m in METRICS}})
+                                  **{m: _none_if_nan(means[m]) for m in METRICS}, "data_notes": list(ex.notes)})
 
     def _grid_renders(self, loaded: LoadedModel) -> dict[tuple[str, str], torch.Tensor]:
         from .data import collate
@@ -355,7 +359,8 @@ class Evaluation:
             f"Measured rows: dataset {data.source} ({options}), {len(self.index)} scenes, evaluation index {index_text}",
             *([f"{self.data.not_in_source} scenes of the index are not in the source and were not evaluated"]
               if self.data.not_in_source else []),
-            f"device {self.environment['device']}, dtype {self.dtype}, torch {self.environment['torch']}, commit {self.environment['commit']}",
+            f"device {self.environment['device']}, dtype {self.dtype}, torch {self.environment['torch']}, "
+            f"commit {self.environment['commit']}",
             "Protocol (pixelSplat/MVSplat/LVSM): PSNR on [0,1]-clamped images; SSIM skimage win 11, gaussian, "
             "data_range 1; LPIPS normalize=True; mean over each scene's targets, then over scenes",
             f"LPIPS: {self.lpips.message}",
@@ -433,10 +438,7 @@ def with_checkpoints(spec: EvaluateSpec, checkpoints: tuple[str, ...]) -> list[d
 
 def _checkpoint_model(path: str, item: str) -> str:
     """The variant one of our checkpoints holds (official files do not say: they need MODEL=)."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise CheckpointError(f"--checkpoint {item}: {path} is not a readable torch checkpoint ({one_line(error)})") from None
+    obj = read_torch_file(Path(path))
     if not is_our_checkpoint(obj):
         raise CheckpointError(f"--checkpoint {item}: not an lvsm-bench checkpoint; for an official one write MODEL={path}")
     return obj["model"]

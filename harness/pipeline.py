@@ -4,7 +4,8 @@ A kind lists its points (plain dicts: what is measured and everything that chang
 `measure` function. `Sweep.run` measures each point not yet recorded and appends one row the moment
 it exists; a point that raises is recorded with status `oom` / `error` and its reason, and the sweep
 goes on. A rerun skips points recorded `ok` or `oom` for the same experiment, point and code version
-(an OOM would only repeat) and retries the failed ones. The kind then builds a `Report` from the
+(an OOM would only repeat; an evaluation retries it too, since its table must be complete) and retries
+the failed ones. The kind then builds a `Report` from the
 recorded rows alone (never from memory); `write_report` renders it once to Markdown, CSV, LaTeX and
 the console, with its figures, beside one `manifest.json` (resolved config, environment, commit).
 """
@@ -95,6 +96,7 @@ class Sweep:
     context: Mapping[str, Any] = field(default_factory=dict)  # columns added to every row (device, commit ...)
     version: str = field(default_factory=code_version)
     writer: bool = True  # False on the non-zero ranks of a distributed run: they measure, rank 0 records
+    skip: tuple[str, ...] = SKIP_STATUSES  # statuses a rerun does not measure again
 
     def __post_init__(self) -> None:
         self.out_dir = ensure_writable(self.out_dir) if self.writer else Path(self.out_dir)
@@ -104,7 +106,7 @@ class Sweep:
         return point_key(self.experiment, point, self.version)
 
     def pending(self, points: Sequence[Point]) -> list[Point]:
-        done = self.store.done_keys(SKIP_STATUSES)
+        done = self.store.done_keys(self.skip)
         return [p for p in points if self.key(p) not in done]
 
     def record(self, point: Point, result: Mapping[str, Any], status: str = "ok", error: str | None = None) -> dict[str, Any]:

@@ -19,7 +19,8 @@ def resolve_device(name: str | None = None) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"device: expected auto, cpu or cuda[:index], got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {name!r} requested, but this machine has no CUDA device (torch.cuda.is_available() is False); use device=auto or cpu")
+        raise DeviceError(f"device {name!r} requested, but this machine has no CUDA device "
+                          "(torch.cuda.is_available() is False); use device=auto or cpu")
     return device
 
 

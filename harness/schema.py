@@ -287,3 +287,9 @@ def revalidate(spec: ExperimentBase, **changes: Any) -> ExperimentBase:
         return type(spec).model_validate({**spec.model_dump(), **changes})
     except ValidationError as error:
         raise ConfigError(format_validation_error(spec.name, error)) from None
+
+
+def run_experiment(path: str | Path, overrides: list[str] | None = None, **options: Any) -> Any:
+    """`run_experiment("experiments/bench.yaml", ["measure.runs=5"], progress=False)` from Python."""
+    spec = load_experiment(path, overrides)
+    return get_kind(spec.kind).run(spec, RunOptions(**options))

@@ -5,8 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from models import list_models, model_card
+
 FIXTURES = Path(__file__).parent / "fixtures"
-VARIANTS = ["lvsm_decoder_only", "lvsm_encoder_decoder", "efficient_lvsm"]
+# Every list of variants comes from the registry: the released ones (official fixtures), and all.
+VARIANTS = [name for name in list_models() if model_card(name).official_params]
+ALL_VARIANTS = list_models()
 
 
 def load_fixture(name: str) -> dict:

@@ -1,15 +1,25 @@
-"""Harness core: records resume keys and torn lines, atomic writes, experiment validation, tables."""
+"""Harness core: records, atomic writes, tables, the experiment schema (strict types, dotted-key errors,
+extends, --set), the registry's cards, plugins, the CLI's one-line errors and the package layering."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
-from harness.experiment import Experiment, ExperimentError, from_dict, apply_overrides
+from conftest import ALL_VARIANTS
+from harness.cli import main
+from harness.errors import ConfigError
 from harness.records import RecordStore, point_key, write_atomic
+from harness.schema import KINDS, apply_overrides, load_experiment
 from harness.tables import write_tables
+from models import build_model, list_models, model_card
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
 
 
 def test_record_store_skips_torn_lines_and_keeps_latest(tmp_path):
@@ -33,32 +43,6 @@ def test_write_atomic_replaces_whole_file(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["t.md"]
 
 
-@dataclass
-class _Spec(Experiment):
-    models: list[str] = field(default_factory=list)
-    views: list[int] = field(default_factory=lambda: [1])
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    lr: float = 1e-3
-
-
-def test_from_dict_names_unknown_keys_and_wrong_types():
-    spec = from_dict(_Spec, {"name": "x", "kind": "k", "views": [1, 2], "lr": 1}, "e.yaml")
-    assert spec.views == [1, 2] and spec.lr == 1.0
-    with pytest.raises(ExperimentError, match=r"e.yaml: unknown key 'view'; allowed: \[.*'views'.*\]"):
-        from_dict(_Spec, {"name": "x", "kind": "k", "view": [1]}, "e.yaml")
-    with pytest.raises(ExperimentError, match=r"e.yaml.views\[1\]: expected int, got 'two'"):
-        from_dict(_Spec, {"name": "x", "kind": "k", "views": [1, "two"]}, "e.yaml")
-    with pytest.raises(ExperimentError, match=r"e.yaml.dtype: expected one of 'float32', 'bfloat16', got 'fp8'"):
-        from_dict(_Spec, {"name": "x", "kind": "k", "dtype": "fp8"}, "e.yaml")
-    with pytest.raises(ExperimentError, match=r"missing required key 'kind'"):
-        from_dict(_Spec, {"name": "x"}, "e.yaml")
-
-
-def test_overrides_parse_yaml_values():
-    data = apply_overrides({"a": {"b": 1}}, ["a.b=3", "c=[1, 2]"], "e.yaml")
-    assert data == {"a": {"b": 3}, "c": [1, 2]}
-
-
 def test_write_tables_states_provenance(tmp_path):
     df = pd.DataFrame([{"model": "m", "psnr": 20.123456, "lpips": None, "steps": 1250},
                        {"model": "k", "psnr": 19.5, "lpips": 0.25, "steps": float("nan")}])
@@ -68,3 +52,163 @@ def test_write_tables_states_provenance(tmp_path):
     assert "nan" not in md and "nan" not in paths["tex"].read_text()
     assert paths["csv"].read_text().splitlines()[0] == "model,psnr,lpips,steps"
     assert "\\toprule" in paths["tex"].read_text()
+
+
+# ------------------------------------------------------------------------------- the schema
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_every_shipped_experiment_validates(path):
+    spec = load_experiment(path)
+    assert spec.kind in KINDS and spec.name
+
+
+def test_overrides_parse_yaml_values_and_name_bad_ones():
+    data = apply_overrides({"a": {"b": 1}}, ["a.b=3", "c=[1, 2]"], "e.yaml")
+    assert data == {"a": {"b": 3}, "c": [1, 2]}
+    with pytest.raises(ConfigError, match=r"e.yaml: --set a.b.c: a.b is not a mapping"):
+        apply_overrides({"a": {"b": 1}}, ["a.b.c=2"], "e.yaml")
+    with pytest.raises(ConfigError, match=r"e.yaml: --set c: value '\[1,' is not valid YAML"):
+        apply_overrides({}, ["c=[1,"], "e.yaml")
+    with pytest.raises(ConfigError, match=r"expected KEY=VALUE"):
+        apply_overrides({}, ["novalue"], "e.yaml")
+
+
+def test_unknown_nested_key_is_named_by_its_dotted_path():
+    with pytest.raises(ConfigError, match=r"bench.yaml: measure.warmupp: unknown key$"):
+        load_experiment(ROOT / "experiments" / "bench.yaml", ["measure.warmupp=2"])
+
+
+def test_strict_types_are_not_coerced(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("kind: profile_flops\nbatch: 1.5\n")
+    with pytest.raises(ConfigError, match=r"e.yaml: batch: Input should be a valid integer"):
+        load_experiment(path)
+    path.write_text("kind: profile_flops\nmodels: lvsm_decoder_only\n")
+    with pytest.raises(ConfigError, match=r"e.yaml: models: Input should be a valid list"):
+        load_experiment(path)
+
+
+def test_extends_builds_on_another_file_and_children_override(tmp_path):
+    (tmp_path / "base.yaml").write_text("kind: profile\npreset: tiny\nn_inputs: [1, 2]\nmeasure: {warmup: 2, runs: 7}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nn_inputs: [4]\nmeasure: {runs: 3}\n")
+    spec = load_experiment(tmp_path / "child.yaml")
+    assert (spec.name, spec.preset, spec.n_inputs) == ("child", "tiny", [4])
+    assert (spec.measure.warmup, spec.measure.runs) == (2, 3)  # nested keys merge
+    bench = load_experiment(ROOT / "experiments" / "bench.yaml")
+    assert bench.kind == "profile" and bench.models == load_experiment(ROOT / "experiments" / "speed_vs_views.yaml").models
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_experiment(tmp_path / "loop.yaml")
+
+
+def test_experiments_are_frozen():
+    spec = load_experiment(ROOT / "experiments" / "flops.yaml")
+    with pytest.raises(Exception, match="frozen"):
+        spec.preset = "tiny"
+
+
+# ------------------------------------------------------------------------------ the registry
+
+
+@pytest.mark.parametrize("name", ALL_VARIANTS)
+def test_every_variant_has_a_card_and_refuses_fields_it_does_not_read(name):
+    card = model_card(name)
+    assert card.label and card.color and set(card.reads) <= set(build_model(name, "tiny").config.to_dict())
+    foreign = next(f for f in ("depth", "stream_depth", "n_latents") if f not in card.config_fields)
+    with pytest.raises(ValueError, match=f"does not read config field '{foreign}'"):
+        build_model(name, "tiny", **{foreign: 3})
+    for field in card.reads:  # a field it reads changes the model it builds
+        value = 2 if field != "latent_init_std" else 1.0
+        assert build_model(name, "tiny", **{field: value}).config.to_dict()[field] == value
+
+
+def test_official_parameter_counts_live_on_the_cards():
+    with torch.device("meta"):
+        for name in list_models():
+            official = model_card(name).official_params
+            if official:
+                assert build_model(name, "paper").num_parameters() == official, name
+
+
+PLUGIN = '''
+from models import ModelCard, register
+from models.efficient_lvsm import EfficientLVSM
+
+
+@register("plugin_lvsm", card=ModelCard(label="Plugin LVSM", color="tab:green", reads=("stream_depth",)))
+class PluginLVSM(EfficientLVSM):
+    """A variant written outside the repository: Efficient-LVSM under another name."""
+'''
+
+
+def test_a_plugin_variant_runs_through_ls_and_a_profile_experiment(tmp_path, capsys):
+    plugin = tmp_path / "my_variant.py"
+    plugin.write_text(PLUGIN)
+    script = f"""
+import sys
+from harness.cli import main
+code = main(["ls", "models", "--plugin", {str(plugin)!r}])
+assert code == 0, code
+code = main(["run", {str(ROOT / 'experiments' / 'bench.yaml')!r}, "--plugin", {str(plugin)!r}, "--no-progress",
+             "--preset", "tiny", "--set", "models=[efficient_lvsm, plugin_lvsm]", "--set", "n_inputs=[1, 2]",
+             "--set", "n_targets=[1]", "--set", "measure.runs=2", "--set", "measure.warmup=0",
+             "--set", "output_dir={tmp_path / 'out'}"])
+sys.exit(code)
+"""
+    # A fresh process: the plugin's registration must not leak into the other tests.
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "plugin_lvsm" in result.stdout and "Plugin LVSM" in result.stdout
+    table = (tmp_path / "out" / "bench.md").read_text()
+    assert "Plugin LVSM" in table and "Efficient-LVSM" in table
+    assert (tmp_path / "out" / "rows.jsonl").is_file() and (tmp_path / "out" / "cost_vs_views.png").is_file()
+
+
+def test_a_plugin_that_fails_to_import_is_one_line(tmp_path, capsys):
+    plugin = tmp_path / "broken.py"
+    plugin.write_text("from models import register\nregister('lvsm_decoder_only')(type('X', (), {}))\n")
+    assert main(["ls", "models", "--plugin", str(plugin)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: plugin ") and "registered twice" in err[0]
+
+
+# ----------------------------------------------------------------------------------- the CLI
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["validate", "experiments/nope.yaml"], "experiments/nope.yaml: experiment file not found"),
+    (["validate", "experiments/bench.yaml", "--set", "models=[lvsm]"], "bench.yaml: models.0: unknown model 'lvsm'"),
+    (["run", "experiments/bench.yaml", "--set", "measure.device=cuda:0"], "no CUDA device"),
+    (["run", "experiments/bench.yaml", "--set", "n_inputs=[1,"], "--set n_inputs: value '[1,' is not valid YAML"),
+    (["preview", "--size", "0"], "preview --size: expected a positive int, got 0"),
+    (["run", "experiments/flops.yaml", "--set", "output_dir=/proc/forbidden"], "output directory /proc/forbidden"),
+])
+def test_user_errors_are_one_line_and_exit_2(argv, message, capsys, monkeypatch):
+    if "cuda" in " ".join(argv) and torch.cuda.is_available():
+        pytest.skip("checks the behaviour without CUDA")
+    monkeypatch.chdir(ROOT)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_validate_every_experiment_exits_0(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["validate", *[str(p.relative_to(ROOT)) for p in EXPERIMENTS]]) == 0
+    assert capsys.readouterr().out.count(": ok (kind ") == len(EXPERIMENTS)
+
+
+def test_harness_data_imports_no_experiment_layer():
+    code = ("import sys, harness.data; "
+            "bad = [m for m in sys.modules if m.split('.')[:2] in (['harness', 'schema'], ['harness', 'train'], "
+            "['harness', 'evaluate'], ['harness', 'profile'], ['harness', 'pipeline'], ['harness', 'experiment'])]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_errors_module_uses_the_standard_library_only():
+    source = (ROOT / "harness" / "errors.py").read_text()
+    imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+    assert imports == ["from __future__ import annotations"]

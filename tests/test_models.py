@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from conftest import VARIANTS, load_fixture, random_views
-from models import build_model, load_official, model_class, pixel_rays, preset
+from models import build_model, load_official, model_card, model_class, pixel_rays, preset
 from models.official import convert_official_state_dict, unwrap_checkpoint
 
-OFFICIAL_PARAMS = {"lvsm_decoder_only": 170_795_520, "lvsm_encoder_decoder": 173_154_816, "efficient_lvsm": 199_070_208}
+# The official paper-size parameter counts live on the variants' cards.
+OFFICIAL_PARAMS = {name: model_card(name).official_params for name in VARIANTS}
 REFERENCE = Path(__file__).parent / "fixtures"
 
 
@@ -137,7 +138,8 @@ def test_load_official_names_problems():
     state = dict(f["state_dict"])
     state.pop("transformer_blocks.1.mlp.mlp.2.weight")
     state["transformer_blocks.0.attn.extra.weight"] = torch.zeros(3)
-    with pytest.raises(KeyError, match=r"missing keys \['blocks\.1\.mlp\.fc_out\.weight'\].*unexpected keys \['blocks\.0\.attn\.extra\.weight'\]"):
+    with pytest.raises(KeyError, match=r"missing keys \['blocks\.1\.mlp\.fc_out\.weight'\]"
+                                      r".*unexpected keys \['blocks\.0\.attn\.extra\.weight'\]"):
         load_official("lvsm_decoder_only", f["config"], state)
     bad = dict(f["state_dict"])
     bad["image_token_decoder.1.weight"] = torch.zeros(100, 64)

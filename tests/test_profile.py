@@ -1,5 +1,4 @@
-"""Profiling harness: FLOP counts vs the analytic formulas, resumable sweeps that record failures,
-the measurement helpers and the experiment files."""
+"""Profiling: FLOP counts against the analytic formulas, timing and memory, the shared sweep, the four kinds."""
 from __future__ import annotations
 
 import json
@@ -12,15 +11,13 @@ import pytest
 import torch
 
 from conftest import VARIANTS
-from harness.experiment import ExperimentError, load_experiment
-from harness.profile.fit import growth_exponent
-from harness.profile.flops import FlopCounter
-from harness.profile.inputs import synthetic_views
-from harness.profile.measure import MeasureSettings, measure_call
-from harness.profile.memory import PeakMemory
-from harness.profile.sweep import Sweep
-from harness.profile.timing import planned_runs
+from harness.errors import ConfigError
+from harness.pipeline import Sweep
+from harness.profile import measure as measure_module
+from harness.profile.measure import FlopCounter, PeakMemory, measure_call, planned_runs, synthetic_views
+from harness.profile.report import growth_exponent
 from harness.records import RecordStore
+from harness.schema import Measurement, load_experiment, run_experiment
 from models import PRESETS, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +81,7 @@ def _points(n):
 def test_interrupted_sweep_resumes_without_repeating_points(tmp_path):
     store = RecordStore(tmp_path / "rows.jsonl")
     calls, interrupt = [], [True]
+    sweep = lambda version: Sweep(tmp_path, "exp", version=version)
 
     def measure(point):
         if point["n_input"] == 3 and interrupt and interrupt.pop():
@@ -92,16 +90,16 @@ def test_interrupted_sweep_resumes_without_repeating_points(tmp_path):
         return {"value": point["n_input"] * 10}
 
     with pytest.raises(KeyboardInterrupt):
-        Sweep(store, "exp", "v1").run(_points(6), measure, progress=False)
+        sweep("v1").run(_points(6), measure, progress=False)
     assert calls == [0, 1, 2] and len(store.rows()) == 3
-    summary = Sweep(store, "exp", "v1").run(_points(6), measure, progress=False)
+    summary = sweep("v1").run(_points(6), measure, progress=False)
     assert calls == [0, 1, 2, 3, 4, 5]
     assert (summary.measured, summary.skipped) == (3, 3)
-    rows = Sweep(store, "exp", "v1").rows(_points(6))
+    rows = sweep("v1").rows(_points(6))
     assert [r["value"] for r in rows] == [0, 10, 20, 30, 40, 50]
     assert len({r["key"] for r in store.rows()}) == len(store.rows()) == 6
     # Another code version measures again.
-    Sweep(store, "exp", "v2").run(_points(6), measure, progress=False)
+    sweep("v2").run(_points(6), measure, progress=False)
     assert len(calls) == 12
 
 
@@ -119,25 +117,35 @@ def test_oom_and_exception_are_recorded_and_the_sweep_goes_on(tmp_path):
             raise ValueError("bad\nshape")
         return {"value": 1}
 
-    summary = Sweep(store, "exp", "v1", {"device": "cpu"}).run(_points(5), measure, progress=False)
+    summary = Sweep(tmp_path, "exp", {"device": "cpu"}, "v1").run(_points(5), measure, progress=False)
     statuses = [r["status"] for r in store.rows()]
     assert statuses == ["ok", "oom", "oom", "error", "ok"]
     assert len(summary.failed) == 3
     error = store.rows()[3]
     assert error["error"] == "ValueError: bad shape" and error["device"] == "cpu"
     # A rerun keeps the OOM points (they would only run out again) and retries the error.
-    Sweep(store, "exp", "v1").run(_points(5), measure, progress=False)
+    Sweep(tmp_path, "exp", version="v1").run(_points(5), measure, progress=False)
     assert calls == [0, 1, 2, 3, 4, 3]
 
 
-def test_measure_call_statistics_and_cpu_peak_memory():
-    settings = MeasureSettings(warmup=1, runs=4)
-    result = measure_call(lambda: torch.ones(16 * 2 ** 20).sum(), torch.device("cpu"), "float32", settings)  # 64 MiB
-    assert result["runs"] == 4 and result["warmup"] == 1
-    assert result["latency_q1_ms"] <= result["latency_ms"] <= result["latency_q3_ms"]
+def test_measure_call_statistics_and_noisy_flag(monkeypatch):
+    """Median, quartiles and the noisy mark come from the timed samples (warm-up excluded)."""
+    samples = iter([500.0, 10.0, 11.0, 12.0, 13.0, 30.0])  # one warm-up, then five timed runs
+    monkeypatch.setattr(measure_module, "time_once_ms", lambda fn, device: next(samples))
+    result = measure_call(lambda: None, torch.device("cpu"), "float32", Measurement(warmup=1, runs=5, noisy_iqr=0.5))
+    assert (result["runs"], result["warmup"]) == (5, 1)
+    assert (result["latency_ms"], result["latency_q1_ms"], result["latency_q3_ms"]) == (12.0, 11.0, 13.0)
+    assert result["noisy"] is False and result["latency_spread"] == pytest.approx(2 / 12)
+    samples = iter([5.0, 10.0, 20.0, 30.0, 40.0, 50.0])
+    result = measure_call(lambda: None, torch.device("cpu"), "float32", Measurement(warmup=1, runs=5, noisy_iqr=0.5))
+    assert result["latency_ms"] == 30.0 and result["noisy"] is True  # IQR 20 ms > 50% of 30 ms
+
+
+def test_measure_call_cpu_peak_memory():
+    result = measure_call(lambda: torch.ones(16 * 2 ** 20).sum(), torch.device("cpu"), "float32", Measurement(warmup=1, runs=2))
     if result["mem_kind"] == "unavailable":
         pytest.skip("/proc/self/clear_refs is not available here")
-    assert result["peak_mem_mb"] - result["baseline_mem_mb"] > 48
+    assert result["peak_mem_mb"] - result["baseline_mem_mb"] > 48  # 64 MiB allocated per call
 
 
 def test_peak_memory_is_reset_between_blocks():
@@ -153,10 +161,13 @@ def test_peak_memory_is_reset_between_blocks():
     assert small.columns["peak_mem_mb"] - small.columns["baseline_mem_mb"] < 64
 
 
-def _write(tmp_path, text):
-    path = tmp_path / "exp.yaml"
+def _write(tmp_path, text, name="exp.yaml"):
+    path = tmp_path / name
     path.write_text(text)
     return path
+
+
+MEASURE = "measure: {device: cpu, warmup: 1, runs: 3}"
 
 
 def test_profile_experiment_end_to_end_and_resume(tmp_path, capsys):
@@ -164,26 +175,25 @@ def test_profile_experiment_end_to_end_and_resume(tmp_path, capsys):
 kind: profile
 models: [lvsm_decoder_only, efficient_lvsm]
 preset: tiny
-device: cpu
 n_inputs: [1, 2, 4]
 n_targets: [2]
-warmup: 1
-runs: 3
+{MEASURE}
 fit_min_n: 1
 headline_n: 2
 headline_m: 2
 output_dir: {tmp_path / 'out'}
 """)
-    from harness.experiment import run_experiment
     rows = run_experiment(path, progress=False)
     assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
     row = rows[0]
-    for column in ("latency_ms", "latency_iqr_ms", "runs", "peak_mem_mb", "gflops", "gmacs_linear_thop",
+    for column in ("latency_ms", "latency_iqr_ms", "runs", "noisy", "peak_mem_mb", "gflops", "gmacs_linear_thop",
                    "device", "dtype", "torch", "threads", "preset", "n_input", "n_target", "batch", "commit"):
         assert column in row, column
     out = tmp_path / "out"
-    for name in ("exp.md", "exp.csv", "exp.tex", "ratios.md", "exponents.md", "cost_vs_views.png"):
+    for name in ("exp.md", "exp.csv", "exp.tex", "ratios.md", "exponents.md", "cost_vs_views.png", "manifest.json"):
         assert (out / name).is_file(), name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["experiment"]["preset"] == "tiny" and manifest["packages"]["torch"] and "collect_env" in manifest
     printed = capsys.readouterr().out
     assert "Efficient-LVSM / LVSM decoder-only at N=2, M=2: latency ratio" in printed
     assert "measured: cpu" in (out / "exp.md").read_text()
@@ -196,16 +206,13 @@ output_dir: {tmp_path / 'out'}
     assert "code: commit abc1234," in (out / "exp.md").read_text()
 
 
-def test_kv_cache_and_efficiency_experiments_run(tmp_path, capsys):
-    from harness.experiment import run_experiment
+def test_kv_cache_and_efficiency_experiments_run(tmp_path):
     kv = _write(tmp_path, f"""
 kind: profile_kv_cache
 preset: tiny
-device: cpu
 n_cached: [2, 4]
 n_targets: 2
-warmup: 1
-runs: 2
+{MEASURE}
 fit_min_n: 1
 output_dir: {tmp_path / 'kv'}
 published:
@@ -218,40 +225,36 @@ published:
     cached = [r for r in rows if r["mode"] == "kv_cache"]
     assert cached[1]["kv_cache_mb"] == pytest.approx(2 * cached[0]["kv_cache_mb"])
     assert "published speed-up" in (tmp_path / "kv" / "exp.md").read_text()
-    eff = tmp_path / "eff.yaml"
-    eff.write_text(f"""
+    eff = _write(tmp_path, f"""
 kind: profile_efficiency
 preset: tiny
-device: cpu
-warmup: 1
-runs: 2
+{MEASURE}
 output_dir: {tmp_path / 'eff'}
 published:
   source: test
-  rows: [{{model: lvsm_decoder_only, label: LVSM, params_m: 177, latency_ms: 109.37, gflops_thop: 8523}},
-         {{model: efficient_lvsm, label: E, params_m: 199, latency_ms: 24.78, gflops_thop: 1325}},
-         {{model: pixelsplat, label: pixelSplat, params_m: 125, latency_ms: 50.52, gflops_thop: 1934}}]
-""")
+  rows: [{{label: pixelSplat, params_m: 125, latency_ms: 50.52, gflops_thop: 1934}}]
+""", "eff.yaml")
     run_experiment(eff, progress=False)
     text = (tmp_path / "eff" / "eff.md").read_text()
-    assert "pixelSplat" in text and "published: latency 4.41x" in text
-
-
-@pytest.mark.parametrize("name", ["flops", "speed_vs_views", "bench", "efficiency_table", "kv_cache"])
-def test_experiment_files_load(name):
-    spec = load_experiment(ROOT / "experiments" / f"{name}.yaml")
-    assert spec.kind.startswith("profile") and spec.published is not None
+    # Registered variants' published numbers come from their cards, other methods from the YAML.
+    assert "pixelSplat" in text and "109.4" in text and "published: latency 4.41x" in text
 
 
 @pytest.mark.parametrize("body, message", [
-    ("kind: profile\nmodels: [lvsm_decoder_only, nope]\n", r"exp.yaml: models\[1\]: unknown value 'nope'"),
-    ("kind: profile\nruns: 0\n", r"exp.yaml: runs: expected a positive number, got 0"),
+    ("kind: profile\nmodels: [lvsm_decoder_only, nope]\n", r"exp.yaml: models.1: unknown model 'nope'"),
+    ("kind: profile\nmeasure: {runs: 0}\n", r"exp.yaml: measure.runs: Input should be greater than 0 \(got 0\)"),
+    ("kind: profile\nmeasure: {run: 3}\n", r"exp.yaml: measure.run: unknown key"),
     ("kind: profile_kv_cache\ncached_model: lvsm_decoder_only\n",
      r"exp.yaml: cached_model: 'lvsm_decoder_only' has no KV-cache renderer"),
-    ("kind: profile\ndevice: gpu\n", r"exp.yaml: device: expected auto, cpu, cuda"),
+    ("kind: profile\nmeasure: {device: gpu}\n", r"exp.yaml: measure.device: String should match pattern"),
+    ("kind: profile\nn_inputs: []\n", r"exp.yaml: n_inputs: List should have at least 1 item"),
+    ("kind: profile\nbatch: '2'\n", r"exp.yaml: batch: Input should be a valid integer \(got '2'\)"),
+    ("kind: profile_efficiency\npublished: {source: s, rows: [{label: x, params_m: 1, latency: 2, gflops_thop: 3}]}\n",
+     r"exp.yaml: published.rows.0.latency_ms: Field required"),
+    ("kind: trian\n", r"exp.yaml: kind: unknown experiment kind 'trian'"),
 ])
 def test_bad_values_name_the_file_and_key(tmp_path, body, message):
-    with pytest.raises(ExperimentError, match=message):
+    with pytest.raises(ConfigError, match=message):
         load_experiment(_write(tmp_path, body))
 
 
@@ -266,28 +269,48 @@ def test_gpu_check_fails_loudly_without_cuda(tmp_path):
 
 def test_deadline_leaves_points_for_the_next_run(tmp_path):
     import time
-    store = RecordStore(tmp_path / "rows.jsonl")
 
     def measure(point):
         time.sleep(0.05)
         return {"value": 1}
 
-    first = Sweep(store, "exp", "v1").run(_points(4), measure, progress=False, deadline_s=0.01)
-    assert (first.measured, first.left) == (1, 3) and len(store.rows()) == 1
+    first = Sweep(tmp_path, "exp", version="v1").run(_points(4), measure, progress=False, deadline_s=0.01)
+    assert (first.measured, first.left) == (1, 3) and len(RecordStore(tmp_path / "rows.jsonl").rows()) == 1
     assert "3 left for the next run" in first.line("exp")
-    second = Sweep(store, "exp", "v1").run(_points(4), measure, progress=False)
+    second = Sweep(tmp_path, "exp", version="v1").run(_points(4), measure, progress=False)
     assert (second.measured, second.skipped, second.left) == (3, 1, 0)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_bf16_autocast_measurement_runs(name):
-    """The gpu-check measures under bf16 autocast; CPU autocast exercises the same dtype paths."""
+def test_bf16_measurement_runs_under_bf16_autocast(name):
+    """The gpu-check measures under bf16 autocast: the measured call must really run in bf16."""
     model = build_model(name, "tiny").eval()
     views = synthetic_views(1, 2, 2, 32, "cpu")
-    result = measure_call(lambda: model(*views), torch.device("cpu"), "bfloat16", MeasureSettings(warmup=1, runs=2))
-    assert result["runs"] == 2
+    seen = []
+    hook = model.head.proj.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    result = measure_call(lambda: model(*views), torch.device("cpu"), "bfloat16", Measurement(warmup=1, runs=2))
+    assert result["runs"] == 2 and seen and set(seen) == {torch.bfloat16}
+    seen.clear()
+    measure_call(lambda: model(*views), torch.device("cpu"), "float32", Measurement(warmup=0, runs=1))
+    assert set(seen) == {torch.float32}
+    hook.remove()
     if name == "efficient_lvsm":
         renderer = model.incremental(views[3], views[4], 32, 32)
         result = measure_call(lambda: renderer.add_views(*views[:3]).render(), torch.device("cpu"), "bfloat16",
-                              MeasureSettings(warmup=0, runs=1))
+                              Measurement(warmup=0, runs=1))
         assert result["runs"] == 1
+
+
+def test_sdpa_backend_and_compile_axes_are_recorded(tmp_path):
+    path = _write(tmp_path, f"""
+kind: profile
+models: [efficient_lvsm]
+preset: tiny
+n_inputs: [2]
+n_targets: [1]
+measure: {{device: cpu, warmup: 1, runs: 2, sdpa_backend: math}}
+output_dir: {tmp_path / 'out'}
+""")
+    rows = run_experiment(path, progress=False)
+    assert rows[0]["status"] == "ok" and rows[0]["sdpa_backend"] == "math" and rows[0]["compiled"] is False
+    assert rows[0]["measure"]["sdpa_backend"] == "math"  # part of the point: another backend is another point

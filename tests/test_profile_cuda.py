@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.profile.measure import MeasureSettings, measure_call
-from harness.profile.memory import PeakMemory
+from harness.profile.measure import PeakMemory, measure_call
+from harness.schema import Measurement
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -31,24 +31,21 @@ def test_cuda_event_timing_under_bf16_autocast():
         dtypes.append(out.dtype)
         return out
 
-    result = measure_call(step, device, "bfloat16", MeasureSettings(warmup=2, runs=20))
+    result = measure_call(step, device, "bfloat16", Measurement(warmup=2, runs=20))
     assert result["runs"] == 20 and result["latency_ms"] > 0
     assert result["latency_q1_ms"] <= result["latency_ms"] <= result["latency_q3_ms"]
     assert set(dtypes) == {torch.bfloat16}
 
 
 def test_tiny_profile_sweep_on_cuda(tmp_path):
-    from harness.experiment import run_experiment
+    from harness.schema import run_experiment
     path = tmp_path / "exp.yaml"
     path.write_text(f"""
 kind: profile
 preset: tiny
-device: cuda
-dtype: bfloat16
 n_inputs: [1, 2]
 n_targets: [2]
-warmup: 1
-runs: 3
+measure: {{device: cuda, dtype: bfloat16, warmup: 1, runs: 3}}
 fit_min_n: 1
 output_dir: {tmp_path / 'out'}
 """)
@@ -60,7 +57,7 @@ output_dir: {tmp_path / 'out'}
 
 def test_kv_cache_render_matches_full_forward_on_cuda():
     """The cached path that the kv_cache experiment times renders what the full model renders."""
-    from harness.profile.inputs import input_views, synthetic_views
+    from harness.profile.measure import synthetic_views
     from models import build_model
     model = build_model("efficient_lvsm", "tiny").cuda().eval()
     images, c2w, k, tc, tk = synthetic_views(1, 4, 2, 32, "cuda")

@@ -25,6 +25,7 @@ class CachedSource:
     def __init__(self, source):
         self.source = source
         self._views: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._notes: dict[int, list[str]] = {}  # per scene, e.g. a lens-distortion warning
 
     def __getattr__(self, name: str):
         return getattr(self.source, name)
@@ -41,8 +42,9 @@ class CachedSource:
             scene = self.source.views(i, missing)  # the source checks the indices and raises its own errors
             for k, j in enumerate(missing):
                 self._views[i, j] = (scene.images[k], scene.c2w[k], scene.fxfycxcy[k])
+            self._notes[i] = scene.notes
         images, c2w, k = (torch.stack(parts) for parts in zip(*(self._views[i, j] for j in indices)))
-        return Scene(images, c2w, k, self.source.names[i], indices)
+        return Scene(images, c2w, k, self.source.names[i], indices, notes=list(self._notes.get(i, [])))
 
     def __getitem__(self, i: int):
         return self.views(i, range(self.source.num_views(self.source._check_scene(i))))
