@@ -130,6 +130,7 @@ class ExperimentBase(Spec):
     description: str = ""
     output_dir: str = ""
     plugins: list[str] = []
+    source_file: str = ""  # the YAML it was read from (set by the loader; paths in it are relative to it)
 
     def results_dir(self) -> Path:
         return Path(self.output_dir or f"results/{self.name}")
@@ -161,6 +162,7 @@ KINDS: dict[str, str | Kind] = {
     "evaluate": "harness.evaluate:EVALUATE",
     "train": "harness.train.runner:TRAIN",
     "convergence": "harness.train.runner:CONVERGENCE",
+    "view_generalization": "harness.train.view_generalization:VIEW_GENERALIZATION",
 }
 
 
@@ -264,6 +266,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     path = Path(path)
     data = apply_overrides(read_experiment(path), overrides or [], str(path))
     data.setdefault("name", path.stem)
+    data["source_file"] = str(path)
     plugins = data.get("plugins", [])
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise ConfigError(f"{path}: plugins: expected a list of file paths, got {plugins!r}")

@@ -194,12 +194,16 @@ def test_convergence_study_end_to_end(tmp_path, capsys):
     """)
     summary = run_experiment(path, progress=False)
     out = tmp_path / "out"
-    table = pd.read_csv(out / "summary.csv")
-    for column in ["variant", "steps", "seconds", "final_psnr", "final_ssim", "best_trivial_psnr", "pose_swap_drop_db",
-                   "steps_to_trivial", "steps_to_5dB"]:
+    table = pd.read_csv(out / "final.csv")
+    for column in ["arm", "variant", "seed", "steps", "seconds", "final_psnr", "final_ssim", "best_trivial_psnr",
+                   "pose_swap_drop_db", "steps_to_trivial", "steps_to_5dB"]:
         assert column in table.columns
     assert list(table["variant"]) == ["lvsm_encoder_decoder", "efficient_lvsm"] and (table["steps"] == 2).all()
-    for name in ("psnr_vs_step.png", "psnr_vs_seconds.png", "final.md", "trivial_predictors.md", "manifest.json", "rows.jsonl"):
+    arms = pd.read_csv(out / "summary.csv")
+    assert list(arms["arm"]) == ["lvsm_encoder_decoder", "efficient_lvsm"] and (arms["seeds"] == 1).all()
+    assert (arms["psnr_mean"] == table["final_psnr"]).all() and arms["gflops"].gt(0).all() and arms["latency_ms"].gt(0).all()
+    for name in ("psnr_vs_step.png", "psnr_vs_seconds.png", "psnr_per_arm.png", "quality_vs_cost.png", "final.md",
+                 "trivial_predictors.md", "manifest.json", "rows.jsonl"):
         assert (out / name).is_file(), name
     printed = capsys.readouterr().out
     for predictor in ("context_mean", "nearest_context", "blurred_mean"):
@@ -234,3 +238,61 @@ def test_ring_layout_spreads_context_views_in_azimuth():
     from harness.train.config import ConvergenceExperiment
     with pytest.raises(ValueError, match="context_layout"):
         ConvergenceExperiment(name="c", kind="convergence", data=TrainData(context_layout="ring", nearby_views=6))
+
+
+def test_view_generalization_kv_cache_equals_full_forward_and_training_n_equals_validation(tmp_path):
+    """The study's KV-cache numbers are the full forward's, and at the training N its context is the
+    validation context, so its PSNR is the convergence study's final validation PSNR."""
+    _write(tmp_path / "conv.yaml", f"""
+        kind: convergence
+        output_dir: {tmp_path / "conv"}
+        variants: [lvsm_decoder_only, efficient_lvsm]
+        preset: tiny
+        overrides: {{image_size: 16, patch_size: 8}}
+        data: {{source: synthetic_object, image_size: 16, options: {{count: 4, views: 12, supersample: 1}},
+                eval_options: {{seed: 1, count: 3}}, n_input: 3, n_target: 2, eval_n_target: 2, eval_scenes: 3,
+                context_layout: ring, normalize: false}}
+        optim: {{warmup_steps: 1}}
+        train: {{steps: 3, batch_size: 2, val_every: 3, checkpoint_every: 3, device: cpu, threads: 1}}
+        blur_sigmas: [1.0]
+        cost: {{runs: 1}}
+    """)
+    trained = run_experiment(tmp_path / "conv.yaml", progress=False).set_index("arm")
+    path = _write(tmp_path / "vg.yaml", f"""
+        kind: view_generalization
+        output_dir: {tmp_path / "vg"}
+        trained: conv.yaml
+        variants: [lvsm_decoder_only, efficient_lvsm]
+        n_inputs: [1, 3, 5]
+    """)
+    rows = {(r["variant"], r["n_input"], r["mode"]): r for r in run_experiment(path, progress=False)}
+    assert len(rows) == 9 and all(r["status"] == "ok" for r in rows.values())
+    for n in (1, 3, 5):
+        full, cached = rows["efficient_lvsm", n, "full"], rows["efficient_lvsm", n, "kv_cache"]
+        assert cached["psnr"] == pytest.approx(full["psnr"], abs=1e-4) and cached["kv_vs_full_max_abs"] < 1e-4
+    for variant in ("lvsm_decoder_only", "efficient_lvsm"):
+        assert rows[variant, 3, "full"]["psnr"] == pytest.approx(trained.loc[variant, "psnr_mean"], abs=1e-4)
+    table = (tmp_path / "vg" / "psnr_by_n.md").read_text()
+    assert "3 (training N)" in table and "KV cache" in table
+    assert (tmp_path / "vg" / "psnr_vs_n.png").is_file()
+
+
+def test_arm_summary_compares_with_the_reference_against_the_seed_range():
+    from harness.train.config import ConvergenceExperiment
+    from harness.train.runner import arm_summary, pareto
+    exp = ConvergenceExperiment(name="s", kind="convergence", seeds=[0, 1], reference="ref", arms=[
+        {"name": "ref", "model": "efficient_lvsm"}, {"name": "close", "model": "efficient_lvsm_final_context"},
+        {"name": "far", "model": "lvsm_decoder_only", "published_diff_db": -1.5, "published_source": "paper"}])
+    psnr = {"ref": (20.0, 20.4), "close": (20.1, 20.2), "far": (21.0, 21.2)}
+    final = pd.DataFrame([{"arm": arm, "seed": seed, "final_psnr": value, "final_ssim": 0.5, "pose_swap_drop_db": 1.0,
+                           "params": 10} for arm, values in psnr.items() for seed, value in enumerate(values)])
+    summary = arm_summary(exp, final, {"far": {"params": 5, "gflops": 1.0, "latency_ms": 2.0}}, 19.0).set_index("arm")
+    assert summary.loc["ref", "significance"] == "reference" and summary.loc["ref", "psnr_min"] == 20.0
+    assert summary.loc["close", "diff_vs_reference_db"] == pytest.approx(-0.05)
+    assert summary.loc["close", "significance"] == "not significant (seed range 0.40 dB)"
+    assert summary.loc["far", "diff_vs_reference_db"] == pytest.approx(0.9)
+    assert summary.loc["far", "significance"] == "exceeds seed range"
+    assert summary.loc["far", "published"] == -1.5 and summary.loc["far", "params"] == 5
+    assert summary.loc["far", "min_above_trivial_db"] == pytest.approx(2.0)
+    # Pareto front: cheaper-and-better points only, by cost.
+    assert pareto([1.0, 2.0, 3.0, 2.5], [10.0, 9.0, 12.0, 11.0]) == [0, 3, 2]

@@ -48,6 +48,19 @@ class OptimSpec(Spec):
     grad_clip: float = Field(default=1.0, ge=0)
 
 
+class RepaSpec(Spec):
+    """REPA (training only; see harness.train.repa): align the hidden states of `layers` (0-based blocks of
+    the target stream; [] = the block at a third of the depth) with a frozen teacher's patch features of
+    the target images. `teacher`: "module:attr" or "path/to/file.py:attr", a no-argument constructor;
+    `weights`: its state dict file (never downloaded: without it the run stops)."""
+    teacher: str = Field(pattern=r"^.+:[A-Za-z_][A-Za-z0-9_]*$")
+    weights: str = Field(min_length=1)
+    layers: list[int] = []
+    weight: PositiveFloat = 0.5
+    projector_hidden: Positive = 256
+    teacher_dim: Positive | None = None
+
+
 class TrainSpec(Spec):
     steps: Positive = 1000
     batch_size: Positive = 8
@@ -60,6 +73,7 @@ class TrainSpec(Spec):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     threads: Positive | None = 2
+    repa: RepaSpec | None = None  # adds weight * REPA loss to the reconstruction loss
 
 
 class TrainExperiment(ExperimentBase):
@@ -76,10 +90,36 @@ def _released() -> list[str]:
     return [name for name in list_models() if model_card(name).official_params]
 
 
+class Arm(Spec):
+    """One trained configuration of a study: a registered variant with config overrides (on top of the
+    study's) and TrainSpec fields it changes (e.g. `repa`), with what a paper reports for it."""
+    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
+    model: ModelName
+    overrides: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    description: str = ""
+    published_psnr: float | None = None  # an absolute number the paper reports for this configuration
+    published_diff_db: float | str | None = None  # the difference to the reference arm the paper reports
+    published_source: str = ""
+
+
+class CostPoint(Spec):
+    """Where each arm's inference cost is measured: N inputs, M targets, at its trained size."""
+    n_input: Positive = 2
+    n_target: Positive = 1
+    runs: Positive = 10
+    threads: Positive = 1
+
+
 class ConvergenceExperiment(ExperimentBase):
-    """kind: convergence -- several variants, same preset, data, step budget and batch."""
+    """kind: convergence -- arms (variants, or variants with overrides and training options) trained
+    on the same data with the same step budget and batch, each with one or more initialisation seeds.
+    Without `arms`, one arm per entry of `variants`."""
     kind: Literal["convergence"]
     variants: list[ModelName] = Field(default_factory=_released, min_length=1)
+    arms: list[Arm] = []
+    seeds: list[NonNegative] = []  # model-initialisation seeds; empty: train.seed alone
+    reference: str = ""  # the arm every other is compared with
     preset: PresetName = "tiny"
     overrides: dict[str, Any] = {}
     # Per-variant config fields (each variant reads its own depth fields: `depth`, `encoder_depth` ...).
@@ -89,18 +129,41 @@ class ConvergenceExperiment(ExperimentBase):
     train: TrainSpec = TrainSpec()
     reach_psnr: list[float] = []
     blur_sigmas: list[PositiveFloat] = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+    cost: CostPoint = CostPoint()
+    scale_note: str = ""  # how this study's scale differs from the paper's, printed beside published numbers
 
     @model_validator(mode="after")
-    def _variants_build(self) -> "ConvergenceExperiment":
-        for name in self.variants:
+    def _arms_build(self) -> "ConvergenceExperiment":
+        names = [arm.name for arm in self.study_arms()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arms: names must be distinct, got {names}")
+        if self.reference and self.reference not in names:
+            raise ValueError(f"reference: {self.reference!r} is not an arm; arms: {', '.join(names)}")
+        for arm in self.study_arms():
             try:
-                self.model_spec(name)
+                self.model_spec(arm)
+                self.train_spec(arm, self.run_seeds()[0])
             except ValidationError as error:
-                raise ValueError(f"variant {name}: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+                problem = error.errors()[0]
+                where = ".".join(str(p) for p in problem["loc"])
+                raise ValueError(f"arm {arm.name}: {where + ': ' if where else ''}"
+                                 f"{problem['msg'].removeprefix('Value error, ')}") from None
         return self
 
-    def model_spec(self, variant: str) -> ModelRef:
-        return ModelRef(name=variant, preset=self.preset, overrides={**self.overrides, **self.variant_overrides.get(variant, {})})
+    def study_arms(self) -> list[Arm]:
+        return self.arms or [Arm(name=variant, model=variant) for variant in self.variants]
+
+    def run_seeds(self) -> list[int]:
+        return self.seeds or [self.train.seed]
+
+    def model_spec(self, arm: Arm | str) -> ModelRef:
+        if isinstance(arm, str):
+            arm = next(a for a in self.study_arms() if a.name == arm)
+        overrides = {**self.overrides, **self.variant_overrides.get(arm.model, {}), **arm.overrides}
+        return ModelRef(name=arm.model, preset=self.preset, overrides=overrides)
+
+    def train_spec(self, arm: Arm, seed: int) -> TrainSpec:
+        return TrainSpec.model_validate({**self.train.model_dump(), **arm.train, "seed": seed})
 
 
 def settings_dict(model: ModelRef, data: TrainData, optim: OptimSpec, train: TrainSpec) -> dict[str, Any]:

@@ -1,0 +1,224 @@
+"""Kind `view_generalization`: models trained at one number of input views, evaluated on the same
+held-out scenes with N = 1, 2, ... input views (the Efficient-LVSM paper claims it generalises to
+view counts not seen in training).
+
+The models are the checkpoints a `convergence` experiment trained (`trained:` names its YAML), and
+the scenes are its validation split: every scene keeps its target views for every N, and its N
+context views are spread evenly in azimuth (the ring layout at the split's own phase), so at the
+training N the context is exactly the validation context. Each (variant, N) is one point of the
+pipeline. Variants with a KV cache are also evaluated through it, adding the views one at a time:
+the same numbers as a full forward, which the table shows side by side.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+
+from models import label, model_card
+
+from .. import metrics
+from ..errors import ConfigError, MissingResource
+from ..pipeline import Report, Sweep, Table, failure_notes, write_manifest, write_report
+from ..plots import plt
+from ..provenance import environment
+from ..runtime import autocast, resolve_device
+from ..schema import ExperimentBase, Kind, ModelName, Positive, RunOptions, load_experiment
+from .config import ConvergenceExperiment
+
+log = logging.getLogger(__name__)
+
+
+class ViewGeneralizationSpec(ExperimentBase):
+    kind: Literal["view_generalization"]
+    trained: str = "convergence.yaml"  # the convergence experiment whose checkpoints are evaluated (relative to this file)
+    variants: list[ModelName] = Field(min_length=1)
+    n_inputs: list[Positive] = Field(default=list(range(1, 13)), min_length=1)
+    kv_cache: list[ModelName] = ["efficient_lvsm"]  # also evaluated by adding views one at a time
+    batch_size: Positive = 8
+
+
+def ring_context(azimuth: torch.Tensor, n: int, phase: float, exclude: list[int]) -> list[int]:
+    """The camera nearest each of n angles 360/n degrees apart from `phase`, never an excluded view."""
+    chosen: list[int] = []
+    for k in range(n):
+        gap = torch.remainder(azimuth - (phase + 2 * np.pi * k / n) + np.pi, 2 * np.pi) - np.pi
+        gap[chosen + exclude] = float("inf")
+        chosen.append(int(gap.abs().argmin()))
+    return sorted(chosen)
+
+
+def view_index(source, trained: ConvergenceExperiment, n_inputs: list[int]) -> dict[int, dict[str, dict[str, list[int]]]]:
+    """N -> scene -> {context, target}: the training study's validation targets, N ring context views."""
+    from .data import camera_centres, evaluation_index, ring_views
+    data = trained.data
+    if data.context_layout != "ring":
+        raise ConfigError(f"view_generalization: the trained study {trained.name} uses context_layout "
+                          f"{data.context_layout!r}; this study needs the ring layout")
+    base = dict(list(evaluation_index(source, data).items())[:data.eval_scenes])
+    out: dict[int, dict[str, dict[str, list[int]]]] = {n: {} for n in n_inputs}
+    for i, name in enumerate(source.names):
+        if name not in base:
+            continue
+        rng = np.random.default_rng([data.seed, i])
+        phase = rng.uniform(0, 2 * np.pi)  # the draw ring_views makes first: the validation split's phase
+        centres = camera_centres(source, i).double()
+        azimuth = torch.atan2(centres[:, 0], centres[:, 2])
+        target = base[name]["target"]
+        for n in n_inputs:
+            if n + len(target) > len(centres):
+                raise ConfigError(f"view_generalization: N={n} needs {n + len(target)} views per scene; the source has {len(centres)}")
+            out[n][name] = {"context": ring_context(azimuth, n, phase, target), "target": target}
+        check = ring_views(source, i, data.eval_n_input or data.n_input, data.eval_n_target,
+                           np.random.default_rng([data.seed, i]))[0]
+        assert check == base[name]["context"]  # the split is reproduced (same rule, same draws)
+    return out
+
+
+def score(renders: list[torch.Tensor], batches: list[dict[str, Any]]) -> dict[str, float]:
+    """Per view, mean over each scene's targets, then over scenes (the evaluation protocol)."""
+    rows = []
+    for render, batch in zip(renders, batches):
+        targets = batch["target_images"].float()
+        b, m = targets.shape[:2]
+        flat_r, flat_t = render.float().flatten(0, 1), targets.flatten(0, 1)
+        psnr, ssim = metrics.psnr(flat_r, flat_t), metrics.ssim(flat_r, flat_t)
+        rows += [{"model": "m", "scene": batch["scene"][k // m], "psnr": float(psnr[k]), "ssim": float(ssim[k]), "lpips": None}
+                 for k in range(b * m)]
+    summary = metrics.mean_over_scenes(metrics.scene_means(rows)).iloc[0]
+    return {"psnr": float(summary["psnr"]), "ssim": float(summary["ssim"]), "scenes": int(summary["scenes"])}
+
+
+def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -> list[dict[str, Any]]:
+    from ..checkpoint import load_checkpoint
+    from ..data import collate, make_example
+    from .data import open_sources
+    trained_path = Path(spec.source_file).parent / spec.trained if spec.source_file else Path(spec.trained)
+    trained = load_experiment(trained_path)
+    if not isinstance(trained, ConvergenceExperiment):
+        raise ConfigError(f"{spec.name}: trained: {trained_path} is a {trained.kind} experiment, not a convergence one")
+    arms = {arm.model: arm.name for arm in trained.study_arms()}
+    missing = [v for v in spec.variants if v not in arms]
+    if missing:
+        raise ConfigError(f"{spec.name}: variants: {missing[0]!r} is not trained by {trained_path}")
+    if len(trained.run_seeds()) != 1:
+        raise ConfigError(f"{spec.name}: {trained_path} trains several seeds; name a single-seed study")
+    checkpoints = {v: trained.results_dir() / "runs" / arms[v] / "checkpoint.pt" for v in spec.variants}
+    absent = [str(p) for p in checkpoints.values() if not p.is_file()]
+    if absent:
+        raise MissingResource(f"{spec.name}: checkpoint {absent[0]} not found; train the models first "
+                              f"(python -m harness run {trained_path}, or make convergence)")
+    device = resolve_device(trained.train.device)
+    sweep = Sweep(spec.results_dir(), spec.name, context=environment(device))
+    write_manifest(sweep.out_dir, spec, {"trained": trained.model_dump(mode="json")})
+    source = open_sources(trained.data)[1]
+    index = view_index(source, trained, spec.n_inputs)
+    train_n = trained.data.n_input
+    points = [{"variant": v, "n_input": n, "mode": mode, "checkpoint": str(checkpoints[v]),
+               "checkpoint_mtime": checkpoints[v].stat().st_mtime_ns, "trained": trained.model_dump(mode="json")}
+              for v in spec.variants for mode in (("full", "kv_cache") if v in spec.kv_cache else ("full",)) for n in spec.n_inputs]
+    models: dict[str, torch.nn.Module] = {}
+
+    def batches(n: int) -> list[dict[str, Any]]:
+        examples = [make_example(source, source.index_of(name), views["context"], views["target"], trained.data.normalize)
+                    for name, views in index[n].items()]
+        return [collate(examples[i:i + spec.batch_size]) for i in range(0, len(examples), spec.batch_size)]
+
+    def measure(point: dict[str, Any]) -> dict[str, Any]:
+        variant, n = point["variant"], point["n_input"]
+        if variant not in models:
+            models[variant] = load_checkpoint(checkpoints[variant], device=device)[0].eval()
+        model, parts = models[variant], batches(n)
+        renders, gap = [], 0.0
+        with torch.no_grad(), autocast(device, "float32"):
+            for batch in parts:
+                args = [batch[k].to(device) for k in ("input_images", "input_c2w", "input_fxfycxcy", "target_c2w", "target_fxfycxcy")]
+                full = model(*args).cpu()
+                if point["mode"] == "kv_cache":
+                    h, w = args[0].shape[-2:]
+                    session = model.incremental(args[3], args[4], h, w)
+                    for k in range(n):  # one view at a time
+                        session.add_views(args[0][:, k:k + 1], args[1][:, k:k + 1], args[2][:, k:k + 1])
+                    cached = session.render().cpu()
+                    gap = max(gap, float((cached - full).abs().max()))
+                    renders.append(cached)
+                else:
+                    renders.append(full)
+        return {**score(renders, parts), "kv_vs_full_max_abs": gap if point["mode"] == "kv_cache" else None,
+                "train_n_input": train_n}
+
+    sweep.run(points, measure, lambda p: f"{p['variant']} N={p['n_input']} {p['mode']}", options.progress)
+    rows = sweep.rows(points)
+    write_report(view_report(spec, trained, rows, train_n), sweep.out_dir)
+    return rows
+
+
+def view_report(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, rows: list[dict[str, Any]], train_n: int) -> Report:
+    ok = [r for r in rows if r["status"] == "ok"]
+    frame = pd.DataFrame(ok)
+    data = trained.data
+    notes = [f"models: the checkpoints of {trained.name} ({trained.results_dir()}/runs), trained with N={train_n} context views",
+             f"scenes: its validation split, {data.eval_scenes} held-out {data.source} scenes, {data.eval_n_target} targets each, "
+             "the same targets for every N; the N context views spread evenly in azimuth (ring layout)",
+             "metrics: PSNR / SSIM per view, mean over each scene's targets, then over scenes; float32",
+             f"kv_cache: {', '.join(label(v) for v in spec.kv_cache if v in spec.variants)} adding the N views one at a time "
+             "to its KV cache, then rendering; kv_vs_full_max_abs is the largest pixel difference to the full forward"]
+    if ok:
+        commits = sorted({str(r.get("commit")) for r in ok})
+        notes.insert(0, f"measured: {ok[0]['device']}, torch {ok[0]['torch']}, commit {', '.join(commits)}")
+    notes += failure_notes(rows, ["variant", "n_input", "mode"])
+    result = Report(f"{spec.name}: quality against the number of input views", notes)
+    if frame.empty:
+        return result
+    summary = pd.DataFrame({"variant": frame["variant"], "n_input": frame["n_input"], "mode": frame["mode"],
+                            "psnr": frame["psnr"], "ssim": frame["ssim"], "scenes": frame["scenes"],
+                            "seen_in_training": frame["n_input"] == train_n,
+                            "kv_vs_full_max_abs": frame["kv_vs_full_max_abs"]})
+    result.tables.append(Table("summary", f"{spec.name}: PSNR / SSIM against N (trained at N={train_n})", summary, notes, console=False))
+    wide = summary[summary["mode"] == "full"].pivot(index="n_input", columns="variant", values="psnr")
+    wide = wide[[v for v in spec.variants if v in wide.columns]].rename(columns=label)
+    for variant in spec.kv_cache:
+        cached = summary[(summary["mode"] == "kv_cache") & (summary["variant"] == variant)].set_index("n_input")["psnr"]
+        if not cached.empty:
+            wide[f"{label(variant)} (KV cache, views added one at a time)"] = cached
+    wide = wide.reset_index().rename(columns={"n_input": "N"})
+    wide["N"] = [f"{n} (training N)" if n == train_n else str(n) for n in wide["N"]]
+    result.tables.append(Table("psnr_by_n", f"PSNR (dB) against the number of input views; trained at N={train_n}", wide, notes))
+    result.figures["psnr_vs_n.png"] = lambda: psnr_figure(summary, spec, train_n)
+    for variant in spec.variants:
+        part = summary[(summary["variant"] == variant) & (summary["mode"] == "full")].set_index("n_input")["psnr"]
+        if train_n in part.index and len(part) > 1:
+            beyond = part[part.index > train_n]
+            if not beyond.empty:
+                drop = part[train_n] - beyond.min()
+                verdict = f"drops by up to {drop:.2f} dB past it" if drop > 0.1 else "stays within 0.1 dB of it or above past it"
+                result.headlines.append(f"{label(variant)}: PSNR {part[train_n]:.2f} dB at the training N={train_n}, "
+                                        f"{beyond.iloc[-1]:.2f} dB at N={beyond.index[-1]} ({verdict})")
+    return result
+
+
+def psnr_figure(summary: pd.DataFrame, spec: ViewGeneralizationSpec, train_n: int):
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for variant in spec.variants:
+        part = summary[(summary["variant"] == variant) & (summary["mode"] == "full")].sort_values("n_input")
+        ax.plot(part["n_input"], part["psnr"], marker="o", color=model_card(variant).color, label=label(variant))
+        cached = summary[(summary["variant"] == variant) & (summary["mode"] == "kv_cache")].sort_values("n_input")
+        if not cached.empty:
+            ax.plot(cached["n_input"], cached["psnr"], marker="x", linestyle="--", color=model_card(variant).color,
+                    label=f"{label(variant)}, KV cache (views added one at a time)")
+    ax.axvline(train_n, color="gray", linestyle=":", label=f"training N = {train_n}")
+    ax.set_xlabel("N input views at test time")
+    ax.set_ylabel("PSNR (dB), held-out scenes")
+    ax.set_xticks(sorted(summary["n_input"].unique()))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+VIEW_GENERALIZATION = Kind(ViewGeneralizationSpec, run_view_generalization,
+                           "trained models evaluated with more or fewer input views than they were trained with")
