@@ -1,6 +1,7 @@
 """The training loop: one entry point for a single process and for every rank under `torchrun`."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -25,6 +26,7 @@ from .data import EvalSplit, evaluation_split, open_sources, to_device, training
 from .distributed import World, barrier, rank_device
 from .loss import ReconstructionLoss
 from .optim import build_optimizer, build_scheduler
+from .repa import RepaTerm
 from .state import load_state, restore_rng_states, save_state
 from .validation import evaluate_model
 
@@ -88,9 +90,13 @@ def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: 
     model = build_model(model_spec.name, model_spec.preset, **model_spec.overrides).to(device)
     model.gradient_checkpointing = train.gradient_checkpointing
     model.train()
-    optimizer = build_optimizer(model, optim, device)
+    # REPA (train.repa): a frozen teacher and projectors trained with the model; without it, `trained` is the model.
+    repa = RepaTerm(train.repa, model, data.image_size, device, world.distributed) if train.repa is not None else None
+    trained = model if repa is None else torch.nn.ModuleList([model, repa.projector])
+    optimizer = build_optimizer(trained, optim, device)
     scheduler = build_scheduler(optimizer, optim, train.steps)
     criterion = ReconstructionLoss(train.perceptual_weight, device)
+    loss_name = criterion.info.name if repa is None else f"{criterion.info.name} + {repa.label}"
 
     step, examples_seen, train_seconds = 0, 0, 0.0
     checkpoint = out_dir / CHECKPOINT
@@ -98,6 +104,8 @@ def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: 
         state = load_state(checkpoint)
         _same_settings(state["extra"]["settings"], settings, checkpoint)
         model.load_state_dict(state["state_dict"])
+        if repa is not None:
+            repa.load(out_dir, int(state["step"]))
         optimizer.load_state_dict(state["extra"]["optimizer"])
         scheduler.load_state_dict(state["extra"]["scheduler"])
         step, examples_seen = int(state["step"]), int(state["extra"]["examples_seen"])
@@ -113,7 +121,7 @@ def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: 
     log = RecordStore(out_dir / LOG)
     env = environment(device)
     if world.is_main:
-        log.append({"kind": "start", "step": step, "loss_name": criterion.info.name, "loss_note": criterion.info.note,
+        log.append({"kind": "start", "step": step, "loss_name": loss_name, "loss_note": criterion.info.note,
                     "dtype": dtype, "world_size": world.size, "settings": settings, **env})
 
     def validate() -> None:
@@ -127,6 +135,8 @@ def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: 
         if world.is_main:
             save_state(checkpoint, model=model, preset=model_spec.preset, optimizer=optimizer, scheduler=scheduler,
                        step=step, examples_seen=examples_seen, train_seconds=train_seconds, settings=settings)
+            if repa is not None:
+                repa.save(out_dir, step)
         barrier(world)
 
     end = train.steps if stop_after is None else min(train.steps, stop_after)
@@ -138,13 +148,18 @@ def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: 
     while step < end:
         started = time.perf_counter()
         batch = to_device(next(batches), device)
-        with autocast(device, dtype):
+        with autocast(device, dtype), repa.collect() if repa is not None else contextlib.nullcontext():
             render = wrapped(batch["input_images"], batch["input_c2w"], batch["input_fxfycxcy"],
                              batch["target_c2w"], batch["target_fxfycxcy"])
         loss, parts = criterion(render, batch["target_images"])
+        if repa is not None:
+            with autocast(device, dtype):
+                repa_loss = repa.loss(batch["target_images"])
+            loss = loss + repa.weight * repa_loss
+            parts["repa_loss"] = repa_loss.detach().item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip if optim.grad_clip > 0 else math.inf)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), optim.grad_clip if optim.grad_clip > 0 else math.inf)
         optimizer.step()
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
@@ -165,7 +180,9 @@ def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: 
         if step % train.checkpoint_every == 0 or step == end:
             save()
     bar.close()
+    if repa is not None:
+        repa.close()
     history = [r for r in read_log(out_dir) if r.get("kind") == "val"] if world.is_main else []
-    return RunResult(model=model, step=step, train_seconds=train_seconds, loss=criterion.info.name,
+    return RunResult(model=model, step=step, train_seconds=train_seconds, loss=loss_name,
                      loss_note=criterion.info.note, device=device, dtype=dtype, validation=history,
                      eval_split=split, environment=env)
