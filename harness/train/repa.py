@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import os
 import io
 import math
 from pathlib import Path
@@ -104,7 +105,7 @@ def read_teacher_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def load_teacher(spec: str, weights: str | Path) -> nn.Module:
     """The frozen teacher: built by the constructor `spec`, weights loaded strictly from `weights`."""
-    path = Path(weights).expanduser()
+    path = Path(os.path.expandvars(str(weights))).expanduser()  # $ENV_VARS allowed, as in experiment paths
     if not path.is_file():
         raise MissingResource(f"{path}: REPA teacher weights not found (train.repa.weights); nothing is downloaded here: "
                               f"put the state dict of {spec!r} there (REPA never trains against a random teacher)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..pipeline import Report, Sweep, Table, write_manifest, write_report
 from ..plots import plt
 from ..records import write_atomic
 from ..schema import Kind, RunOptions, revalidate
-from .config import ConvergenceExperiment, TrainExperiment, settings_dict
+from .config import Arm, ConvergenceExperiment, TrainExperiment, settings_dict
 from .distributed import close_world, init_world
 from .loop import RunResult, read_log, train_model
 from .validation import pose_swap_drop, trivial_baselines
@@ -284,16 +285,44 @@ def measure_cost(exp: ConvergenceExperiment, arm_name: str) -> dict[str, Any]:
             "latency_iqr_ms": timing["latency_iqr_ms"], "noisy": timing["noisy"]}
 
 
+def write_validation_index(exp: ConvergenceExperiment, out_dir: Path) -> Path:
+    """The validation scenes and views as an evaluation index (RealEstate10K index format), so that
+    `make eval` scores the trained checkpoints on exactly the split the study validated on."""
+    from ..data import save_evaluation_index
+    from .data import open_sources, validation_index
+    path = out_dir / "validation_index.json"
+    save_evaluation_index(validation_index(open_sources(exp.data, cache=False)[1], exp.data), path)
+    return path
+
+
+def unavailable(arm: Arm) -> str:
+    """Why an arm cannot train on this machine (its REPA teacher's weights are not there), or ''.
+    Such an arm is skipped with one line: never trained against a random teacher."""
+    repa = arm.train.get("repa")
+    if not repa:
+        return ""
+    weights = os.path.expandvars(str(repa.get("weights", "")))
+    if "$" in weights or not Path(weights).is_file():
+        return (f"arm {arm.name} skipped: REPA teacher weights {repa.get('weights')!r} not found"
+                + (f" ({weights})" if weights != repa.get("weights") and "$" not in weights else "")
+                + (f"; {arm.description}" if arm.description else ""))
+    return ""
+
+
 def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataFrame | None:
     if options.preset:
         exp = revalidate(exp, preset=options.preset)
     world = init_world(exp.train.device)
     try:
         sweep = Sweep(exp.results_dir(), exp.name, writer=world.is_main)
-        arms, seeds = exp.study_arms(), exp.run_seeds()
+        skipped = [reason for reason in map(unavailable, exp.study_arms()) if reason]
+        for reason in skipped:
+            print(f"{exp.name}: {reason}")
+        arms, seeds = [arm for arm in exp.study_arms() if not unavailable(arm)], exp.run_seeds()
         by_name = {arm.name: arm for arm in arms}
-        # One seed: runs/<arm>; several: runs/<arm>/seed<k>.
-        run_dirs = {(arm.name, seed): sweep.out_dir / "runs" / arm.name / (f"seed{seed}" if len(seeds) > 1 else "")
+        # Seeds not given: runs/<arm>; given: runs/<arm>/seed<k> (so that runs of one seed at a time land
+        # where the run of all seeds looks for them).
+        run_dirs = {(arm.name, seed): sweep.out_dir / "runs" / arm.name / (f"seed{seed}" if exp.seeds else "")
                     for arm in arms for seed in seeds}
         trivial_point = {"trivial": exp.data.model_dump(), "sigmas": list(exp.blur_sigmas)}
         # Seed-major: every arm's first seed is trained before any second seed.
@@ -305,6 +334,7 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
         points = [trivial_point, *train_points, *cost_points]
         if world.is_main:
             write_manifest(sweep.out_dir, exp, {"world_size": world.size})
+            write_validation_index(exp, sweep.out_dir)
 
         def measure(point: dict[str, Any]) -> dict[str, Any]:
             if "trivial" in point:
@@ -338,7 +368,7 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
         finals = [r for r in rows if "arm" in r and r["status"] == "ok"]
         costs = {r["cost"]: r for r in rows if "cost" in r and r["status"] == "ok"}
         report, summary = convergence_report(exp, finals, trivial, costs, run_dirs)
-        report.notes[:0] = [f"failed: {label_of(r)}: {r['error']}" for r in rows if r["status"] != "ok"]
+        report.notes[:0] = [f"failed: {label_of(r)}: {r['error']}" for r in rows if r["status"] != "ok"] + skipped
         missing = len(train_points) - len(finals)
         if missing:
             report.notes.insert(0, f"{missing} of {len(train_points)} runs not finished yet (rerun to resume)")

@@ -108,7 +108,8 @@ def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -
         raise ConfigError(f"{spec.name}: variants: {missing[0]!r} is not trained by {trained_path}")
     if len(trained.run_seeds()) != 1:
         raise ConfigError(f"{spec.name}: {trained_path} trains several seeds; name a single-seed study")
-    checkpoints = {v: trained.results_dir() / "runs" / arms[v] / "checkpoint.pt" for v in spec.variants}
+    seed_dir = f"seed{trained.run_seeds()[0]}" if trained.seeds else ""  # the layout run_convergence writes
+    checkpoints = {v: trained.results_dir() / "runs" / arms[v] / seed_dir / "checkpoint.pt" for v in spec.variants}
     absent = [str(p) for p in checkpoints.values() if not p.is_file()]
     if absent:
         raise MissingResource(f"{spec.name}: checkpoint {absent[0]} not found; train the models first "
