@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 PRESET ?=
 preset_flag = $(if $(PRESET),--preset $(PRESET),)
 
-.PHONY: help bench test models flops speed kv-cache efficiency-table gpu-check eval table-re10k preview convergence speed-check op-profile
+.PHONY: help bench test models flops speed kv-cache efficiency-table gpu-check eval table-re10k table-objects preview convergence \
+	depth-study view-generalization ablations paper speed-check op-profile
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,7 +48,7 @@ RE10K_DIR ?=
 RE10K_INDEX ?= $(if $(RE10K_DIR),$(RE10K_DIR)/evaluation_index_re10k.json,)
 CHECKPOINTS ?=
 SCENES ?=
-eval: $(STAMP)  ## PSNR/SSIM/LPIPS on the synthetic evaluation split -> results/eval/ (CHECKPOINT=path; none: random-init models)
+eval: $(STAMP)  ## PSNR/SSIM/LPIPS of the convergence checkpoints on its held-out split -> results/eval/ (CHECKPOINT= another of ours)
 	$(PY) -m harness run experiments/eval_synthetic.yaml $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(preset_flag)
 
 table-re10k: $(STAMP)  ## RealEstate10K table beside the published one (RE10K_DIR=, optional CHECKPOINTS='model=path ...', SCENES=N)
@@ -58,6 +59,24 @@ preview: $(STAMP)  ## PNG grid of synthetic object and room scenes -> results/pr
 
 convergence: $(STAMP)  ## train the three variants on one budget (CPU, synthetic objects) -> results/convergence/ (about 25 min on 2 cores)
 	$(PY) -m harness run experiments/convergence.yaml
+
+view-generalization: $(STAMP)  ## the convergence models evaluated with N = 1..12 input views (needs make convergence) -> results/view_generalization/
+	$(PY) -m harness run experiments/view_generalization.yaml
+
+depth-study: $(STAMP)  ## LVSM depth ablations (enc-dec split, decoder-only depth) at the convergence scale -> results/depth_study/ (about 35 min)
+	$(PY) -m harness run experiments/depth_study.yaml
+
+ablations: $(STAMP)  ## Efficient-LVSM ablation arms x 2 seeds (REPA needs REPA_TEACHER_WEIGHTS=) -> results/ablations/ (about 1-2 h on 2 cores)
+	$(PY) -m harness run experiments/ablations.yaml
+
+OBJECTS_DIR ?=
+OBJECTS_SET ?= gso
+OBJECTS_FORMAT ?= lvsm_json
+table-objects: $(STAMP)  ## object-level table on a folder of posed renders (OBJECTS_DIR=, OBJECTS_SET=gso|abo, OBJECTS_FORMAT=, CHECKPOINTS=)
+	OBJECTS_DIR="$(OBJECTS_DIR)" $(PY) -m harness run experiments/table_objects.yaml --set card_table=objects_$(OBJECTS_SET) --set data.source=$(OBJECTS_FORMAT) $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(if $(SCENES),--set data.max_scenes=$(SCENES)) $(preset_flag)
+
+paper: $(STAMP)  ## every paper study that fits this machine (others skipped with one line each), then results/README.md
+	$(PY) -m harness paper
 
 speed-check: $(STAMP)  ## forward GFLOP/s as a fraction of torch.mm vs the official code's (issue 12), 2 threads -> results/speed_check/
 	$(PY) -m harness.speed_check

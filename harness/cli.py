@@ -3,6 +3,7 @@
     run FILE [--set KEY=VALUE]... [--preset P] [--checkpoint [MODEL=]PATH]... [--plugin PATH]... [--no-progress]
     ls {models,kinds,sources,presets} [--plugin PATH]...
     validate FILE... [--plugin PATH]...
+    paper [--index-only]
     preview [--out PNG] [--source NAME]... [--scenes K] [--views V] [--size S] [--seed N]
 
 A user mistake (any HarnessError) prints one line `error: ...` and exits 2; `--debug` shows its
@@ -98,6 +99,16 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _paper(args: argparse.Namespace) -> int:
+    from .paper import run_all, write_index
+    from .plugins import load_plugins
+    load_plugins(args.plugin)
+    if not args.index_only:
+        run_all(args.experiments, progress=not args.no_progress)
+    print(f"paper: wrote {write_index(args.experiments, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lvsm-bench", description="lvsm-bench: LVSM-family benchmark harness")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a user error too")
@@ -123,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", parents=[plugin, overrides], help="check experiment YAMLs without running them")
     p.add_argument("experiments", nargs="+", metavar="FILE")
     p.set_defaults(func=_validate)
+    p = sub.add_parser("paper", parents=[plugin], help="run every paper study that fits this machine, then write results/README.md")
+    p.add_argument("--index-only", action="store_true", help="only rebuild results/README.md from the recorded rows")
+    p.add_argument("--experiments", default="experiments", help="folder of experiment YAMLs")
+    p.add_argument("--out", default="results/README.md")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_paper)
     p = sub.add_parser("preview", help="PNG grid of a few synthetic scenes and their views")
     p.add_argument("--out", default="results/preview/preview.png")
     p.add_argument("--source", action="append", default=None, help="data source(s) to show (default: both synthetic ones)")

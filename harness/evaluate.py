@@ -65,6 +65,7 @@ class EvaluateSpec(ExperimentBase):
     seed: int = 0  # initialisation seed of random-init models
     grid_scenes: NonNegative = 3
     card_table: str = ""  # the variants' card table printed beside ours (e.g. re10k)
+    requires: str = ""  # how to provide a checkpoint that is not there (e.g. the make target that trains it)
     published: Published[QualityRow] | None = None
 
     @model_validator(mode="after")
@@ -208,6 +209,10 @@ class Evaluation:
         self.device = resolve_device(spec.device)
         self.dtype = default_dtype(self.device) if spec.dtype == "auto" else spec.dtype
         self.environment = environment(self.device)
+        for model in spec.models:  # every checkpoint is there before anything is evaluated or written
+            if model.checkpoint and not Path(_expand(model.checkpoint)).is_file():
+                raise MissingResource(f"{spec.name}: checkpoint {_expand(model.checkpoint)} of {model.label or model.name} not found"
+                                      + (f"; {' '.join(spec.requires.split())}" if spec.requires else ""))
         self.data = resolve_data(spec.data)  # before the output directory exists: missing data writes nothing
         self.sweep = Sweep(spec.results_dir(), spec.name, context=self.environment, skip=("ok",))
         self.index = self.data.index
@@ -380,6 +385,12 @@ class Evaluation:
         notes = self.notes(failures)
         title = f"{self.spec.name}: image quality ({self.spec.data.source})"
         result = Report(title, notes, [Table("summary", title, self.with_published(summary), notes)])
+        for row in summary.itertuples():
+            if row.psnr is not None and row.psnr == row.psnr:
+                published = model_card(row.model).published.get(self.spec.card_table) if row.model in list_models() else None
+                result.headlines.append(f"{row.model} ({row.weights}): PSNR {row.psnr:.2f} dB, SSIM {row.ssim:.3f}"
+                                        + (f", LPIPS {row.lpips:.3f}" if row.lpips is not None and row.lpips == row.lpips else "")
+                                        + (f"; published {published.values.get('psnr')} dB ({published.source})" if published else ""))
         if self.spec.grid_scenes and grid_renders:
             result.figures["grid.png"] = lambda: self.grid_figure(grid_renders)
         return result
@@ -455,12 +466,11 @@ def run_evaluation(spec: EvaluateSpec, options: RunOptions) -> EvaluationResult 
     try:
         evaluation = Evaluation(spec, progress=options.progress)
     except MissingResource as missing:
-        log.warning("%s: not run: %s", spec.name, missing)
         print(f"{spec.name}: not run: {missing}")
         return None
     result = evaluation.run()
-    print(f"{spec.name}: {result.computed} scene evaluations computed, {result.failed} failed, "
-          f"the rest resumed from {evaluation.sweep.store.path}")
+    log.info("%s: %d scene evaluations computed, %d failed, the rest resumed from %s", spec.name, result.computed,
+             result.failed, evaluation.sweep.store.path)
     return result
 
 

@@ -192,6 +192,8 @@ def write_report(report: Report, out_dir: str | Path, stream=None) -> dict[str, 
         if figure is not None:
             paths[name] = save_figure(figure, out_dir / name)
     console += report.headlines
+    # The paper index (results/README.md) quotes these lines beside the published numbers.
+    write_atomic(out_dir / "headlines.md", "".join(f"- {line}\n" for line in report.headlines))
     if paths:
         console.append("wrote " + ", ".join(str(p) for p in paths.values()))
     print("\n".join(console), file=stream or sys.stdout)

@@ -123,6 +123,18 @@ class Published(Spec, Generic[Row]):
     rows: list[Row] = []
 
 
+class PaperEntry(Spec):
+    """A table or figure of the papers that an experiment reproduces, for the paper index
+    (results/README.md): its title, where the published one is, the make target, and what it needs
+    beyond this machine (environment variables that point at data or weights, a CUDA device)."""
+    title: str
+    published: str
+    target: str
+    needs_env: list[str] = []
+    needs_cuda: bool = False
+    needs: str = ""  # how to provide what is missing, in words
+
+
 class ExperimentBase(Spec):
     """Keys every experiment has."""
     kind: str
@@ -131,6 +143,7 @@ class ExperimentBase(Spec):
     output_dir: str = ""
     plugins: list[str] = []
     source_file: str = ""  # the YAML it was read from (set by the loader; paths in it are relative to it)
+    paper: list[PaperEntry] = []  # the paper tables / figures this experiment covers
 
     def results_dir(self) -> Path:
         return Path(self.output_dir or f"results/{self.name}")

@@ -21,6 +21,7 @@ KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values 
 
 EFFICIENT_LVSM_PAPER = 'Jia et al., "Efficient-LVSM", ICLR 2026'
 EFFICIENT_LVSM_CODE = "Efficient-LVSM release (non-commercial licence)"
+OBJECTS_UNVERIFIED = "secondary summaries of the Efficient-LVSM paper (objects, 512 px): unverified"
 
 
 @register("efficient_lvsm", card=ModelCard(
@@ -29,9 +30,8 @@ EFFICIENT_LVSM_CODE = "Efficient-LVSM release (non-commercial licence)"
     published={
         "re10k": Published("Efficient-LVSM release README (256 checkpoint; RealEstate10K, 2 input views, 256x256)",
                            {"psnr": 28.93, "ssim": 0.895, "lpips": 0.102}),
-        "objects": Published("secondary summaries of the Efficient-LVSM paper (512 px; ABO and GSO): unverified",
-                             {"abo_psnr": 32.65, "abo_ssim": 0.951, "abo_lpips": 0.042,
-                              "gso_psnr": 32.92, "gso_ssim": 0.973, "gso_lpips": 0.021}),
+        "objects_abo": Published(OBJECTS_UNVERIFIED, {"psnr": 32.65, "ssim": 0.951, "lpips": 0.042}),
+        "objects_gso": Published(OBJECTS_UNVERIFIED, {"psnr": 32.92, "ssim": 0.973, "lpips": 0.021}),
         "efficiency": Published(EFFICIENCY_SOURCE, {"params_m": 199, "latency_ms": 24.78, "gflops_thop": 1325}),
     }))
 class EfficientLVSM(NVSModel):

@@ -32,7 +32,7 @@ LVSM_PAPER = 'Jin et al., "LVSM: A Large View Synthesis Model with Minimal 3D In
 LVSM_TABLE_1 = "LVSM paper Table 1 (RealEstate10K, 2 input views, 256x256)"
 EFFICIENCY_SOURCE = ("Efficient-LVSM release README, efficiency table (GPU, view setting and resolution not stated; "
                      "GFLOPs counted with thop: linear layers only)")
-OBJECTS_SOURCE = "LVSM paper, object-level table (512 px; ABO and GSO)"
+OBJECTS_SOURCE = "LVSM paper, object-level table (512 px)"
 
 
 @register("lvsm_decoder_only", card=ModelCard(
@@ -40,8 +40,8 @@ OBJECTS_SOURCE = "LVSM paper, object-level table (512 px; ABO and GSO)"
     code="github.com/Haian-Jin/LVSM (non-commercial licence)", official_params=170_795_520,
     published={
         "re10k": Published(LVSM_TABLE_1, {"psnr": 29.67, "ssim": 0.906, "lpips": 0.098}),
-        "objects": Published(OBJECTS_SOURCE, {"abo_psnr": 32.10, "abo_ssim": 0.938, "abo_lpips": 0.045,
-                                              "gso_psnr": 32.36, "gso_ssim": 0.962, "gso_lpips": 0.028}),
+        "objects_abo": Published(OBJECTS_SOURCE, {"psnr": 32.1, "ssim": 0.938, "lpips": 0.045}),
+        "objects_gso": Published(OBJECTS_SOURCE, {"psnr": 32.36, "ssim": 0.962, "lpips": 0.028}),
         "efficiency": Published(EFFICIENCY_SOURCE, {"params_m": 177, "latency_ms": 109.37, "gflops_thop": 8523}),
     }))
 class LVSMDecoderOnly(NVSModel):

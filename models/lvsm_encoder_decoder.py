@@ -20,8 +20,8 @@ from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, T
     code="github.com/Haian-Jin/LVSM (non-commercial licence)", official_params=173_154_816,
     published={
         "re10k": Published(LVSM_TABLE_1, {"psnr": 28.58, "ssim": 0.893, "lpips": 0.114}),
-        "objects": Published(OBJECTS_SOURCE, {"abo_psnr": 29.81, "abo_ssim": 0.913, "abo_lpips": 0.065,
-                                              "gso_psnr": 29.32, "gso_ssim": 0.933, "gso_lpips": 0.052}),
+        "objects_abo": Published(OBJECTS_SOURCE, {"psnr": 29.81, "ssim": 0.913, "lpips": 0.065}),
+        "objects_gso": Published(OBJECTS_SOURCE, {"psnr": 29.32, "ssim": 0.933, "lpips": 0.052}),
     }))
 class LVSMEncoderDecoder(NVSModel):
     depth_fields = {"encoder_depth": "encoder", "decoder_depth": "decoder"}

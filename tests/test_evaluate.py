@@ -278,3 +278,35 @@ def test_a_model_that_fails_everywhere_exits_1_with_its_reason(tmp_path, monkeyp
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert int(summary.loc[0, "failed"]) == SCENES and summary.loc[0, "source"].startswith("not measured")
     assert "shape mismatch (simulated)" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def _fake_object_renders(root: Path, scenes: int = 2, views: int = 8) -> None:
+    """GSO/ABO-style renders in LVSM's layout: images/<scene>/*.png + metadata/<scene>.json (w2c, pixel fxfycxcy)."""
+    from harness.data import open_source
+    source = open_source("synthetic_object", count=scenes, views=views, image_size=32, seed=5)
+    (root / "metadata").mkdir(parents=True)
+    for i in range(scenes):
+        scene = source[i]
+        folder = root / "images" / f"object_{i}"
+        folder.mkdir(parents=True)
+        frames = []
+        for j in range(views):
+            path = folder / f"{j:05d}.png"
+            Image.fromarray((scene.images[j].permute(1, 2, 0) * 255).round().byte().numpy()).save(path)
+            frames.append({"image_path": str(path), "fxfycxcy": scene.fxfycxcy[j].tolist(),
+                           "w2c": torch.linalg.inv(scene.c2w[j]).tolist()})
+        (root / "metadata" / f"object_{i}.json").write_text(json.dumps({"scene_name": f"object_{i}", "frames": frames}))
+
+
+def test_table_objects_runs_on_a_folder_of_renders_with_the_published_object_rows(tmp_path, monkeypatch):
+    _fake_object_renders(tmp_path / "gso")
+    monkeypatch.setenv("OBJECTS_DIR", str(tmp_path / "gso"))
+    experiment = load_experiment(Path(__file__).parent.parent / "experiments" / "table_objects.yaml",
+                                 [f"output_dir={tmp_path / 'out'}", "data.options.image_size=32", "data.n_input=2", "grid_scenes=0"])
+    evaluate.run_evaluation(experiment, RunOptions(preset="tiny", progress=False))
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    ours = summary[summary["weights"] == "random-init"]
+    assert list(ours["model"]) == ["lvsm_decoder_only", "lvsm_encoder_decoder", "efficient_lvsm"] and set(ours["scenes"]) == {2}
+    published = summary[summary["weights"] == "published"].set_index("model")
+    assert published.loc["LVSM decoder-only", "psnr"] == 32.36 and published.loc["GS-LRM (GSO)", "psnr"] == 30.52
+    assert "unverified" in published.loc["Efficient-LVSM", "source"]

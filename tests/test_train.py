@@ -296,3 +296,25 @@ def test_arm_summary_compares_with_the_reference_against_the_seed_range():
     assert summary.loc["far", "min_above_trivial_db"] == pytest.approx(2.0)
     # Pareto front: cheaper-and-better points only, by cost.
     assert pareto([1.0, 2.0, 3.0, 2.5], [10.0, 9.0, 12.0, 11.0]) == [0, 3, 2]
+
+
+def test_dino_teacher_has_the_released_checkpoints_parameter_names(tmp_path, monkeypatch):
+    from harness.train.repa import load_teacher
+    from harness.train.teachers import ViTTeacher, dino_vit_b16
+    with torch.device("meta"):
+        teacher = dino_vit_b16()
+    shapes = {k: tuple(v.shape) for k, v in teacher.state_dict().items()}
+    assert shapes["cls_token"] == (1, 1, 768) and shapes["pos_embed"] == (1, 197, 768)
+    assert shapes["patch_embed.proj.weight"] == (768, 3, 16, 16) and shapes["blocks.11.attn.qkv.weight"] == (2304, 768)
+    assert shapes["blocks.0.mlp.fc1.weight"] == (3072, 768) and "norm.bias" in shapes and "mean" not in shapes
+    assert sum(torch.Size(s).numel() for s in shapes.values()) == 85_798_656  # DINO ViT-B/16 without its head
+    # A small one through the REPA loader: weights by path ($ENV allowed), patch tokens out, class token dropped.
+    small = ViTTeacher(patch=8, dim=32, depth=1, heads=2, pretrain_size=32, image_size=32)
+    torch.save(small.state_dict(), tmp_path / "teacher.pt")
+    plugin = tmp_path / "teacher.py"
+    plugin.write_text("from harness.train.teachers import ViTTeacher\n"
+                      "def small():\n    return ViTTeacher(patch=8, dim=32, depth=1, heads=2, pretrain_size=32, image_size=32)\n")
+    monkeypatch.setenv("TEACHER", str(tmp_path / "teacher.pt"))
+    loaded = load_teacher(f"{plugin}:small", "$TEACHER")
+    out = loaded(torch.rand(2, 3, 16, 16))
+    assert out.shape == (2, 16, 32) and not any(p.requires_grad for p in loaded.parameters())

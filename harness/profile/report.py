@@ -198,6 +198,8 @@ def profile_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Repo
                 f"{pair} at N={spec.headline_n}, M={spec.headline_m}: latency ratio {r['latency ratio']:.3f} "
                 f"(speed-up {1 / r['latency ratio']:.2f}x), FLOPs ratio {r['FLOPs ratio']:.3f} "
                 f"({1 / r['FLOPs ratio']:.2f}x fewer), thop linear-MACs ratio {r['thop MACs ratio']:.3f}")
+        if len(ratio_notes) > 1:
+            result.headlines.append(ratio_notes[1].replace("published latency ratio", "published: latency ratio", 1))
 
     slopes = exponents(frame, "n_input", {"latency_ms": "latency exponent", "gflops": "FLOPs exponent",
                                           "work_mem_mb": "memory exponent"}, ["model", "n_target"], spec.fit_min_n)
@@ -252,6 +254,20 @@ def flops_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Report
     result.figures["flops_vs_views.png"] = lambda: loglog(
         frame, "n_input", {"gflops": "GFLOPs (2 x MAC)", "gmacs_linear_thop": "thop GMACs (linear only)"},
         "n_target", "model", spec.fit_min_n, f"forward FLOPs, preset {ctx.preset}")
+    for _, row in slopes.iterrows():
+        if row["M"] == min(spec.n_targets):
+            result.headlines.append(f"{row['model']}, M={row['M']}: FLOPs grow as N^{row.iloc[2]:.2f} at large N "
+                                    f"(N >= {spec.fit_min_n})")
+    published = card_published(spec.card_table, spec.models)
+    if len(published) >= 2:
+        a, b = (published[m] for m in list(published)[:2])
+        at = frame[(frame["n_input"] == 2) & (frame["n_target"] == 1)].set_index("model")["gmacs_linear_thop"]
+        names = list(published)[:2]
+        if set(names) <= set(at.index):
+            ours = at[names[0]] / at[names[1]]
+            result.headlines.append(f"thop GMACs {label(names[0])} / {label(names[1])} at N=2, M=1: ours {ours:.2f}x "
+                                    f"(preset {ctx.preset}); published {a['gflops_thop'] / b['gflops_thop']:.2f}x "
+                                    f"({a['gflops_thop']} / {b['gflops_thop']} GFLOPs, setting not stated; {a['source']})")
     return result
 
 
@@ -295,6 +311,15 @@ def kv_cache_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Rep
     table["cached peak MiB"] = [cached["peak_mem_mb"].get(n) for n in ns]
     table["recompute peak MiB"] = [full["peak_mem_mb"].get(n) for n in ns]
     result.tables.append(Table(spec.name, "Adding one input view: KV cache vs recomputing", blank_missing(table), notes))
+    measured = table.dropna(subset=["speed-up"])
+    if not measured.empty:
+        last = measured.iloc[-1]
+        line = (f"adding {spec.n_new} view to N={int(last['N'])} and rendering {spec.n_targets}: KV cache {last['cached ms']:.1f} ms vs "
+                f"recompute {last['recompute ms']:.1f} ms, {last['speed-up']:.1f}x (ours, {ctx.env['device']}, preset {ctx.preset})")
+        if published and int(last["N"]) in published:
+            p = published[int(last["N"])]
+            line += f"; published {p.recompute_ms / p.cached_ms:.1f}x ({p.cached_ms} vs {p.recompute_ms} ms)"
+        result.headlines.append(line)
     slopes = exponents(frame, "n_cached", {"latency_ms": "latency exponent", "gflops": "FLOPs exponent"},
                        ["model", "mode"], spec.fit_min_n)
     slopes["model"] = slopes["model"].map(label)

@@ -160,9 +160,14 @@ class EvalSplit:
     n_examples: int
 
 
+def validation_index(source, spec: TrainData) -> dict:
+    """The scenes and views every validation of a study scores: its first `eval_scenes` entries."""
+    return dict(itertools.islice(evaluation_index(source, spec).items(), spec.eval_scenes))
+
+
 def evaluation_split(source, spec: TrainData, batch_size: int) -> EvalSplit:
     from ..data import collate, evaluation_examples
-    index = dict(itertools.islice(evaluation_index(source, spec).items(), spec.eval_scenes))
+    index = validation_index(source, spec)
     examples = list(itertools.islice(evaluation_examples(source, index, normalize=spec.normalize), spec.eval_scenes))
     if not examples:
         raise ValueError(f"data.source {spec.source!r}: the evaluation split is empty")

@@ -213,6 +213,14 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
     report.tables.append(Table("trivial_predictors", "Predictors that ignore the target camera's view content, on the same "
                                "validation split", trivial_frame, notes[:2] + [
                                    "blurred_mean: the context mean blurred with the Gaussian sigma (pixels) that scores best here"]))
+    for row in summary.itertuples() if not summary.empty else ():
+        line = (f"{row.arm}: PSNR {row.psnr_mean:.2f} dB" + (f" (seeds {row.psnr_min:.2f} to {row.psnr_max:.2f})" if row.seeds > 1 else "")
+                + (f", {row.min_above_trivial_db:+.2f} dB vs the camera-ignoring bar" if row.min_above_trivial_db is not None else ""))
+        if row.diff_vs_reference_db is not None and row.diff_vs_reference_db == row.diff_vs_reference_db:
+            line += f", {row.diff_vs_reference_db:+.2f} dB vs {exp.reference} ({row.significance})"
+        if row.published is not None and row.published == row.published:
+            line += f"; published {row.published} ({row.published_source})"
+        report.headlines.append(line)
     device = finals[-1]["device"] if finals else ""
     report.figures["psnr_vs_step.png"] = lambda: curves_figure(runs, colors, best_trivial, "step", "optimizer steps")
     report.figures["psnr_vs_seconds.png"] = lambda: curves_figure(runs, colors, best_trivial, "seconds", "training wall-clock seconds")
