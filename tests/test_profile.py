@@ -314,3 +314,15 @@ output_dir: {tmp_path / 'out'}
     rows = run_experiment(path, progress=False)
     assert rows[0]["status"] == "ok" and rows[0]["sdpa_backend"] == "math" and rows[0]["compiled"] is False
     assert rows[0]["measure"]["sdpa_backend"] == "math"  # part of the point: another backend is another point
+
+
+def test_timed_runs_stop_when_the_budget_is_spent_but_never_before_the_minimum(monkeypatch):
+    """On a loaded machine (runs slower than the warm-up promised) the point is still measured, with fewer runs."""
+    from harness.profile.measure import timed_runs
+    slow = iter([400.0] * 50)
+    monkeypatch.setattr(measure_module, "time_once_ms", lambda fn, device: next(slow))
+    stats = timed_runs(lambda: None, torch.device("cpu"), runs=20, warmup=1, min_runs=3, budget_s=0.5)
+    assert stats.runs == 3  # 0.5 s is spent after 2 runs; the minimum is 3
+    fast = iter([10.0] * 50)
+    monkeypatch.setattr(measure_module, "time_once_ms", lambda fn, device: next(fast))
+    assert timed_runs(lambda: None, torch.device("cpu"), runs=20, warmup=1, min_runs=3, budget_s=0.5).runs == 20

@@ -189,8 +189,18 @@ def planned_runs(last_ms: float, runs: int, min_runs: int, budget_s: float | Non
     return max(min(runs, affordable), min(min_runs, runs))
 
 
-def timed_runs(fn: Callable[[], Any], device: torch.device, runs: int, warmup: int) -> LatencyStats:
-    return LatencyStats.from_samples([time_once_ms(fn, device) for _ in range(runs)], warmup)
+def timed_runs(fn: Callable[[], Any], device: torch.device, runs: int, warmup: int, min_runs: int | None = None,
+               budget_s: float | None = None) -> LatencyStats:
+    """Up to `runs` timed runs, stopping once `budget_s` is spent (never before `min_runs`): the count
+    adapts to the load while it is measured, not only to the warm-up's estimate."""
+    samples: list[float] = []
+    spent_ms = 0.0
+    while len(samples) < runs:
+        samples.append(time_once_ms(fn, device))
+        spent_ms += samples[-1]
+        if budget_s is not None and len(samples) >= min(min_runs or runs, runs) and spent_ms / 1e3 >= budget_s:
+            break
+    return LatencyStats.from_samples(samples, warmup)
 
 
 # --------------------------------------------------------------------------------------- memory
@@ -289,7 +299,7 @@ def measure_call(fn: Callable[[], Any], device: torch.device, dtype: str, settin
     warmed, last_ms = warm_up(step, device, settings.warmup, warm_budget)
     runs = planned_runs(last_ms, settings.runs, settings.min_runs, settings.time_budget_s)
     with PeakMemory(device) as memory:
-        stats = timed_runs(step, device, runs, warmed)
+        stats = timed_runs(step, device, runs, warmed, settings.min_runs, settings.time_budget_s)
     return {**stats.columns(settings.noisy_iqr), **memory.columns, "sdpa_backend": settings.sdpa_backend,
             "compiled": settings.compile, "compile_s": compile_s}
 
