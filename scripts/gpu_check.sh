@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One run on a CUDA machine leaves everything needed to publish the GPU numbers:
 #   1. the CUDA tests (pytest -m cuda),
-#   2. speed_vs_views, efficiency_table and kv_cache at the paper preset with bf16 autocast.
+#   2. speed_vs_views, efficiency_table and kv_cache at the paper preset with bf16 autocast: latency
+#      (CUDA events), model FLOPs, MFU against a bf16 matmul measured in the same run, peak memory and
+#      the SDPA kernel actually used; then efficiency_table again under torch.compile.
 # Tables, plots, records and the log go to $OUT when it is set, else results/gpu/; at the end
 # everything is also packed into gpu_check.tar.gz and the tables into summary.md beside it.
 # Budget: about 8 minutes on one H100. Points whose 20 runs would take longer than
@@ -49,6 +51,12 @@ for experiment in efficiency_table kv_cache speed_vs_views; do
         --set measure.device=cuda --set measure.dtype=bfloat16 --set "output_dir=$DEST/$experiment" \
         --set "measure.time_budget_s=$POINT_BUDGET_S" --set "measure.min_runs=$MIN_RUNS" --set "measure.deadline_s=${DEADLINE_S[$experiment]}"
 done
+
+echo "== efficiency_table with torch.compile (compile time reported apart from latency) ($(( $(date +%s) - start )) s so far)"
+"$PY" -m harness run experiments/efficiency_table.yaml --preset paper \
+    --set measure.device=cuda --set measure.dtype=bfloat16 --set measure.compile=true \
+    --set "output_dir=$DEST/efficiency_table_compiled" --set "measure.time_budget_s=$POINT_BUDGET_S" \
+    --set "measure.min_runs=$MIN_RUNS" --set "measure.deadline_s=${COMPILE_DEADLINE_S:-90}" || echo "gpu-check: the compiled pass failed (see above)"
 
 for md in "$DEST"/*/*.md; do printf '\n<!-- %s -->\n' "$md"; cat "$md"; done > "$DEST/summary.md"
 tar -czf "$DEST/gpu_check.tar.gz" -C "$DEST" --exclude gpu_check.tar.gz .

@@ -326,3 +326,28 @@ def test_timed_runs_stop_when_the_budget_is_spent_but_never_before_the_minimum(m
     fast = iter([10.0] * 50)
     monkeypatch.setattr(measure_module, "time_once_ms", lambda fn, device: next(fast))
     assert timed_runs(lambda: None, torch.device("cpu"), runs=20, warmup=1, min_runs=3, budget_s=0.5).runs == 20
+
+
+def test_attention_backend_is_read_off_kernel_names():
+    from harness.profile.measure import attention_backends
+    assert attention_backends(["void pytorch_flash::flash_fwd_kernel<...>", "ampere_bf16_gemm"]) == ["flash"]
+    assert attention_backends(["fmha_cutlassF_bf16_aligned_64x64_rf_sm80"]) == ["efficient"]
+    assert attention_backends(["cudnn_generated_fort_native_sdpa_sm90_flash_fprop"]) == ["cudnn"]
+    assert attention_backends(["ampere_bf16_s16816gemm_bf16 (bmm)", "softmax_warp_forward"]) == ["math"]
+    assert attention_backends(["elementwise_kernel"]) == []
+
+
+def test_profile_rows_carry_mfu_against_a_matmul_measured_in_the_same_run(tmp_path):
+    path = _write(tmp_path, f"""
+kind: profile
+models: [efficient_lvsm]
+preset: tiny
+n_inputs: [2]
+n_targets: [1]
+{MEASURE}
+output_dir: {tmp_path / 'out'}
+""")
+    row = run_experiment(path, progress=False)[0]
+    assert row["matmul_peak_tflops"] > 0 and row["sdpa_backend_used"] == "cpu"
+    assert row["mfu"] == pytest.approx(row["gflops"] / 1e3 / (row["latency_ms"] / 1e3) / row["matmul_peak_tflops"], rel=1e-6)
+    assert "MFU" in (tmp_path / "out" / "exp.md").read_text()

@@ -24,8 +24,8 @@ from ..runtime import autocast
 from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, RunOptions, Spec,
                       revalidate)
 from . import report
-from .measure import (FlopCounter, ModelCache, RunContext, compiled, input_views, measure_call, resolve_context,
-                      synthetic_views, target_views)
+from .measure import (FlopCounter, ModelCache, RunContext, compiled, input_views, matmul_peak_tflops, measure_call,
+                      resolve_context, sdpa_backend, sdpa_backend_used, synthetic_views, target_views)
 
 
 def released_variants() -> list[str]:
@@ -151,8 +151,13 @@ def forward_measure(ctx: RunContext, settings: Measurement):
             with autocast(ctx.device, ctx.dtype):
                 fns[point["model"]] = compiled(model, settings, lambda fn: fn(*views))
         fn, compile_s = fns[point["model"]]
-        return {"params": model.num_parameters(), **flops.columns(),
-                **measure_call(lambda: fn(*views), ctx.device, ctx.dtype, settings, compile_s)}
+        timing = measure_call(lambda: fn(*views), ctx.device, ctx.dtype, settings, compile_s)
+        peak = matmul_peak_tflops(ctx.device.type, ctx.dtype, torch.get_num_threads())
+        achieved = flops.counted / (timing["latency_ms"] / 1e3) / 1e12
+        with autocast(ctx.device, ctx.dtype), sdpa_backend(settings.sdpa_backend):
+            used = sdpa_backend_used(lambda: fn(*views), ctx.device)
+        return {"params": model.num_parameters(), **flops.columns(), **timing, "achieved_tflops": achieved,
+                "matmul_peak_tflops": peak, "mfu": achieved / peak, "sdpa_backend_used": used}
 
     return measure
 

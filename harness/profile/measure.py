@@ -315,6 +315,55 @@ def compiled(model: NVSModel, settings: Measurement, first_call: Callable[[Calla
     return fn, time.perf_counter() - start
 
 
+# ---------------------------------------------------------------------------- matmul peak and MFU
+# Model FLOP utilisation needs a peak to divide by. A datasheet peak says little about this card's
+# clocks and this torch build, so the peak is a large matmul in the run's dtype, measured in the same run.
+
+MATMUL_SIZE = {"cuda": 8192, "cpu": 2048}
+
+
+@functools.lru_cache(maxsize=8)
+def matmul_peak_tflops(device_type: str, dtype: str, threads: int) -> float:
+    """Median TFLOP/s of an n^3 matmul in `dtype` (bf16 on CUDA, as the profiled models run)."""
+    device = torch.device(device_type)
+    n = MATMUL_SIZE.get(device_type, 2048)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    a = torch.randn(n, n, device=device, dtype=torch_dtype)
+    b = torch.randn(n, n, device=device, dtype=torch_dtype)
+    warm_up(lambda: a @ b, device, 2)
+    times = sorted(time_once_ms(lambda: a @ b, device) for _ in range(5))
+    return 2 * n ** 3 / (times[2] / 1e3) / 1e12
+
+
+ATTENTION_KERNELS = {"flash": ("flash",), "cudnn": ("cudnn",), "efficient": ("efficient", "fmha", "mem_eff"),
+                     "math": ("bmm", "baddbmm")}
+
+
+def attention_backends(kernel_names: list[str]) -> list[str]:
+    """The SDPA backends a profile's kernel names show, each kernel counted once, in the order
+    cudnn, flash, efficient (cuDNN's names mention flash too); math shows as batched matmuls around a softmax."""
+    found: list[str] = []
+    for name in (k.lower() for k in kernel_names):
+        family = next((f for f in ("cudnn", "flash", "efficient") if any(m in name for m in ATTENTION_KERNELS[f])), None)
+        if family and family not in found:
+            found.append(family)
+    names = [k.lower() for k in kernel_names]
+    if not found and any("softmax" in n for n in names) and any(m in n for n in names for m in ATTENTION_KERNELS["math"]):
+        found = ["math"]
+    return found
+
+
+def sdpa_backend_used(fn: Callable[[], Any], device: torch.device) -> str:
+    """Which SDPA kernel one call really ran, read off torch.profiler's CUDA kernel names."""
+    if device.type != "cuda":
+        return "cpu"
+    from torch.profiler import ProfilerActivity, profile
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize(device)
+    return "+".join(attention_backends([event.key for event in prof.key_averages()])) or "unknown"
+
+
 # ------------------------------------------------------------------------------ the run's context
 
 # `auto`: the paper preset where there is a GPU to run it, `small` on a CPU.

@@ -156,6 +156,11 @@ def profile_table(frame: pd.DataFrame) -> pd.DataFrame:
         out["compile s"] = frame["compile_s"]
     out["GFLOPs"] = frame["gflops"]
     out["thop GMACs (linear only)"] = frame["gmacs_linear_thop"]
+    if "mfu" in frame and frame["mfu"].notna().any():
+        out["TFLOP/s"] = frame["achieved_tflops"]
+        out["MFU (vs measured matmul)"] = frame["mfu"]
+    if "sdpa_backend_used" in frame and frame["sdpa_backend_used"].notna().any():
+        out["SDPA kernel"] = frame["sdpa_backend_used"]
     out["params M"] = frame["params"] / 1e6
     return out
 
@@ -168,6 +173,9 @@ def profile_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Repo
                       else "process peak RSS (VmHWM reset per point via /proc/self/clear_refs); baseline = RSS before the timed runs"),
         "GFLOPs: FlopCounterMode on meta, 2 FLOPs per multiply-add, attention matmuls included; "
         "thop GMACs: linear layers only, the convention of the published GFLOPs column",
+        f"MFU: counted FLOPs / median latency, over the TFLOP/s of a {'8192' if ctx.device.type == 'cuda' else '2048'}^3 "
+        f"{ctx.dtype} matmul measured in the same run"
+        + (f" ({rows[0]['matmul_peak_tflops']:.2f} TFLOP/s)" if rows and rows[0].get("matmul_peak_tflops") else ""),
     ] + failure_notes(rows, ["model", "n_input", "n_target"]) + _unmeasured(rows, expected)
     frame = ok_frame(rows)
     result = Report(spec.name, notes)
