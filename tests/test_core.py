@@ -212,3 +212,47 @@ def test_errors_module_uses_the_standard_library_only():
     source = (ROOT / "harness" / "errors.py").read_text()
     imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
     assert imports == ["from __future__ import annotations"]
+
+
+def _module_imports(path: Path, package: str) -> set[str]:
+    """Modules of `package` imported at module level (imports inside functions are deferred on purpose)."""
+    import ast
+    tree = ast.parse(path.read_text())
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    base = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                parent = base.rsplit(".", node.level - 1)[0] if node.level > 1 else base
+                target = f"{parent}.{node.module}" if node.module else parent
+                names = [target] + ([f"{target}.{a.name}" for a in node.names] if not node.module else [])
+            else:
+                names = [node.module or ""]
+            out.update(n for n in names if n.split(".")[0] == package)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.split(".")[0] == package)
+    return out
+
+
+def test_no_import_cycles_in_the_harness():
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (ROOT / "harness").rglob("*.py")}
+    graph = {m: {i for i in _module_imports(p, "harness") if i in files and i != m} for m, p in files.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            assert state.get(nxt) != 1, "import cycle: " + " -> ".join(trail + [node, nxt])
+            if nxt not in state:
+                visit(nxt, trail + [node])
+        state[node] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [])
+    # The layers: errors at the bottom imports nothing of the harness; data never imports the experiment layer.
+    assert graph["harness.errors"] == set()
+    assert not {i for m, deps in graph.items() if m.startswith("harness.data") for i in deps} & {
+        "harness.schema", "harness.pipeline", "harness.evaluate", "harness.train", "harness.profile"}
