@@ -26,7 +26,7 @@ from tqdm import tqdm
 from models import build_model, label as variant_label, list_models, model_card
 
 from .checkpoint import is_our_checkpoint, load_checkpoint, read_torch_file
-from .errors import CheckpointError, ConfigError, HarnessError, MissingResource
+from .errors import CheckpointError, ConfigError, MissingResource
 from .metrics import METRICS, LPIPSMetric, image_metrics, mean_over_scenes, scene_means
 from .pipeline import Report, Sweep, Table, failure_status, one_line, release_memory, write_manifest, write_report
 from .provenance import environment
@@ -293,8 +293,7 @@ class Evaluation:
                 "context": self.index[scene]["context"], "target": self.index[scene]["target"]}
 
     def _record_failure(self, loaded: LoadedModel, point: dict[str, Any], error: BaseException) -> None:
-        if not isinstance(error, HarnessError) and not isinstance(error, (ValueError, RuntimeError, OSError)):
-            log.warning("evaluate %s, scene %s: %s", loaded.label, point["scene"], one_line(error))
+        log.warning("evaluate %s, scene %s failed: %s", loaded.label, point["scene"], one_line(error))
         self.sweep.record(point, self._columns(loaded, point["scene"]), failure_status(error), one_line(error))
 
     def _record_scene(self, loaded: LoadedModel, ex: Any, image: torch.Tensor, point: dict[str, Any]) -> None:
