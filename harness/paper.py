@@ -75,6 +75,9 @@ def run_all(experiments_dir: str | Path = "experiments", progress: bool = True) 
 def status(spec: ExperimentBase, paper: PaperEntry) -> str:
     rows = RecordStore(spec.results_dir() / "rows.jsonl").rows()
     ok = [r for r in rows if r.get("status") == "ok"]
+    if ok:  # the rows the current tables show: those of the latest code version recorded
+        ok = [r for r in ok if r.get("version") == ok[-1].get("version")]
+        rows = [r for r in rows if r.get("version") == ok[-1].get("version")]
     if not ok:
         lacking = missing(paper)
         return lacking or f"not run yet (`make {paper.target}`)"
