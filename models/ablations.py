@@ -53,7 +53,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 class _NotOffered:
     """Hides an inherited method: `hasattr(cls, name)` is False (so experiments that need it refuse
-    the variant at validation), and calling it on an instance raises NotImplementedError with `why`."""
+    the variant at validation), and calling it on an instance raises TypeError with `why` (an
+    AttributeError there would be swallowed by nn.Module's own attribute lookup)."""
 
     def __init__(self, why: str):
         self.why = why
@@ -67,7 +68,7 @@ class _NotOffered:
             raise AttributeError(message)
 
         def refuse(*_args, **_kwargs):
-            raise NotImplementedError(message)
+            raise TypeError(message)
         return refuse
 
 

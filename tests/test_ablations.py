@@ -188,7 +188,7 @@ def test_global_input_offers_no_kv_cache():
     assert hasattr(model_class("efficient_lvsm_shared_weights"), "incremental")
     model = build_model("efficient_lvsm_global_input", "tiny")
     _, _, _, tc, tk = random_views(1, 1, 1)
-    with pytest.raises(NotImplementedError, match="efficient_lvsm_global_input: `incremental` is not offered: input views attend"):
+    with pytest.raises(TypeError, match="efficient_lvsm_global_input: `incremental` is not offered: input views attend"):
         model.incremental(tc, tk, 32, 32)
 
 
