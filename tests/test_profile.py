@@ -301,21 +301,6 @@ def test_bf16_measurement_runs_under_bf16_autocast(name):
         assert result["runs"] == 1
 
 
-def test_sdpa_backend_and_compile_axes_are_recorded(tmp_path):
-    path = _write(tmp_path, f"""
-kind: profile
-models: [efficient_lvsm]
-preset: tiny
-n_inputs: [2]
-n_targets: [1]
-measure: {{device: cpu, warmup: 1, runs: 2, sdpa_backend: math}}
-output_dir: {tmp_path / 'out'}
-""")
-    rows = run_experiment(path, progress=False)
-    assert rows[0]["status"] == "ok" and rows[0]["sdpa_backend"] == "math" and rows[0]["compiled"] is False
-    assert rows[0]["measure"]["sdpa_backend"] == "math"  # part of the point: another backend is another point
-
-
 def test_timed_runs_stop_when_the_budget_is_spent_but_never_before_the_minimum(monkeypatch):
     """On a loaded machine (runs slower than the warm-up promised) the point is still measured, with fewer runs."""
     from harness.profile.measure import timed_runs
@@ -337,17 +322,19 @@ def test_attention_backend_is_read_off_kernel_names():
     assert attention_backends(["elementwise_kernel"]) == []
 
 
-def test_profile_rows_carry_mfu_against_a_matmul_measured_in_the_same_run(tmp_path):
+def test_profile_rows_carry_the_sdpa_axis_and_mfu_against_a_matmul_measured_in_the_same_run(tmp_path):
     path = _write(tmp_path, f"""
 kind: profile
 models: [efficient_lvsm]
 preset: tiny
 n_inputs: [2]
 n_targets: [1]
-{MEASURE}
+measure: {{device: cpu, warmup: 1, runs: 2, sdpa_backend: math}}
 output_dir: {tmp_path / 'out'}
 """)
     row = run_experiment(path, progress=False)[0]
+    assert row["status"] == "ok" and row["sdpa_backend"] == "math" and row["compiled"] is False
+    assert row["measure"]["sdpa_backend"] == "math"  # part of the point: another backend is another point
     assert row["matmul_peak_tflops"] > 0 and row["sdpa_backend_used"] == "cpu"
     assert row["mfu"] == pytest.approx(row["gflops"] / 1e3 / (row["latency_ms"] / 1e3) / row["matmul_peak_tflops"], rel=1e-6)
     assert "MFU" in (tmp_path / "out" / "exp.md").read_text()
