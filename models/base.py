@@ -60,6 +60,13 @@ class NVSModel(nn.Module):
         # verify that incremental inference never re-encodes a view.
         self.input_views_encoded = 0
 
+    def count_encoded_views(self, n: int) -> None:
+        """Count n input views as encoded. Not under torch.compile: an int attribute that changes on
+        every call is a guard that fails on every call, so the compiled model would recompile each
+        forward until it hit the recompile limit and silently ran eagerly."""
+        if not torch.compiler.is_compiling():
+            self.input_views_encoded += n
+
     def check_views(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy) -> tuple[int, int, int, int, int]:
         if input_images.dim() != 5 or input_images.shape[2] != 3:
             raise ValueError(f"input_images: expected shape [b, n, 3, h, w], got {list(input_images.shape)}")

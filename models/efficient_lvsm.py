@@ -76,7 +76,7 @@ class EfficientLVSM(NVSModel):
 
     def forward(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy):
         b, n, m, h, w = self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
-        self.input_views_encoded += n
+        self.count_encoded_views(n)
         inputs = self._tokens(input_images, input_c2w, input_fxfycxcy)  # [b*n, P, d]
         targets = self._target_tokens(target_c2w, target_fxfycxcy, h, w)  # [b*m, P, d]
         for target_block, context in zip(self.target_blocks, self.context_states(inputs)):
@@ -97,7 +97,7 @@ class EfficientLVSM(NVSModel):
         """Run new input views [b, k, ...] through the input stream once; return, per layer, the
         cross-attention keys and values that a KV cache stores."""
         b, k = images.shape[:2]
-        self.input_views_encoded += k
+        self.count_encoded_views(k)
         tokens = self._tokens(images, c2w, fxfycxcy)
         return [target_block.context_keys_values(context.reshape(b, -1, context.shape[-1]))
                 for target_block, context in zip(self.target_blocks, self.context_states(tokens))]

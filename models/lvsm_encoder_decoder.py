@@ -55,7 +55,7 @@ class LVSMEncoderDecoder(NVSModel):
     def encode(self, input_images, input_c2w, input_fxfycxcy) -> torch.Tensor:
         """The scene as latent tokens [b, n_latents, dim]; no LayerNorm in front of the encoder."""
         b, n = input_images.shape[:2]
-        self.input_views_encoded += n
+        self.count_encoded_views(n)
         d, n_latents = self.config.dim, self.config.n_latents
         inputs = self.input_tokenizer(input_view_features(input_images, input_c2w, input_fxfycxcy)).reshape(b, -1, d)
         seq = torch.cat([self.latents.unsqueeze(0).expand(b, -1, -1).to(inputs.dtype), inputs], dim=1)

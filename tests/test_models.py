@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import VARIANTS, load_fixture, random_views
-from models import build_model, load_official, model_card, model_class, pixel_rays, preset
+from models import build_model, list_models, load_official, model_card, model_class, pixel_rays, preset
 from models.official import convert_official_state_dict, unwrap_checkpoint
 
 # The official paper-size parameter counts live on the variants' cards.
@@ -264,3 +264,20 @@ def test_ablation_loads_official_efficient_weights():
     f = load_fixture("efficient_lvsm")
     model = load_official("efficient_lvsm_final_context", f["config"], f["state_dict"])
     assert len(model.target_blocks) == 2 and model.num_parameters() == 303_296
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_compiled_model_runs_again_without_recompiling(name):
+    """A guard that fails on every call (a Python counter bumped in forward, say) makes dynamo
+    recompile each call and, past its limit, run eagerly without a word: compiled timings would be eager."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model(name, "tiny").eval()
+    views = random_views(1, 2, 2, size=model.config.image_size)
+    fn = torch.compile(model, backend="eager")
+    with torch.no_grad():
+        first = fn(*views)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            again = fn(*views)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    torch.testing.assert_close(again, model(*views), rtol=0, atol=1e-6)

@@ -338,3 +338,33 @@ output_dir: {tmp_path / 'out'}
     assert row["matmul_peak_tflops"] > 0 and row["sdpa_backend_used"] == "cpu"
     assert row["mfu"] == pytest.approx(row["gflops"] / 1e3 / (row["latency_ms"] / 1e3) / row["matmul_peak_tflops"], rel=1e-6)
     assert "MFU" in (tmp_path / "out" / "exp.md").read_text()
+
+
+def test_compiled_points_compile_outside_the_timing_and_a_timed_call_may_not_recompile(tmp_path, monkeypatch):
+    """Each point's first call compiles for its shapes (compile_s); the timed calls would fail
+    rather than recompile (and be timed compiling) or silently run eagerly."""
+    torch._dynamo.reset()
+    eager_backend = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: eager_backend(model, backend="eager"))  # no C++ build in tests
+    path = _write(tmp_path, f"""
+kind: profile
+models: [lvsm_decoder_only]
+preset: tiny
+n_inputs: [1, 2]
+n_targets: [1]
+measure: {{device: cpu, warmup: 1, runs: 2, compile: true}}
+output_dir: {tmp_path / 'out'}
+""")
+    rows = run_experiment(path, progress=False)
+    assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["compiled"] and r["compile_s"] > 0 for r in rows)
+
+    torch._dynamo.reset()
+    settings = Measurement(device="cpu", compile=True)
+    model = build_model("lvsm_decoder_only", "tiny").eval()
+    fn, compile_s = measure_module.first_call(measure_module.compiled(model, settings), settings,
+                                              lambda f: f(*synthetic_views(1, 1, 1, 32, "cpu")))
+    assert compile_s > 0
+    with torch.no_grad():
+        fn(*synthetic_views(1, 1, 1, 32, "cpu"))  # same shapes: no recompile
+        with pytest.raises(torch._dynamo.exc.RecompileError):
+            fn(*synthetic_views(1, 3, 1, 32, "cpu"))

@@ -304,15 +304,31 @@ def measure_call(fn: Callable[[], Any], device: torch.device, dtype: str, settin
             "compiled": settings.compile, "compile_s": compile_s}
 
 
-def compiled(model: NVSModel, settings: Measurement, first_call: Callable[[Callable], Any]) -> tuple[Callable, float | None]:
-    """The callable to time, and the seconds torch.compile took (its first call), kept out of every latency."""
+def compiled(model: NVSModel, settings: Measurement) -> Callable:
+    """What a point calls: the model, or the model under torch.compile (compiled per shape on first use)."""
+    return torch.compile(model) if settings.compile else model
+
+
+def first_call(fn: Callable, settings: Measurement, call: Callable[[Callable], Any]) -> tuple[Callable, float | None]:
+    """For a compiled `fn`: make the point's first call, which compiles for its shapes, and return
+    the callable to time with the seconds that call took (`compile_s`, kept out of every latency).
+
+    Past its recompile limit dynamo runs a function eagerly without saying so, and a recompile
+    inside the timed runs would be timed as latency; either would pass eager or compile time off
+    as compiled speed. So the first call fails instead of falling back, and the returned callable
+    fails if it would recompile."""
     if not settings.compile:
-        return model, None
-    fn = torch.compile(model)
+        return fn, None
     start = time.perf_counter()
-    with torch.no_grad():
-        first_call(fn)
-    return fn, time.perf_counter() - start
+    with torch.no_grad(), torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        call(fn)
+    compile_s = time.perf_counter() - start
+
+    def without_recompiling(*args, **kwargs):
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            return fn(*args, **kwargs)
+
+    return without_recompiling, compile_s
 
 
 # ---------------------------------------------------------------------------- matmul peak and MFU
