@@ -18,6 +18,7 @@ from harness.profile.measure import FlopCounter, PeakMemory, measure_call, plann
 from harness.profile.report import growth_exponent
 from harness.records import RecordStore
 from harness.schema import Measurement, load_experiment, run_experiment
+import models
 from models import PRESETS, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -368,3 +369,18 @@ output_dir: {tmp_path / 'out'}
         fn(*synthetic_views(1, 1, 1, 32, "cpu"))  # same shapes: no recompile
         with pytest.raises(torch._dynamo.exc.RecompileError):
             fn(*synthetic_views(1, 3, 1, 32, "cpu"))
+
+
+def test_speed_check_runs_a_git_revision_of_the_models_beside_this_code_with_the_same_weights():
+    from harness import speed_check
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    package = speed_check.baseline_package("HEAD")
+    assert package.__name__ == "baseline_models" and package.EfficientLVSM is not models.EfficientLVSM
+    torch.manual_seed(0)
+    model = build_model("efficient_lvsm", "tiny").eval()
+    twin, difference = speed_check.baseline_twin(package, model, "efficient_lvsm", 2, 1)
+    assert twin().shape == (1, 1, 3, 32, 32) and difference < 1e-5
+    assert speed_check.same_models_tree("HEAD", "HEAD") and not speed_check.same_models_tree("HEAD", "no-such-revision")
+    with pytest.raises(SystemExit, match="--baseline no-such-revision"):
+        speed_check.baseline_package("no-such-revision")
