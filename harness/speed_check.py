@@ -306,7 +306,7 @@ def baseline_notes(rev: str, issue_ratios: bool) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.speed_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, as the official figures)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed (mm, forward) pairs per point (default 7)")
+    parser.add_argument("--repeats", type=int, default=9, help="timed rounds (mm, forward, baseline forward) per point (default 9)")
     parser.add_argument("--out", default="results/speed_check", help="output folder (default results/speed_check)")
     parser.add_argument("--baseline", default=ISSUE_CODE_REV,
                         help="git revision whose models/ to time beside this code, or 'none' (default: the code issue 12 measured)")
