@@ -78,8 +78,9 @@ table-objects: $(STAMP)  ## object-level table on a folder of posed renders (OBJ
 paper: $(STAMP)  ## every paper study that fits this machine (others skipped with one line each), then results/README.md
 	$(PY) -m harness paper
 
-speed-check: $(STAMP)  ## forward GFLOP/s as a fraction of torch.mm vs the official code's (issue 12), 2 threads -> results/speed_check/
+speed-check: $(STAMP)  ## issue 12: GFLOP/s as a fraction of torch.mm and speed-up over the code the issue measured, native and AVX2 paths (about 6 min) -> results/speed_check/
 	$(PY) -m harness.speed_check
+	$(PY) -m harness.speed_check --isa avx2 --no-compile --out results/speed_check/avx2
 
 op-profile: $(STAMP)  ## torch.profiler top ops and bytes copied per forward, per variant -> results/op_profile/
 	$(PY) -m harness.op_profile

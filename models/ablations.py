@@ -30,7 +30,7 @@ from .layers import (Attention, HeadRMSNorm, SelfAttentionBlock, SelfCrossBlock,
                      merge_heads)
 from .lvsm_decoder_only import LVSM_PAPER, LVSMDecoderOnly
 from .registry import ModelCard, register
-from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer, input_view_features, target_view_features
+from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer
 
 MMDIT_PAPER = 'Esser et al., "Scaling Rectified Flow Transformers for High-Resolution Image Synthesis" (MM-DiT), ICML 2024'
 
@@ -116,9 +116,9 @@ class EfficientLVSMGlobalInput(EfficientLVSM):
     incremental = _NotOffered("input views attend to each other, so adding a view changes the cached states of the others")
     encode_views = _NotOffered("input views attend to each other, so views cannot be encoded separately")
 
-    def _tokens(self, input_images, input_c2w, input_fxfycxcy) -> torch.Tensor:
+    def input_tokens(self, input_images, input_c2w, input_fxfycxcy) -> torch.Tensor:
         """[b, n*P, d]: one sequence per scene; the target blocks read it as they read [b*n, P, d]."""
-        tokens = super()._tokens(input_images, input_c2w, input_fxfycxcy)
+        tokens = super().input_tokens(input_images, input_c2w, input_fxfycxcy)
         return tokens.reshape(input_images.shape[0], -1, tokens.shape[-1])
 
     def input_stream_flops(self, n_input: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
@@ -216,8 +216,8 @@ class MMDiTJoint(NVSModel):
         b, n, m, h, w = self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
         self.count_encoded_views(n)
         d = self.config.dim
-        inputs = self.input_tokenizer(input_view_features(input_images, input_c2w, input_fxfycxcy)).reshape(b, -1, d)
-        targets = self.target_tokenizer(target_view_features(target_c2w, target_fxfycxcy, h, w)).reshape(b, m, -1, d)
+        inputs = self.input_tokens(input_images, input_c2w, input_fxfycxcy).reshape(b, -1, d)
+        targets = self.target_tokens(target_c2w, target_fxfycxcy, h, w).reshape(b, m, -1, d)
         blocks = [functools.partial(block, split=inputs.shape[1]) for block in self.blocks]
         return self.render_target_sequences(inputs, targets, nn.Identity(), blocks, targets_first=False,
                                             chunk=target_chunk or self.target_chunk, height=h, width=w)

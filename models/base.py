@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
+from .tokens import input_view_features, target_view_features
 
 
 def _expect_shape(tensor: torch.Tensor, name: str, expected: tuple) -> None:
@@ -117,6 +118,15 @@ class NVSModel(nn.Module):
             out = seq[:, :p] if targets_first else seq[:, -p:]
             renders.append(self.head(out, height, width).reshape(b, views, 3, height, width))
         return torch.cat(renders, dim=1)
+
+    # Every variant has an `input_tokenizer` and a `target_tokenizer` and feeds them the same features.
+    def input_tokens(self, images: torch.Tensor, c2w: torch.Tensor, fxfycxcy: torch.Tensor) -> torch.Tensor:
+        """Input views [b, n, ...] -> tokens [b*n, P, dim]."""
+        return self.input_tokenizer(input_view_features(images, c2w, fxfycxcy))
+
+    def target_tokens(self, c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Target cameras [b, m, ...] -> tokens [b*m, P, dim]."""
+        return self.target_tokenizer(target_view_features(c2w, fxfycxcy, height, width))
 
     def view_tokens(self, image_size: int | None) -> int:
         size = image_size or self.config.image_size

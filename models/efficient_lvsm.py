@@ -14,7 +14,7 @@ from .config import ModelConfig
 from .layers import SelfAttentionBlock, SelfCrossBlock, init_depth_scaled, init_weights
 from .lvsm_decoder_only import EFFICIENCY_SOURCE
 from .registry import ModelCard, Published, register
-from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer, input_view_features, target_view_features
+from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer
 
 KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [b, heads, n*P, head_dim]
 
@@ -68,17 +68,11 @@ class EfficientLVSM(NVSModel):
         if c.depth_init:
             init_depth_scaled(self.target_blocks)
 
-    def _tokens(self, input_images, input_c2w, input_fxfycxcy) -> torch.Tensor:
-        return self.input_tokenizer(input_view_features(input_images, input_c2w, input_fxfycxcy))
-
-    def _target_tokens(self, target_c2w, target_fxfycxcy, height: int, width: int) -> torch.Tensor:
-        return self.target_tokenizer(target_view_features(target_c2w, target_fxfycxcy, height, width))
-
     def forward(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy):
         b, n, m, h, w = self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
         self.count_encoded_views(n)
-        inputs = self._tokens(input_images, input_c2w, input_fxfycxcy)  # [b*n, P, d]
-        targets = self._target_tokens(target_c2w, target_fxfycxcy, h, w)  # [b*m, P, d]
+        inputs = self.input_tokens(input_images, input_c2w, input_fxfycxcy)  # [b*n, P, d]
+        targets = self.target_tokens(target_c2w, target_fxfycxcy, h, w)  # [b*m, P, d]
         for target_block, context in zip(self.target_blocks, self.context_states(inputs)):
             keys, values = target_block.context_keys_values(context.reshape(b, -1, context.shape[-1]))
             targets = self.run_block(target_block, targets, keys, values, m)
@@ -98,13 +92,13 @@ class EfficientLVSM(NVSModel):
         cross-attention keys and values that a KV cache stores."""
         b, k = images.shape[:2]
         self.count_encoded_views(k)
-        tokens = self._tokens(images, c2w, fxfycxcy)
+        tokens = self.input_tokens(images, c2w, fxfycxcy)
         return [target_block.context_keys_values(context.reshape(b, -1, context.shape[-1]))
                 for target_block, context in zip(self.target_blocks, self.context_states(tokens))]
 
     def render_from_cache(self, cache: KeysValues, target_c2w, target_fxfycxcy, height: int, width: int) -> torch.Tensor:
         b, m = target_c2w.shape[:2]
-        targets = self._target_tokens(target_c2w, target_fxfycxcy, height, width)
+        targets = self.target_tokens(target_c2w, target_fxfycxcy, height, width)
         for (keys, values), target_block in zip(cache, self.target_blocks):
             targets = target_block(targets, keys, values, m)
         return self.head(targets, height, width).reshape(b, m, RGB_CHANNELS, height, width)

@@ -9,7 +9,7 @@ from .base import NVSModel
 from .config import ModelConfig
 from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
 from .registry import ModelCard, Published, register
-from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer, input_view_features, target_view_features
+from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer
 
 # Official LVSM key renames that every LVSM block shares.
 LVSM_BLOCK_KEYS = [
@@ -71,8 +71,8 @@ class LVSMDecoderOnly(NVSModel):
         b, n, m, h, w = self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
         self.count_encoded_views(n)
         d = self.config.dim
-        inputs = self.input_tokenizer(input_view_features(input_images, input_c2w, input_fxfycxcy)).reshape(b, -1, d)
-        targets = self.target_tokenizer(target_view_features(target_c2w, target_fxfycxcy, h, w)).reshape(b, m, -1, d)
+        inputs = self.input_tokens(input_images, input_c2w, input_fxfycxcy).reshape(b, -1, d)
+        targets = self.target_tokens(target_c2w, target_fxfycxcy, h, w).reshape(b, m, -1, d)
         return self.render_target_sequences(inputs, targets, self.input_norm, self.blocks, targets_first=False,
                                             chunk=target_chunk or self.target_chunk, height=h, width=w)
 

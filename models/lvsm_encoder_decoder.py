@@ -11,7 +11,7 @@ from .config import ModelConfig
 from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
 from .lvsm_decoder_only import LVSM_BLOCK_KEYS, LVSM_PAPER, LVSM_TABLE_1, LVSM_TOKEN_KEYS, OBJECTS_SOURCE
 from .registry import ModelCard, Published, register
-from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer, input_view_features, target_view_features
+from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer
 
 
 @register("lvsm_encoder_decoder", card=ModelCard(
@@ -57,7 +57,7 @@ class LVSMEncoderDecoder(NVSModel):
         b, n = input_images.shape[:2]
         self.count_encoded_views(n)
         d, n_latents = self.config.dim, self.config.n_latents
-        inputs = self.input_tokenizer(input_view_features(input_images, input_c2w, input_fxfycxcy)).reshape(b, -1, d)
+        inputs = self.input_tokens(input_images, input_c2w, input_fxfycxcy).reshape(b, -1, d)
         seq = torch.cat([self.latents.unsqueeze(0).expand(b, -1, -1).to(inputs.dtype), inputs], dim=1)
         for block in self.encoder:
             seq = self.run_block(block, seq)
@@ -67,7 +67,7 @@ class LVSMEncoderDecoder(NVSModel):
         b, n, m, h, w = self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
         latents = self.encode(input_images, input_c2w, input_fxfycxcy)
         d = self.config.dim
-        targets = self.target_tokenizer(target_view_features(target_c2w, target_fxfycxcy, h, w)).reshape(b, m, -1, d)
+        targets = self.target_tokens(target_c2w, target_fxfycxcy, h, w).reshape(b, m, -1, d)
         # Decoder sequences put the target tokens FIRST, then the latents.
         return self.render_target_sequences(latents, targets, self.decoder_input_norm, self.decoder, targets_first=True,
                                             chunk=target_chunk or self.target_chunk, height=h, width=w)

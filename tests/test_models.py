@@ -215,13 +215,13 @@ def _two_stream_reference(model, views, final_context: bool) -> torch.Tensor:
     states after input block l (co-refinement), or to the input stream's final states (ablation)."""
     images, ic, ik, tc, tk = views
     b, m, (h, w) = images.shape[0], tc.shape[1], images.shape[-2:]
-    tokens, states = model._tokens(images, ic, ik), []
+    tokens, states = model.input_tokens(images, ic, ik), []
     for block in model.input_blocks:
         tokens = block(tokens)
         states.append(tokens)
     if final_context:
         states = [states[-1]] * len(states)
-    targets = model._target_tokens(tc, tk, h, w)
+    targets = model.target_tokens(tc, tk, h, w)
     for block, context in zip(model.target_blocks, states):
         keys, values = block.context_keys_values(context.reshape(b, -1, context.shape[-1]))
         targets = block(targets, keys, values, m)
