@@ -384,3 +384,9 @@ def test_speed_check_runs_a_git_revision_of_the_models_beside_this_code_with_the
     assert speed_check.same_models_tree("HEAD", "HEAD") and not speed_check.same_models_tree("HEAD", "no-such-revision")
     with pytest.raises(SystemExit, match="--baseline no-such-revision"):
         speed_check.baseline_package("no-such-revision")
+
+
+def test_the_kv_cache_kind_refuses_compile_rather_than_label_eager_rows_compiled():
+    with pytest.raises(ConfigError, match="compile: true is not supported by profile_kv_cache"):
+        load_experiment(ROOT / "experiments" / "kv_cache.yaml", ["measure.compile=true"])
+    assert load_experiment(ROOT / "experiments" / "kv_cache.yaml").measure.compile is False

@@ -88,6 +88,15 @@ class KVCacheSpec(CostSpec):
             raise ValueError(f"{name!r} has no KV-cache renderer (`incremental`)")
         return name
 
+    @field_validator("measure")
+    @classmethod
+    def _eager_only(cls, measure: Measurement) -> Measurement:
+        # The incremental renderer (cache concatenation, per-layer K/V) runs eagerly; rows marked
+        # compiled would compare an eager cache against nothing compiled.
+        if measure.compile:
+            raise ValueError("compile: true is not supported by profile_kv_cache (the incremental renderer runs eagerly)")
+        return measure
+
 
 class EfficiencyRow(Spec):
     """A published method that is not a registered variant (registered ones take theirs from the card)."""
