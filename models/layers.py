@@ -122,7 +122,12 @@ class MLP(nn.Module):
         self.fc_out = nn.Linear(ratio * dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(F.gelu(self.fc_in(x)))
+        hidden = self.fc_in(x)
+        # Without autograd, GELU overwrites the hidden tensor, which nothing else holds: a fresh
+        # output as wide costs new pages on every call (on a CPU at 128 px, N=8, M=8 as much as
+        # the GELU itself). Autograd needs GELU's input kept, so training allocates.
+        hidden = F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
+        return self.fc_out(hidden)
 
 
 def layer_norm(dim: int, affine: bool) -> nn.LayerNorm:
