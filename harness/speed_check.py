@@ -172,14 +172,16 @@ def same_models_tree(rev: str, other: str) -> bool:
 
 
 def interleaved(calls: list[Callable[[], object]], repeats: int, warmup: int = 1) -> list[list[float]]:
-    """Seconds per call, the calls run in turn `repeats` times after `warmup` untimed rounds."""
+    """Seconds per call, the calls run in turn `repeats` times after `warmup` untimed rounds. Each
+    round starts one call later than the last, so that no call always runs right after the same
+    other one (two copies of the same model, timed in a fixed order, read 6% apart on this CPU)."""
     for _ in range(warmup):
         for call in calls:
             call()
     samples: list[list[float]] = [[] for _ in calls]
-    for _ in range(repeats):
-        for call, times in zip(calls, samples):
-            times.append(seconds(call))
+    for round_ in range(repeats):
+        for index in [(round_ + k) % len(calls) for k in range(len(calls))]:
+            samples[index].append(seconds(calls[index]))
     return samples
 
 
