@@ -185,7 +185,10 @@ headline_m: 2
 output_dir: {tmp_path / 'out'}
 """)
     rows = run_experiment(path, progress=False)
-    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    assert len(rows) == 7 and all(r["status"] == "ok" for r in rows)
+    pair = rows[-1]  # the headline pair, timed in alternation
+    assert pair["pair"] == ["efficient_lvsm", "lvsm_decoder_only"] and (pair["n_input"], pair["n_target"]) == (2, 2)
+    assert pair["rounds"] == 3 and pair["latency_ratio"] > 0 and pair["latency_ratio_iqr"] >= 0
     row = rows[0]
     for column in ("latency_ms", "latency_iqr_ms", "runs", "noisy", "peak_mem_mb", "gflops", "gmacs_linear_thop",
                    "device", "dtype", "torch", "threads", "preset", "n_input", "n_target", "batch", "commit"):
@@ -196,14 +199,15 @@ output_dir: {tmp_path / 'out'}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["experiment"]["preset"] == "tiny" and manifest["packages"]["torch"] and "collect_env" in manifest
     printed = capsys.readouterr().out
-    assert "Efficient-LVSM / LVSM decoder-only at N=2, M=2: latency ratio" in printed
+    assert "Efficient-LVSM / LVSM decoder-only at N=2, M=2, timed in alternation (3 rounds): latency ratio" in printed
+    assert "Efficient-LVSM / LVSM decoder-only at N=2, M=2, from the points (measured one after another): latency ratio" in printed
     assert "measured: cpu" in (out / "exp.md").read_text()
     # Rows measured at another commit keep that commit in the rebuilt tables.
     lines = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     (out / "rows.jsonl").write_text("".join(json.dumps({**r, "commit": "abc1234"}) + "\n" for r in lines))
     run_experiment(path, progress=False)
-    assert "0 measured, 6 already recorded" in capsys.readouterr().out
-    assert len(RecordStore(out / "rows.jsonl").rows()) == 6
+    assert "0 measured, 7 already recorded" in capsys.readouterr().out
+    assert len(RecordStore(out / "rows.jsonl").rows()) == 7
     assert "code: commit abc1234," in (out / "exp.md").read_text()
 
 
@@ -390,3 +394,20 @@ def test_the_kv_cache_kind_refuses_compile_rather_than_label_eager_rows_compiled
     with pytest.raises(ConfigError, match="compile: true is not supported by profile_kv_cache"):
         load_experiment(ROOT / "experiments" / "kv_cache.yaml", ["measure.compile=true"])
     assert load_experiment(ROOT / "experiments" / "kv_cache.yaml").measure.compile is False
+
+
+def test_the_headline_pair_is_timed_in_alternation_and_its_ratio_taken_round_by_round(monkeypatch):
+    """A machine that slows down between rounds moves both models alike within a round: the median
+    of per-round ratios (2.0 here) is what the pair costs, the ratio of medians (8 / 3) is not."""
+    order, planted = [], {"a": [1.0, 4.0, 8.0, 12.0], "b": [1.0, 2.0, 4.0, 3.0]}  # a warm-up each, then 3 rounds
+
+    def fake_time_once_ms(fn, device):
+        name = fn()
+        order.append(name)
+        return planted[name].pop(0)
+
+    monkeypatch.setattr(measure_module, "time_once_ms", fake_time_once_ms)
+    settings = Measurement(device="cpu", warmup=0, runs=3, min_runs=3)
+    out = measure_module.alternating_ratio(lambda: "a", lambda: "b", torch.device("cpu"), "float32", settings)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert out["rounds"] == 3 and out["latency_ratio"] == 2.0 and (out["first_ms"], out["second_ms"]) == (8.0, 3.0)

@@ -12,7 +12,7 @@ and the report built from the recorded rows.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -24,8 +24,9 @@ from ..runtime import autocast
 from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, RunOptions, Spec,
                       revalidate)
 from . import report
-from .measure import (FlopCounter, ModelCache, RunContext, compiled, first_call, input_views, matmul_peak_tflops, measure_call,
-                      resolve_context, sdpa_backend, sdpa_backend_used, synthetic_views, target_views)
+from .measure import (FlopCounter, ModelCache, RunContext, alternating_ratio, compiled, first_call, input_views,
+                      matmul_peak_tflops, measure_call, resolve_context, sdpa_backend, sdpa_backend_used, synthetic_views,
+                      target_views)
 
 
 def released_variants() -> list[str]:
@@ -149,17 +150,28 @@ def _sweep_and_report(spec: CostSpec, ctx: RunContext, points: list[dict[str, An
 
 
 def forward_measure(ctx: RunContext, settings: Measurement):
-    """The sweep's `measure` for forward points; each model is built (and compiled) once."""
+    """The sweep's `measure` for forward points, and for a `pair` point (two models timed in
+    alternation at one N, M); each model is built (and compiled) once."""
     counter, cache, fns = FlopCounter(ctx.config), ModelCache(ctx.config, ctx.device), {}
 
+    def callable_for(name: str, views) -> tuple[Callable, float | None]:
+        if name not in fns:
+            fns[name] = compiled(cache.get(name), settings)
+        with autocast(ctx.device, ctx.dtype):
+            return first_call(fns[name], settings, lambda fn: fn(*views))
+
+    def measure_pair(point: Mapping[str, Any]) -> dict[str, Any]:
+        views = synthetic_views(point["batch"], point["n_input"], point["n_target"], ctx.image_size, ctx.device)
+        (first, _), (second, _) = (callable_for(name, views) for name in point["pair"])
+        return alternating_ratio(lambda: first(*views), lambda: second(*views), ctx.device, ctx.dtype, settings)
+
     def measure(point: Mapping[str, Any]) -> dict[str, Any]:
+        if "pair" in point:
+            return measure_pair(point)
         flops = counter.forward(point["model"], point["n_input"], point["n_target"], point["batch"])
         model = cache.get(point["model"])
         views = synthetic_views(point["batch"], point["n_input"], point["n_target"], ctx.image_size, ctx.device)
-        if point["model"] not in fns:
-            fns[point["model"]] = compiled(model, settings)
-        with autocast(ctx.device, ctx.dtype):
-            fn, compile_s = first_call(fns[point["model"]], settings, lambda fn: fn(*views))
+        fn, compile_s = callable_for(point["model"], views)
         timing = measure_call(lambda: fn(*views), ctx.device, ctx.dtype, settings, compile_s)
         peak = matmul_peak_tflops(ctx.device.type, ctx.dtype, torch.get_num_threads())
         achieved = flops.counted / (timing["latency_ms"] / 1e3) / 1e12
@@ -175,8 +187,11 @@ def run_profile(spec: ProfileSpec, options: RunOptions) -> list[dict[str, Any]]:
     spec, ctx = _context(spec, options)
     points = [ctx.point(model=model, n_input=n, n_target=m, batch=spec.batch, measure=spec.measure.key())
               for m in spec.n_targets for n in sorted(spec.n_inputs) for model in spec.models]
+    if all(name in spec.models for name in spec.ratio):  # the headline ratio, timed in alternation
+        points.append(ctx.point(pair=list(spec.ratio), n_input=spec.headline_n, n_target=spec.headline_m,
+                                batch=spec.batch, measure=spec.measure.key()))
     return _sweep_and_report(spec, ctx, points, forward_measure(ctx, spec.measure),
-                             lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}", options,
+                             lambda p: f"{'/'.join(p['pair']) if 'pair' in p else p['model']} N={p['n_input']} M={p['n_target']}", options,
                              lambda rows, expected: report.profile_report(spec, ctx, rows, expected))
 
 

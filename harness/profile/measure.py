@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,6 +303,36 @@ def measure_call(fn: Callable[[], Any], device: torch.device, dtype: str, settin
         stats = timed_runs(step, device, runs, warmed, settings.min_runs, settings.time_budget_s)
     return {**stats.columns(settings.noisy_iqr), **memory.columns, "sdpa_backend": settings.sdpa_backend,
             "compiled": settings.compile, "compile_s": compile_s}
+
+
+def alternating_ratio(first: Callable[[], Any], second: Callable[[], Any], device: torch.device, dtype: str,
+                      settings: Measurement) -> dict[str, Any]:
+    """first / second latency, the two timed in alternating order (first-second, then second-first)
+    round after round, the ratio taken per round: a ratio of two points measured minutes apart rides
+    whatever else the machine did in between (on a shared CPU it moved a headline by 1.5x between
+    runs). Rounds stop at `runs`, or once twice the point's `time_budget_s` is spent (never before
+    `min_runs`)."""
+    def step(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.no_grad(), autocast(device, dtype), sdpa_backend(settings.sdpa_backend):
+                return fn()
+        return run
+
+    calls = [step(first), step(second)]
+    for call in calls:
+        warm_up(call, device, settings.warmup)
+    budget = None if settings.time_budget_s is None else 2 * settings.time_budget_s
+    times: list[list[float]] = [[], []]
+    start = time.perf_counter()
+    for round_ in range(settings.runs):
+        if budget is not None and round_ >= settings.min_runs and time.perf_counter() - start > budget:
+            break
+        for index in ((0, 1) if round_ % 2 == 0 else (1, 0)):
+            times[index].append(time_once_ms(calls[index], device))
+    ratios = [a / b for a, b in zip(*times)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"latency_ratio": statistics.median(ratios), "latency_ratio_iqr": q3 - q1, "rounds": len(ratios),
+            "first_ms": statistics.median(times[0]), "second_ms": statistics.median(times[1])}
 
 
 def compiled(model: NVSModel, settings: Measurement) -> Callable:

@@ -165,7 +165,21 @@ def profile_table(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _alternating_headline(pair: str, spec, rows: list[dict[str, Any]]) -> list[str]:
+    """The headline ratio from the pair point (the two models timed in alternation), or why not."""
+    for r in rows:
+        if r.get("status") == "ok":
+            return [f"{pair} at N={spec.headline_n}, M={spec.headline_m}, timed in alternation ({r['rounds']} rounds): "
+                    f"latency ratio {r['latency_ratio']:.3f} (IQR {r['latency_ratio_iqr']:.3f}; speed-up "
+                    f"{1 / r['latency_ratio']:.2f}x; {r['first_ms']:.2f} vs {r['second_ms']:.2f} ms)"]
+        return [f"{pair} at N={spec.headline_n}, M={spec.headline_m}, timed in alternation: not measured ({r.get('error')})"]
+    return []
+
+
 def profile_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Report:
+    pair_rows = [r for r in rows if "pair" in r]
+    rows = [r for r in rows if "pair" not in r]
+    expected -= int(all(name in spec.models for name in spec.ratio))
     notes = ctx.notes(rows) + [
         f"latency: median and IQR of the timed runs after warm-up ({'CUDA events' if ctx.device.type == 'cuda' else 'time.perf_counter'}); "
         f"SDPA backend {spec.measure.sdpa_backend}; torch.compile {'on (compile time apart)' if spec.measure.compile else 'off'}",
@@ -192,22 +206,25 @@ def profile_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Repo
                          {"latency_ms": "latency ratio", "gflops": "FLOPs ratio", "gmacs_linear_thop": "thop MACs ratio"})
     if not ratios.empty:
         pair = f"{label(numerator)} / {label(denominator)}"
-        ratio_notes = [f"ratios = {pair} at the same N, M ({notes[1]})"]
+        alternating = _alternating_headline(pair, spec, pair_rows)
+        published_line = []
         published = card_published(spec.card_table, spec.ratio)
         if len(published) == 2 and all("latency_ms" in p for p in published.values()):
             a, b = (published[m] for m in spec.ratio)
-            ratio_notes.append(f"published latency ratio {a['latency_ms'] / b['latency_ms']:.3f} "
-                               f"({b['latency_ms'] / a['latency_ms']:.1f}x; source: {a['source']})")
+            published_line = [f"published latency ratio {a['latency_ms'] / b['latency_ms']:.3f} "
+                              f"({b['latency_ms'] / a['latency_ms']:.1f}x; source: {a['source']})"]
+        ratio_notes = [f"ratios = {pair} at the same N, M, each from its own point ({notes[1]})", *alternating, *published_line]
         result.tables.append(Table("ratios", pair, ratios, ratio_notes))
+        result.headlines += alternating
         hit = ratios[(ratios["N"] == spec.headline_n) & (ratios["M"] == spec.headline_m)]
         if not hit.empty:
             r = hit.iloc[0]
             result.headlines.append(
-                f"{pair} at N={spec.headline_n}, M={spec.headline_m}: latency ratio {r['latency ratio']:.3f} "
+                f"{pair} at N={spec.headline_n}, M={spec.headline_m}, from the points (measured one after another): "
+                f"latency ratio {r['latency ratio']:.3f} "
                 f"(speed-up {1 / r['latency ratio']:.2f}x), FLOPs ratio {r['FLOPs ratio']:.3f} "
                 f"({1 / r['FLOPs ratio']:.2f}x fewer), thop linear-MACs ratio {r['thop MACs ratio']:.3f}")
-        if len(ratio_notes) > 1:
-            result.headlines.append(ratio_notes[1].replace("published latency ratio", "published: latency ratio", 1))
+        result.headlines += [line.replace("published latency ratio", "published: latency ratio", 1) for line in published_line]
 
     slopes = exponents(frame, "n_input", {"latency_ms": "latency exponent", "gflops": "FLOPs exponent",
                                           "work_mem_mb": "memory exponent"}, ["model", "n_target"], spec.fit_min_n)
