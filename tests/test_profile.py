@@ -243,6 +243,8 @@ published:
     text = (tmp_path / "eff" / "eff.md").read_text()
     # Registered variants' published numbers come from their cards, other methods from the YAML.
     assert "pixelSplat" in text and "109.4" in text and "published: latency 4.41x" in text
+    assert "ours, timed in alternation (3 rounds): LVSM decoder-only / Efficient-LVSM latency" in text
+    assert "ours, from the rows: LVSM decoder-only / Efficient-LVSM latency" in text
 
 
 @pytest.mark.parametrize("body, message", [

@@ -183,6 +183,10 @@ def forward_measure(ctx: RunContext, settings: Measurement):
     return measure
 
 
+def _point_label(point: Mapping[str, Any]) -> str:
+    return "/".join(point["pair"]) if "pair" in point else point["model"]
+
+
 def run_profile(spec: ProfileSpec, options: RunOptions) -> list[dict[str, Any]]:
     spec, ctx = _context(spec, options)
     points = [ctx.point(model=model, n_input=n, n_target=m, batch=spec.batch, measure=spec.measure.key())
@@ -191,7 +195,7 @@ def run_profile(spec: ProfileSpec, options: RunOptions) -> list[dict[str, Any]]:
         points.append(ctx.point(pair=list(spec.ratio), n_input=spec.headline_n, n_target=spec.headline_m,
                                 batch=spec.batch, measure=spec.measure.key()))
     return _sweep_and_report(spec, ctx, points, forward_measure(ctx, spec.measure),
-                             lambda p: f"{'/'.join(p['pair']) if 'pair' in p else p['model']} N={p['n_input']} M={p['n_target']}", options,
+                             lambda p: f"{_point_label(p)} N={p['n_input']} M={p['n_target']}", options,
                              lambda rows, expected: report.profile_report(spec, ctx, rows, expected))
 
 
@@ -250,7 +254,9 @@ def run_efficiency(spec: EfficiencySpec, options: RunOptions) -> list[dict[str, 
     spec, ctx = _context(spec, options)
     points = [ctx.point(model=model, n_input=spec.n_input, n_target=spec.n_target, batch=spec.batch,
                         measure=spec.measure.key()) for model in spec.models]
-    return _sweep_and_report(spec, ctx, points, forward_measure(ctx, spec.measure), lambda p: p["model"], options,
+    points.append(ctx.point(pair=[spec.baseline_model, spec.fast_model], n_input=spec.n_input, n_target=spec.n_target,
+                            batch=spec.batch, measure=spec.measure.key()))
+    return _sweep_and_report(spec, ctx, points, forward_measure(ctx, spec.measure), _point_label, options,
                              lambda rows, expected: report.efficiency_report(spec, ctx, rows))
 
 
