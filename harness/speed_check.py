@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from models import build_model
 
+from .profile.measure import interleaved_ms
 from .provenance import REPO_ROOT, environment, git_commit
 from .tables import markdown, write_tables
 
@@ -61,6 +62,7 @@ VARIANTS = {"lvsm_decoder_only": "decoder-only", "lvsm_encoder_decoder": "encode
 ANCHOR = {"image_size": 128, "dim": 256, "head_dim": 64}
 POINTS = ((2, 1), (2, 8), (8, 8))
 MM_SIZE = 2048
+CPU = torch.device("cpu")
 OFFICIAL_SOURCE = "issue 12, official code measured on this CPU"
 OFFICIAL_FRACTION = {
     ("lvsm_decoder_only", 2, 1): 0.74, ("lvsm_decoder_only", 2, 8): 0.77, ("lvsm_decoder_only", 8, 8): 0.71,
@@ -172,17 +174,8 @@ def same_models_tree(rev: str, other: str) -> bool:
 
 
 def interleaved(calls: list[Callable[[], object]], repeats: int, warmup: int = 1) -> list[list[float]]:
-    """Seconds per call, the calls run in turn `repeats` times after `warmup` untimed rounds. Each
-    round starts one call later than the last, so that no call always runs right after the same
-    other one (two copies of the same model, timed in a fixed order, read 6% apart on this CPU)."""
-    for _ in range(warmup):
-        for call in calls:
-            call()
-    samples: list[list[float]] = [[] for _ in calls]
-    for round_ in range(repeats):
-        for index in [(round_ + k) % len(calls) for k in range(len(calls))]:
-            samples[index].append(seconds(calls[index]))
-    return samples
+    """Seconds per call, the calls timed in turn (each round starting one call later) `repeats` times."""
+    return [[ms / 1e3 for ms in times] for times in interleaved_ms(calls, CPU, repeats, warmup)]
 
 
 def median_iqr(values: list[float]) -> tuple[float, float]:

@@ -288,14 +288,37 @@ def sdpa_backend(name: str):
     return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[name]))
 
 
-def measure_call(fn: Callable[[], Any], device: torch.device, dtype: str, settings: Measurement,
-                 compile_s: float | None = None) -> dict[str, Any]:
-    """Warm-up, then timed runs with the peak memory taken over them, under `torch.no_grad()`, the
-    autocast dtype and the SDPA backend asked for."""
+def measured_step(fn: Callable[[], Any], device: torch.device, dtype: str, settings: Measurement) -> Callable[[], Any]:
+    """`fn` as it is timed: under `torch.no_grad()`, the autocast dtype and the SDPA backend asked for."""
     def step() -> Any:
         with torch.no_grad(), autocast(device, dtype), sdpa_backend(settings.sdpa_backend):
             return fn()
+    return step
 
+
+def interleaved_ms(calls: Sequence[Callable[[], Any]], device: torch.device, rounds: int, warmup: int = 1,
+                   min_rounds: int | None = None, budget_s: float | None = None) -> list[list[float]]:
+    """Milliseconds per call, the calls timed in turn round after round after `warmup` untimed
+    rounds; each round starts one call later than the last, so that no call always runs right
+    after the same other one (on a shared CPU two copies of one model, timed in a fixed order,
+    read 6% apart). Rounds stop at `rounds`, or once `budget_s` is spent (never before `min_rounds`)."""
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    times: list[list[float]] = [[] for _ in calls]
+    start = time.perf_counter()
+    for round_ in range(rounds):
+        if budget_s is not None and round_ >= (min_rounds or rounds) and time.perf_counter() - start > budget_s:
+            break
+        for index in [(round_ + k) % len(calls) for k in range(len(calls))]:
+            times[index].append(time_once_ms(calls[index], device))
+    return times
+
+
+def measure_call(fn: Callable[[], Any], device: torch.device, dtype: str, settings: Measurement,
+                 compile_s: float | None = None) -> dict[str, Any]:
+    """Warm-up, then timed runs with the peak memory taken over them (see `measured_step`)."""
+    step = measured_step(fn, device, dtype, settings)
     warm_budget = None if settings.time_budget_s is None else settings.time_budget_s / 4
     warmed, last_ms = warm_up(step, device, settings.warmup, warm_budget)
     runs = planned_runs(last_ms, settings.runs, settings.min_runs, settings.time_budget_s)
@@ -307,28 +330,13 @@ def measure_call(fn: Callable[[], Any], device: torch.device, dtype: str, settin
 
 def alternating_ratio(first: Callable[[], Any], second: Callable[[], Any], device: torch.device, dtype: str,
                       settings: Measurement) -> dict[str, Any]:
-    """first / second latency, the two timed in alternating order (first-second, then second-first)
-    round after round, the ratio taken per round: a ratio of two points measured minutes apart rides
-    whatever else the machine did in between (on a shared CPU it moved a headline by 1.5x between
-    runs). Rounds stop at `runs`, or once twice the point's `time_budget_s` is spent (never before
-    `min_runs`)."""
-    def step(fn: Callable[[], Any]) -> Callable[[], Any]:
-        def run() -> Any:
-            with torch.no_grad(), autocast(device, dtype), sdpa_backend(settings.sdpa_backend):
-                return fn()
-        return run
-
-    calls = [step(first), step(second)]
-    for call in calls:
-        warm_up(call, device, settings.warmup)
+    """first / second latency, the two timed in alternating order round after round and the ratio
+    taken per round: a ratio of two points measured minutes apart rides whatever else the machine
+    did in between (on a shared CPU it moved a headline by 1.5x between runs). Up to `runs` rounds,
+    within twice the point's `time_budget_s` (never under `min_runs`)."""
     budget = None if settings.time_budget_s is None else 2 * settings.time_budget_s
-    times: list[list[float]] = [[], []]
-    start = time.perf_counter()
-    for round_ in range(settings.runs):
-        if budget is not None and round_ >= settings.min_runs and time.perf_counter() - start > budget:
-            break
-        for index in ((0, 1) if round_ % 2 == 0 else (1, 0)):
-            times[index].append(time_once_ms(calls[index], device))
+    times = interleaved_ms([measured_step(fn, device, dtype, settings) for fn in (first, second)], device,
+                           settings.runs, max(settings.warmup, 1), settings.min_runs, budget)
     ratios = [a / b for a, b in zip(*times)]
     q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {"latency_ratio": statistics.median(ratios), "latency_ratio_iqr": q3 - q1, "rounds": len(ratios),
