@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -50,8 +49,9 @@ from tqdm import tqdm
 
 from models import build_model
 
-from .profile.measure import interleaved_ms
+from .profile.measure import compiled, first_call, interleaved_ms, median_iqr
 from .provenance import REPO_ROOT, environment, git_commit
+from .schema import Measurement
 from .tables import markdown, write_tables
 
 log = logging.getLogger("harness.speed_check")
@@ -63,6 +63,7 @@ ANCHOR = {"image_size": 128, "dim": 256, "head_dim": 64}
 POINTS = ((2, 1), (2, 8), (8, 8))
 MM_SIZE = 2048
 CPU = torch.device("cpu")
+COMPILED = Measurement(device="cpu", compile=True)
 OFFICIAL_SOURCE = "issue 12, official code measured on this CPU"
 OFFICIAL_FRACTION = {
     ("lvsm_decoder_only", 2, 1): 0.74, ("lvsm_decoder_only", 2, 8): 0.77, ("lvsm_decoder_only", 8, 8): 0.71,
@@ -103,12 +104,6 @@ def synthetic_views(n: int, m: int, size: int, seed: int = 0) -> tuple[torch.Ten
         return c2w, torch.tensor([float(size), float(size), size / 2, size / 2]).repeat(1, views, 1)
 
     return (images, *cameras(n), *cameras(m))
-
-
-def seconds(fn: Callable[[], object]) -> float:
-    begin = time.perf_counter()
-    fn()
-    return time.perf_counter() - begin
 
 
 def mm_call() -> tuple[Callable[[], object], int]:
@@ -178,12 +173,6 @@ def interleaved(calls: list[Callable[[], object]], repeats: int, warmup: int = 1
     return [[ms / 1e3 for ms in times] for times in interleaved_ms(calls, CPU, repeats, warmup)]
 
 
-def median_iqr(values: list[float]) -> tuple[float, float]:
-    middle = statistics.median(values)
-    q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (middle, middle, middle)
-    return middle, q3 - q1
-
-
 def anchor_row(name: str, n: int, m: int, mm: Callable[[], object], mm_flops: int, repeats: int,
                baseline: ModuleType | None = None, issue_ratios: bool = False) -> dict:
     torch.manual_seed(0)
@@ -221,18 +210,17 @@ def anchor_row(name: str, n: int, m: int, mm: Callable[[], object], mm_flops: in
 SMALL_PAIR = ("lvsm_decoder_only", "efficient_lvsm")
 
 
-def compiled(model: torch.nn.Module, n: int, m: int) -> tuple[Callable[[], torch.Tensor], float]:
-    """`model` under torch.compile (inductor), and the seconds its first call took to compile. Timed
-    calls may not recompile: a recompiling model would be measured compiling, or (past the limit)
-    silently eager."""
-    call = bound_forward(torch.compile(model), n, m)
-    compile_s = seconds(call)
+def compiled_forward(model: torch.nn.Module, n: int, m: int) -> tuple[Callable[[], torch.Tensor], float]:
+    """`model` under torch.compile (inductor) and the seconds its first call took, through the
+    profiler's `first_call`: a timed call that would recompile fails instead."""
+    views = synthetic_views(n, m, model.config.image_size)
+    fn, compile_s = first_call(compiled(model, COMPILED), COMPILED, lambda f: f(*views))
 
-    def no_recompile():
-        with torch._dynamo.config.patch(error_on_recompile=True):
-            return call()
+    def call():
+        with torch.no_grad():
+            return fn(*views)
 
-    return no_recompile, compile_s
+    return call, compile_s
 
 
 def small_ratio_rows(repeats: int, baseline: ModuleType | None, compile_too: bool) -> list[dict]:
@@ -251,7 +239,7 @@ def small_ratio_rows(repeats: int, baseline: ModuleType | None, compile_too: boo
         ways.append(("eager, baseline", lambda: ([baseline_twin(baseline, mod, name, n, m)[0] for name, mod in models.items()], "")))
     if compile_too:
         def compile_both():
-            pairs = [compiled(mod, n, m) for mod in models.values()]
+            pairs = [compiled_forward(mod, n, m) for mod in models.values()]
             return [call for call, _ in pairs], " / ".join(f"{s:.1f}" for _, s in pairs)
         ways.append(("torch.compile", compile_both))
     rows = []

@@ -328,6 +328,13 @@ def measure_call(fn: Callable[[], Any], device: torch.device, dtype: str, settin
             "compiled": settings.compile, "compile_s": compile_s}
 
 
+def median_iqr(values: Sequence[float]) -> tuple[float, float]:
+    """Median and interquartile range (0 for a single value)."""
+    middle = statistics.median(values)
+    q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (middle, middle, middle)
+    return middle, q3 - q1
+
+
 def alternating_ratio(first: Callable[[], Any], second: Callable[[], Any], device: torch.device, dtype: str,
                       settings: Measurement) -> dict[str, Any]:
     """first / second latency, the two timed in alternating order round after round and the ratio
@@ -338,8 +345,8 @@ def alternating_ratio(first: Callable[[], Any], second: Callable[[], Any], devic
     times = interleaved_ms([measured_step(fn, device, dtype, settings) for fn in (first, second)], device,
                            settings.runs, max(settings.warmup, 1), settings.min_runs, budget)
     ratios = [a / b for a, b in zip(*times)]
-    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    return {"latency_ratio": statistics.median(ratios), "latency_ratio_iqr": q3 - q1, "rounds": len(ratios),
+    ratio, iqr = median_iqr(ratios)
+    return {"latency_ratio": ratio, "latency_ratio_iqr": iqr, "rounds": len(ratios),
             "first_ms": statistics.median(times[0]), "second_ms": statistics.median(times[1])}
 
 
