@@ -130,9 +130,25 @@ class MLP(nn.Module):
         return self.fc_out(hidden)
 
 
+class WeightlessLayerNorm(nn.LayerNorm):
+    """A LayerNorm without weight or bias (Efficient-LVSM's), run as one whose weight is all ones.
+
+    PyTorch's CPU kernel normalizes in a scalar loop when it has no weight and in a vectorized one
+    when it has: at 256 channels the weightless call takes about twice as long (23 against 10 us
+    at 64 tokens, 500 against 230 us at 2304). Multiplying by one is exact, so the output is the
+    same to the bit. The ones are made per call, not kept: a buffer would be left uninitialized by
+    `to_empty` when a checkpoint is loaded onto a model built on the meta device."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim, bias=False, elementwise_affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, x.new_ones(self.normalized_shape), None, self.eps)
+
+
 def layer_norm(dim: int, affine: bool) -> nn.LayerNorm:
     """LVSM's LayerNorms carry a weight and no bias; Efficient-LVSM's carry neither."""
-    return nn.LayerNorm(dim, bias=False, elementwise_affine=affine)
+    return nn.LayerNorm(dim, bias=False) if affine else WeightlessLayerNorm(dim)
 
 
 class SelfAttentionBlock(nn.Module):

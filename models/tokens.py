@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import layer_norm
 from .rays import plucker_rays_last
 
 INPUT_CHANNELS = 9  # 2*rgb-1, o x d, d
@@ -62,7 +63,7 @@ class RenderHead(nn.Module):
     def __init__(self, dim: int, patch: int, norm_affine: bool):
         super().__init__()
         self.patch = patch
-        self.norm = nn.LayerNorm(dim, bias=False, elementwise_affine=norm_affine)
+        self.norm = layer_norm(dim, norm_affine)
         self.proj = nn.Linear(dim, RGB_CHANNELS * patch * patch, bias=False)
 
     def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -392,6 +392,16 @@ def test_speed_check_runs_a_git_revision_of_the_models_beside_this_code_with_the
         speed_check.baseline_package("no-such-revision")
 
 
+def test_compiled_passes_inductor_options_through_and_leaves_an_eager_point_alone(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: seen.append(kwargs) or model)
+    model = build_model("efficient_lvsm", "tiny")
+    assert measure_module.compiled(model, Measurement(device="cpu"), {"cpp_wrapper": True}) is model and seen == []
+    measure_module.compiled(model, Measurement(device="cpu", compile=True), {"cpp_wrapper": True})
+    measure_module.compiled(model, Measurement(device="cpu", compile=True))
+    assert seen == [{"options": {"cpp_wrapper": True}}, {}]
+
+
 def test_the_kv_cache_kind_refuses_compile_rather_than_label_eager_rows_compiled():
     with pytest.raises(ConfigError, match="compile: true is not supported by profile_kv_cache"):
         load_experiment(ROOT / "experiments" / "kv_cache.yaml", ["measure.compile=true"])

@@ -9,7 +9,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from conftest import random_views
 from harness.op_profile import bytes_copied
-from models.layers import Attention, HeadRMSNorm, head_rms_norm
+from models.layers import Attention, HeadRMSNorm, WeightlessLayerNorm, head_rms_norm
 from models.rays import pixel_rays, plucker_rays
 from models.tokens import Tokenizer, input_view_features, patchify, target_view_features
 
@@ -115,6 +115,21 @@ def test_rays_stay_float32_under_bf16_autocast():
         rays = plucker_rays(c2w, k, 16, 16)
     assert rays.dtype == torch.float32
     torch.testing.assert_close(rays, plucker_rays(c2w, k, 16, 16), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weightless_layer_norm_is_a_plain_layer_norm_to_the_bit_and_adds_no_state(dtype):
+    norm = WeightlessLayerNorm(DIM).to(dtype)
+    x = (3.0 * torch.randn(5, 7, DIM) + 1.0).to(dtype)
+    out = norm(x)
+    assert out.dtype == dtype
+    assert torch.equal(out, F.layer_norm(x, (DIM,)))
+    assert list(norm.parameters()) == [] and norm.state_dict() == {}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(norm(x.float()), F.layer_norm(x.float(), (DIM,)))
+    with torch.device("meta"):  # as a checkpoint is loaded: built on meta, then to_empty
+        empty = WeightlessLayerNorm(DIM)
+    assert torch.equal(empty.to_empty(device="cpu")(x), out)
 
 
 def test_view_features_and_tokens_equal_the_channel_first_formula():

@@ -350,9 +350,12 @@ def alternating_ratio(first: Callable[[], Any], second: Callable[[], Any], devic
             "first_ms": statistics.median(times[0]), "second_ms": statistics.median(times[1])}
 
 
-def compiled(model: NVSModel, settings: Measurement) -> Callable:
-    """What a point calls: the model, or the model under torch.compile (compiled per shape on first use)."""
-    return torch.compile(model) if settings.compile else model
+def compiled(model: NVSModel, settings: Measurement, inductor_options: Mapping[str, Any] | None = None) -> Callable:
+    """What a point calls: the model, or the model under torch.compile (compiled per shape on first
+    use), with `inductor_options` (torch.compile's `options`) where given."""
+    if not settings.compile:
+        return model
+    return torch.compile(model, options=dict(inductor_options)) if inductor_options else torch.compile(model)
 
 
 def first_call(fn: Callable, settings: Measurement, call: Callable[[Callable], Any]) -> tuple[Callable, float | None]:
