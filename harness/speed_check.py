@@ -50,6 +50,7 @@ from tqdm import tqdm
 from models import build_model
 
 from .profile.measure import compiled, first_call, interleaved_ms, median_iqr
+from .profile.report import noisy_note
 from .provenance import REPO_ROOT, environment, git_commit
 from .schema import Measurement
 from .tables import markdown, write_tables
@@ -65,6 +66,12 @@ MM_SIZE = 2048
 CPU = torch.device("cpu")
 COMPILED = Measurement(device="cpu", compile=True)
 CPP_WRAPPER = {"cpp_wrapper": True}
+NOISY_IQR = Measurement().noisy_iqr  # the profiling experiments' default spread limit
+
+
+def noisy(*median_and_iqr: tuple[float, float]) -> str:
+    """'noisy' where any (median, IQR) pair spreads past NOISY_IQR of its median: a row to rerun, not to cite."""
+    return "noisy" if any(iqr > NOISY_IQR * median for median, iqr in median_and_iqr) else ""
 OFFICIAL_SOURCE = "issue 12, official code measured on this CPU"
 OFFICIAL_FRACTION = {
     ("lvsm_decoder_only", 2, 1): 0.74, ("lvsm_decoder_only", 2, 8): 0.77, ("lvsm_decoder_only", 8, 8): 0.71,
@@ -193,12 +200,14 @@ def anchor_row(name: str, n: int, m: int, mm: Callable[[], object], mm_flops: in
         "mm GFLOP/s": mm_flops / statistics.median(mm_s) / 1e9,
         "fraction of mm": ours, "fraction IQR": iqr,
         "official fraction": official, "at or above official": "yes" if ours >= official else "no",
+        "noisy": noisy((ours, iqr)),
     }
     if twin_s:
         speedup, speedup_iqr = median_iqr([b / f for b, f in zip(twin_s[0], forward_s)])
         row |= {"baseline ms": 1e3 * statistics.median(twin_s[0]),
                 "baseline fraction": statistics.median((flops / b) / (mm_flops / t) for t, b in zip(mm_s, twin_s[0])),
-                "speed-up vs baseline": speedup, "speed-up IQR": speedup_iqr, "baseline max |diff|": difference}
+                "speed-up vs baseline": speedup, "speed-up IQR": speedup_iqr, "baseline max |diff|": difference,
+                "noisy": noisy((ours, iqr), (speedup, speedup_iqr))}
         if issue_ratios:
             # official ms / ours ms = (official ms / baseline ms, the issue's) x (baseline ms / ours ms, here)
             issue = statistics.median(ISSUE_OFFICIAL_OVER_OURS[(name, n, m)])
@@ -264,6 +273,7 @@ def small_ratio_rows(repeats: int, baseline: ModuleType | None, compile_too: boo
             "latency ratio": latency_ratio, "ratio IQR": ratio_iqr, "FLOP ratio": flop_ratio,
             "latency ratio / FLOP ratio": latency_ratio / flop_ratio, "compile s (dec / eff)": compile_s or "n/a",
             "target": SMALL_RATIO_TARGET, "met": "yes" if latency_ratio / flop_ratio >= SMALL_RATIO_TARGET else "no",
+            "noisy": noisy((latency_ratio, ratio_iqr)),
         })
     return rows
 
@@ -343,15 +353,17 @@ def main(argv: list[str] | None = None) -> int:
     if baseline is not None:
         notes += baseline_notes(args.baseline, issue_ratios)
     table = pd.DataFrame(rows)
-    write_tables(table, args.out, "speed_check", "Forward GFLOP/s as a fraction of torch.mm, ours vs the official code", notes)
+    write_tables(table, args.out, "speed_check", "Forward GFLOP/s as a fraction of torch.mm, ours vs the official code",
+                 notes + noisy_note(table, NOISY_IQR, "fraction or speed-up"))
     small_table = pd.DataFrame(small)
     write_tables(small_table, args.out, "small_preset_ratio",
                  "Small preset, N=2, M=1: decoder-only / Efficient-LVSM latency as a fraction of their FLOP ratio",
-                 notes[:2] + [f"small preset (64 px); the two models timed alternately, median of {small_repeats} per-pair "
-                              "latency ratios (IQR beside it); target from issue 12",
-                              "torch.compile: inductor, default mode (C++ wrapper: options cpp_wrapper=True, the generated "
-                              "code launches its kernels from C++); compile seconds are the first call's, never in a latency; "
-                              "a timed call that would recompile fails the row"])
+                 notes[:2] + noisy_note(small_table, NOISY_IQR, "latency-ratio") + [
+                     f"small preset (64 px); the two models timed alternately, median of {small_repeats} per-pair "
+                     "latency ratios (IQR beside it); target from issue 12",
+                     "torch.compile: inductor, default mode (C++ wrapper: options cpp_wrapper=True, the generated "
+                     "code launches its kernels from C++); compile seconds are the first call's, never in a latency; "
+                     "a timed call that would recompile fails the row"])
     log.info("tables written to %s", Path(args.out))
     print(markdown(table))
     print()

@@ -402,6 +402,13 @@ def test_compiled_passes_inductor_options_through_and_leaves_an_eager_point_alon
     assert seen == [{"options": {"cpp_wrapper": True}}, {}]
 
 
+def test_speed_check_marks_a_row_noisy_when_any_of_its_spreads_passes_the_profiles_limit():
+    from harness import speed_check
+    assert speed_check.NOISY_IQR == Measurement().noisy_iqr == 0.25
+    assert speed_check.noisy((1.0, 0.2)) == "" and speed_check.noisy((1.0, 0.3)) == "noisy"
+    assert speed_check.noisy((1.0, 0.1), (1.2, 0.29)) == "" and speed_check.noisy((1.0, 0.1), (1.2, 0.31)) == "noisy"
+
+
 def test_the_kv_cache_kind_refuses_compile_rather_than_label_eager_rows_compiled():
     with pytest.raises(ConfigError, match="compile: true is not supported by profile_kv_cache"):
         load_experiment(ROOT / "experiments" / "kv_cache.yaml", ["measure.compile=true"])

@@ -51,11 +51,11 @@ def blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(object).where(frame.notna(), None)
 
 
-def noisy_note(frame: pd.DataFrame, threshold: float) -> list[str]:
+def noisy_note(frame: pd.DataFrame, threshold: float, what: str = "latency") -> list[str]:
     if "noisy" not in frame or not frame["noisy"].fillna(False).astype(bool).any():
         return []
     count = int(frame["noisy"].fillna(False).astype(bool).sum())
-    return [f"noisy: {count} point(s) whose latency IQR exceeds {threshold:.0%} of the median are marked `noisy` "
+    return [f"noisy: {count} point(s) whose {what} IQR exceeds {threshold:.0%} of the median are marked `noisy` "
             "(machine under load; rerun on a quiet machine)"]
 
 
