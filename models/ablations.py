@@ -30,7 +30,7 @@ from .layers import (Attention, HeadRMSNorm, SelfAttentionBlock, SelfCrossBlock,
                      merge_heads)
 from .lvsm_decoder_only import LVSM_PAPER, LVSMDecoderOnly
 from .registry import ModelCard, register
-from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer
+from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead
 
 MMDIT_PAPER = 'Esser et al., "Scaling Rectified Flow Transformers for High-Resolution Image Synthesis" (MM-DiT), ICML 2024'
 
@@ -200,8 +200,6 @@ class MMDiTJoint(NVSModel):
     def __init__(self, config: ModelConfig, target_chunk: int | None = None):
         super().__init__(config)
         c = config
-        self.input_tokenizer = Tokenizer(INPUT_CHANNELS, c.patch_size, c.dim)
-        self.target_tokenizer = Tokenizer(TARGET_CHANNELS, c.patch_size, c.dim)
         self.blocks = nn.ModuleList(
             JointBlock(c.dim, c.head_dim, c.mlp_ratio, c.qk_norm, norm_affine=False, last=index == c.stream_depth - 1)
             for index in range(c.stream_depth)
@@ -213,11 +211,7 @@ class MMDiTJoint(NVSModel):
             init_depth_scaled(self.blocks)
 
     def forward(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy, target_chunk: int | None = None):
-        b, n, m, h, w = self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
-        self.count_encoded_views(n)
-        d = self.config.dim
-        inputs = self.input_tokens(input_images, input_c2w, input_fxfycxcy).reshape(b, -1, d)
-        targets = self.target_tokens(target_c2w, target_fxfycxcy, h, w).reshape(b, m, -1, d)
+        inputs, targets, h, w = self.sequence_tokens(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
         blocks = [functools.partial(block, split=inputs.shape[1]) for block in self.blocks]
         return self.render_target_sequences(inputs, targets, nn.Identity(), blocks, targets_first=False,
                                             chunk=target_chunk or self.target_chunk, height=h, width=w)

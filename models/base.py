@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
-from .tokens import input_view_features, target_view_features
+from .tokens import INPUT_CHANNELS, TARGET_CHANNELS, Tokenizer, input_view_features, target_view_features
 
 
 def _expect_shape(tensor: torch.Tensor, name: str, expected: tuple) -> None:
@@ -56,6 +56,10 @@ class NVSModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        # Every variant tokenizes both kinds of view alike; built first, so that each variant's own
+        # modules draw their initial weights after them.
+        self.input_tokenizer = Tokenizer(INPUT_CHANNELS, config.patch_size, config.dim)
+        self.target_tokenizer = Tokenizer(TARGET_CHANNELS, config.patch_size, config.dim)
         self.gradient_checkpointing = False
         # How many input views (per batch element) have gone through the input encoder; lets tests
         # verify that incremental inference never re-encodes a view.
@@ -119,7 +123,6 @@ class NVSModel(nn.Module):
             renders.append(self.head(out, height, width).reshape(b, views, 3, height, width))
         return torch.cat(renders, dim=1)
 
-    # Every variant has an `input_tokenizer` and a `target_tokenizer` and feeds them the same features.
     def input_tokens(self, images: torch.Tensor, c2w: torch.Tensor, fxfycxcy: torch.Tensor) -> torch.Tensor:
         """Input views [b, n, ...] -> tokens [b*n, P, dim]."""
         return self.input_tokenizer(input_view_features(images, c2w, fxfycxcy))
@@ -127,6 +130,17 @@ class NVSModel(nn.Module):
     def target_tokens(self, c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Target cameras [b, m, ...] -> tokens [b*m, P, dim]."""
         return self.target_tokenizer(target_view_features(c2w, fxfycxcy, height, width))
+
+    def sequence_tokens(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy
+                        ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """For models that render each target view in its own sequence: check the views, count the
+        inputs as encoded, and return input tokens [b, n*P, dim] (a batch element's views in one row),
+        target tokens [b, m, P, dim], and the image height and width."""
+        b, n, m, h, w = self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
+        self.count_encoded_views(n)
+        d = self.config.dim
+        inputs = self.input_tokens(input_images, input_c2w, input_fxfycxcy).reshape(b, -1, d)
+        return inputs, self.target_tokens(target_c2w, target_fxfycxcy, h, w).reshape(b, m, -1, d), h, w
 
     def view_tokens(self, image_size: int | None) -> int:
         size = image_size or self.config.image_size

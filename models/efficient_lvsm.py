@@ -14,7 +14,7 @@ from .config import ModelConfig
 from .layers import SelfAttentionBlock, SelfCrossBlock, init_depth_scaled, init_weights
 from .lvsm_decoder_only import EFFICIENCY_SOURCE
 from .registry import ModelCard, Published, register
-from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer
+from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead
 
 KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [b, heads, n*P, head_dim]
 
@@ -53,8 +53,6 @@ class EfficientLVSM(NVSModel):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         c = config
-        self.input_tokenizer = Tokenizer(INPUT_CHANNELS, c.patch_size, c.dim)
-        self.target_tokenizer = Tokenizer(TARGET_CHANNELS, c.patch_size, c.dim)
         self.input_blocks = nn.ModuleList(
             SelfAttentionBlock(c.dim, c.head_dim, c.mlp_ratio, c.qk_norm, norm_affine=False) for _ in range(c.stream_depth)
         )

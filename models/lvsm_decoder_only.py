@@ -9,7 +9,7 @@ from .base import NVSModel
 from .config import ModelConfig
 from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
 from .registry import ModelCard, Published, register
-from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer
+from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead
 
 # Official LVSM key renames that every LVSM block shares.
 LVSM_BLOCK_KEYS = [
@@ -54,8 +54,6 @@ class LVSMDecoderOnly(NVSModel):
     def __init__(self, config: ModelConfig, target_chunk: int | None = None):
         super().__init__(config)
         c = config
-        self.input_tokenizer = Tokenizer(INPUT_CHANNELS, c.patch_size, c.dim)
-        self.target_tokenizer = Tokenizer(TARGET_CHANNELS, c.patch_size, c.dim)
         self.input_norm = layer_norm(c.dim, affine=True)
         self.blocks = nn.ModuleList(
             SelfAttentionBlock(c.dim, c.head_dim, c.mlp_ratio, c.qk_norm, norm_affine=True) for _ in range(c.depth)
@@ -68,11 +66,7 @@ class LVSMDecoderOnly(NVSModel):
             init_depth_scaled(self.blocks)
 
     def forward(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy, target_chunk: int | None = None):
-        b, n, m, h, w = self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
-        self.count_encoded_views(n)
-        d = self.config.dim
-        inputs = self.input_tokens(input_images, input_c2w, input_fxfycxcy).reshape(b, -1, d)
-        targets = self.target_tokens(target_c2w, target_fxfycxcy, h, w).reshape(b, m, -1, d)
+        inputs, targets, h, w = self.sequence_tokens(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
         return self.render_target_sequences(inputs, targets, self.input_norm, self.blocks, targets_first=False,
                                             chunk=target_chunk or self.target_chunk, height=h, width=w)
 

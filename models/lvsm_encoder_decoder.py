@@ -11,7 +11,7 @@ from .config import ModelConfig
 from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
 from .lvsm_decoder_only import LVSM_BLOCK_KEYS, LVSM_PAPER, LVSM_TABLE_1, LVSM_TOKEN_KEYS, OBJECTS_SOURCE
 from .registry import ModelCard, Published, register
-from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead, Tokenizer
+from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead
 
 
 @register("lvsm_encoder_decoder", card=ModelCard(
@@ -35,8 +35,6 @@ class LVSMEncoderDecoder(NVSModel):
     def __init__(self, config: ModelConfig, target_chunk: int | None = None):
         super().__init__(config)
         c = config
-        self.input_tokenizer = Tokenizer(INPUT_CHANNELS, c.patch_size, c.dim)
-        self.target_tokenizer = Tokenizer(TARGET_CHANNELS, c.patch_size, c.dim)
         self.latents = nn.Parameter(torch.randn(c.n_latents, c.dim) * c.latent_init_std)
         self.encoder = nn.ModuleList(
             SelfAttentionBlock(c.dim, c.head_dim, c.mlp_ratio, c.qk_norm, norm_affine=True) for _ in range(c.encoder_depth)
