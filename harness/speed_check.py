@@ -69,10 +69,6 @@ COMPILED = Measurement(device="cpu", compile=True)
 CPP_WRAPPER = {"cpp_wrapper": True}
 NOISY_IQR = Measurement().noisy_iqr  # the profiling experiments' default spread limit
 
-
-def noisy(*median_and_iqr: tuple[float, float]) -> str:
-    """'noisy' where any (median, IQR) pair spreads past NOISY_IQR of its median: a row to rerun, not to cite."""
-    return "noisy" if any(iqr > NOISY_IQR * median for median, iqr in median_and_iqr) else ""
 OFFICIAL_SOURCE = "issue 12, official code measured on this CPU"
 OFFICIAL_FRACTION = {
     ("lvsm_decoder_only", 2, 1): 0.74, ("lvsm_decoder_only", 2, 8): 0.77, ("lvsm_decoder_only", 8, 8): 0.71,
@@ -101,6 +97,11 @@ ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "A
 SMALL_RATIO_TARGET = 0.85
 SMALL_POINT = (2, 1)
 OVERHEAD_FLOOR_DIM = 32
+
+
+def noisy(*median_and_iqr: tuple[float, float]) -> str:
+    """'noisy' where any (median, IQR) pair spreads past NOISY_IQR of its median: a row to rerun, not to cite."""
+    return "noisy" if any(iqr > NOISY_IQR * median for median, iqr in median_and_iqr) else ""
 
 
 def synthetic_views(n: int, m: int, size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
