@@ -379,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                      "(same heads, tokens, depth and ops, next to no arithmetic), timed in the same round: the ratio its "
                      "kernels alone reach, a diagnostic, not the target's measure",
                      "torch.compile: inductor, default mode (C++ wrapper: options cpp_wrapper=True, the generated "
-                     "code launches its kernels from C++); compile seconds are the first call's, never in a latency; "
+                     "code launches its kernels from C++); compile seconds are the first call's (far shorter when inductor's "
+                     "on-disk cache already holds the graphs), never in a latency; "
                      "a timed call that would recompile fails the row"])
     log.info("tables written to %s", Path(args.out))
     print(markdown(table))
