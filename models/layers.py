@@ -137,13 +137,15 @@ class WeightlessLayerNorm(nn.LayerNorm):
     when it has: at 256 channels the weightless call takes about twice as long (23 against 10 us
     at 64 tokens, 500 against 230 us at 2304). Multiplying by one is exact, so the output is the
     same to the bit. The ones are made per call, not kept: a buffer would be left uninitialized by
-    `to_empty` when a checkpoint is loaded onto a model built on the meta device."""
+    `to_empty` when a checkpoint is loaded onto a model built on the meta device. Only on the CPU:
+    elsewhere making them would cost a kernel launch and save nothing."""
 
     def __init__(self, dim: int):
         super().__init__(dim, bias=False, elementwise_affine=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.normalized_shape, x.new_ones(self.normalized_shape), None, self.eps)
+        ones = x.new_ones(self.normalized_shape) if x.device.type == "cpu" else None
+        return F.layer_norm(x, self.normalized_shape, ones, None, self.eps)
 
 
 def layer_norm(dim: int, affine: bool) -> nn.LayerNorm:
