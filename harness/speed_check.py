@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from models import build_model
 
-from .profile.measure import compiled, first_call, interleaved_ms, median_iqr
+from .profile.measure import compiled, first_call, interleaved_ms, median_iqr, synthetic_views
 from .profile.report import noisy_note
 from .provenance import REPO_ROOT, environment, git_commit
 from .schema import Measurement
@@ -104,19 +104,6 @@ def noisy(*median_and_iqr: tuple[float, float]) -> str:
     return "noisy" if any(iqr > NOISY_IQR * median for median, iqr in median_and_iqr) else ""
 
 
-def synthetic_views(n: int, m: int, size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random images and simple cameras: the cost of a forward does not depend on their values."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.rand(1, n, 3, size, size, generator=g)
-
-    def cameras(views: int) -> tuple[torch.Tensor, torch.Tensor]:
-        c2w = torch.eye(4).repeat(1, views, 1, 1)
-        c2w[..., :3, 3] = 0.5 * torch.randn(1, views, 3, generator=g)
-        return c2w, torch.tensor([float(size), float(size), size / 2, size / 2]).repeat(1, views, 1)
-
-    return (images, *cameras(n), *cameras(m))
-
-
 def mm_call() -> tuple[Callable[[], object], int]:
     """The reference: one 2048^3 float32 product, and its FLOPs (2 per multiply-add)."""
     g = torch.Generator().manual_seed(0)
@@ -132,7 +119,7 @@ def forward_call(name: str, n: int, m: int, preset: str = "small", **overrides) 
 
 
 def bound_forward(model: torch.nn.Module, n: int, m: int) -> Callable[[], torch.Tensor]:
-    views = synthetic_views(n, m, model.config.image_size)
+    views = synthetic_views(1, n, m, model.config.image_size, CPU)
 
     def call():
         with torch.no_grad():
@@ -227,7 +214,7 @@ def compiled_forward(model: torch.nn.Module, n: int, m: int,
                      inductor_options: dict | None = None) -> tuple[Callable[[], torch.Tensor], float]:
     """`model` under torch.compile (inductor, with `inductor_options`) and the seconds its first call
     took, through the profiler's `first_call`: a timed call that would recompile fails instead."""
-    views = synthetic_views(n, m, model.config.image_size)
+    views = synthetic_views(1, n, m, model.config.image_size, CPU)
     fn, compile_s = first_call(compiled(model, COMPILED, inductor_options), COMPILED, lambda f: f(*views))
 
     def call():
