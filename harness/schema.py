@@ -172,9 +172,9 @@ KINDS: dict[str, str | Kind] = {
     "profile_flops": "harness.profile.kinds:FLOPS",
     "profile_kv_cache": "harness.profile.kinds:KV_CACHE",
     "profile_efficiency": "harness.profile.kinds:EFFICIENCY",
-    "evaluate": "harness.evaluate:EVALUATE",
-    "train": "harness.train.runner:TRAIN",
-    "convergence": "harness.train.runner:CONVERGENCE",
+    "evaluate": "harness.evaluate.kind:EVALUATE",
+    "train": "harness.train.kinds:TRAIN",
+    "convergence": "harness.train.kinds:CONVERGENCE",
     "view_generalization": "harness.train.view_generalization:VIEW_GENERALIZATION",
 }
 

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from conftest import load_fixture, random_views
-from harness import evaluate
+from harness.evaluate import inputs, kind, scoring
 from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.cli import main
 from harness.errors import CheckpointError, ConfigError, DataError
@@ -47,7 +47,7 @@ def _experiment_file(tmp_path: Path, **changes) -> Path:
 
 
 def _run(path: Path, **options):
-    return evaluate.run_evaluation(load_experiment(path), RunOptions(progress=False, **options))
+    return kind.run_evaluation(load_experiment(path), RunOptions(progress=False, **options))
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -95,7 +95,7 @@ def test_end_to_end_tables_grid_and_random_init_label(tmp_path):
     # Independently of the harness: render the first scene with the same random-init model and score it.
     from harness.data import collate, evaluation_examples
     spec = load_experiment(_experiment_file(tmp_path))
-    data = evaluate.resolve_data(spec.data)
+    data = inputs.resolve_data(spec.data)
     scene = next(iter(data.index))
     example = next(iter(evaluation_examples(data.source, {scene: data.index[scene]})))
     torch.manual_seed(spec.seed)
@@ -115,7 +115,7 @@ def test_end_to_end_tables_grid_and_random_init_label(tmp_path):
 
 def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
     path = _experiment_file(tmp_path)
-    real_render = evaluate.render
+    real_render = scoring.render
     calls = {"n": 0}
 
     def interrupted(*args):
@@ -124,7 +124,7 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_render(*args)
 
-    monkeypatch.setattr(evaluate, "render", interrupted)
+    monkeypatch.setattr(scoring, "render", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(path)
     assert len(RecordStore(tmp_path / "out" / "rows.jsonl").rows()) == 2
@@ -135,7 +135,7 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
         rendered.append(list(batch["scene"]))
         return real_render(model, batch, *args)
 
-    monkeypatch.setattr(evaluate, "render", counting)
+    monkeypatch.setattr(scoring, "render", counting)
     result = _run(path)
     assert result.computed == 2 * SCENES - 2
     evaluated = [s for group in rendered for s in group]
@@ -151,8 +151,8 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
 
 def test_a_failing_scene_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     path = _experiment_file(tmp_path, models=[{"name": "lvsm_encoder_decoder", "preset": "tiny"}])
-    real_render = evaluate.render
-    first = evaluate.resolve_data(load_experiment(path).data).index
+    real_render = scoring.render
+    first = inputs.resolve_data(load_experiment(path).data).index
     bad_scene = list(first)[1]
 
     def flaky(model, batch, *args):
@@ -160,12 +160,12 @@ def test_a_failing_scene_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
             raise RuntimeError("CUDA out of memory (simulated)")
         return real_render(model, batch, *args)
 
-    monkeypatch.setattr(evaluate, "render", flaky)
+    monkeypatch.setattr(scoring, "render", flaky)
     result = _run(path)
     assert result.failed == 1 and int(result.summary.loc[0, "failed"]) == 1 and int(result.summary.loc[0, "scenes"]) == SCENES - 1
     errors = [r for r in RecordStore(tmp_path / "out" / "rows.jsonl").rows() if r.get("status") == "oom"]
     assert len(errors) == 1 and "simulated" in errors[0]["error"] and errors[0]["scene"] == bad_scene
-    monkeypatch.setattr(evaluate, "render", real_render)
+    monkeypatch.setattr(scoring, "render", real_render)
     retried = _run(path)
     assert retried.computed == 1 and int(retried.summary.loc[0, "scenes"]) == SCENES and int(retried.summary.loc[0, "failed"]) == 0
 
@@ -186,7 +186,7 @@ def test_missing_dataset_explains_what_it_needs(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("RE10K_DIR", raising=False)
     experiment = load_experiment(Path(__file__).parent.parent / "experiments" / "table_re10k.yaml",
                                  [f"output_dir={tmp_path / 'out'}"])
-    assert evaluate.run_evaluation(experiment, RunOptions(progress=False)) is None
+    assert kind.run_evaluation(experiment, RunOptions(progress=False)) is None
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "RE10K_DIR" in out[0] and "not set" in out[0]
     assert not (tmp_path / "out").exists()
@@ -220,7 +220,7 @@ def test_table_re10k_with_data_puts_published_rows_beside_ours(tmp_path, monkeyp
     monkeypatch.setenv("RE10K_INDEX", str(tmp_path / "re10k" / "evaluation_index_re10k.json"))
     experiment = load_experiment(Path(__file__).parent.parent / "experiments" / "table_re10k.yaml",
                                  [f"output_dir={tmp_path / 'out'}", "data.options.image_size=32", "grid_scenes=1"])
-    result = evaluate.run_evaluation(experiment, RunOptions(preset="tiny", progress=False))
+    result = kind.run_evaluation(experiment, RunOptions(preset="tiny", progress=False))
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     ours = summary[summary["weights"] == "random-init"]
     assert list(ours["model"]) == ["lvsm_decoder_only", "lvsm_encoder_decoder", "efficient_lvsm"]
@@ -250,30 +250,30 @@ def test_bad_experiment_values_name_the_key(tmp_path):
 
 def test_bad_data_for_one_scene_is_recorded_and_the_cli_exits_1(tmp_path, monkeypatch, capsys):
     path = _experiment_file(tmp_path, models=[{"name": "efficient_lvsm", "preset": "tiny"}], grid_scenes=0)
-    real_example = evaluate.Evaluation._example
-    bad = list(evaluate.resolve_data(load_experiment(path).data).index)[2]
+    real_example = scoring.Evaluation._example
+    bad = list(inputs.resolve_data(load_experiment(path).data).index)[2]
 
     def corrupt(self, scene):
         if scene == bad:
             raise DataError(f"scene {scene}: image 3.png is not a readable image (simulated)")
         return real_example(self, scene)
 
-    monkeypatch.setattr(evaluate.Evaluation, "_example", corrupt)
+    monkeypatch.setattr(scoring.Evaluation, "_example", corrupt)
     assert main(["run", str(path), "--no-progress"]) == 1
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert int(summary.loc[0, "scenes"]) == SCENES - 1 and int(summary.loc[0, "failed"]) == 1
     assert "not a readable image (simulated)" in (tmp_path / "out" / "summary.md").read_text()
-    monkeypatch.setattr(evaluate.Evaluation, "_example", real_example)
+    monkeypatch.setattr(scoring.Evaluation, "_example", real_example)
     rendered = []
-    real_render = evaluate.render
-    monkeypatch.setattr(evaluate, "render", lambda model, batch, *a: rendered.append(list(batch["scene"])) or real_render(model, batch, *a))
+    real_render = scoring.render
+    monkeypatch.setattr(scoring, "render", lambda model, batch, *a: rendered.append(list(batch["scene"])) or real_render(model, batch, *a))
     assert main(["run", str(path), "--no-progress"]) == 0
     assert rendered == [[bad]]  # the rerun retries only the failed scene
 
 
 def test_a_model_that_fails_everywhere_exits_1_with_its_reason(tmp_path, monkeypatch):
     path = _experiment_file(tmp_path, models=[{"name": "efficient_lvsm", "preset": "tiny"}], grid_scenes=0)
-    monkeypatch.setattr(evaluate, "render", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch (simulated)")))
+    monkeypatch.setattr(scoring, "render", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch (simulated)")))
     assert main(["run", str(path), "--no-progress"]) == 1
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert int(summary.loc[0, "failed"]) == SCENES and summary.loc[0, "source"].startswith("not measured")
@@ -303,7 +303,7 @@ def test_table_objects_runs_on_a_folder_of_renders_with_the_published_object_row
     monkeypatch.setenv("OBJECTS_DIR", str(tmp_path / "gso"))
     experiment = load_experiment(Path(__file__).parent.parent / "experiments" / "table_objects.yaml",
                                  [f"output_dir={tmp_path / 'out'}", "data.options.image_size=32", "data.n_input=2", "grid_scenes=0"])
-    evaluate.run_evaluation(experiment, RunOptions(preset="tiny", progress=False))
+    kind.run_evaluation(experiment, RunOptions(preset="tiny", progress=False))
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     ours = summary[summary["weights"] == "random-init"]
     assert list(ours["model"]) == ["lvsm_decoder_only", "lvsm_encoder_decoder", "efficient_lvsm"] and set(ours["scenes"]) == {2}

@@ -279,7 +279,8 @@ def test_view_generalization_kv_cache_equals_full_forward_and_training_n_equals_
 
 def test_arm_summary_compares_with_the_reference_against_the_seed_range():
     from harness.train.config import ConvergenceExperiment
-    from harness.train.runner import arm_summary, pareto
+    from harness.train.figures import pareto
+    from harness.train.summary import arm_summary
     exp = ConvergenceExperiment(name="s", kind="convergence", seeds=[0, 1], reference="ref", arms=[
         {"name": "ref", "model": "efficient_lvsm"}, {"name": "close", "model": "efficient_lvsm_final_context"},
         {"name": "far", "model": "lvsm_decoder_only", "published_diff_db": -1.5, "published_source": "paper"}])

@@ -1,5 +1,6 @@
 """Training: AdamW + warm-up schedule, exact resume, DDP under torchrun, periodic validation, and the
-convergence study (experiment kinds `train` and `convergence`, in `runner`)."""
+convergence study (experiment kinds `train` and `convergence` in `kinds`, their tables in `summary`, their
+figures in `figures`)."""
 from .config import ConvergenceExperiment, OptimSpec, TrainData, TrainExperiment, TrainSpec
 from .distributed import World, init_world
 from .loop import RunResult, read_log, train_model

@@ -1,0 +1,123 @@
+"""What an evaluation reads: the data source with its evaluation index, and the models (a registered
+variant at a preset with fresh weights, or a checkpoint), each with the identity its rows are keyed by."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import build_model
+
+from ..checkpoint import load_checkpoint
+from ..errors import ConfigError, MissingResource
+from ..runtime import autocast
+from ..schema import ModelRef
+from .spec import EvalData
+
+RANDOM_INIT = "random-init"
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def expand(value: Any) -> Any:
+    return os.path.expandvars(value) if isinstance(value, str) else value
+
+
+def _check_path(key: str, raw: str, spec: EvalData) -> str:
+    value = expand(raw)
+    reason = ""
+    if not value or "$" in value:
+        reason = f"{key} is not set ({raw!r})"
+    elif not Path(value).exists():
+        reason = f"{key} {value} does not exist"
+    if reason:
+        raise MissingResource(reason + (f". {' '.join(spec.requires.split())}" if spec.requires else ""))
+    return value
+
+
+def _file_sha1(path: str | Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _file_identity(path: str | Path) -> str:
+    """Cheap identity of a (possibly huge) checkpoint: a changed file is evaluated again."""
+    stat = Path(path).stat()
+    return hashlib.sha1(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class ResolvedData:
+    source: Any
+    index: dict[str, dict[str, list[int]]]  # present scenes only, limited to max_scenes
+    identity: dict[str, Any]  # what the resume key pins about the data
+    not_in_source: int  # indexed scenes the source lacks (a partial download)
+
+
+def resolve_data(spec: EvalData) -> ResolvedData:
+    """Open the source and the evaluation index."""
+    from ..data import load_evaluation_index, make_evaluation_index, open_source
+    options = {}
+    for key, value in spec.options.items():
+        raw_is_path = isinstance(value, str) and ("$" in value or key in ("root", "path"))
+        options[key] = _check_path(f"data.options.{key}", value, spec) if raw_is_path else expand(value)
+    source = open_source(spec.source, **options)
+    if spec.index:
+        index_path = _check_path("data.index", spec.index, spec)
+        index = load_evaluation_index(index_path)
+        index_id = {"file": str(Path(index_path).resolve()), "sha1": _file_sha1(index_path)}
+    else:
+        index = make_evaluation_index(source, n_input=spec.n_input, n_target=spec.n_target, seed=spec.seed)
+        index_id = {"drawn": {"n_input": spec.n_input, "n_target": spec.n_target, "seed": spec.seed}}
+    index = {k: v for k, v in index.items() if v}
+    # A partial download evaluates the scenes it has; the notes say how many the index named.
+    missing = [k for k in index if source.index_of(k) is None]
+    index = {k: v for k, v in index.items() if source.index_of(k) is not None}
+    if spec.max_scenes:
+        index = dict(list(index.items())[:spec.max_scenes])
+    if not index:
+        raise ConfigError(f"data: the evaluation index selects no scenes of source {spec.source!r}"
+                          + (f" ({len(missing)} indexed scenes are not in it, e.g. {missing[0]!r})" if missing else ""))
+    identity = {"source": spec.source, "options": options, "index": index_id, "normalize": spec.normalize}
+    return ResolvedData(source, index, identity, len(missing))
+
+
+# ---------------------------------------------------------------------------------------- models
+
+
+@dataclass
+class LoadedModel:
+    label: str
+    model: torch.nn.Module
+    info: dict[str, Any]  # table/record columns: model, variant, preset, weights, checkpoint
+    identity: dict[str, Any]  # what the resume key pins
+
+
+def load_model(spec: ModelRef, label: str, device: torch.device, seed: int) -> LoadedModel:
+    if spec.checkpoint:
+        path = expand(spec.checkpoint)
+        model, meta = load_checkpoint(path, model_name=spec.name, device=device)
+        weights, preset, checkpoint = meta.weights_label, meta.preset or "from checkpoint", str(path)
+        identity = {"checkpoint": _file_identity(path)}
+    else:
+        torch.manual_seed(seed)
+        model = build_model(spec.name, spec.preset, **spec.overrides).to(device).eval()
+        weights, preset, checkpoint = RANDOM_INIT, spec.preset, ""
+        identity = {"random_init_seed": seed, "preset": spec.preset, **({"overrides": spec.overrides} if spec.overrides else {})}
+    info = {"model": label, "variant": spec.name, "preset": preset, "weights": weights, "checkpoint": checkpoint}
+    return LoadedModel(label, model, info, {"model": label, "variant": spec.name, **identity})
+
+
+def render(model: torch.nn.Module, batch: dict[str, Any], device: torch.device, dtype: str) -> torch.Tensor:
+    args = [batch[k].to(device) for k in ("input_images", "input_c2w", "input_fxfycxcy", "target_c2w", "target_fxfycxcy")]
+    with torch.no_grad(), autocast(device, dtype):
+        return model(*args).float()
+

@@ -1,0 +1,131 @@
+"""The report of an evaluation, rebuilt from the recorded rows (never from in-memory state): the
+per-scene and summary tables, the published rows beside ours, the notes that say where every number
+came from, the headlines and a grid of inputs, ground truth and every model's render."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+
+from models import label as variant_label, list_models, model_card
+
+from ..metrics import METRICS, mean_over_scenes
+from ..pipeline import Report, Table
+from .inputs import RANDOM_INIT, ResolvedData
+from .spec import EvaluateSpec
+
+
+def none_if_nan(value: Any) -> Any:
+    return None if value is None or (isinstance(value, float) and value != value) else float(value)
+
+
+def tables(rows: list[dict[str, Any]], labels: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(per-scene table, summary with one row per model label, failure lines) of this run's rows."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    failures = [f"{r['model']} / {r['scene']}: {r.get('error')}" for r in rows if r.get("status") != "ok"]
+    per_scene = pd.DataFrame(ok, columns=["model", "scene", *METRICS, "targets", "weights", "dtype", "device", "commit"])
+    summary = mean_over_scenes(ok) if ok else pd.DataFrame(columns=["model", *METRICS, "scenes"])
+    failed = pd.Series([r["model"] for r in rows if r.get("status") != "ok"], dtype=object).value_counts()
+    info = {row["model"]: row for row in ok}
+    out = []
+    for label in labels:
+        if label not in info:
+            out.append({"model": label, "scenes": 0, "failed": int(failed.get(label, 0)),
+                        "source": "not measured: every scene failed (see the notes)"})
+            continue
+        base = info[label]
+        sums = summary[summary["model"] == label].iloc[0]
+        out.append({"model": label, "weights": base["weights"], "preset": base["preset"],
+                    **{m: none_if_nan(sums[m]) for m in METRICS}, "scenes": int(sums["scenes"]),
+                    "failed": int(failed.get(label, 0)),
+                    "source": f"measured: {base['device']}, {base['dtype']}, commit {base['commit']}"})
+    columns = ["model", "weights", "preset", *METRICS, "scenes", "failed", "source"]
+    return per_scene, pd.DataFrame(out, columns=columns), failures
+
+
+def with_published(spec: EvaluateSpec, summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary followed by the published rows: the variants' cards' `card_table`, then the spec's own."""
+    rows = []
+    if spec.card_table:
+        for model in spec.models:
+            published = model_card(model.name).published.get(spec.card_table)
+            if published is not None and variant_label(model.name) not in [r["model"] for r in rows]:
+                rows.append({"model": variant_label(model.name), "weights": "published", **dict(published.values),
+                             "source": f"published: {published.source}"})
+    if spec.published:
+        rows += [{"model": r.model, "weights": "published", "psnr": r.psnr, "ssim": r.ssim, "lpips": r.lpips,
+                  "source": f"published: {r.source or spec.published.source}"} for r in spec.published.rows]
+    if not rows:
+        return summary
+    return pd.concat([summary, pd.DataFrame(rows).reindex(columns=summary.columns)], ignore_index=True)
+
+
+def notes(spec: EvaluateSpec, data: ResolvedData, environment: dict[str, Any], dtype: str, lpips_message: str,
+          failures: list[str]) -> list[str]:
+    options = ", ".join(f"{k}={v}" for k, v in data.identity["options"].items())
+    index = data.identity["index"]
+    index_text = index.get("file") or f"drawn ({spec.data.n_input} inputs, {spec.data.n_target} targets, seed {spec.data.seed})"
+    out = [
+        f"Measured rows: dataset {spec.data.source} ({options}), {len(data.index)} scenes, evaluation index {index_text}",
+        *([f"{data.not_in_source} scenes of the index are not in the source and were not evaluated"]
+          if data.not_in_source else []),
+        f"device {environment['device']}, dtype {dtype}, torch {environment['torch']}, commit {environment['commit']}",
+        "Protocol (pixelSplat/MVSplat/LVSM): PSNR on [0,1]-clamped images; SSIM skimage win 11, gaussian, "
+        "data_range 1; LPIPS normalize=True; mean over each scene's targets, then over scenes",
+        f"LPIPS: {lpips_message}",
+    ]
+    if any(not m.checkpoint for m in spec.models):
+        out.append("weights 'random-init': freshly initialised models (no checkpoint); their numbers say nothing "
+                   "about the trained models")
+    if spec.published and spec.published.rows:
+        out.append(f"Published rows: {spec.published.source}; not measured here")
+    if failures:
+        out.append(f"{len(failures)} (model, scene) evaluation(s) failed and are left out of the means "
+                   f"(a rerun retries them): " + "; ".join(failures[:5]) + (" ..." if len(failures) > 5 else ""))
+    return out
+
+
+def build(spec: EvaluateSpec, summary: pd.DataFrame, notes: list[str],
+          grid_examples: Callable[[], dict[str, Any]] | None, grid_renders: dict[tuple[str, str], torch.Tensor]) -> Report:
+    """The summary table with the published rows, one headline per measured model, and the grid
+    (`grid_examples` reads the grid scenes' examples when the figure is drawn)."""
+    title = f"{spec.name}: image quality ({spec.data.source})"
+    result = Report(title, notes, [Table("summary", title, with_published(spec, summary), notes)])
+    for row in summary.itertuples():
+        if row.psnr is not None and row.psnr == row.psnr:
+            published = model_card(row.model).published.get(spec.card_table) if row.model in list_models() else None
+            result.headlines.append(f"{row.model} ({row.weights}): PSNR {row.psnr:.2f} dB, SSIM {row.ssim:.3f}"
+                                    + (f", LPIPS {row.lpips:.3f}" if row.lpips is not None and row.lpips == row.lpips else "")
+                                    + (f"; published {published.values.get('psnr')} dB ({published.source})" if published else ""))
+    if spec.grid_scenes and grid_renders and grid_examples is not None:
+        result.figures["grid.png"] = lambda: grid_figure(spec, grid_examples(), grid_renders)
+    return result
+
+
+def grid_figure(spec: EvaluateSpec, examples: dict[str, Any], renders: dict[tuple[str, str], torch.Tensor]):
+    """One row per scene: the input views, the first target's ground truth and every model's render of it."""
+    from ..plots import plt
+    from .spec import label_of
+    if not examples:
+        return None
+    labels = [label_of(m, spec.models) for m in spec.models]
+    scenes = list(examples)
+    n_input = max(ex.input_images.shape[0] for ex in examples.values())
+    columns = [f"input {i + 1}" for i in range(n_input)] + ["ground truth"] + labels
+    fig, axes = plt.subplots(len(scenes), len(columns), figsize=(1.5 * len(columns), 1.5 * len(scenes)), squeeze=False)
+    for r, scene in enumerate(scenes):
+        ex = examples[scene]
+        images = list(ex.input_images) + [ex.target_images[0]] + [renders.get((label, scene)) for label in labels]
+        for c, image in enumerate(images):
+            ax = axes[r, c]
+            ax.axis("off")
+            if image is not None:
+                ax.imshow(image.clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
+            if r == 0:
+                ax.set_title(columns[c], fontsize=6)
+        axes[r, 0].text(-0.08, 0.5, scene, transform=axes[r, 0].transAxes, fontsize=5, rotation=90, ha="right", va="center")
+    weights = {label: RANDOM_INIT if not m.checkpoint else "checkpoint" for label, m in zip(labels, spec.models)}
+    fig.suptitle(f"{spec.name}: first target view; models: " + ", ".join(f"{k} ({v})" for k, v in weights.items()),
+                 fontsize=7)
+    return fig

@@ -1,0 +1,163 @@
+"""The scoring loop: for each model, the scenes its rows lack are rendered in batches, scored per
+target view and recorded one row per scene the moment they exist; a scene or batch that fails is
+recorded with its reason and the loop goes on. The report is then rebuilt from the rows."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ..errors import MissingResource
+from ..metrics import METRICS, LPIPSMetric, image_metrics, scene_means
+from ..pipeline import Sweep, failure_status, one_line, release_memory, write_manifest, write_report
+from ..provenance import environment
+from ..records import write_atomic
+from ..runtime import default_dtype, resolve_device
+from . import report
+from .inputs import LoadedModel, expand, load_model, render, resolve_data
+from .spec import EvaluateSpec, label_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationResult:
+    summary: pd.DataFrame
+    per_scene: pd.DataFrame
+    paths: dict[str, Path]
+    computed: int  # (model, scene) pairs evaluated by this call; resumed ones are not counted
+    failed: int  # (model, scene) pairs whose latest row is a failure
+    failures: list[str] = field(default_factory=list)
+
+
+class Evaluation:
+    """One evaluation run: resolves device, data, metrics and models, then evaluates what the rows lack."""
+
+    def __init__(self, spec: EvaluateSpec, progress: bool = True):
+        self.spec = spec
+        self.progress = progress
+        self.device = resolve_device(spec.device)
+        self.dtype = default_dtype(self.device) if spec.dtype == "auto" else spec.dtype
+        self.environment = environment(self.device)
+        for model in spec.models:  # every checkpoint is there before anything is evaluated or written
+            if model.checkpoint and not Path(expand(model.checkpoint)).is_file():
+                raise MissingResource(f"{spec.name}: checkpoint {expand(model.checkpoint)} of {model.label or model.name} not found"
+                                      + (f"; {' '.join(spec.requires.split())}" if spec.requires else ""))
+        self.data = resolve_data(spec.data)  # before the output directory exists: missing data writes nothing
+        self.sweep = Sweep(spec.results_dir(), spec.name, context=self.environment, skip=("ok",))
+        self.index = self.data.index
+        self.lpips = LPIPSMetric(spec.lpips_net, self.device, spec.lpips_backbone or None)
+        self.labels = [label_of(m, spec.models) for m in spec.models]
+
+    def point(self, identity: dict[str, Any], scene: str) -> dict[str, Any]:
+        return {**identity, "data": self.data.identity, "scene": scene, "views": self.index[scene],
+                "dtype": self.dtype, "lpips": self.lpips.label}
+
+    def run(self) -> EvaluationResult:
+        write_manifest(self.sweep.out_dir, self.spec, {"device": self.environment["device"], "dtype": self.dtype})
+        computed, all_points, grid_renders = 0, [], {}
+        for spec, label in zip(self.spec.models, self.labels):
+            loaded = load_model(spec, label, self.device, self.spec.seed)
+            points = {scene: self.point(loaded.identity, scene) for scene in self.index}
+            all_points += points.values()
+            pending = [p["scene"] for p in self.sweep.pending(list(points.values()))]
+            computed += self._evaluate_model(loaded, pending, points)
+            grid_renders.update(self._grid_renders(loaded))
+            del loaded
+            release_memory()
+        rows = self.sweep.rows(all_points)
+        per_scene, summary, failures = report.tables(rows, self.labels)
+        notes = report.notes(self.spec, self.data, self.environment, self.dtype, self.lpips.message, failures)
+        result = report.build(self.spec, summary, notes, self._grid_examples if grid_renders else None, grid_renders)
+        # What a loader noted about the data (e.g. lens distortion left uncorrected) reaches the table.
+        data_notes = sorted({note for r in rows for note in r.get("data_notes") or []})
+        result.tables[0].notes += [f"data: {note}" for note in data_notes]
+        paths = write_report(result, self.sweep.out_dir)
+        paths["per_scene"] = self.sweep.out_dir / "per_scene.csv"
+        write_atomic(paths["per_scene"], per_scene.to_csv(index=False, na_rep="n/a"))
+        return EvaluationResult(summary, per_scene, paths, computed, len(failures), failures)
+
+    def _example(self, scene: str):
+        from ..data import evaluation_examples
+        return next(iter(evaluation_examples(self.data.source, {scene: self.index[scene]}, normalize=self.spec.data.normalize)))
+
+    def _evaluate_model(self, loaded: LoadedModel, pending: list[str], points: dict[str, dict[str, Any]]) -> int:
+        """Scenes in groups of `batch_size` of equal view counts; a scene whose data fails is recorded
+        alone, a group whose forward fails is recorded scene by scene, and the run goes on."""
+        from ..data import collate
+        bar = tqdm(total=len(pending), desc=f"evaluate {loaded.label}", unit="scene", disable=not self.progress or not pending)
+        group: list[Any] = []
+
+        def flush() -> None:
+            if not group:
+                return
+            try:
+                renders = render(loaded.model, collate(group), self.device, self.dtype)
+                for ex, image in zip(group, renders):
+                    self._record_scene(loaded, ex, image, points[ex.scene])
+            except Exception as error:  # one failing group is recorded with its reason; the run goes on
+                for ex in group:
+                    self._record_failure(loaded, points[ex.scene], error)
+                release_memory()
+            bar.update(len(group))
+            group.clear()
+
+        for scene in pending:
+            try:
+                ex = self._example(scene)
+            except Exception as error:  # bad data on disk: recorded for this scene, the others still run
+                self._record_failure(loaded, points[scene], error)
+                bar.update(1)
+                continue
+            if group and (ex.input_images.shape != group[0].input_images.shape
+                          or ex.target_images.shape != group[0].target_images.shape):
+                flush()
+            group.append(ex)
+            if len(group) == self.spec.batch_size:
+                flush()
+        flush()
+        bar.close()
+        return len(pending)
+
+    def _columns(self, loaded: LoadedModel, scene: str) -> dict[str, Any]:
+        return {**loaded.info, "data_source": self.spec.data.source, "lpips_net": self.lpips.label,
+                "context": self.index[scene]["context"], "target": self.index[scene]["target"]}
+
+    def _record_failure(self, loaded: LoadedModel, point: dict[str, Any], error: BaseException) -> None:
+        log.warning("evaluate %s, scene %s failed: %s", loaded.label, point["scene"], one_line(error))
+        self.sweep.record(point, self._columns(loaded, point["scene"]), failure_status(error), one_line(error))
+
+    def _record_scene(self, loaded: LoadedModel, ex: Any, image: torch.Tensor, point: dict[str, Any]) -> None:
+        views = image_metrics(image, ex.target_images.to(image.device), self.lpips)
+        view_rows = [{"model": loaded.label, "scene": ex.scene, "view": int(v), **values}
+                     for v, values in zip(ex.target_indices, views)]
+        means = scene_means(view_rows).iloc[0]
+        self.sweep.record(point, {**self._columns(loaded, ex.scene), "per_view": view_rows, "targets": int(means["targets"]),
+                                  **{m: report.none_if_nan(means[m]) for m in METRICS}, "data_notes": list(ex.notes)})
+
+    def _grid_scenes(self) -> list[str]:
+        return list(self.index)[:self.spec.grid_scenes]
+
+    def _grid_renders(self, loaded: LoadedModel) -> dict[tuple[str, str], torch.Tensor]:
+        from ..data import collate
+        out = {}
+        for scene in self._grid_scenes():
+            try:
+                out[(loaded.label, scene)] = render(loaded.model, collate([self._example(scene)]), self.device, self.dtype)[0, 0].cpu()
+            except Exception:  # its failure is already in the rows; the grid shows a blank
+                continue
+        return out
+
+    def _grid_examples(self) -> dict[str, Any]:
+        examples = {}
+        for scene in self._grid_scenes():
+            try:
+                examples[scene] = self._example(scene)
+            except Exception:  # a scene whose data fails is already a failed row; the grid skips it
+                continue
+        return examples

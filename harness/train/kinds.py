@@ -1,0 +1,187 @@
+"""Experiment kinds `train` (one model) and `convergence` (several variants, one budget), on the
+shared pipeline: each trained variant is one point of `rows.jsonl` (its final validation, pose-swap
+drop and timing), and so are the camera-ignoring predictors every variant must beat and each arm's
+cost. A point trains in `runs/<variant>/` (checkpoint and training log), so an interrupted run resumes
+mid-training. The tables and figures are built in `summary` and `figures`.
+
+Both run as one process or under `torchrun` (every rank trains; rank 0 records and writes)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from models import label
+
+from ..pipeline import Report, Sweep, Table, write_manifest, write_report
+from ..schema import Kind, RunOptions, revalidate
+from .config import Arm, ConvergenceExperiment, TrainExperiment, settings_dict
+from .distributed import close_world, init_world
+from .figures import save_renders
+from .loop import train_model
+from .summary import SUMMARY_COLUMNS, convergence_report, final_columns, provenance
+from .validation import trivial_baselines
+
+log = logging.getLogger(__name__)
+
+
+def measure_cost(exp: ConvergenceExperiment, arm_name: str) -> dict[str, Any]:
+    """Parameters, forward FLOPs and latency of one arm at its trained size (random weights: cost does not
+    depend on values)."""
+    import torch
+
+    from models import build_model
+    from ..profile.measure import FlopCounter, measure_call, synthetic_views
+    from ..runtime import resolve_device
+    from ..schema import Measurement
+    spec = exp.model_spec(arm_name)
+    model = build_model(spec.name, spec.preset, **spec.overrides)
+    config, n, m = model.config, exp.cost.n_input, exp.cost.n_target
+    flops = FlopCounter(config).forward(spec.name, n, m)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(exp.cost.threads)
+    try:
+        device = resolve_device(exp.train.device)
+        model = model.to(device).eval()
+        views = synthetic_views(1, n, m, config.image_size, device)
+        timing = measure_call(lambda: model(*views), device, "float32",
+                              Measurement(warmup=2, runs=exp.cost.runs, min_runs=exp.cost.runs))
+    finally:
+        torch.set_num_threads(threads)
+    return {"params": model.num_parameters(), "gflops": flops.counted / 1e9, "latency_ms": timing["latency_ms"],
+            "latency_iqr_ms": timing["latency_iqr_ms"], "noisy": timing["noisy"]}
+
+
+def write_validation_index(exp: ConvergenceExperiment, out_dir: Path) -> Path:
+    """The validation scenes and views as an evaluation index (RealEstate10K index format), so that
+    `make eval` scores the trained checkpoints on exactly the split the study validated on."""
+    from ..data import save_evaluation_index
+    from .data import open_sources, validation_index
+    path = out_dir / "validation_index.json"
+    save_evaluation_index(validation_index(open_sources(exp.data, cache=False)[1], exp.data), path)
+    return path
+
+
+def unavailable(arm: Arm) -> str:
+    """Why an arm cannot train on this machine (its REPA teacher's weights are not there), or ''.
+    Such an arm is skipped with one line: never trained against a random teacher."""
+    repa = arm.train.get("repa")
+    if not repa:
+        return ""
+    weights = os.path.expandvars(str(repa.get("weights", "")))
+    if "$" in weights or not Path(weights).is_file():
+        return (f"arm {arm.name} skipped: REPA teacher weights {repa.get('weights')!r} not found"
+                + (f" ({weights})" if weights != repa.get("weights") and "$" not in weights else "")
+                + (f"; {arm.description}" if arm.description else ""))
+    return ""
+
+
+def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataFrame | None:
+    if options.preset:
+        exp = revalidate(exp, preset=options.preset)
+    world = init_world(exp.train.device)
+    try:
+        sweep = Sweep(exp.results_dir(), exp.name, writer=world.is_main)
+        skipped = [reason for reason in map(unavailable, exp.study_arms()) if reason]
+        for reason in skipped:
+            print(f"{exp.name}: {reason}")
+        arms, seeds = [arm for arm in exp.study_arms() if not unavailable(arm)], exp.run_seeds()
+        by_name = {arm.name: arm for arm in arms}
+        # Seeds not given: runs/<arm>; given: runs/<arm>/seed<k> (so that runs of one seed at a time land
+        # where the run of all seeds looks for them).
+        run_dirs = {(arm.name, seed): sweep.out_dir / "runs" / arm.name / (f"seed{seed}" if exp.seeds else "")
+                    for arm in arms for seed in seeds}
+        trivial_point = {"trivial": exp.data.model_dump(), "sigmas": list(exp.blur_sigmas)}
+        # Seed-major: every arm's first seed is trained before any second seed.
+        train_points = [{"arm": arm.name, "model": arm.model, "seed": seed,
+                         "settings": settings_dict(exp.model_spec(arm), exp.data, exp.optim, exp.train_spec(arm, seed))}
+                        for seed in seeds for arm in arms]
+        cost_points = [{"cost": arm.name, "model": arm.model, "config": exp.model_spec(arm).model_dump(),
+                        "at": exp.cost.model_dump()} for arm in arms]
+        points = [trivial_point, *train_points, *cost_points]
+        if world.is_main:
+            write_manifest(sweep.out_dir, exp, {"world_size": world.size})
+            write_validation_index(exp, sweep.out_dir)
+
+        def measure(point: dict[str, Any]) -> dict[str, Any]:
+            if "trivial" in point:
+                from .data import evaluation_split, open_sources
+                split = evaluation_split(open_sources(exp.data)[1], exp.data, batch_size=max(exp.train.batch_size, 8))
+                return {"predictors": trivial_baselines(split, exp.blur_sigmas)}
+            if "cost" in point:
+                return measure_cost(exp, point["cost"]) if world.is_main else {}
+            arm, seed = by_name[point["arm"]], point["seed"]
+            result = train_model(exp.model_spec(arm), exp.data, exp.optim, exp.train_spec(arm, seed), run_dirs[arm.name, seed],
+                                 world=world, progress=options.progress, label=f"{arm.name} seed {seed}")
+            if not world.is_main:
+                return {}
+            if seed == seeds[0]:
+                save_renders(sweep.out_dir / f"renders_{arm.name}.png", result)
+            columns = final_columns(result)
+            log.info("%s seed %d: final PSNR %.2f dB, SSIM %.3f, pose-swap drop %.2f dB, %.0f s training", arm.name, seed,
+                     columns["final_psnr"], columns["final_ssim"], columns["pose_swap_drop_db"], columns["seconds"])
+            return columns
+
+        def label_of(point: dict[str, Any]) -> str:
+            if "trivial" in point:
+                return "camera-ignoring predictors"
+            return f"cost {point['cost']}" if "cost" in point else f"{point['arm']} seed {point['seed']}"
+
+        sweep.run(points, measure, label_of, options.progress, unit="run")
+        if not world.is_main:
+            return None
+        rows = sweep.rows(points)
+        trivial = next((r["predictors"] for r in rows if "trivial" in r and r["status"] == "ok"), {})
+        finals = [r for r in rows if "arm" in r and r["status"] == "ok"]
+        costs = {r["cost"]: r for r in rows if "cost" in r and r["status"] == "ok"}
+        report, summary = convergence_report(exp, finals, trivial, costs, run_dirs)
+        report.notes[:0] = [f"failed: {label_of(r)}: {r['error']}" for r in rows if r["status"] != "ok"] + skipped
+        missing = len(train_points) - len(finals)
+        if missing:
+            report.notes.insert(0, f"{missing} of {len(train_points)} runs not finished yet (rerun to resume)")
+        write_report(report, sweep.out_dir)
+        return summary
+    finally:
+        close_world(world)
+
+
+# ------------------------------------------------------------------------------------------ train
+
+
+def run_train(exp: TrainExperiment, options: RunOptions) -> dict[str, Any] | None:
+    if options.preset:
+        exp = revalidate(exp, model={**exp.model.model_dump(), "preset": options.preset})
+    world = init_world(exp.train.device)
+    try:
+        sweep = Sweep(exp.results_dir(), exp.name, writer=world.is_main)
+        name = exp.model.name
+        point = {"variant": name, "settings": settings_dict(exp.model, exp.data, exp.optim, exp.train)}
+        if world.is_main:
+            write_manifest(sweep.out_dir, exp, {"world_size": world.size})
+
+        def measure(point: dict[str, Any]) -> dict[str, Any]:
+            result = train_model(exp.model, exp.data, exp.optim, exp.train, sweep.out_dir, world=world,
+                                 progress=options.progress, label=name)
+            return final_columns(result) if world.is_main else {}
+
+        sweep.run([point], measure, lambda p: name, options.progress, unit="run")
+        if not world.is_main:
+            return None
+        row = sweep.rows([point])[0]
+        if row["status"] != "ok":
+            log.error("%s: training failed: %s", name, row["error"])
+            return row
+        frame = pd.DataFrame([{k: row[k] for k in ("variant", *SUMMARY_COLUMNS[1:5], "pose_swap_drop_db", "params", "loss")
+                               if k in row}])
+        write_report(Report(f"{exp.name}: {label(name)}", provenance([row], exp),  # type: ignore[arg-type]
+                            [Table("final", f"{exp.name}: final validation", frame)]), sweep.out_dir)
+        return row
+    finally:
+        close_world(world)
+
+
+TRAIN = Kind(TrainExperiment, run_train, "train one model, resumable from its checkpoint")
+CONVERGENCE = Kind(ConvergenceExperiment, run_convergence, "several variants trained on one budget: PSNR against steps and seconds")
