@@ -82,5 +82,5 @@ speed-check: $(STAMP)  ## issue 12: GFLOP/s as a fraction of torch.mm and speed-
 	$(PY) -m harness.speed_check
 	$(PY) -m harness.speed_check --isa avx2 --no-compile --out results/speed_check/avx2
 
-op-profile: $(STAMP)  ## torch.profiler top ops and bytes copied per forward, per variant -> results/op_profile/
-	$(PY) -m harness.op_profile
+op-profile: $(STAMP)  ## torch.profiler top ops and bytes copied per forward, per variant, beside the official code's -> results/op_profile/
+	$(PY) -m harness run experiments/op_profile.yaml

@@ -23,11 +23,11 @@ log = logging.getLogger("harness")
 
 def _run(args: argparse.Namespace) -> int:
     from .plugins import load_plugins
-    from .schema import RunOptions, get_kind, load_experiment
+    from .schema import RunOptions, load_experiment, run_spec
     load_plugins(args.plugin)
     spec = load_experiment(args.experiment, args.set)
     start = time.perf_counter()
-    result = get_kind(spec.kind).run(spec, RunOptions(args.preset, tuple(args.checkpoint), not args.no_progress))
+    result = run_spec(spec, RunOptions(args.preset, tuple(args.checkpoint), not args.no_progress))
     log.info("%s: done in %.1f s wall", spec.name, time.perf_counter() - start)
     failed = getattr(result, "failed", 0)
     if failed:
@@ -73,8 +73,11 @@ def _ls(args: argparse.Namespace) -> int:
             print(f"{name:20s} options: {', '.join(source_options(name))}")
     else:
         from models import PRESETS
+
+        from .runtime import AUTO_PRESET, resolve_preset
         for name, config in PRESETS.items():
             print(f"{name:8s} {config}")
+        print(f"{'auto':8s} by device: {', '.join(f'{k} -> {v}' for k, v in AUTO_PRESET.items())} (here: {resolve_preset('auto')})")
     return 0
 
 
@@ -123,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", parents=[plugin, overrides], help="run an experiment YAML of any kind (resumes from its rows)")
     p.add_argument("experiment", help="path to experiments/<name>.yaml")
-    p.add_argument("--preset", default=None, help="model preset (default: the experiment's; auto = small on CPU, paper on CUDA)")
+    p.add_argument("--preset", default=None, help="preset of every model the experiment builds from a preset, for every kind "
+                                                     "(default: the experiment's; auto = paper on CUDA, small on CPU)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="[MODEL=]PATH",
                    help="evaluate this checkpoint instead of the experiment's models (official ones need MODEL=)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -19,13 +19,13 @@ import torch
 
 from .errors import HarnessError
 from .records import RecordStore, write_atomic
-from .schema import ExperimentBase, PaperEntry, RunOptions, get_kind, load_experiment
+from .schema import ExperimentBase, PaperEntry, RunOptions, load_experiment, run_spec
 
 log = logging.getLogger(__name__)
 
 # The order `make paper` runs them in: cheap counts first, then measurements, then training and what
 # reads its checkpoints.
-ORDER = ["flops", "efficiency_table", "bench", "kv_cache", "speed_vs_views", "convergence", "eval",
+ORDER = ["flops", "efficiency_table", "bench", "kv_cache", "speed_vs_views", "op_profile", "convergence", "eval",
          "view_generalization", "depth_study", "ablations", "table_re10k", "table_objects"]
 
 
@@ -65,7 +65,7 @@ def run_all(experiments_dir: str | Path = "experiments", progress: bool = True) 
         start = time.perf_counter()
         print(f"paper: {spec.name} ({entry.paper.title}) ...", flush=True)
         try:
-            get_kind(spec.kind).run(spec, RunOptions(progress=progress))
+            run_spec(spec, RunOptions(progress=progress))
         except HarnessError as error:  # one study that cannot run (a missing file) does not stop the others
             print(f"paper: skipped {spec.name}: {' '.join(str(error).split())}")
         log.info("paper: %s took %.0f s", spec.name, time.perf_counter() - start)

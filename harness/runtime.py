@@ -24,6 +24,21 @@ def resolve_device(name: str | None = None) -> torch.device:
     return device
 
 
+# The one preset rule. `auto`: the paper preset where the models run at their published size (CUDA) or
+# are only counted (the meta device: shapes, no compute); `small` on a CPU, where the paper preset is
+# out of reach.
+AUTO_PRESET = {"cuda": "paper", "meta": "paper", "cpu": "small"}
+
+
+def resolve_preset(preset: str, device: str | torch.device | None = None) -> str:
+    """`preset` itself, or for `auto` the preset of the device the models run on (`device` as in
+    `resolve_device`, or "meta")."""
+    if preset != "auto":
+        return preset
+    device_type = "meta" if str(device) == "meta" else resolve_device(None if device is None else str(device)).type
+    return AUTO_PRESET.get(device_type, "small")
+
+
 def default_dtype(device: torch.device) -> str:
     """bf16 autocast on CUDA (as the official models run); float32 on CPU, where bf16 matmuls are slow."""
     return "bfloat16" if device.type == "cuda" else "float32"

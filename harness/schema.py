@@ -148,6 +148,11 @@ class ExperimentBase(Spec):
     def results_dir(self) -> Path:
         return Path(self.output_dir or f"results/{self.name}")
 
+    def preset_device(self) -> str:
+        """The device the experiment's models run on, which an `auto` preset is resolved against
+        ("meta": they are only counted)."""
+        return "auto"
+
 
 # ------------------------------------------------------------------------------------- kinds
 
@@ -172,6 +177,7 @@ KINDS: dict[str, str | Kind] = {
     "profile_flops": "harness.profile.kinds:FLOPS",
     "profile_kv_cache": "harness.profile.kinds:KV_CACHE",
     "profile_efficiency": "harness.profile.kinds:EFFICIENCY",
+    "op_profile": "harness.profile.ops:OP_PROFILE",
     "evaluate": "harness.evaluate.kind:EVALUATE",
     "train": "harness.train.kinds:TRAIN",
     "convergence": "harness.train.kinds:CONVERGENCE",
@@ -305,7 +311,47 @@ def revalidate(spec: ExperimentBase, **changes: Any) -> ExperimentBase:
         raise ConfigError(format_validation_error(spec.name, error)) from None
 
 
+# ---------------------------------------------------------------------------------- the preset rule
+
+
+def _preset_holders(spec: Spec, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The parts of `data` (the dump of `spec`) that name the preset of a model built from a preset
+    (a checkpoint's model has the preset it was saved with)."""
+    fields = type(spec).model_fields
+    holders = [data] if "preset" in fields and not getattr(spec, "checkpoint", "") else []
+    for name in fields:
+        value, raw = getattr(spec, name), data[name]
+        pairs = zip(value, raw) if isinstance(value, (list, tuple)) else [(value, raw)]
+        holders += [h for v, r in pairs if isinstance(v, Spec) for h in _preset_holders(v, r)]
+    return holders
+
+
+def with_preset(spec: ExperimentBase, preset: str | None = None) -> ExperimentBase:
+    """The one preset rule, applied to every experiment before its kind runs. `preset` (the command
+    line's `--preset`) replaces the preset of every model the experiment builds from a preset, never a
+    checkpoint's; then `auto` becomes the preset of the device the models run on (`AUTO_PRESET`:
+    paper on CUDA and when only counted, small on a CPU). Kinds see concrete presets only."""
+    from .runtime import resolve_preset
+    data = spec.model_dump()
+    holders = _preset_holders(spec, data)
+    if preset is not None:
+        if not holders:
+            raise ConfigError(f"--preset {preset}: every model of {spec.name} (kind {spec.kind}) comes from a checkpoint, "
+                              "at the preset it was trained at; --preset applies to models built from a preset")
+        try:
+            _preset(preset)
+        except ValueError as error:
+            raise ConfigError(f"--preset: {error}") from None
+    for holder in holders:
+        holder["preset"] = resolve_preset(preset or holder["preset"], spec.preset_device())
+    return revalidate(spec, **data)
+
+
+def run_spec(spec: ExperimentBase, options: RunOptions = RunOptions()) -> Any:
+    """Every experiment runs through here: the preset rule once, then its kind."""
+    return get_kind(spec.kind).run(with_preset(spec, options.preset), options)
+
+
 def run_experiment(path: str | Path, overrides: list[str] | None = None, **options: Any) -> Any:
     """`run_experiment("experiments/bench.yaml", ["measure.runs=5"], progress=False)` from Python."""
-    spec = load_experiment(path, overrides)
-    return get_kind(spec.kind).run(spec, RunOptions(**options))
+    return run_spec(load_experiment(path, overrides), RunOptions(**options))

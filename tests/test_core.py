@@ -14,7 +14,8 @@ from conftest import ALL_VARIANTS
 from harness.cli import main
 from harness.errors import ConfigError
 from harness.records import RecordStore, point_key, write_atomic
-from harness.schema import KINDS, apply_overrides, load_experiment
+from harness.runtime import AUTO_PRESET, resolve_device
+from harness.schema import KINDS, apply_overrides, load_experiment, with_preset
 from harness.tables import write_tables
 from models import build_model, list_models, model_card
 
@@ -102,6 +103,25 @@ def test_extends_builds_on_another_file_and_children_override(tmp_path):
         load_experiment(tmp_path / "loop.yaml")
 
 
+def test_one_preset_rule_for_every_kind():
+    """`--preset` sets every model built from a preset, never a checkpoint's; `auto` is resolved once, against
+    the device the kind runs its models on (FLOPs are counted on the meta device: the paper preset)."""
+    here = AUTO_PRESET[resolve_device().type]
+    evaluate = load_experiment(ROOT / "experiments" / "eval_synthetic.yaml", [
+        "models=[{name: efficient_lvsm}, {name: lvsm_decoder_only, checkpoint: x.pt}, {name: lvsm_encoder_decoder, preset: auto}]"])
+    assert [m.preset for m in with_preset(evaluate).models] == ["small", "small", here]
+    assert [m.preset for m in with_preset(evaluate, "auto").models] == [here, "small", here]
+    assert [m.preset for m in with_preset(evaluate, "tiny").models] == ["tiny", "small", "tiny"]
+    assert with_preset(load_experiment(ROOT / "experiments" / "bench.yaml"), "auto").preset == here
+    assert with_preset(load_experiment(ROOT / "experiments" / "flops.yaml"), "auto").preset == "paper"
+    assert with_preset(load_experiment(ROOT / "experiments" / "convergence.yaml"), "auto").preset == here
+    from harness.train import TrainExperiment
+    train = TrainExperiment(kind="train", name="t")
+    assert (with_preset(train).model.preset, with_preset(train, "auto").model.preset) == ("tiny", here)
+    with pytest.raises(ConfigError, match="view_generalization.*comes from a checkpoint"):
+        with_preset(load_experiment(ROOT / "experiments" / "view_generalization.yaml"), "tiny")
+
+
 def test_experiments_are_frozen():
     spec = load_experiment(ROOT / "experiments" / "flops.yaml")
     with pytest.raises(Exception, match="frozen"):
@@ -182,6 +202,8 @@ def test_a_plugin_that_fails_to_import_is_one_line(tmp_path, capsys):
     (["run", "experiments/bench.yaml", "--set", "measure.device=cuda:0"], "no CUDA device"),
     (["run", "experiments/bench.yaml", "--set", "n_inputs=[1,"], "--set n_inputs: value '[1,' is not valid YAML"),
     (["preview", "--size", "0"], "preview --size: expected a positive int, got 0"),
+    (["run", "experiments/eval_synthetic.yaml", "--preset", "auto"], "every model of eval (kind evaluate) comes from a checkpoint"),
+    (["run", "experiments/bench.yaml", "--preset", "huge"], "--preset: unknown preset 'huge'"),
     (["run", "experiments/flops.yaml", "--set", "output_dir=/proc/forbidden"], "output directory /proc/forbidden"),
 ])
 def test_user_errors_are_one_line_and_exit_2(argv, message, capsys, monkeypatch):

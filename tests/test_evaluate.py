@@ -13,12 +13,12 @@ import yaml
 from PIL import Image
 
 from conftest import load_fixture, random_views
-from harness.evaluate import inputs, kind, scoring
+from harness.evaluate import inputs, scoring
 from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.cli import main
 from harness.errors import CheckpointError, ConfigError, DataError
 from harness.records import RecordStore
-from harness.schema import RunOptions, load_experiment
+from harness.schema import RunOptions, load_experiment, run_spec
 from models import build_model
 
 SCENES = 4
@@ -47,7 +47,7 @@ def _experiment_file(tmp_path: Path, **changes) -> Path:
 
 
 def _run(path: Path, **options):
-    return kind.run_evaluation(load_experiment(path), RunOptions(progress=False, **options))
+    return run_spec(load_experiment(path), RunOptions(progress=False, **options))
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -186,7 +186,7 @@ def test_missing_dataset_explains_what_it_needs(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("RE10K_DIR", raising=False)
     experiment = load_experiment(Path(__file__).parent.parent / "experiments" / "table_re10k.yaml",
                                  [f"output_dir={tmp_path / 'out'}"])
-    assert kind.run_evaluation(experiment, RunOptions(progress=False)) is None
+    assert run_spec(experiment, RunOptions(progress=False)) is None
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "RE10K_DIR" in out[0] and "not set" in out[0]
     assert not (tmp_path / "out").exists()
@@ -220,7 +220,7 @@ def test_table_re10k_with_data_puts_published_rows_beside_ours(tmp_path, monkeyp
     monkeypatch.setenv("RE10K_INDEX", str(tmp_path / "re10k" / "evaluation_index_re10k.json"))
     experiment = load_experiment(Path(__file__).parent.parent / "experiments" / "table_re10k.yaml",
                                  [f"output_dir={tmp_path / 'out'}", "data.options.image_size=32", "grid_scenes=1"])
-    result = kind.run_evaluation(experiment, RunOptions(preset="tiny", progress=False))
+    result = run_spec(experiment, RunOptions(preset="tiny", progress=False))
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     ours = summary[summary["weights"] == "random-init"]
     assert list(ours["model"]) == ["lvsm_decoder_only", "lvsm_encoder_decoder", "efficient_lvsm"]
@@ -303,7 +303,7 @@ def test_table_objects_runs_on_a_folder_of_renders_with_the_published_object_row
     monkeypatch.setenv("OBJECTS_DIR", str(tmp_path / "gso"))
     experiment = load_experiment(Path(__file__).parent.parent / "experiments" / "table_objects.yaml",
                                  [f"output_dir={tmp_path / 'out'}", "data.options.image_size=32", "data.n_input=2", "grid_scenes=0"])
-    kind.run_evaluation(experiment, RunOptions(preset="tiny", progress=False))
+    run_spec(experiment, RunOptions(preset="tiny", progress=False))
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     ours = summary[summary["weights"] == "random-init"]
     assert list(ours["model"]) == ["lvsm_decoder_only", "lvsm_encoder_decoder", "efficient_lvsm"] and set(ours["scenes"]) == {2}

@@ -247,7 +247,32 @@ published:
     assert "ours, from the rows: LVSM decoder-only / Efficient-LVSM latency" in text
 
 
+def test_op_profile_counts_the_bytes_a_forward_copies_and_resumes_from_its_rows(tmp_path):
+    path = _write(tmp_path, f"""
+kind: op_profile
+models: [lvsm_decoder_only, efficient_lvsm]
+preset: tiny
+overrides: {{image_size: 16}}
+n_inputs: [1]
+n_targets: [1, 2]
+top: 3
+output_dir: {tmp_path / 'ops'}
+reference:
+  source: test
+  rows: [{{model: efficient_lvsm, n_input: 1, n_target: 2, mib: 1000.0}}]
+""")
+    rows = run_experiment(path, progress=False)
+    assert [(r["model"], r["n_target"], r["status"]) for r in rows] == [
+        ("lvsm_decoder_only", 1, "ok"), ("lvsm_decoder_only", 2, "ok"), ("efficient_lvsm", 1, "ok"), ("efficient_lvsm", 2, "ok")]
+    assert all(r["mib_copied"] > 0 and r["copies"] > 0 and len(r["top_ops"]) == 3 for r in rows)
+    summary = (tmp_path / "ops" / "op_profile_summary.md").read_text()
+    assert "within 1.5x reference" in summary and "| yes" in summary and "reference MiB: test" in summary
+    assert (tmp_path / "ops" / "op_profile.csv").is_file() and (tmp_path / "ops" / "manifest.json").is_file()
+    assert run_experiment(path, progress=False) == rows  # a rerun measures nothing again
+
+
 @pytest.mark.parametrize("body, message", [
+    ("kind: op_profile\nmodels: [efficient_lvsm]\noverrides: {depth: 2}\n", r"exp.yaml: .*depth"),
     ("kind: profile\nmodels: [lvsm_decoder_only, nope]\n", r"exp.yaml: models.1: unknown model 'nope'"),
     ("kind: profile\nmeasure: {runs: 0}\n", r"exp.yaml: measure.runs: Input should be greater than 0 \(got 0\)"),
     ("kind: profile\nmeasure: {run: 3}\n", r"exp.yaml: measure.run: unknown key"),

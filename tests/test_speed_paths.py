@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from conftest import random_views
-from harness.op_profile import bytes_copied
+from harness.profile.ops import bytes_copied
 from models.layers import Attention, HeadRMSNorm, WeightlessLayerNorm, head_rms_norm
 from models.rays import pixel_rays, plucker_rays
 from models.tokens import Tokenizer, input_view_features, patchify, target_view_features

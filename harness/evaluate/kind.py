@@ -47,9 +47,6 @@ def run_evaluation(spec: EvaluateSpec, options: RunOptions) -> EvaluationResult 
     models = with_checkpoints(spec, options.checkpoints)
     if models is not None:
         spec = revalidate(spec, models=models)
-    if options.preset:
-        spec = revalidate(spec, models=[m.model_dump() if m.checkpoint else {**m.model_dump(), "preset": options.preset}
-                                        for m in spec.models])
     try:
         evaluation = Evaluation(spec, progress=options.progress)
     except MissingResource as missing:

@@ -40,6 +40,9 @@ class EvaluateSpec(ExperimentBase):
     requires: str = ""  # how to provide a checkpoint that is not there (e.g. the make target that trains it)
     published: Published[QualityRow] | None = None
 
+    def preset_device(self) -> str:
+        return self.device
+
     @model_validator(mode="after")
     def _distinct_labels(self) -> "EvaluateSpec":
         labels = [label_of(m, self.models) for m in self.models]

@@ -21,8 +21,7 @@ from models import list_models, model_card, model_class
 
 from ..pipeline import Sweep, write_manifest, write_report
 from ..runtime import autocast
-from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, RunOptions, Spec,
-                      revalidate)
+from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, RunOptions, Spec)
 from . import report
 from .measure import (FlopCounter, ModelCache, RunContext, alternating_ratio, compiled, first_call, input_views,
                       matmul_peak_tflops, measure_call, resolve_context, sdpa_backend, sdpa_backend_used, synthetic_views,
@@ -44,6 +43,10 @@ class CostSpec(ExperimentBase):
     fit_min_n: Positive = 8  # growth exponents are fitted over N >= this
     # Which table of the variants' cards holds the published numbers printed beside ours.
     card_table: str = "efficiency"
+
+    def preset_device(self) -> str:
+        measure = getattr(self, "measure", None)  # none: FLOPs only, counted on the meta device
+        return "meta" if measure is None else measure.device
 
 
 class ViewGridSpec(CostSpec):
@@ -130,8 +133,6 @@ class EfficiencySpec(CostSpec):
 
 
 def _context(spec: CostSpec, options: RunOptions, measured: bool = True) -> tuple[CostSpec, RunContext]:
-    if options.preset:
-        spec = revalidate(spec, preset=options.preset)
     measurement = spec.measure if measured else None
     return spec, resolve_context(spec.preset, spec.batch, spec.image_size, measurement)
 

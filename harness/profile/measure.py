@@ -30,7 +30,7 @@ from models.flops import FlopEstimate
 from ..errors import ConfigError
 from ..pipeline import measured_commits
 from ..provenance import code_version, environment
-from ..runtime import autocast, default_dtype, resolve_device
+from ..runtime import autocast, default_dtype, resolve_device, resolve_preset
 from ..schema import Measurement
 
 # --------------------------------------------------------------------------------------- inputs
@@ -431,10 +431,6 @@ def sdpa_backend_used(fn: Callable[[], Any], device: torch.device) -> str:
 
 # ------------------------------------------------------------------------------ the run's context
 
-# `auto`: the paper preset where there is a GPU to run it, `small` on a CPU.
-AUTO_PRESET = {"cuda": "paper", "cpu": "small", "meta": "paper"}
-
-
 @dataclass
 class RunContext:
     """What a profiling experiment resolves to on this machine: device, dtype, preset and model config."""
@@ -476,7 +472,7 @@ class RunContext:
 def resolve_context(preset: str, batch: int, image_size: int | None, measurement: Measurement | None) -> RunContext:
     """`measurement` None: FLOPs only, counted on the meta device."""
     dev = torch.device("meta") if measurement is None else resolve_device(measurement.device)
-    name = AUTO_PRESET[dev.type] if preset == "auto" else preset
+    name = resolve_preset(preset, dev)
     if name not in PRESETS:
         raise ConfigError(f"preset: unknown value {name!r}; allowed: auto, {', '.join(PRESETS)}")
     config = PRESETS[name]

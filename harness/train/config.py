@@ -84,6 +84,9 @@ class TrainExperiment(ExperimentBase):
     optim: OptimSpec = OptimSpec()
     train: TrainSpec = TrainSpec()
 
+    def preset_device(self) -> str:
+        return self.train.device
+
 
 def _released() -> list[str]:
     from models import list_models, model_card
@@ -149,6 +152,9 @@ class ConvergenceExperiment(ExperimentBase):
                 raise ValueError(f"arm {arm.name}: {where + ': ' if where else ''}"
                                  f"{problem['msg'].removeprefix('Value error, ')}") from None
         return self
+
+    def preset_device(self) -> str:
+        return self.train.device
 
     def study_arms(self) -> list[Arm]:
         return self.arms or [Arm(name=variant, model=variant) for variant in self.variants]

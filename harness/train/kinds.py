@@ -17,7 +17,7 @@ import pandas as pd
 from models import label
 
 from ..pipeline import Report, Sweep, Table, write_manifest, write_report
-from ..schema import Kind, RunOptions, revalidate
+from ..schema import Kind, RunOptions
 from .config import Arm, ConvergenceExperiment, TrainExperiment, settings_dict
 from .distributed import close_world, init_world
 from .figures import save_renders
@@ -80,8 +80,6 @@ def unavailable(arm: Arm) -> str:
 
 
 def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataFrame | None:
-    if options.preset:
-        exp = revalidate(exp, preset=options.preset)
     world = init_world(exp.train.device)
     try:
         sweep = Sweep(exp.results_dir(), exp.name, writer=world.is_main)
@@ -152,8 +150,6 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
 
 
 def run_train(exp: TrainExperiment, options: RunOptions) -> dict[str, Any] | None:
-    if options.preset:
-        exp = revalidate(exp, model={**exp.model.model_dump(), "preset": options.preset})
     world = init_world(exp.train.device)
     try:
         sweep = Sweep(exp.results_dir(), exp.name, writer=world.is_main)
