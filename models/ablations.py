@@ -1,10 +1,10 @@
-"""Ablation arms (issue 13): each isolates one design choice that separates Efficient-LVSM from LVSM,
+"""Ablation arms: each isolates one design choice that separates Efficient-LVSM from LVSM,
 as a small subclass or composition of the released variants and the shared layers.
 
 - `efficient_lvsm_shared_weights`: the input stream reuses the target stream's block weights (the
   "rigid parameter sharing among heterogeneous tokens" the Efficient-LVSM paper argues against).
 - `efficient_lvsm_global_input`: the input stream attends across all input views jointly instead of
-  within each view (so the KV cache is no longer exact, and is not offered).
+  within each view (so there is no exact KV cache, and none is offered).
 - `mmdit_joint`: MM-DiT blocks (Stable Diffusion 3): separate weights per stream, one joint attention
   over [all input tokens ; one target's tokens], one sequence per target view as in LVSM decoder-only.
 - `lvsm_masked`: LVSM decoder-only with an attention mask that gives exactly the dual stream's
@@ -26,7 +26,7 @@ from . import flops as F
 from .base import NVSModel
 from .config import ModelConfig
 from .efficient_lvsm import EFFICIENT_LVSM_PAPER, EfficientLVSM
-from .layers import (Attention, HeadRMSNorm, SelfAttentionBlock, SelfCrossBlock, init_depth_scaled, init_weights, layer_norm,
+from .layers import (HeadRMSNorm, SelfAttentionBlock, SelfCrossBlock, init_depth_scaled, init_weights, layer_norm,
                      merge_heads)
 from .lvsm_decoder_only import LVSM_PAPER, LVSMDecoderOnly
 from .registry import ModelCard, register
@@ -36,14 +36,6 @@ MMDIT_PAPER = 'Esser et al., "Scaling Rectified Flow Transformers for High-Resol
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def project_qkv(attn: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Queries, QK-normed keys and values of a self-attention module's fused projection of x [B, S, dim],
-    each [B, S, H, hd] (token-major, as `Attention` keeps them)."""
-    qkv = attn._heads(attn.qkv(x), 3)
-    q, k = attn._normed_queries_keys(qkv)
-    return q, k, qkv[:, :, 2]
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -174,13 +166,13 @@ class JointBlock(nn.Module):
         """x: [B, S, dim], input-stream tokens first (x[:, :split]), then the target stream's."""
         inputs, targets = x[:, :split], x[:, split:]
         target = self.target_stream
-        q_t, k_t, v_t = project_qkv(target.attn, target.attn_norm(targets))
+        q_t, k_t, v_t = target.attn.queries_keys_values(target.attn_norm(targets))
         if self.last:
             k_i, v_i = self.input_stream(inputs)
             attended = attend(q_t, torch.cat([k_i, k_t], dim=1), torch.cat([v_i, v_t], dim=1))
             return torch.cat([inputs, _finish(target, targets, attended)], dim=1)
         source = self.input_stream
-        q_i, k_i, v_i = project_qkv(source.attn, source.attn_norm(inputs))
+        q_i, k_i, v_i = source.attn.queries_keys_values(source.attn_norm(inputs))
         attended = attend(torch.cat([q_i, q_t], dim=1), torch.cat([k_i, k_t], dim=1), torch.cat([v_i, v_t], dim=1))
         return torch.cat([_finish(source, inputs, attended[:, :split]), _finish(target, targets, attended[:, split:])], dim=1)
 
@@ -196,6 +188,7 @@ class MMDiTJoint(NVSModel):
     LayerNorms and no input LayerNorm, as in Efficient-LVSM; every linear starts at N(0, 0.02),
     depth-scaled per block with `depth_init`."""
     depth_fields = {"stream_depth": "blocks"}
+    target_states = ("blocks", "last")  # sequences [all input tokens ; one target's tokens]
 
     def __init__(self, config: ModelConfig, target_chunk: int | None = None):
         super().__init__(config)
@@ -248,7 +241,7 @@ class MaskedSelfAttentionBlock(SelfAttentionBlock):
     """`SelfAttentionBlock` (same parameters) whose attention takes a boolean mask."""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn.proj(attend(*project_qkv(self.attn, self.attn_norm(x)), mask))
+        x = x + self.attn.proj(attend(*self.attn.queries_keys_values(self.attn_norm(x)), mask))
         return x + self.mlp(self.mlp_norm(x))
 
 

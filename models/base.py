@@ -1,7 +1,7 @@
 """What every variant shares: the call contract, its input checks and the bookkeeping around it."""
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -52,6 +52,10 @@ class NVSModel(nn.Module):
     official_key_map: ClassVar[list[tuple[str, str]]] = []
     # Config depth field -> the state-dict prefix of the blocks it counts (read by `load_official`).
     depth_fields: ClassVar[dict[str, str]] = {}
+    # Where the target views' hidden states are (read by representation alignment, REPA): the module
+    # list whose blocks output them, and where they sit in each block's output: "all" (the output is
+    # the target tokens), "last" / "first" (the last / first P tokens of each sequence). None: nowhere.
+    target_states: ClassVar[tuple[str, Literal["all", "last", "first"]] | None] = None
 
     def __init__(self, config: ModelConfig):
         super().__init__()

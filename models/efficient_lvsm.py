@@ -36,6 +36,7 @@ OBJECTS_UNVERIFIED = "secondary summaries of the Efficient-LVSM paper (objects, 
     }))
 class EfficientLVSM(NVSModel):
     depth_fields = {"stream_depth": "input_blocks"}
+    target_states = ("target_blocks", "all")
     official_key_map = [
         (r"^rgbp_tokenizer\.1\.", "input_tokenizer.proj."),
         (r"^target_pose_tokenizer\.1\.", "target_tokenizer.proj."),

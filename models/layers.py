@@ -105,6 +105,14 @@ class Attention(nn.Module):
         qk = head_rms_norm(qkv[:, :, :2], weight, self.q_norm.eps).to(qkv.dtype)
         return qk[:, :, 0], qk[:, :, 1]
 
+    def queries_keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-attention's normalized queries and keys and its values of x [B, S, dim], each token-major
+        [B, S, H, hd], for blocks that attend over the projections of several streams at once (joint or
+        masked attention); `proj` then maps the merged heads back to dim."""
+        qkv = self._heads(self.qkv(x), 3)
+        q, k = self._normed_queries_keys(qkv)
+        return q, k, qkv[:, :, 2]
+
     def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None, values: torch.Tensor | None = None) -> torch.Tensor:
         if self.cross:
             q = self.q_norm(self._heads(self.q(x), 1)[:, :, 0]).transpose(1, 2)

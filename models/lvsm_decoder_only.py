@@ -46,6 +46,7 @@ OBJECTS_SOURCE = "LVSM paper, object-level table (512 px)"
     }))
 class LVSMDecoderOnly(NVSModel):
     depth_fields = {"depth": "blocks"}
+    target_states = ("blocks", "last")  # sequences [inputs ; target]
     official_key_map = LVSM_TOKEN_KEYS + [
         (r"^transformer_input_layernorm\.", "input_norm."),
         (r"^transformer_blocks\.", "blocks."),

@@ -25,6 +25,7 @@ from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead
     }))
 class LVSMEncoderDecoder(NVSModel):
     depth_fields = {"encoder_depth": "encoder", "decoder_depth": "decoder"}
+    target_states = ("decoder", "first")  # decoder sequences [target ; latents]
     official_key_map = LVSM_TOKEN_KEYS + [
         (r"^n_light_field_latent$", "latents"),
         (r"^transformer_input_layernorm_decoder\.", "decoder_input_norm."),

@@ -401,8 +401,20 @@ def test_repa_refuses_a_missing_teacher_in_one_line(teacher, tmp_path):
     torch.save({"other.weight": torch.zeros(3)}, wrong)
     with pytest.raises(ConfigError, match="the weights do not fit teacher"):
         RepaTerm(teacher.model_copy(update={"weights": str(wrong)}), model, 32, torch.device("cpu"))
-    with pytest.raises(ConfigError, match="has no target-token hidden states"):
+    with pytest.raises(ConfigError, match="declares no target-token hidden states"):
         repa_tap(nn.Linear(2, 2))
+
+
+def test_repa_reads_the_hidden_states_a_variant_declares():
+    """A plugin variant says where its target tokens are; REPA knows no concrete class."""
+    from models import LVSMDecoderOnly
+
+    class Plugin(LVSMDecoderOnly):
+        target_states = ("blocks", "first")
+
+    model = Plugin(PRESETS["tiny"])
+    blocks, position = repa_tap(model)
+    assert blocks is model.blocks and position == "first"
 
 
 def test_repa_in_the_training_loop_logs_its_term_and_resumes_exactly(teacher, tmp_path):

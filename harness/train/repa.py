@@ -30,12 +30,13 @@ the file) with a `forward` that normalises and returns `get_intermediate_layers(
 Teacher tokens are bilinearly resampled to the model's token grid when the two grids differ.
 
 Which hidden states (`layers`, 0-based block indices, negative counting from the end; one
-projector per layer, their losses averaged):
+projector per layer, their losses averaged), as each variant declares them (`target_states`, beside
+`depth_fields`), so a plugin variant can be aligned too:
 - Efficient-LVSM and its ablations (`target_blocks`): the output of target block i, [b*m, P, d].
 - LVSM decoder-only, `lvsm_masked`, `mmdit_joint` (`blocks`, sequences [inputs ; target]): the
   target tokens of block i's output.
 - LVSM encoder-decoder (`decoder`, sequences [target ; latents]): the target tokens of decoder block i.
-Any other model is refused with a ConfigError. The default (`layers: []`) is the single block at
+A variant that declares none is refused with a ConfigError. The default (`layers: []`) is the single block at
 one third of that depth, index max(depth // 3 - 1, 0): block 3 of Efficient-LVSM's 12 target
 blocks, the same relative depth as REPA's layer 8 of SiT-XL's 28 (the release's own choice is not
 restated here); block 0 of the tiny and small presets.
@@ -156,18 +157,14 @@ def teacher_tokens(output: Any, grid: tuple[int, int], image_hw: tuple[int, int]
 
 def repa_tap(model: nn.Module) -> tuple[nn.ModuleList, str]:
     """The blocks whose outputs REPA reads, and where the target tokens sit in each output
-    ("all": the output is the target tokens; "last"/"first": the last/first P tokens of a sequence)."""
-    from models import EfficientLVSM, LVSMDecoderOnly, LVSMEncoderDecoder
-    from models.ablations import MMDiTJoint
-    if isinstance(model, EfficientLVSM):
-        return model.target_blocks, "all"
-    if isinstance(model, (LVSMDecoderOnly, MMDiTJoint)):
-        return model.blocks, "last"
-    if isinstance(model, LVSMEncoderDecoder):
-        return model.decoder, "first"
-    raise ConfigError(f"train.repa: model {getattr(model, 'name', type(model).__name__)!r} has no target-token hidden states "
-                      "REPA knows how to read; supported: Efficient-LVSM and its ablations, LVSM decoder-only, "
-                      "lvsm_masked, mmdit_joint, LVSM encoder-decoder")
+    ("all": the output is the target tokens; "last"/"first": the last/first P tokens of a sequence),
+    as the variant declares them (`NVSModel.target_states`)."""
+    declared = getattr(model, "target_states", None)
+    if declared is None:
+        raise ConfigError(f"train.repa: model {getattr(model, 'name', type(model).__name__)!r} declares no target-token "
+                          "hidden states (its class sets no `target_states`), so REPA cannot align it")
+    blocks, position = declared
+    return getattr(model, blocks), position
 
 
 def default_layer(depth: int) -> int:
