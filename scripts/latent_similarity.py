@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.checkpoint import load_checkpoint  # noqa: E402
-from harness.experiment import load_experiment  # noqa: E402
+from harness.schema import load_experiment  # noqa: E402
 from harness.train.data import evaluation_split, open_sources  # noqa: E402
 from models import build_model  # noqa: E402
 

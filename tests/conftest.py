@@ -24,6 +24,15 @@ def _deterministic():
     yield
 
 
+def assert_one_line(error: pytest.ExceptionInfo, *needles: str) -> str:
+    """The error's message is one line and names every needle."""
+    message = str(error.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    return message
+
+
 def random_views(b: int, n: int, m: int, size: int = 32, seed: int = 0):
     """Images in [0,1] and plausible cameras (small rotations, pixel intrinsics)."""
     g = torch.Generator().manual_seed(seed)

@@ -1,18 +1,20 @@
-"""harness.data on-disk formats: fixtures written here in each layout (RealEstate10K .torch chunks with
-JPEG bytes, LVSM metadata/*.json + PNGs, transforms.json + PNGs) from one rendered scene with known
-cameras, loaded back through `open_source`; plus the one-line errors for bad input."""
+"""harness.data on-disk formats (writers in tests/formats.py): one rendered scene with known cameras,
+written in each layout (RealEstate10K .torch chunks with JPEG bytes, LVSM metadata/*.json + PNGs,
+transforms.json + PNGs) and loaded back through `open_source` with the same cameras and pixels;
+images resampled as the protocol does; and every bad file, camera or option refused in one line that
+names the file, scene, frame or option and what was expected."""
 from __future__ import annotations
 
-import io
 import json
-import math
 import pickle
-from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import assert_one_line
+from formats import WRITERS, Capture, image_bytes, random_capture, set_key, write_lvsm, write_re10k, write_transforms
 from harness.data import DataError, evaluation_examples, open_source
 from harness.data.synthetic import SyntheticScenes
 
@@ -29,70 +31,22 @@ def project(points: torch.Tensor, c2w: torch.Tensor, k: torch.Tensor) -> torch.T
 @pytest.fixture(scope="module")
 def truth():
     """A rendered scene at H x W with known OpenCV cameras and non-trivial intrinsics (fx != fy,
-    off-centre principal point)."""
+    off-centre principal point), and the world that renders it."""
     src = SyntheticScenes(count=1, seed=3, image_size=S, frames=16)
     world = src.world(0)
     c2w = src.cameras(0, [0, 4, 8, 12])
     k = torch.tensor([72.0, 75.0, W / 2 + 3.0, H / 2 - 2.0]).repeat(VIEWS, 1)
     images, _ = world.render(c2w, k, (H, W))
-    return {"world": world, "c2w": c2w, "k": k, "images": images}
-
-
-def png_bytes(image: torch.Tensor, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy()).save(buffer, format=fmt, quality=95)
-    return buffer.getvalue()
-
-
-def write_re10k(root: Path, truth, cameras: torch.Tensor | None = None, jpegs: list[bytes] | None = None) -> Path:
-    folder = root / "test"
-    folder.mkdir(parents=True)
-    w2c = torch.linalg.inv(truth["c2w"])[:, :3].reshape(VIEWS, 12)
-    normalized = truth["k"] / torch.tensor([W, H, W, H])
-    rows = torch.cat([normalized, torch.zeros(VIEWS, 2), w2c], 1) if cameras is None else cameras
-    jpegs = jpegs or [png_bytes(im, "JPEG") for im in truth["images"]]
-    chunk = [{"key": SCENE, "url": "https://example.invalid", "timestamps": torch.arange(VIEWS) * 33_000,
-              "cameras": rows.float(), "images": [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]}]
-    torch.save(chunk, folder / "000000.torch")
-    (folder / "index.json").write_text(json.dumps({SCENE: "000000.torch"}))
-    return root
-
-
-def write_lvsm(root: Path, truth) -> Path:
-    (root / "metadata").mkdir(parents=True)
-    (root / "images" / SCENE).mkdir(parents=True)
-    frames = []
-    for j in range(VIEWS):
-        path = root / "images" / SCENE / f"{j:05d}.png"
-        path.write_bytes(png_bytes(truth["images"][j]))
-        frames.append({"image_path": str(path), "fxfycxcy": truth["k"][j].tolist(),
-                       "w2c": torch.linalg.inv(truth["c2w"][j]).tolist()})
-    (root / "metadata" / f"{SCENE}.json").write_text(json.dumps({"scene_name": SCENE, "frames": frames}))
-    return root
-
-
-def write_transforms(root: Path, truth, intrinsics: str = "focal") -> Path:
-    folder = root / SCENE
-    (folder / "images").mkdir(parents=True)
-    gl = truth["c2w"].clone()
-    gl[:, :3, 1:3] *= -1                      # OpenCV -> OpenGL/Blender camera axes
-    k = truth["k"][0]
-    top = ({"fl_x": k[0].item(), "fl_y": k[1].item(), "cx": k[2].item(), "cy": k[3].item(), "w": W, "h": H}
-           if intrinsics == "focal" else
-           {"camera_angle_x": 2 * math.atan(W / (2 * k[0].item())), "camera_angle_y": 2 * math.atan(H / (2 * k[1].item()))})
-    frames = []
-    for j in range(VIEWS):
-        (folder / "images" / f"{j:03d}.png").write_bytes(png_bytes(truth["images"][j]))
-        frames.append({"file_path": f"./images/{j:03d}", "transform_matrix": gl[j].tolist()})
-    (folder / "transforms.json").write_text(json.dumps({**top, "frames": frames}))
-    return root
+    return {"world": world, "capture": Capture(images, c2w, k, SCENE)}
 
 
 def test_every_format_loads_the_same_cameras_and_pixels(tmp_path, truth):
+    capture = truth["capture"]
+    write_transforms(tmp_path / "tj" / SCENE, capture)
     sources = {
-        "re10k": open_source("re10k", root=str(write_re10k(tmp_path / "re10k", truth)), image_size=S),
-        "lvsm_json": open_source("lvsm_json", root=str(write_lvsm(tmp_path / "lvsm", truth)), image_size=S),
-        "transforms_json": open_source("transforms_json", root=str(write_transforms(tmp_path / "tj", truth)), image_size=S),
+        "re10k": open_source("re10k", root=str(write_re10k(tmp_path / "re10k", capture)), image_size=S),
+        "lvsm_json": open_source("lvsm_json", root=str(write_lvsm(tmp_path / "lvsm", capture)), image_size=S),
+        "transforms_json": open_source("transforms_json", root=str(tmp_path / "tj"), image_size=S),
     }
     # Where a pixel of the original frame lands after resize-to-height + centre crop.
     scale = S / H
@@ -102,9 +56,9 @@ def test_every_format_loads_the_same_cameras_and_pixels(tmp_path, truth):
         assert src.names == [SCENE] and src.num_views(0) == VIEWS
         scene = src[0]
         assert scene.images.shape == (VIEWS, 3, S, S)
-        assert torch.allclose(scene.c2w, truth["c2w"], atol=1e-5), name
+        assert torch.allclose(scene.c2w, capture.c2w, atol=1e-5), name
         for j in range(VIEWS):
-            expected = project(points, truth["c2w"][j], truth["k"][j]) * scale - torch.tensor([left, 0.0])
+            expected = project(points, capture.c2w[j], capture.k[j]) * scale - torch.tensor([left, 0.0])
             assert torch.allclose(project(points, scene.c2w[j], scene.fxfycxcy[j]), expected, atol=1e-3), name
         # The loaded images show what the loaded cameras see: re-render with them and compare (the rest
         # is resampling blur and JPEG loss); a 1.5-pixel shift of the principal point is clearly worse.
@@ -119,9 +73,10 @@ def test_every_format_loads_the_same_cameras_and_pixels(tmp_path, truth):
 
 
 def test_transforms_json_camera_angles_give_the_same_intrinsics(tmp_path, truth, caplog):
-    src = open_source("transforms_json", root=str(write_transforms(tmp_path, truth, "angles")), image_size=None)
+    write_transforms(tmp_path / SCENE, truth["capture"], "angles")
+    src = open_source("transforms_json", root=str(tmp_path), image_size=None)
     scene = src.views(0, [1])
-    k = truth["k"][1]
+    k = truth["capture"].k[1]
     assert torch.allclose(scene.fxfycxcy[0], torch.tensor([k[0], k[1], W / 2, H / 2]), atol=1e-3)
     assert scene.images.shape == (1, 3, H, W) and src.family == "object" and scene.notes == []
     meta = tmp_path / SCENE / "transforms.json"
@@ -137,89 +92,195 @@ def test_transforms_json_camera_angles_give_the_same_intrinsics(tmp_path, truth,
 
 
 def test_samplers_run_on_a_loaded_source(tmp_path, truth):
-    src = open_source("lvsm_json", root=str(write_lvsm(tmp_path, truth)), image_size=32, span=(2, 3))
+    src = open_source("lvsm_json", root=str(write_lvsm(tmp_path, truth["capture"])), image_size=32, span=(2, 3))
     (ex,) = evaluation_examples(src, {SCENE: {"context": [0, 3], "target": [1, 2]}})
     assert ex.input_images.shape == (2, 3, 32, 32) and ex.target_indices == [1, 2]
     copy = pickle.loads(pickle.dumps(src))            # DataLoader workers may receive sources by pickle
     assert torch.equal(copy.views(0, [1]).images, ex.target_images[:1])
 
 
-# --- bad input: one-line errors naming the file/scene and what was expected ---------------------------
+# --- loaders: resampling as the protocol does it --------------------------------------------------
 
-def one_line(error: pytest.ExceptionInfo, *needles: str) -> None:
-    message = str(error.value)
-    assert "\n" not in message
-    for needle in needles:
-        assert needle in message, (needle, message)
+def test_loaded_images_are_resized_with_pil_lanczos_then_centre_cropped(tmp_path):
+    """pixelSplat's evaluation and LVSM's loader resize 8-bit images with PIL's LANCZOS."""
+    root = write_transforms(tmp_path, random_capture(), cx=12.0, cy=8.0, edit=lambda data: [data.pop(k) for k in "wh"])
+    wide = np.random.default_rng(7).integers(0, 256, (24, 40, 3), dtype=np.uint8)   # 24 rows x 40 columns
+    (root / "images" / "000.png").write_bytes(image_bytes(torch.from_numpy(wide).permute(2, 0, 1) / 255))
+    scene = open_source("transforms_json", root=str(root), image_size=SIZE).views(0, [0])
+    original = Image.fromarray(wide)
+    width = round(40 * SIZE / 24)   # 27
+    reference = np.asarray(original.resize((width, SIZE), Image.LANCZOS), dtype=np.float32) / 255
+    left = (width - SIZE) // 2
+    expected = torch.from_numpy(reference[:, left:left + SIZE]).permute(2, 0, 1)
+    assert torch.equal(scene.images[0], expected)
+    # The crop semantics are unchanged: intrinsics scaled by the resize, shifted by the crop.
+    scale = SIZE / 24
+    assert torch.allclose(scene.fxfycxcy[0], torch.tensor([20 * width / 40, 20 * scale, 12 * width / 40 - left, 8 * scale]))
+
+
+# --- bad input: one-line errors naming the file/scene and what was expected ---------------------------
+SIZE = 16  # the random captures' size
 
 
 def test_missing_image_is_named(tmp_path, truth):
-    root = write_lvsm(tmp_path / "lvsm", truth)
+    root = write_lvsm(tmp_path / "lvsm", truth["capture"])
     (root / "images" / SCENE / "00002.png").unlink()
     src = open_source("lvsm_json", root=str(root), image_size=S)
     src.views(0, [0, 1])
     with pytest.raises(DataError) as error:
         src.views(0, [2])
-    one_line(error, f"{SCENE}.json", "frame 2", "00002.png", "not found")
+    assert_one_line(error, f"{SCENE}.json", "frame 2", "00002.png", "not found")
 
 
 
 def test_transforms_json_leaves_out_frames_without_images(tmp_path, truth, caplog):
     """instant-ngp's fox lists 67 frames and ships 50 images: frames without an image are left out with
     one warning that counts them; only a file with no image at all is an error."""
-    root = write_transforms(tmp_path / "tj", truth)
+    root = tmp_path / "tj"
+    write_transforms(root / SCENE, truth["capture"])
     for j in (1, 2):
         (root / SCENE / "images" / f"00{j}.png").unlink()
     src = open_source("transforms_json", root=str(root), image_size=S)
     assert src.num_views(0) == VIEWS - 2
     scene = src[0]
-    assert torch.allclose(scene.c2w, truth["c2w"][[0, 3]], atol=1e-5)      # frames 0 and 3, in file order
+    assert torch.allclose(scene.c2w, truth["capture"].c2w[[0, 3]], atol=1e-5)      # frames 0 and 3, in file order
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and "2 of 4 frames have no image file" in warned[0] and "transforms.json" in warned[0]
     for j in (0, 3):
         (root / SCENE / "images" / f"00{j}.png").unlink()
     with pytest.raises(DataError) as error:
         open_source("transforms_json", root=str(root))[0]
-    one_line(error, "transforms.json", "none of its 4 frames has its image file", "./images/000")
+    assert_one_line(error, "transforms.json", "none of its 4 frames has its image file", "./images/000")
 
 
 def test_corrupt_jpeg_is_named(tmp_path, truth):
-    jpegs = [png_bytes(im, "JPEG") for im in truth["images"]]
+    jpegs = [image_bytes(im, "JPEG") for im in truth["capture"].images]
     jpegs[1] = jpegs[1][: len(jpegs[1]) // 3]
-    src = open_source("re10k", root=str(write_re10k(tmp_path, truth, jpegs=jpegs)), image_size=S)
+    src = open_source("re10k", root=str(write_re10k(tmp_path, truth["capture"], jpegs=jpegs)), image_size=S)
     assert src.views(0, [0]).images.shape == (1, 3, S, S)
     with pytest.raises(DataError) as error:
         src.views(0, [1])
-    one_line(error, "000000.torch", SCENE, "frame 1", "cannot decode image")
+    assert_one_line(error, "000000.torch", SCENE, "frame 1", "cannot decode image")
 
 
 def test_camera_row_of_wrong_length_is_named(tmp_path, truth):
     rows = torch.zeros(VIEWS, 17)
-    src = open_source("re10k", root=str(write_re10k(tmp_path, truth, cameras=rows)), image_size=S)
+    src = open_source("re10k", root=str(write_re10k(tmp_path, truth["capture"], cameras=rows)), image_size=S)
     with pytest.raises(DataError) as error:
         src[0]
-    one_line(error, SCENE, "(4, 17)", "[N,18]")
+    assert_one_line(error, SCENE, "(4, 17)", "[N,18]")
 
 
 def test_bad_lvsm_matrix_and_view_index_are_named(tmp_path, truth):
-    root = write_lvsm(tmp_path, truth)
+    root = write_lvsm(tmp_path, truth["capture"])
     src = open_source("lvsm_json", root=str(root), image_size=S)
     with pytest.raises(DataError) as error:
         src.views(0, [0, VIEWS])
-    one_line(error, SCENE, f"view index {VIEWS} out of range", f"has {VIEWS} views")
+    assert_one_line(error, SCENE, f"view index {VIEWS} out of range", f"has {VIEWS} views")
     meta = root / "metadata" / f"{SCENE}.json"
     data = json.loads(meta.read_text())
     data["frames"][3]["w2c"] = [[1, 0, 0], [0, 1, 0]]
     meta.write_text(json.dumps(data))
     with pytest.raises(DataError) as error:
         open_source("lvsm_json", root=str(root))[0]
-    one_line(error, f"{SCENE}.json", "frame 3", "'w2c' has shape (2, 3)", "4x4")
+    assert_one_line(error, f"{SCENE}.json", "frame 3", "'w2c' has shape (2, 3)", "4x4")
 
 
 def test_missing_dataset_says_what_to_provide(tmp_path):
     with pytest.raises(DataError) as error:
         open_source("re10k", root=str(tmp_path / "nowhere"))
-    one_line(error, "index.json", "not bundled")
+    assert_one_line(error, "index.json", "not bundled")
     with pytest.raises(DataError) as error:
         open_source("transforms_json", root=str(tmp_path))
-    one_line(error, "transforms.json", str(tmp_path))
+    assert_one_line(error, "transforms.json", str(tmp_path))
+
+
+@pytest.mark.parametrize("edit,needles", [
+    (set_key(["frames", 2, "transform_matrix", 0, 3], float("nan")), ["frame 2", "'transform_matrix' holds NaN"]),
+    (set_key(["frames", 1, "transform_matrix", 1, 1], float("inf")), ["frame 1", "'transform_matrix' holds NaN or Infinity"]),
+    (set_key(["frames", 3, "transform_matrix", 2], [0.0, 1.0]), ["frame 3", "'transform_matrix' has rows of different lengths"]),
+    (set_key(["frames", 0, "transform_matrix", 0, 0], "one"), ["frame 0", "'transform_matrix' holds a value that is not a number"]),
+    (set_key(["frames", 0, "transform_matrix"], [[0.0] * 4] * 4), ["frame 0", "singular"]),
+    (set_key(["fl_x"], float("nan")), ["frame 0", "'fl_x' is nan; expected a finite number"]),
+    (set_key(["fl_y"], "20"), ["frame 0", "'fl_y' is '20'; expected a finite number"]),
+    (set_key(["frames", 1, "fl_x"], -3.0), ["frame 1", "'fl_x' is -3.0; expected a positive number"]),
+    (set_key(["k1"], "big"), ["'k1' is 'big'"]),
+])
+def test_transforms_json_refuses_bad_cameras(tmp_path, edit, needles):
+    src = open_source("transforms_json", root=str(write_transforms(tmp_path, random_capture(), edit=edit)), image_size=None)
+    with pytest.raises(DataError) as error:
+        src[0]
+    assert_one_line(error, str(tmp_path / "transforms.json"), *needles)
+
+
+def test_one_nan_pose_is_refused_rather_than_spread_to_every_view(tmp_path):
+    """Poses are normalised over the whole scene, so one NaN pose would make every view NaN."""
+    root = write_transforms(tmp_path, random_capture(), edit=set_key(["frames", 3, "transform_matrix", 0, 3], float("nan")))
+    src = open_source("transforms_json", root=str(root), image_size=None)
+    with pytest.raises(DataError, match="frame 3"):
+        list(evaluation_examples(src, {root.name: {"context": [0, 1], "target": [2]}}))
+
+
+@pytest.mark.parametrize("edit,needles", [
+    (set_key(["frames", 1, "fxfycxcy", 0], float("nan")), ["frame 1", "'fxfycxcy' holds NaN"]),
+    (set_key(["frames", 1, "fxfycxcy"], [20.0, 20.0, 8.0]), ["frame 1", "'fxfycxcy' has shape (3,)"]),
+    (set_key(["frames", 2, "fxfycxcy"], [0.0, 20.0, 8.0, 8.0]), ["frame 2", "expected fx, fy > 0"]),
+    (set_key(["frames", 2, "fxfycxcy"], ["20", 20.0, 8.0, 8.0]), ["frame 2", "'fxfycxcy' holds a value that is not a number"]),
+    (set_key(["frames", 3, "w2c", 2, 2], float("-inf")), ["frame 3", "'w2c' holds NaN or Infinity"]),
+    (set_key(["frames", 0, "w2c"], [[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]]), ["frame 0", "singular"]),
+])
+def test_lvsm_json_refuses_bad_cameras(tmp_path, edit, needles):
+    src = open_source("lvsm_json", root=str(write_lvsm(tmp_path, random_capture(), edit)), image_size=None)
+    with pytest.raises(DataError) as error:
+        src[0]
+    assert_one_line(error, str(tmp_path / "metadata" / "s.json"), *needles)
+
+
+@pytest.mark.parametrize("row,column,value,needles", [
+    (2, 0, float("nan"), ["frame 2", "NaN or Infinity"]),
+    (1, 9, float("inf"), ["frame 1", "NaN or Infinity"]),
+    (3, 1, 0.0, ["frame 3", "expected fx, fy > 0"]),
+])
+def test_re10k_refuses_bad_camera_rows(tmp_path, row, column, value, needles):
+    capture = random_capture()
+    cameras = torch.load(write_re10k(tmp_path / "ok", capture) / "test" / "000000.torch", weights_only=True)[0]["cameras"]
+    cameras[row, column] = value
+    src = open_source("re10k", root=str(write_re10k(tmp_path / "bad", capture, cameras)), image_size=None)
+    with pytest.raises(DataError) as error:
+        src[0]
+    assert_one_line(error, "000000.torch", "'s'", *needles)
+
+
+# --- data source options ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,options,option", [
+    ("synthetic_object", {"count": -1}, "count"),
+    ("synthetic_object", {"count": 0}, "count"),
+    ("synthetic_object", {"views": -2}, "views"),
+    ("synthetic_object", {"image_size": 0}, "image_size"),
+    ("synthetic_object", {"supersample": -1}, "supersample"),
+    ("synthetic_object", {"fov_degrees": 0}, "fov_degrees"),
+    ("synthetic_object", {"radius": -1.0}, "radius"),
+    ("synthetic_object", {"count": 2.5}, "count"),
+    ("synthetic_scene", {"frames": -3}, "frames"),
+    ("synthetic_scene", {"span": [5, 2]}, "span"),
+    ("synthetic_scene", {"seed": -1}, "seed"),
+])
+def test_bad_source_options_are_named(name, options, option):
+    with pytest.raises(DataError) as error:
+        open_source(name, **options)
+    assert_one_line(error, name, f"option {option!r}")
+
+
+@pytest.mark.parametrize("name,options,option", [
+    ("re10k", {"cache_chunks": 0}, "cache_chunks"),
+    ("re10k", {"image_size": -256}, "image_size"),
+    ("lvsm_json", {"span": [0, 10]}, "span"),
+    ("transforms_json", {"image_size": 0}, "image_size"),
+    ("transforms_json", {"background": 2.0}, "background"),
+])
+def test_bad_options_of_real_sources_are_named(tmp_path, name, options, option):
+    root = WRITERS[name](tmp_path / "data", random_capture())
+    with pytest.raises(DataError) as error:
+        open_source(name, root=str(root), **options)
+    assert_one_line(error, name, f"option {option!r}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import VARIANTS
+from conftest import ALL_VARIANTS, VARIANTS
 from harness.errors import ConfigError
 from harness.pipeline import Sweep
 from harness.profile import measure as measure_module
@@ -30,7 +30,7 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", ALL_VARIANTS)
 @pytest.mark.parametrize("config,n,m,batch", CONFIGS)
 def test_flop_counter_matches_analytic_formula_with_attention(name, config, n, m, batch):
     count = FlopCounter(config).forward(name, n, m, batch)

@@ -1,50 +1,25 @@
-"""Issue 11, the low layers: every bad input gets one clear line, nothing is silently wrong. Records
-survive a torn line and never hold NaN tokens; models refuse non-finite cameras; loaders refuse
-non-finite or malformed cameras and options, naming file, frame and option; official weights of
-another variant, or with a missing block, are named; a file that is no checkpoint is one line."""
+"""Nothing is silently wrong: every bad input gets one clear line. Records never hold NaN tokens;
+models refuse non-finite cameras; official weights of another variant, or with a missing block, are
+named; a file that is no checkpoint is one line. (Bad data files and source options: test_data_formats.)"""
 from __future__ import annotations
 
 import ast
-import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import VARIANTS, load_fixture, random_views
+from conftest import FIXTURES, VARIANTS, assert_one_line as one_line, load_fixture, random_views
 from harness.checkpoint import load_checkpoint, save_checkpoint
-from harness.data import DataError, open_source
 from harness.errors import CheckpointError, HarnessError, MissingResource
 from harness.records import RecordStore
 from models import build_model, load_official
 
-FIXTURES = Path(__file__).parent / "fixtures"
 SIZE = 16
-FRAMES = 4
-
-
-def one_line(error: pytest.ExceptionInfo, *needles: str) -> str:
-    message = str(error.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, (needle, message)
-    return message
 
 
 # --- records ------------------------------------------------------------------------------------------
-
-def test_append_after_a_torn_line_keeps_the_next_row(tmp_path):
-    store = RecordStore(tmp_path / "rows.jsonl")
-    store.append({"key": "a"})
-    with store.path.open("a") as handle:  # a crash in the middle of writing a row
-        handle.write('{"key": "lost", "latency')
-    store.append({"key": "b"})
-    store.append({"key": "c"})
-    assert [row["key"] for row in store.rows()] == ["a", "b", "c"]
-
 
 def test_records_hold_null_for_non_finite_values_and_say_which(tmp_path):
     store = RecordStore(tmp_path / "rows.jsonl")
@@ -115,188 +90,6 @@ def test_camera_check_does_not_synchronise_cuda():
     torch.cuda.synchronize()
 
 
-# --- loaders: cameras in files -----------------------------------------------------------------------
-
-def _png(seed: int, size: tuple[int, int] = (SIZE, SIZE)) -> bytes:
-    rng = np.random.default_rng(seed)
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _c2w(j: int) -> list[list[float]]:
-    c2w = torch.eye(4)
-    c2w[:3, 3] = torch.tensor([0.3 * j, 0.1, -2.0])
-    return c2w.tolist()
-
-
-def write_transforms(root: Path, edit=None, **top) -> Path:
-    (root / "images").mkdir(parents=True)
-    frames = []
-    for j in range(FRAMES):
-        (root / "images" / f"{j}.png").write_bytes(_png(j))
-        frames.append({"file_path": f"images/{j}.png", "transform_matrix": _c2w(j)})
-    data = {"fl_x": 20.0, "fl_y": 20.0, "cx": 8.0, "cy": 8.0, **top, "frames": frames}
-    if edit:
-        edit(data)
-    (root / "transforms.json").write_text(json.dumps(data))
-    return root
-
-
-def write_lvsm(root: Path, edit=None) -> Path:
-    (root / "metadata").mkdir(parents=True)
-    (root / "images" / "s").mkdir(parents=True)
-    frames = []
-    for j in range(FRAMES):
-        (root / "images" / "s" / f"{j}.png").write_bytes(_png(j))
-        frames.append({"image_path": f"images/s/{j}.png", "fxfycxcy": [20.0, 20.0, 8.0, 8.0],
-                       "w2c": torch.linalg.inv(torch.tensor(_c2w(j))).tolist()})
-    data = {"scene_name": "s", "frames": frames}
-    if edit:
-        edit(data)
-    (root / "metadata" / "s.json").write_text(json.dumps(data))
-    return root
-
-
-def write_re10k(root: Path, cameras: torch.Tensor | None = None) -> Path:
-    root.mkdir(parents=True)
-    w2c = torch.linalg.inv(torch.tensor([_c2w(j) for j in range(FRAMES)]))[:, :3].reshape(FRAMES, 12)
-    rows = torch.cat([torch.tensor([1.25, 1.25, 0.5, 0.5]).repeat(FRAMES, 1), torch.zeros(FRAMES, 2), w2c], 1)
-    rows = rows if cameras is None else cameras
-    images = [torch.frombuffer(bytearray(_png(j)), dtype=torch.uint8) for j in range(FRAMES)]
-    torch.save([{"key": "s", "url": "", "timestamps": torch.arange(FRAMES), "cameras": rows, "images": images}],
-               root / "000000.torch")
-    (root / "index.json").write_text(json.dumps({"s": "000000.torch"}))
-    return root
-
-
-def _set(path: list, value):
-    def edit(data):
-        target = data
-        for key in path[:-1]:
-            target = target[key]
-        target[path[-1]] = value
-    return edit
-
-
-@pytest.mark.parametrize("edit,needles", [
-    (_set(["frames", 2, "transform_matrix", 0, 3], float("nan")), ["frame 2", "'transform_matrix' holds NaN"]),
-    (_set(["frames", 1, "transform_matrix", 1, 1], float("inf")), ["frame 1", "'transform_matrix' holds NaN or Infinity"]),
-    (_set(["frames", 3, "transform_matrix", 2], [0.0, 1.0]), ["frame 3", "'transform_matrix' has rows of different lengths"]),
-    (_set(["frames", 0, "transform_matrix", 0, 0], "one"), ["frame 0", "'transform_matrix' holds a value that is not a number"]),
-    (_set(["frames", 0, "transform_matrix"], [[0.0] * 4] * 4), ["frame 0", "singular"]),
-    (_set(["fl_x"], float("nan")), ["frame 0", "'fl_x' is nan; expected a finite number"]),
-    (_set(["fl_y"], "20"), ["frame 0", "'fl_y' is '20'; expected a finite number"]),
-    (_set(["frames", 1, "fl_x"], -3.0), ["frame 1", "'fl_x' is -3.0; expected a positive number"]),
-    (_set(["k1"], "big"), ["'k1' is 'big'"]),
-])
-def test_transforms_json_refuses_bad_cameras(tmp_path, edit, needles):
-    src = open_source("transforms_json", root=str(write_transforms(tmp_path, edit)), image_size=None)
-    with pytest.raises(DataError) as error:
-        src[0]
-    one_line(error, str(tmp_path / "transforms.json"), *needles)
-
-
-def test_one_nan_pose_no_longer_spreads_to_every_view(tmp_path):
-    """The defect: normalising poses over a scene with one NaN pose made every view NaN, silently."""
-    from harness.data import evaluation_examples
-    root = write_transforms(tmp_path, _set(["frames", 3, "transform_matrix", 0, 3], float("nan")))
-    src = open_source("transforms_json", root=str(root), image_size=None)
-    with pytest.raises(DataError, match="frame 3"):
-        list(evaluation_examples(src, {root.name: {"context": [0, 1], "target": [2]}}))
-
-
-@pytest.mark.parametrize("edit,needles", [
-    (_set(["frames", 1, "fxfycxcy", 0], float("nan")), ["frame 1", "'fxfycxcy' holds NaN"]),
-    (_set(["frames", 1, "fxfycxcy"], [20.0, 20.0, 8.0]), ["frame 1", "'fxfycxcy' has shape (3,)"]),
-    (_set(["frames", 2, "fxfycxcy"], [0.0, 20.0, 8.0, 8.0]), ["frame 2", "expected fx, fy > 0"]),
-    (_set(["frames", 2, "fxfycxcy"], ["20", 20.0, 8.0, 8.0]), ["frame 2", "'fxfycxcy' holds a value that is not a number"]),
-    (_set(["frames", 3, "w2c", 2, 2], float("-inf")), ["frame 3", "'w2c' holds NaN or Infinity"]),
-    (_set(["frames", 0, "w2c"], [[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]]), ["frame 0", "singular"]),
-])
-def test_lvsm_json_refuses_bad_cameras(tmp_path, edit, needles):
-    src = open_source("lvsm_json", root=str(write_lvsm(tmp_path, edit)), image_size=None)
-    with pytest.raises(DataError) as error:
-        src[0]
-    one_line(error, str(tmp_path / "metadata" / "s.json"), *needles)
-
-
-@pytest.mark.parametrize("row,column,value,needles", [
-    (2, 0, float("nan"), ["frame 2", "NaN or Infinity"]),
-    (1, 9, float("inf"), ["frame 1", "NaN or Infinity"]),
-    (3, 1, 0.0, ["frame 3", "expected fx, fy > 0"]),
-])
-def test_re10k_refuses_bad_camera_rows(tmp_path, row, column, value, needles):
-    cameras = torch.load(write_re10k(tmp_path / "ok") / "000000.torch", weights_only=True)[0]["cameras"]
-    cameras[row, column] = value
-    src = open_source("re10k", root=str(write_re10k(tmp_path / "bad", cameras)), image_size=None)
-    with pytest.raises(DataError) as error:
-        src[0]
-    one_line(error, "000000.torch", "'s'", *needles)
-
-
-def test_good_tiny_captures_load(tmp_path):
-    for name, root in (("transforms_json", write_transforms(tmp_path / "tj")), ("lvsm_json", write_lvsm(tmp_path / "lj")),
-                       ("re10k", write_re10k(tmp_path / "re"))):
-        scene = open_source(name, root=str(root), image_size=None)[0]
-        assert scene.images.shape == (FRAMES, 3, SIZE, SIZE) and torch.isfinite(scene.c2w).all(), name
-
-
-# --- loaders: resampling as the protocol does it --------------------------------------------------
-
-def test_loaded_images_are_resized_with_pil_lanczos_then_centre_cropped(tmp_path):
-    """pixelSplat's evaluation and LVSM's loader resize 8-bit images with PIL's LANCZOS."""
-    root = write_transforms(tmp_path, cx=12.0, cy=8.0)
-    wide = _png(7, size=(24, 40))   # 24 rows x 40 columns
-    (root / "images" / "0.png").write_bytes(wide)
-    scene = open_source("transforms_json", root=str(root), image_size=SIZE).views(0, [0])
-    original = Image.open(io.BytesIO(wide)).convert("RGB")
-    width = round(40 * SIZE / 24)   # 27
-    reference = np.asarray(original.resize((width, SIZE), Image.LANCZOS), dtype=np.float32) / 255
-    left = (width - SIZE) // 2
-    expected = torch.from_numpy(reference[:, left:left + SIZE]).permute(2, 0, 1)
-    assert torch.equal(scene.images[0], expected)
-    # The crop semantics are unchanged: intrinsics scaled by the resize, shifted by the crop.
-    scale = SIZE / 24
-    assert torch.allclose(scene.fxfycxcy[0], torch.tensor([20 * width / 40, 20 * scale, 12 * width / 40 - left, 8 * scale]))
-
-
-# --- data source options ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name,options,option", [
-    ("synthetic_object", {"count": -1}, "count"),
-    ("synthetic_object", {"count": 0}, "count"),
-    ("synthetic_object", {"views": -2}, "views"),
-    ("synthetic_object", {"image_size": 0}, "image_size"),
-    ("synthetic_object", {"supersample": -1}, "supersample"),
-    ("synthetic_object", {"fov_degrees": 0}, "fov_degrees"),
-    ("synthetic_object", {"radius": -1.0}, "radius"),
-    ("synthetic_object", {"count": 2.5}, "count"),
-    ("synthetic_scene", {"frames": -3}, "frames"),
-    ("synthetic_scene", {"span": [5, 2]}, "span"),
-    ("synthetic_scene", {"seed": -1}, "seed"),
-])
-def test_bad_source_options_are_named(name, options, option):
-    with pytest.raises(DataError) as error:
-        open_source(name, **options)
-    one_line(error, name, f"option {option!r}")
-
-
-@pytest.mark.parametrize("name,options,option", [
-    ("re10k", {"cache_chunks": 0}, "cache_chunks"),
-    ("re10k", {"image_size": -256}, "image_size"),
-    ("lvsm_json", {"span": [0, 10]}, "span"),
-    ("transforms_json", {"image_size": 0}, "image_size"),
-    ("transforms_json", {"background": 2.0}, "background"),
-])
-def test_bad_options_of_real_sources_are_named(tmp_path, name, options, option):
-    writer = {"re10k": write_re10k, "lvsm_json": write_lvsm, "transforms_json": write_transforms}[name]
-    root = writer(tmp_path / "data")
-    with pytest.raises(DataError) as error:
-        open_source(name, root=str(root), **options)
-    one_line(error, name, f"option {option!r}")
-
-
 # --- official weights --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("requested,weights,named", [
@@ -340,8 +133,9 @@ def _paper_listing(name: str) -> dict[str, torch.Tensor]:
                                        ("lvsm_encoder_decoder", "transformer_decoder.11"),
                                        ("efficient_lvsm", "input_self_attn_blocks.11")])
 def test_paper_size_weights_without_their_last_block_are_refused(name, last):
-    """Without a config, a paper-width checkpoint that lost its last block used to load as a
-    shallower model. (Weights on the meta device: the check runs before any model is built.)"""
+    """Without a config, the depth is read off the blocks present, so a paper-width checkpoint that lost
+    its last block would load as a shallower model. (Weights on the meta device: the check runs before
+    any model is built.)"""
     state = {k: v for k, v in _paper_listing(name).items() if not k.startswith(last + ".")}
     with pytest.raises(ValueError) as error:
         load_official(name, None, state)

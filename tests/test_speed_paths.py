@@ -1,5 +1,5 @@
-"""The copy-free attention, RMSNorm, ray and feature paths (issue 12) against the plain formulas they
-replace, and the op profile's count of copied bytes. Tiny sizes; no timing is asserted."""
+"""The copy-free attention, RMSNorm, ray and feature paths against the plain formulas they stand for,
+and the op profile's count of copied bytes. Tiny sizes; no timing is asserted."""
 from __future__ import annotations
 
 import pytest
@@ -37,7 +37,7 @@ def plain_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 def plain_attention(attn: Attention, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-    """Transpose to [B, H, S, hd], copy, F.rms_norm, SDPA, transpose back: the formula before issue 12."""
+    """Transpose to [B, H, S, hd], copy, F.rms_norm, SDPA, transpose back: the plain formula."""
     if context is None:
         q, k, v = (plain_heads(t) for t in attn.qkv(x).chunk(3, dim=-1))
     else:
@@ -88,7 +88,7 @@ def test_rms_norm_runs_in_float32_under_bf16_autocast():
 
 
 def plain_rays(c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Channel-first rays as written before issue 12: meshgrid, einsum, norm across channel planes."""
+    """Channel-first rays, the plain way: meshgrid, einsum, norm across channel planes."""
     v, u = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
     fx, fy, cx, cy = (fxfycxcy[..., i, None, None] for i in range(4))
     cam = torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like(u).expand_as(u - cx)], dim=-3)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import socket
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
 
 from harness.errors import ConfigError
 from harness.schema import ModelRef, load_experiment, run_experiment
@@ -158,6 +160,16 @@ def _write(path, text):
     return path
 
 
+def tiny_convergence(path: Path, out: Path, variants: list[str], data: dict, train: dict, **keys) -> Path:
+    """A convergence experiment of tiny models on 16 px synthetic objects that trains in seconds."""
+    spec = {"kind": "convergence", "output_dir": str(out), "variants": variants, "preset": "tiny",
+            "overrides": {"image_size": 16, "patch_size": 8},
+            "data": {"source": "synthetic_object", "image_size": 16, **data}, "optim": {"warmup_steps": 1},
+            "train": {"batch_size": 2, "device": "cpu", **train}, **keys}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
 @pytest.mark.parametrize("body, words", [
     ("bogus: 1\n", ["bogus: unknown key"]),
     ("variants: [lvsm_decoder_only, no_such_model]\n", ["variants.1", "'no_such_model'", "efficient_lvsm"]),
@@ -179,19 +191,11 @@ def test_bad_experiment_yaml_names_the_key_and_the_allowed_values(tmp_path, body
 
 
 def test_convergence_study_end_to_end(tmp_path, capsys):
-    path = _write(tmp_path / "tiny.yaml", f"""
-        kind: convergence
-        output_dir: {tmp_path / "out"}
-        variants: [lvsm_encoder_decoder, efficient_lvsm]
-        preset: tiny
-        overrides: {{image_size: 16, patch_size: 8}}
-        data: {{source: synthetic_object, image_size: 16, options: {{count: 4, views: 8, supersample: 1}},
-                eval_options: {{seed: 1, count: 2}}, n_target: 2, eval_n_target: 2, eval_scenes: 2}}
-        optim: {{warmup_steps: 1}}
-        train: {{steps: 2, batch_size: 2, val_every: 1, checkpoint_every: 2, device: cpu}}
-        reach_psnr: [5.0]
-        blur_sigmas: [1.0, 2.0]
-    """)
+    path = tiny_convergence(
+        tmp_path / "tiny.yaml", tmp_path / "out", ["lvsm_encoder_decoder", "efficient_lvsm"],
+        data={"options": {"count": 4, "views": 8, "supersample": 1}, "eval_options": {"seed": 1, "count": 2},
+              "n_target": 2, "eval_n_target": 2, "eval_scenes": 2},
+        train={"steps": 2, "val_every": 1, "checkpoint_every": 2}, reach_psnr=[5.0], blur_sigmas=[1.0, 2.0])
     summary = run_experiment(path, progress=False)
     out = tmp_path / "out"
     table = pd.read_csv(out / "final.csv")
@@ -243,20 +247,11 @@ def test_ring_layout_spreads_context_views_in_azimuth():
 def test_view_generalization_kv_cache_equals_full_forward_and_training_n_equals_validation(tmp_path):
     """The study's KV-cache numbers are the full forward's, and at the training N its context is the
     validation context, so its PSNR is the convergence study's final validation PSNR."""
-    _write(tmp_path / "conv.yaml", f"""
-        kind: convergence
-        output_dir: {tmp_path / "conv"}
-        variants: [lvsm_decoder_only, efficient_lvsm]
-        preset: tiny
-        overrides: {{image_size: 16, patch_size: 8}}
-        data: {{source: synthetic_object, image_size: 16, options: {{count: 4, views: 12, supersample: 1}},
-                eval_options: {{seed: 1, count: 3}}, n_input: 3, n_target: 2, eval_n_target: 2, eval_scenes: 3,
-                context_layout: ring, normalize: false}}
-        optim: {{warmup_steps: 1}}
-        train: {{steps: 3, batch_size: 2, val_every: 3, checkpoint_every: 3, device: cpu, threads: 1}}
-        blur_sigmas: [1.0]
-        cost: {{runs: 1}}
-    """)
+    tiny_convergence(
+        tmp_path / "conv.yaml", tmp_path / "conv", ["lvsm_decoder_only", "efficient_lvsm"],
+        data={"options": {"count": 4, "views": 12, "supersample": 1}, "eval_options": {"seed": 1, "count": 3}, "n_input": 3,
+              "n_target": 2, "eval_n_target": 2, "eval_scenes": 3, "context_layout": "ring", "normalize": False},
+        train={"steps": 3, "val_every": 3, "checkpoint_every": 3, "threads": 1}, blur_sigmas=[1.0], cost={"runs": 1})
     trained = run_experiment(tmp_path / "conv.yaml", progress=False).set_index("arm")
     path = _write(tmp_path / "vg.yaml", f"""
         kind: view_generalization
