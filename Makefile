@@ -48,7 +48,7 @@ RE10K_DIR ?=
 RE10K_INDEX ?= $(if $(RE10K_DIR),$(RE10K_DIR)/evaluation_index_re10k.json,)
 CHECKPOINTS ?=
 SCENES ?=
-eval: $(STAMP)  ## PSNR/SSIM/LPIPS of the convergence checkpoints on its held-out split -> results/eval/ (CHECKPOINT= another of ours)
+eval: $(STAMP)  ## PSNR/SSIM/LPIPS of the convergence models (shipped in weights/convergence/) on its held-out split -> results/eval/ (CHECKPOINT= another of ours)
 	$(PY) -m harness run experiments/eval_synthetic.yaml $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(preset_flag)
 
 table-re10k: $(STAMP)  ## RealEstate10K table beside the published one (RE10K_DIR=, optional CHECKPOINTS='model=path ...', SCENES=N)
@@ -57,10 +57,10 @@ table-re10k: $(STAMP)  ## RealEstate10K table beside the published one (RE10K_DI
 preview: $(STAMP)  ## PNG grid of synthetic object and room scenes -> results/preview/preview.png
 	$(PY) -m harness preview
 
-convergence: $(STAMP)  ## train the three variants on one budget (CPU, synthetic objects) -> results/convergence/ (about 25 min on 2 cores)
+convergence: $(STAMP)  ## train the variants on one budget (CPU, synthetic objects) -> results/convergence/, weights -> weights/convergence/ (about 25 min on 2 cores)
 	$(PY) -m harness run experiments/convergence.yaml
 
-view-generalization: $(STAMP)  ## the convergence models evaluated with N = 1..12 input views (needs make convergence) -> results/view_generalization/
+view-generalization: $(STAMP)  ## the convergence models (shipped weights) evaluated with N = 1..12 input views -> results/view_generalization/
 	$(PY) -m harness run experiments/view_generalization.yaml
 
 depth-study: $(STAMP)  ## LVSM depth ablations (enc-dec split, decoder-only depth) at the convergence scale -> results/depth_study/ (about 35 min)

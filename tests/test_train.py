@@ -2,6 +2,8 @@
 camera-ignoring predictors, and the convergence study end to end on a tiny configuration."""
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 import textwrap
 from pathlib import Path
@@ -12,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
+from harness.cli import main
 from harness.errors import ConfigError
 from harness.schema import ModelRef, load_experiment, run_experiment
 from harness.train import OptimSpec, TrainData, TrainSpec, World, lr_factor, parameter_groups, read_log, train_model
@@ -244,15 +247,27 @@ def test_ring_layout_spreads_context_views_in_azimuth():
         ConvergenceExperiment(name="c", kind="convergence", data=TrainData(context_layout="ring", nearby_views=6))
 
 
-def test_view_generalization_kv_cache_equals_full_forward_and_training_n_equals_validation(tmp_path):
-    """The study's KV-cache numbers are the full forward's, and at the training N its context is the
-    validation context, so its PSNR is the convergence study's final validation PSNR."""
+def test_shipped_weights_reproduce_the_study_in_view_generalization_and_evaluation(tmp_path, capsys):
+    """The study ships its weights (weights only, sha256 in a manifest); view generalization and the
+    evaluation kind read them and reproduce its final validation PSNR; the KV-cache numbers are the full
+    forward's; a file that does not match its checksum is refused in one line."""
+    weights = tmp_path / "weights"
     tiny_convergence(
         tmp_path / "conv.yaml", tmp_path / "conv", ["lvsm_decoder_only", "efficient_lvsm"],
         data={"options": {"count": 4, "views": 12, "supersample": 1}, "eval_options": {"seed": 1, "count": 3}, "n_input": 3,
               "n_target": 2, "eval_n_target": 2, "eval_scenes": 3, "context_layout": "ring", "normalize": False},
-        train={"steps": 3, "val_every": 3, "checkpoint_every": 3, "threads": 1}, blur_sigmas=[1.0], cost={"runs": 1})
+        train={"steps": 3, "val_every": 3, "checkpoint_every": 3, "threads": 1}, blur_sigmas=[1.0], cost={"runs": 1},
+        ship_weights=str(weights))
     trained = run_experiment(tmp_path / "conv.yaml", progress=False).set_index("arm")
+    manifest = json.loads((weights / "manifest.json").read_text())["models"]
+    assert sorted(manifest) == ["efficient_lvsm.pt", "lvsm_decoder_only.pt"]
+    for file, entry in manifest.items():
+        state = torch.load(weights / file, weights_only=True)  # weights only: a plain state dict
+        assert all(isinstance(v, torch.Tensor) for v in state.values()) and entry["step"] == 3
+        assert hashlib.sha256((weights / file).read_bytes()).hexdigest() == entry["sha256"]
+    mtime = (weights / "efficient_lvsm.pt").stat().st_mtime_ns
+    run_experiment(tmp_path / "conv.yaml", progress=False)  # nothing retrained: the shipped files stay as they are
+    assert (weights / "efficient_lvsm.pt").stat().st_mtime_ns == mtime
     path = _write(tmp_path / "vg.yaml", f"""
         kind: view_generalization
         output_dir: {tmp_path / "vg"}
@@ -267,9 +282,27 @@ def test_view_generalization_kv_cache_equals_full_forward_and_training_n_equals_
         assert cached["psnr"] == pytest.approx(full["psnr"], abs=1e-4) and cached["kv_vs_full_max_abs"] < 1e-4
     for variant in ("lvsm_decoder_only", "efficient_lvsm"):
         assert rows[variant, 3, "full"]["psnr"] == pytest.approx(trained.loc[variant, "psnr_mean"], abs=1e-4)
+    assert all(r["weights_sha256"] == manifest[f"{r['variant']}.pt"]["sha256"] for r in rows.values())
     table = (tmp_path / "vg" / "psnr_by_n.md").read_text()
     assert "3 (training N)" in table and "KV cache" in table
     assert (tmp_path / "vg" / "psnr_vs_n.png").is_file()
+    evaluation = _write(tmp_path / "eval.yaml", f"""
+        kind: evaluate
+        output_dir: {tmp_path / "eval"}
+        models: [{{name: efficient_lvsm, checkpoint: {weights / "efficient_lvsm.pt"}}}]
+        data: {{source: synthetic_object, options: {{count: 3, seed: 1, views: 12, supersample: 1, image_size: 16}},
+                index: {tmp_path / "conv" / "validation_index.json"}, normalize: false}}
+        grid_scenes: 0
+    """)
+    result = run_experiment(evaluation, progress=False)
+    assert result.summary.loc[0, "psnr"] == pytest.approx(trained.loc["efficient_lvsm", "psnr_mean"], abs=1e-4)
+    damaged = bytearray((weights / "efficient_lvsm.pt").read_bytes())
+    damaged[-100] ^= 0xFF
+    (weights / "efficient_lvsm.pt").write_bytes(bytes(damaged))
+    capsys.readouterr()
+    assert main(["run", str(evaluation), "--no-progress", "--set", f"output_dir={tmp_path / 'eval2'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "efficient_lvsm.pt: sha256" in err[0] and "does not match" in err[0], err
 
 
 def test_arm_summary_compares_with_the_reference_against_the_seed_range():

@@ -16,6 +16,7 @@ from ..checkpoint import load_checkpoint
 from ..errors import ConfigError, MissingResource
 from ..runtime import autocast
 from ..schema import ModelRef
+from ..weights import load_shipped, shipped_entry
 from .spec import EvalData
 
 RANDOM_INIT = "random-init"
@@ -104,9 +105,14 @@ class LoadedModel:
 def load_model(spec: ModelRef, label: str, device: torch.device, seed: int) -> LoadedModel:
     if spec.checkpoint:
         path = expand(spec.checkpoint)
-        model, meta = load_checkpoint(path, model_name=spec.name, device=device)
+        shipped = shipped_entry(path)
+        if shipped is not None:  # weights committed with the repository: pinned by their checksum
+            model, meta = load_shipped(path, model_name=spec.name, device=device)
+            identity = {"weights_sha256": shipped["sha256"]}
+        else:
+            model, meta = load_checkpoint(path, model_name=spec.name, device=device)
+            identity = {"checkpoint": _file_identity(path)}
         weights, preset, checkpoint = meta.weights_label, meta.preset or "from checkpoint", str(path)
-        identity = {"checkpoint": _file_identity(path)}
     else:
         torch.manual_seed(seed)
         model = build_model(spec.name, spec.preset, **spec.overrides).to(device).eval()

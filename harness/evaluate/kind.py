@@ -11,6 +11,7 @@ from models import list_models
 from ..checkpoint import is_our_checkpoint, read_torch_file
 from ..errors import CheckpointError, ConfigError, MissingResource
 from ..schema import Kind, RunOptions, revalidate
+from ..weights import shipped_entry
 from .inputs import expand
 from .scoring import Evaluation, EvaluationResult
 from .spec import EvaluateSpec
@@ -36,7 +37,10 @@ def with_checkpoints(spec: EvaluateSpec, checkpoints: tuple[str, ...]) -> list[d
 
 
 def _checkpoint_model(path: str, item: str) -> str:
-    """The variant one of our checkpoints holds (official files do not say: they need MODEL=)."""
+    """The variant one of our checkpoints or shipped weights holds (official files do not say: they need MODEL=)."""
+    shipped = shipped_entry(path)
+    if shipped is not None:
+        return shipped["variant"]
     obj = read_torch_file(Path(path))
     if not is_our_checkpoint(obj):
         raise CheckpointError(f"--checkpoint {item}: not an lvsm-bench checkpoint; for an official one write MODEL={path}")

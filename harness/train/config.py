@@ -1,6 +1,7 @@
 """What a training run is described by: the `train` and `convergence` experiment kinds' YAML keys."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
@@ -134,6 +135,9 @@ class ConvergenceExperiment(ExperimentBase):
     blur_sigmas: list[PositiveFloat] = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
     cost: CostPoint = CostPoint()
     scale_note: str = ""  # how this study's scale differs from the paper's, printed beside published numbers
+    # A folder the trained weights (each arm's first seed) are shipped to once every run has finished
+    # (harness/weights.py): what `make eval` and `make view-generalization` evaluate in a fresh clone.
+    ship_weights: str = ""
 
     @model_validator(mode="after")
     def _arms_build(self) -> "ConvergenceExperiment":
@@ -161,6 +165,18 @@ class ConvergenceExperiment(ExperimentBase):
 
     def run_seeds(self) -> list[int]:
         return self.seeds or [self.train.seed]
+
+    def run_dir(self, arm: str, seed: int) -> Path:
+        """Where a run trains: runs/<arm> when seeds are not given, runs/<arm>/seed<k> when they are (so
+        that runs of one seed at a time land where the run of all seeds looks for them)."""
+        return self.results_dir() / "runs" / arm / (f"seed{seed}" if self.seeds else "")
+
+    def trained_weights(self, arm: str) -> Path:
+        """The trained weights of an arm's first seed: the shipped file when the study ships its weights,
+        else the run's checkpoint."""
+        if self.ship_weights:
+            return Path(self.ship_weights) / f"{arm}.pt"
+        return self.run_dir(arm, self.run_seeds()[0]) / "checkpoint.pt"
 
     def model_spec(self, arm: Arm | str) -> ModelRef:
         if isinstance(arm, str):

@@ -24,6 +24,7 @@ from .figures import save_renders
 from .loop import train_model
 from .summary import SUMMARY_COLUMNS, convergence_report, final_columns, provenance
 from .validation import trivial_baselines
+from ..weights import ship
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,7 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
             print(f"{exp.name}: {reason}")
         arms, seeds = [arm for arm in exp.study_arms() if not unavailable(arm)], exp.run_seeds()
         by_name = {arm.name: arm for arm in arms}
-        # Seeds not given: runs/<arm>; given: runs/<arm>/seed<k> (so that runs of one seed at a time land
-        # where the run of all seeds looks for them).
-        run_dirs = {(arm.name, seed): sweep.out_dir / "runs" / arm.name / (f"seed{seed}" if exp.seeds else "")
-                    for arm in arms for seed in seeds}
+        run_dirs = {(arm.name, seed): exp.run_dir(arm.name, seed) for arm in arms for seed in seeds}
         trivial_point = {"trivial": exp.data.model_dump(), "sigmas": list(exp.blur_sigmas)}
         # Seed-major: every arm's first seed is trained before any second seed.
         train_points = [{"arm": arm.name, "model": arm.model, "seed": seed,
@@ -140,6 +138,11 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
         missing = len(train_points) - len(finals)
         if missing:
             report.notes.insert(0, f"{missing} of {len(train_points)} runs not finished yet (rerun to resume)")
+        elif exp.ship_weights:  # every run finished: the shipped weights are this study's
+            shipped = ship({arm.name: run_dirs[arm.name, seeds[0]] / "checkpoint.pt" for arm in arms}, exp.ship_weights,
+                           trained_by=f"{exp.source_file or exp.name} (first seed)")
+            report.notes.append(f"weights shipped in {exp.ship_weights}/ (weights only, sha256 in its manifest.json)"
+                                + (f"; refreshed: {', '.join(p.name for p in shipped)}" if shipped else ""))
         write_report(report, sweep.out_dir)
         return summary
     finally:

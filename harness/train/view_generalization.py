@@ -25,10 +25,11 @@ from models import label, model_card
 from .. import metrics
 from ..errors import ConfigError, MissingResource
 from ..pipeline import Report, Sweep, Table, failure_notes, write_manifest, write_report
-from ..plots import plt
+from ..plots import legend_outside, plt
 from ..provenance import environment
 from ..runtime import autocast, resolve_device
 from ..schema import ExperimentBase, Kind, ModelName, Positive, RunOptions, load_experiment
+from ..weights import load_shipped, shipped_entry
 from .config import ConvergenceExperiment
 
 log = logging.getLogger(__name__)
@@ -108,20 +109,22 @@ def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -
         raise ConfigError(f"{spec.name}: variants: {missing[0]!r} is not trained by {trained_path}")
     if len(trained.run_seeds()) != 1:
         raise ConfigError(f"{spec.name}: {trained_path} trains several seeds; name a single-seed study")
-    seed_dir = f"seed{trained.run_seeds()[0]}" if trained.seeds else ""  # the layout run_convergence writes
-    checkpoints = {v: trained.results_dir() / "runs" / arms[v] / seed_dir / "checkpoint.pt" for v in spec.variants}
+    checkpoints = {v: trained.trained_weights(arms[v]) for v in spec.variants}
     absent = [str(p) for p in checkpoints.values() if not p.is_file()]
     if absent:
-        raise MissingResource(f"{spec.name}: checkpoint {absent[0]} not found; train the models first "
+        raise MissingResource(f"{spec.name}: trained weights {absent[0]} not found; train the models first "
                               f"(python -m harness run {trained_path}, or make convergence)")
+    shipped = {v: shipped_entry(p) for v, p in checkpoints.items()}
     device = resolve_device(trained.train.device)
     sweep = Sweep(spec.results_dir(), spec.name, context=environment(device))
     write_manifest(sweep.out_dir, spec, {"trained": trained.model_dump(mode="json")})
     source = open_sources(trained.data)[1]
     index = view_index(source, trained, spec.n_inputs)
     train_n = trained.data.n_input
+    # Shipped weights are pinned by their checksum (the same in every clone), a checkpoint by its mtime.
     points = [{"variant": v, "n_input": n, "mode": mode, "checkpoint": str(checkpoints[v]),
-               "checkpoint_mtime": checkpoints[v].stat().st_mtime_ns, "trained": trained.model_dump(mode="json")}
+               **({"weights_sha256": shipped[v]["sha256"]} if shipped[v] else {"checkpoint_mtime": checkpoints[v].stat().st_mtime_ns}),
+               "trained": trained.model_dump(mode="json")}
               for v in spec.variants for mode in (("full", "kv_cache") if v in spec.kv_cache else ("full",)) for n in spec.n_inputs]
     models: dict[str, torch.nn.Module] = {}
 
@@ -133,7 +136,8 @@ def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -
     def measure(point: dict[str, Any]) -> dict[str, Any]:
         variant, n = point["variant"], point["n_input"]
         if variant not in models:
-            models[variant] = load_checkpoint(checkpoints[variant], device=device)[0].eval()
+            load = load_shipped if shipped[variant] else load_checkpoint
+            models[variant] = load(checkpoints[variant], device=device)[0].eval()
         model, parts = models[variant], batches(n)
         renders, gap = [], 0.0
         with torch.no_grad(), autocast(device, "float32"):
@@ -217,7 +221,7 @@ def psnr_figure(summary: pd.DataFrame, spec: ViewGeneralizationSpec, train_n: in
     ax.set_ylabel("PSNR (dB), held-out scenes")
     ax.set_xticks(sorted(summary["n_input"].unique()))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     return fig
 
 

@@ -1,0 +1,117 @@
+"""Shipped weights: trained models committed with the repository, so that a fresh clone evaluates at
+once (`make eval`, `make view-generalization`) without training first.
+
+A folder (e.g. weights/convergence/) holds one file per model, `<arm>.pt`, with the weights only
+(a plain state dict, loadable with `torch.load(..., weights_only=True)`), and `manifest.json` naming
+for each file its variant, full model config, training step, dtype and sha256. Loading checks the
+checksum first: a damaged or replaced file is refused in one line, never evaluated. The folder is
+written by the study that trained the models (`ship_weights:` of a convergence experiment), from the
+checkpoints of its runs, so that retraining refreshes it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from models import ModelConfig, build_model
+from models.base import NVSModel
+from models.official import load_checked
+
+from .checkpoint import CheckpointMeta, load_checkpoint
+from .errors import CheckpointError, MissingResource
+from .records import write_atomic
+
+MANIFEST = "manifest.json"
+FORMAT = "lvsm-bench-shipped-weights-1"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def sha256(data: bytes | Path) -> str:
+    digest = hashlib.sha256()
+    if isinstance(data, Path):
+        with open(data, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    else:
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any] | None:
+    """The folder's manifest, or None when the folder ships no weights."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable shipped-weights manifest ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("models"), dict):
+        raise CheckpointError(f"{path}: not a shipped-weights manifest (expected format {FORMAT!r} and a 'models' mapping)")
+    return manifest
+
+
+def shipped_entry(path: str | Path) -> dict[str, Any] | None:
+    """The manifest entry of a shipped weights file, or None when `path` is not one (e.g. a checkpoint)."""
+    path = Path(path)
+    manifest = read_manifest(path.parent)
+    return None if manifest is None else manifest["models"].get(path.name)
+
+
+def load_shipped(path: str | Path, model_name: str | None = None, device: torch.device | str = "cpu"
+                 ) -> tuple[NVSModel, CheckpointMeta]:
+    """`(model, meta)` of a shipped weights file, after its checksum matched the manifest's."""
+    path = Path(path)
+    entry = shipped_entry(path)
+    if entry is None:
+        raise MissingResource(f"{path}: not listed in {path.parent / MANIFEST}; expected shipped weights")
+    if not path.is_file():
+        raise MissingResource(f"{path}: shipped weights file not found (listed in {path.parent / MANIFEST}); "
+                              "restore it with `git checkout -- weights/` or retrain the study that ships it")
+    actual = sha256(path)
+    if actual != entry["sha256"]:
+        raise CheckpointError(f"{path}: sha256 {actual[:12]}... does not match {entry['sha256'][:12]}... in "
+                              f"{path.parent / MANIFEST}; the file is damaged or was replaced: restore it with "
+                              "`git checkout -- weights/` or retrain the study that ships it")
+    if model_name and model_name != entry["variant"]:
+        raise CheckpointError(f"{path}: holds model {entry['variant']!r}, but {model_name!r} was asked for")
+    with torch.device("meta"):
+        model = build_model(entry["variant"], ModelConfig(**entry["config"]))
+    model = model.to_empty(device="cpu")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    load_checked(model, {k: v.float() for k, v in state.items()})
+    meta = CheckpointMeta(model=entry["variant"], config=entry["config"], step=int(entry["step"]), source="ours",
+                          path=str(path), preset=entry.get("preset", ""), commit=entry.get("commit", ""),
+                          created=entry.get("created", ""))
+    return model.to(device).eval(), meta
+
+
+def ship(checkpoints: Mapping[str, str | Path], folder: str | Path, trained_by: str, dtype: str = "float32") -> list[Path]:
+    """Write `<name>.pt` (weights only, in `dtype`) and the manifest for every `name -> checkpoint`;
+    a file whose bytes are already there is left alone. Returns the files written."""
+    folder = Path(folder)
+    manifest = read_manifest(folder) or {"format": FORMAT, "models": {}}
+    written = []
+    for name, checkpoint in checkpoints.items():
+        model, meta = load_checkpoint(checkpoint)
+        buffer = io.BytesIO()
+        torch.save({k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in model.state_dict().items()}, buffer)
+        data, file = buffer.getvalue(), f"{name}.pt"
+        digest = sha256(data)
+        if manifest["models"].get(file, {}).get("sha256") == digest and (folder / file).is_file():
+            continue
+        write_atomic(folder / file, data)
+        manifest["models"][file] = {
+            "variant": meta.model, "config": meta.config, "preset": meta.preset, "step": meta.step, "dtype": dtype,
+            "params": model.num_parameters(), "bytes": len(data), "sha256": digest, "commit": meta.commit,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "trained_by": trained_by}
+        written.append(folder / file)
+    if written:
+        write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return written
