@@ -286,3 +286,22 @@ def test_every_script_imports(script):
             "s.loader.exec_module(u.module_from_spec(s))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_point_labels_do_not_collide_and_legends_stay_off_the_data():
+    from harness.plots import label_points, legend_outside, plt
+    fig, ax = plt.subplots(figsize=(5, 4))
+    xs, ys = [0.052, 0.053, 0.0525, 0.047, 0.036, 0.0525], [23.115, 23.133, 23.12, 22.93, 22.60, 22.80]
+    names = ["shared_weights", "global_input_attention", "co_refinement_a", "lvsm_half_depth", "mmdit_joint", "co_refinement"]
+    ax.scatter(xs, ys)
+    ax.plot(xs[:2], ys[:2], label="Pareto front")
+    legend_outside(ax)
+    label_points(ax, xs, ys, names)
+    from matplotlib.text import Text
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [Text.get_window_extent(text, renderer) for text in ax.texts]  # the labels, without leader lines
+    assert len(boxes) == len(names)
+    assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+    assert not ax.get_legend().get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+    plt.close(fig)

@@ -11,7 +11,7 @@ import pandas as pd
 from models import label, list_models, model_card
 
 from ..pipeline import Report, Table, failure_notes, ok_frame
-from ..plots import plt
+from ..plots import legend_outside, plt
 
 AXIS_NAMES = {"n_input": "N input views", "n_cached": "N cached input views", "n_target": "M target views"}
 
@@ -110,7 +110,7 @@ def loglog(frame: pd.DataFrame, x: str, metrics: dict[str, str], facet: str | No
             if facet:
                 ax.set_title(f"{AXIS_NAMES.get(facet, facet)} = {value}")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
+            legend_outside(ax)
     fig.suptitle(f"{title}\n(slopes fitted over N >= {min_n})")
     return fig
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from models import model_card
 
-from ..plots import plt
+from ..plots import label_points, legend_outside, plt
 from ..records import write_atomic
 from .loop import RunResult
 
@@ -61,7 +61,7 @@ def curves_figure(runs: list[dict[str, Any]], colors: dict[str, Any], trivial: f
     ax.set_ylabel("validation PSNR (dB)")
     ax.set_title("validation PSNR per arm (dashed: further seeds); dotted: camera-ignoring bar", fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     return fig
 
 
@@ -80,7 +80,7 @@ def per_arm_figure(summary: pd.DataFrame, colors: dict[str, Any], trivial: float
     ax.invert_yaxis()
     ax.set_xlabel("final validation PSNR (dB): mean, bars = seed range")
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=7, loc="lower right")
+    legend_outside(ax)
     return fig
 
 
@@ -97,22 +97,28 @@ def pareto(costs: list[float], quality: list[float]) -> list[int]:
 
 def cost_figure(summary: pd.DataFrame, colors: dict[str, Any], device: str):
     columns = [("gflops", "forward GFLOPs (N=2, M=1)"), ("latency_ms", f"latency ms (N=2, M=1; {device})")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), layout="constrained")
+    labelled = []
     for ax, (column, xlabel) in zip(axes, columns):
         part = summary.dropna(subset=[column, "psnr_mean"])
         costs, quality = [float(v) for v in part[column]], [float(v) for v in part["psnr_mean"]]
         for row, x, y in zip(part.itertuples(), costs, quality):
             ax.scatter(x, y, color=colors[row.arm], s=40, zorder=3)
-            ax.annotate(row.arm, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
         front = pareto(costs, quality)
         if front:
             ax.plot([costs[i] for i in front], [quality[i] for i in front], color="black", linewidth=1, linestyle="--",
                     label="Pareto front", zorder=2)
-            ax.legend(fontsize=7)
+        ax.margins(x=0.15, y=0.12)  # room for the labels of the outermost points
         ax.set_xlabel(xlabel)
         ax.set_ylabel("final validation PSNR (dB, mean over seeds)")
         ax.grid(alpha=0.3)
+        labelled.append((ax, costs, quality, list(part["arm"])))
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="outside lower center", fontsize=7)
     fig.suptitle("quality against cost", fontsize=9)
+    for ax, costs, quality, arms in labelled:  # last: the layout is final
+        label_points(ax, costs, quality, arms)
     return fig
 
 
