@@ -75,3 +75,46 @@ def environment(device: torch.device | str) -> dict[str, object]:
         "commit": git_commit(),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _git(*args: str, data: bytes | None = None) -> bytes:
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, input=data, capture_output=True, check=True, timeout=60).stdout
+
+
+@functools.cache
+def committed_code_version(commit: str) -> str | None:
+    """`code_version()` of models/ and harness/ as committed at `commit` (None outside git)."""
+    try:
+        names = [n for n in _git("ls-tree", "-r", "--name-only", commit, "--", "models", "harness").decode().splitlines()
+                 if n.endswith(".py")]
+        names.sort(key=Path)  # the order source_hash reads them in
+        blobs = _git("cat-file", "--batch", data="".join(f"{commit}:{n}\n" for n in names).encode())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    digest, at = hashlib.sha1(), 0
+    for name in names:
+        header_end = blobs.index(b"\n", at)
+        size = int(blobs[at:header_end].split()[2])
+        digest.update(Path(name).as_posix().encode())
+        digest.update(blobs[header_end + 1:header_end + 1 + size])
+        at = header_end + 1 + size + 1
+    return f"src-{digest.hexdigest()[:12]}"
+
+
+@functools.cache
+def clean_commit(commit: str, version: str) -> str:
+    """The commit that names the code a row was measured with. A row measured in a tree with uncommitted
+    changes records `<base>-dirty` and its code version (the hash of models/ and harness/); the code was
+    usually committed right after, so this is the first commit after `<base>` whose code hashes to that
+    version; when none does: `<base> + uncommitted changes (code <version>)`."""
+    if not commit.endswith("-dirty"):
+        return commit
+    base = commit.removesuffix("-dirty")
+    try:
+        later = _git("rev-list", "--reverse", f"{base}..HEAD").decode().split()
+    except (OSError, subprocess.SubprocessError):
+        later = []
+    for candidate in later:
+        if committed_code_version(candidate) == version:
+            return candidate[:len(base)]
+    return f"{base} + uncommitted changes (code {version})"

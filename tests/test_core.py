@@ -305,3 +305,27 @@ def test_point_labels_do_not_collide_and_legends_stay_off_the_data():
     assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
     assert not ax.get_legend().get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
     plt.close(fig)
+
+
+def test_a_row_measured_with_uncommitted_code_is_named_by_the_commit_that_holds_that_code():
+    from harness.provenance import clean_commit, committed_code_version
+    if subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("needs a git checkout with history")
+    head, parent = (subprocess.run(["git", "rev-parse", "--short=10", rev], cwd=ROOT, capture_output=True, text=True)
+                    .stdout.strip() for rev in ("HEAD", "HEAD~1"))
+    assert clean_commit(head, "anything") == head
+    assert clean_commit(f"{parent}-dirty", committed_code_version("HEAD")) in (head, parent)
+    assert clean_commit(f"{parent}-dirty", "src-000000000000") == f"{parent} + uncommitted changes (code src-000000000000)"
+
+
+def test_the_paper_index_names_the_device_of_the_rows_that_have_one(tmp_path):
+    import json
+
+    from harness.paper import status
+    from harness.schema import PaperEntry
+    spec = load_experiment(ROOT / "experiments" / "convergence.yaml", [f"output_dir={tmp_path}"])
+    rows = [{"key": "run", "status": "ok", "version": "v", "device": "cpu: X (1 thread)", "commit": "abc"},
+            {"key": "cost", "status": "ok", "version": "v"}]  # a cost row measures on no device of its own
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = status(spec, PaperEntry(title="t", published="p", target="convergence"))
+    assert line.startswith("measured here: 2 rows on cpu: X (1 thread)") and "commit abc" in line and "?" not in line

@@ -17,6 +17,8 @@ import pandas as pd
 from models import label
 
 from ..pipeline import Report, Sweep, Table, write_manifest, write_report
+from ..provenance import environment
+from ..runtime import resolve_device
 from ..schema import Kind, RunOptions
 from .config import Arm, ConvergenceExperiment, TrainExperiment, settings_dict
 from .distributed import close_world, init_world
@@ -83,7 +85,8 @@ def unavailable(arm: Arm) -> str:
 def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataFrame | None:
     world = init_world(exp.train.device)
     try:
-        sweep = Sweep(exp.results_dir(), exp.name, writer=world.is_main)
+        # Every row names the machine, also those of the predictors and costs (not only the trained runs).
+        sweep = Sweep(exp.results_dir(), exp.name, writer=world.is_main, context=environment(resolve_device(exp.train.device)))
         skipped = [reason for reason in map(unavailable, exp.study_arms()) if reason]
         for reason in skipped:
             print(f"{exp.name}: {reason}")
