@@ -143,7 +143,7 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
             report.notes.insert(0, f"{missing} of {len(train_points)} runs not finished yet (rerun to resume)")
         elif exp.ship_weights:  # every run finished: the shipped weights are this study's
             shipped = ship({arm.name: run_dirs[arm.name, seeds[0]] / "checkpoint.pt" for arm in arms}, exp.ship_weights,
-                           trained_by=f"{exp.source_file or exp.name} (first seed)")
+                           trained_by=f"{exp.source_file or exp.name} (first seed)", dtype=exp.ship_dtype)
             report.notes.append(f"weights shipped in {exp.ship_weights}/ (weights only, sha256 in its manifest.json)"
                                 + (f"; refreshed: {', '.join(p.name for p in shipped)}" if shipped else ""))
         write_report(report, sweep.out_dir)
