@@ -138,7 +138,7 @@ class ConvergenceExperiment(ExperimentBase):
     # A folder the trained weights (each arm's first seed) are shipped to once every run has finished
     # (harness/weights.py): what `make eval` and `make view-generalization` evaluate in a fresh clone.
     ship_weights: str = ""
-    # float32 reproduces the study's numbers exactly; bfloat16 halves the files (PSNR within ~0.01 dB).
+    # float32 reproduces the study's numbers exactly; bfloat16 halves the files but rounds the weights.
     ship_dtype: Literal["float32", "bfloat16"] = "float32"
 
     @model_validator(mode="after")
