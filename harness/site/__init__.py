@@ -10,7 +10,6 @@ are per-scene render strips cut from an evaluation's grid figure.
 """
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
 
 from .render import write_site
@@ -19,7 +18,7 @@ __all__ = ["build_site"]
 
 
 def build_site(experiments_dir: str | Path = "experiments", results_root: str | Path = "results",
-               out: str | Path | None = None, now: _dt.datetime | None = None) -> Path:
+               out: str | Path | None = None) -> Path:
     """Write the site; returns the path of its index.html."""
     results_root = Path(results_root)
-    return write_site(Path(experiments_dir), results_root, Path(out) if out else results_root / "site", now)
+    return write_site(Path(experiments_dir), results_root, Path(out) if out else results_root / "site")

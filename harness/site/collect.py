@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # Keys of a row that say which point it is (shown for a failed point), in the order shown.
 POINT_KEYS = ("model", "variant", "arm", "seed", "mode", "scene", "n_input", "n_target", "n_cached", "N", "M", "preset", "dtype")
 RAW_SUFFIXES = (".jsonl", ".json", ".md")
+LONG_TABLE = 20  # rows
 
 
 @dataclass
@@ -234,7 +235,8 @@ def tables_of(results: Path, page_dir: Path, arms: Sequence[Mapping[str, Any]]) 
             view.title = f"{sub.as_posix()}: {view.title}"
             view.anchor = f"table-{sub.as_posix().replace('/', '-')}-{path.stem}"
         views.append(view)
-    return views
+    # The summary first, then short tables before long ones (a per-point listing last), else by name.
+    return sorted(views, key=lambda v: (v.stem != "summary", len(v.rows) > LONG_TABLE))
 
 
 def training_section(rows: Sequence[Mapping[str, Any]], results: Path, page_dir: Path) -> Training | None:
@@ -330,6 +332,8 @@ def raw_links(results: Path, page_dir: Path) -> list[Link]:
     out = []
     for path in sorted(p for p in results.rglob("*") if p.is_file() and p.suffix in RAW_SUFFIXES):
         if page_dir.resolve() in path.resolve().parents or "runs" in path.relative_to(results).parts:
+            continue
+        if path.suffix == ".md" and path.with_suffix(".csv").is_file():  # a table's Markdown: linked beside its table
             continue
         out.append(Link(rel(path, page_dir), path.relative_to(results).as_posix()))
     out.sort(key=lambda link: (link.text != "rows.jsonl", link.text))

@@ -2,7 +2,6 @@
 with the stylesheet and the sorting script copied next to them."""
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import subprocess
 from dataclasses import dataclass
@@ -69,7 +68,7 @@ def variants() -> list[Variant]:
         if "(" in code and "licen" in code.lower():
             code = code[:code.index("(")].strip()
         published = [{"table": table, "source": entry.source,
-                      "values": ", ".join(f"{k} {v}" for k, v in entry.values.items())} for table, entry in card.published.items()]
+                      "numbers": ", ".join(f"{k} {v}" for k, v in entry.values.items())} for table, entry in card.published.items()]
         out.append(Variant(name, card.label, color, card.paper, code, _licence(card),
                            f"{card.official_params:,}" if card.official_params else "n/a", params,
                            ", ".join(card.reads), card.ablation_of, published))
@@ -127,15 +126,15 @@ def _write_if_changed(path: Path, text: str) -> None:
         write_atomic(path, text)
 
 
-def write_site(experiments_dir: Path, results_root: Path, out: Path, now: _dt.datetime | None = None) -> Path:
+def write_site(experiments_dir: Path, results_root: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     pages, others, index = build_pages(experiments_dir, results_root, out)
     env = environment()
     nav = [{"slug": p.slug, "name": p.name, "status": p.status_class} for p in pages] \
         + [{"slug": p.slug, "name": p.name, "status": "other"} for p in others]
     common = {"nav": nav, "commit": _commit(), "asset": "assets",
-              "generated": (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC"),
-              "readme": Path(os.path.relpath(results_root.resolve() / "README.md", out.resolve())).as_posix()}
+              "readme": Path(os.path.relpath(results_root.resolve() / "README.md", out.resolve())).as_posix()
+              if (results_root / "README.md").is_file() else ""}
     page_of_item = {item.number: page for page in pages for item in page.paper}
     _write_if_changed(out / "index.html", env.get_template("index.html").render(
         index=index, pages=pages, page_of_item=page_of_item, others=others, variants=variants(), current="index", **common))

@@ -44,7 +44,11 @@ def strips_from_grid(grid: Path, scenes: list[str], out_dir: Path) -> dict[str, 
         return {}
     out = {}
     for scene, (top, bottom) in zip(scenes, bands):
-        strip = Image.fromarray(image[max(top - 2, 0):min(bottom + 2, image.shape[0])])
+        band = image[max(top - 2, 0):min(bottom + 2, image.shape[0])]
+        # From the first panel on: the scene's name, set sideways at the left, is in the page's caption.
+        columns = (np.abs(band[..., :3].astype(np.int16) - 255).sum(axis=-1) > 24).mean(axis=0)
+        first = int(np.argmax(columns >= 0.5)) if (columns >= 0.5).any() else 0
+        strip = Image.fromarray(band[:, max(first - 2, 0):])
         path = out_dir / f"{scene}.png"
         buffer = _png_bytes(strip)
         if not path.is_file() or path.read_bytes() != buffer:

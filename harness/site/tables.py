@@ -108,7 +108,7 @@ def table_view(csv_path: Path, href: Mapping[str, str], arms: Sequence[Mapping[s
                                                       for i, j in twins.items())]
     columns: list[Column] = []
     for name in names:
-        is_pub = name in pairs or (name == "published" and arm_columns) or name.startswith("published")
+        is_pub = name in pairs or name.startswith("published") or "(published" in name
         columns.append(Column(name, "pub" if is_pub else ""))
         if name in pairs:
             columns.append(Column(f"Δ {pairs[name].ours}", "diff", f"{pairs[name].ours} minus {name}: ours − published"))
