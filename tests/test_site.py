@@ -145,6 +145,8 @@ def test_published_beside_ours_with_signed_difference(site):
     abl = _page(site, "ablations")
     # the arm's published value is a difference to the reference (-1.3 to -2 dB); ours is -0.325 dB
     assert re.search(r'<td class="num diff pos" data-sort="0\.975[0-9]*">\+0\.975 to \+1\.675</td>', abl)
+    compared = abl[abl.index('id="compared"'):abl.index('id="training"')]  # the pairs again, at the top of the page
+    assert "final_context" in compared and "diff_vs_reference_db" in compared and "+0.975 to +1.675" in compared
     ev = _page(site, "eval")
     assert "Δ psnr" in ev and re.search(r'class="num diff neg" data-sort="-8\.17[0-9]*">-8\.17<', ev)
 

@@ -382,8 +382,13 @@ def build_page(spec: ExperimentBase | None, results: Path, site_dir: Path, numbe
     yaml_link = None
     if spec is not None and spec.source_file:
         yaml_link = Link(rel(Path(spec.source_file), site_dir), Path(spec.source_file).name)
+    if spec is not None:
+        description = spec.description
+    else:  # a folder of its own: the title of its first top-level table, else what it holds
+        top = [t for t in tables if (results / f"{t.stem}.csv").is_file()]
+        description = (top or tables)[0].title if tables else "figures: " + ", ".join(f.name for f in [*plots, *renders])
     return Page(slug=slug, name=spec.name if spec is not None else results.name, kind=spec.kind if spec is not None else "",
-                description=spec.description if spec is not None else (tables[0].title if tables else ""),
+                description=description,
                 results=results, yaml=yaml_link, paper=paper, headlines=headlines,
                 provenance=provenance(manifest, rows, notes), tables=tables, figures=plots, renders=renders,
                 failed_points=failed_points(rows), raw=raw_links(results, site_dir), counts=counts,

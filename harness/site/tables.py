@@ -36,6 +36,17 @@ class Row:
 
 
 @dataclass
+class Comparison:
+    """One published value beside ours in a table: the row (its first cell), what is compared, both values
+    and the difference."""
+    row: str
+    quantity: str
+    ours: Cell
+    published: Cell
+    diff: Cell
+
+
+@dataclass
 class TableView:
     stem: str
     title: str
@@ -43,7 +54,7 @@ class TableView:
     columns: list[Column]
     rows: list[Row]
     links: dict[str, str] = field(default_factory=dict)  # format -> href
-    compared: int = 0  # cells with a difference to a published value
+    comparisons: list[Comparison] = field(default_factory=list)
     noisy: int = 0
     failed: int = 0
     anchor: str = ""
@@ -121,15 +132,23 @@ def table_view(csv_path: Path, href: Mapping[str, str], arms: Sequence[Mapping[s
     published_rows = set(twins.values())
     for index, record in enumerate(records):
         cells: list[Cell] = []
+        label = str(record.get(names[0]) or "") if names else ""
+
+        def compared(ours_column: str, ours: Any, published: Any, label: str = label) -> Cell:
+            cell = _diff_cell(ours, published)
+            if cell.text:
+                view.comparisons.append(Comparison(label, ours_column, format_value(str(ours)), format_value(str(published)), cell))
+            return cell
         for name in names:
             cells.append(format_value(record.get(name) or ""))
             if name in pairs:
-                cells.append(_diff_cell(record.get(pairs[name].ours), record.get(name)))
+                cells.append(compared(pairs[name].ours, record.get(pairs[name].ours), record.get(name)))
             elif name == "published" and arm_columns:
                 ours_column = arm_columns.get(str(record.get("arm")))
-                cells.append(_diff_cell(record.get(ours_column), record.get(name)) if ours_column else Cell("", "", "missing"))
+                cells.append(compared(ours_column, record.get(ours_column), record.get(name)) if ours_column else Cell("", "", "missing"))
         for metric in twin_metrics:
-            cells.append(_diff_cell(record.get(metric), records[twins[index]].get(metric)) if index in twins else Cell("", "", "missing"))
+            cells.append(compared(metric, record.get(metric), records[twins[index]].get(metric)) if index in twins
+                         else Cell("", "", "missing"))
         row = Row(cells)
         if _is_failed(record):
             row.cls, row.mark = "failed", "failed"
@@ -139,6 +158,5 @@ def table_view(csv_path: Path, href: Mapping[str, str], arms: Sequence[Mapping[s
             view.noisy += 1
         elif index in published_rows:
             row.cls = "published"
-        view.compared += sum(1 for c in cells if "diff" in c.cls and c.text)
         view.rows.append(row)
     return view
