@@ -109,6 +109,7 @@ class Page:
     failed_points: list[dict[str, Any]]
     raw: list[Link]
     counts: dict[str, int]
+    published: list[dict[str, Any]] = field(default_factory=list)  # what the experiment compares with, from its YAML and cards
     training: Training | None = None
     evaluation: Evaluation | None = None
     notes: list[str] = field(default_factory=list)
@@ -355,6 +356,25 @@ def load_specs(experiments_dir: Path) -> list[ExperimentBase]:
     return specs
 
 
+def published_of(dump: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The published rows an experiment compares with: its models' card table, then its own rows."""
+    from models import label, list_models, model_card
+    out = []
+    names = [m.get("name") if isinstance(m, Mapping) else m for m in (dump.get("models") or dump.get("variants") or [])]
+    table = dump.get("card_table")
+    for name in dict.fromkeys(n for n in names if n in list_models()):
+        entry = model_card(name).published.get(table) if table else None
+        if entry is not None:
+            out.append({"method": label(name), "numbers": ", ".join(f"{k} {v}" for k, v in entry.values.items()), "source": entry.source})
+    published = dump.get("published") or {}
+    for row in published.get("rows") or []:
+        row = dict(row)
+        method = row.pop("model", None) or row.pop("label", None) or ""
+        source = row.pop("source", None) or published.get("source", "")
+        out.append({"method": method, "numbers": ", ".join(f"{k} {v}" for k, v in row.items() if v is not None), "source": source})
+    return out
+
+
 def build_page(spec: ExperimentBase | None, results: Path, site_dir: Path, numbering: dict[int, int],
                experiments_dir: Path) -> Page:
     rows = current_rows(results)
@@ -392,7 +412,7 @@ def build_page(spec: ExperimentBase | None, results: Path, site_dir: Path, numbe
                 results=results, yaml=yaml_link, paper=paper, headlines=headlines,
                 provenance=provenance(manifest, rows, notes), tables=tables, figures=plots, renders=renders,
                 failed_points=failed_points(rows), raw=raw_links(results, site_dir), counts=counts,
-                training=training, evaluation=evaluation)
+                training=training, evaluation=evaluation, published=published_of(dump))
 
 
 def build_pages(experiments_dir: Path, results_root: Path, site_dir: Path) -> tuple[list[Page], list[Page], list[PaperItem]]:

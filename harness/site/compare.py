@@ -108,19 +108,19 @@ def column_pairs(columns: Sequence[str], published_hint: Mapping[str, str] | Non
     return pairs
 
 
+def is_published_row(row: Mapping[str, Any], columns: Sequence[str]) -> bool:
+    """A row of published numbers: a cell after the first says `published` (a weights, source or mode column)."""
+    return any(str(row.get(c) or "").strip().lower().split(":")[0] == "published" for c in columns[1:])
+
+
 def row_pairs(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[int, int]:
-    """Measured row index -> its published twin's index: same first cell, the twin's `weights` or
-    `source` cell starting with `published`."""
+    """Measured row index -> its published twin's index: a published row with the same first cell."""
     if not rows or not columns:
         return {}
     key = columns[0]
-
-    def is_published(row: Mapping[str, Any]) -> bool:
-        return any(str(row.get(c) or "").lower().startswith("published") for c in ("weights", "source"))
-
-    published = {str(r.get(key)): i for i, r in enumerate(rows) if is_published(r)}
+    published = {str(r.get(key)): i for i, r in enumerate(rows) if is_published_row(r, columns)}
     return {i: published[str(r.get(key))] for i, r in enumerate(rows)
-            if not is_published(r) and str(r.get(key)) in published}
+            if not is_published_row(r, columns) and str(r.get(key)) in published}
 
 
 def arm_published_columns(arms: Sequence[Mapping[str, Any]]) -> dict[str, str]:

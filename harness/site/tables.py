@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .compare import arm_published_columns, column_pairs, difference, number, row_pairs
+from .compare import arm_published_columns, column_pairs, difference, is_published_row, number, row_pairs
 
 MISSING = ("", "n/a", "nan", "none", "None")
 _FALSY = ("", "n/a", "nan", "none", "false", "no", "0")
@@ -68,7 +68,7 @@ def format_value(raw: str) -> Cell:
         return Cell(raw, raw)
     if value.is_integer() and "." not in raw and "e" not in raw.lower():
         return Cell(f"{int(value):,}" if abs(value) >= 10_000 else str(int(value)), repr(value), "num")
-    return Cell(f"{value:.4g}", repr(value), "num")
+    return Cell(f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}", repr(value), "num")
 
 
 def read_markdown_header(path: Path) -> tuple[str, list[str]]:
@@ -129,7 +129,7 @@ def table_view(csv_path: Path, href: Mapping[str, str], arms: Sequence[Mapping[s
     for metric in twin_metrics:
         columns.append(Column(f"Δ {metric}", "diff", f"{metric} of this row minus its published row's: ours − published"))
     view = TableView(csv_path.stem, title, notes, columns, [], links=dict(href), anchor=f"table-{csv_path.stem}")
-    published_rows = set(twins.values())
+    published_rows = {i for i, r in enumerate(records) if is_published_row(r, names)}
     for index, record in enumerate(records):
         cells: list[Cell] = []
         label = str(record.get(names[0]) or "") if names else ""
