@@ -180,7 +180,8 @@ def _note(notes: Sequence[str], *prefixes: str) -> str:
 def provenance(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], notes: Sequence[str]) -> list[tuple[str, str]]:
     """Device, dtype, preset, data, protocol, commit, world size (and the code version, torch, date),
     each from the manifest, else the rows, else the table notes; `not recorded` where none says."""
-    experiment = manifest.get("experiment") or {}
+    # A study of trained models records the training experiment it read beside its own.
+    experiment = {**(manifest.get("trained") or {}), **{k: v for k, v in (manifest.get("experiment") or {}).items() if v}}
     ok = [r for r in rows if r.get("status", "ok") == "ok"]
     device = manifest.get("device") or ", ".join(_values(ok, "device")) or _note(notes, "measured:", "device:", "device")
     dtype = manifest.get("dtype") or ", ".join(_values(ok, "dtype"))
@@ -235,9 +236,11 @@ def tables_of(results: Path, page_dir: Path, arms: Sequence[Mapping[str, Any]]) 
         if sub.parts:
             view.title = f"{sub.as_posix()}: {view.title}"
             view.anchor = f"table-{sub.as_posix().replace('/', '-')}-{path.stem}"
+            view.stem = f"{sub.as_posix()}/{path.stem}"
         views.append(view)
-    # The summary first, then short tables before long ones (a per-point listing last), else by name.
-    return sorted(views, key=lambda v: (v.stem != "summary", len(v.rows) > LONG_TABLE))
+    # The folder's own tables before its subfolders', the summary first, short tables before long ones
+    # (a per-point listing last), else by name.
+    return sorted(views, key=lambda v: (v.stem.count("/"), v.stem != "summary", len(v.rows) > LONG_TABLE))
 
 
 def training_section(rows: Sequence[Mapping[str, Any]], results: Path, page_dir: Path) -> Training | None:
@@ -405,8 +408,7 @@ def build_page(spec: ExperimentBase | None, results: Path, site_dir: Path, numbe
     if spec is not None:
         description = spec.description
     else:  # a folder of its own: the title of its first top-level table, else what it holds
-        top = [t for t in tables if (results / f"{t.stem}.csv").is_file()]
-        description = (top or tables)[0].title if tables else "figures: " + ", ".join(f.name for f in [*plots, *renders])
+        description = tables[0].title if tables else "figures: " + ", ".join(f.name for f in [*plots, *renders])
     return Page(slug=slug, name=spec.name if spec is not None else results.name, kind=spec.kind if spec is not None else "",
                 description=description,
                 results=results, yaml=yaml_link, paper=paper, headlines=headlines,

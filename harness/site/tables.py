@@ -4,12 +4,14 @@ beside ours with the difference, noisy and failed rows marked."""
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .compare import arm_published_columns, column_pairs, difference, is_published_row, number, row_pairs
 
+_LEADING_NUMBER = re.compile(r"^[-+]?\d+(\.\d+)?(?=\s)")
 MISSING = ("", "n/a", "nan", "none", "None")
 _FALSY = ("", "n/a", "nan", "none", "false", "no", "0")
 
@@ -65,7 +67,8 @@ def format_value(raw: str) -> Cell:
         return Cell("n/a", "", "missing")
     value = number(raw)
     if value is None:
-        return Cell(raw, raw)
+        lead = _LEADING_NUMBER.match(raw)  # `4 (training N)` sorts as 4 among the numbers
+        return Cell(raw, repr(float(lead.group(0))) if lead else raw)
     if value.is_integer() and "." not in raw and "e" not in raw.lower():
         return Cell(f"{int(value):,}" if abs(value) >= 10_000 else str(int(value)), repr(value), "num")
     return Cell(f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}", repr(value), "num")
