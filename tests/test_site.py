@@ -244,6 +244,12 @@ def test_pages_are_well_formed_html5_with_only_local_references(site):
         assert _check_html(page) == [], page.name
 
 
+def test_pages_parse_as_html5_without_a_single_parse_error(site):
+    html5lib = pytest.importorskip("html5lib", reason="html5lib (dev extra) checks HTML5 parse errors")
+    for page in sorted(site.glob("*.html")):
+        html5lib.HTMLParser(strict=True).parse(page.read_text())  # raises at the first parse error
+
+
 def test_rebuilding_from_the_same_records_rewrites_no_file(site, recorded):
     before = {p: p.stat().st_mtime_ns for p in site.rglob("*") if p.is_file()}
     build_site(*recorded)
