@@ -353,7 +353,7 @@ def load_specs(experiments_dir: Path) -> list[ExperimentBase]:
     for path in sorted(experiments_dir.glob("*.yaml")):
         try:
             specs.append(load_experiment(path))
-        except HarnessError as error:
+        except (HarnessError, ImportError, AttributeError) as error:  # e.g. a kind this checkout does not have
             print(f"site: skipped {path}: {' '.join(str(error).split())}")
     specs.sort(key=lambda s: ORDER.index(s.name) if s.name in ORDER else len(ORDER))
     return specs
