@@ -7,7 +7,7 @@ PRESET ?=
 preset_flag = $(if $(PRESET),--preset $(PRESET),)
 
 .PHONY: help bench test models flops speed kv-cache efficiency-table gpu-check eval table-re10k table-objects preview convergence \
-	depth-study view-generalization ablations paper speed-check op-profile
+	depth-study view-generalization ablations paper site speed-check op-profile
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -75,8 +75,12 @@ OBJECTS_FORMAT ?= lvsm_json
 table-objects: $(STAMP)  ## object-level table on a folder of posed renders (OBJECTS_DIR=, OBJECTS_SET=gso|abo, OBJECTS_FORMAT=, CHECKPOINTS=)
 	OBJECTS_DIR="$(OBJECTS_DIR)" $(PY) -m harness run experiments/table_objects.yaml --set card_table=objects_$(OBJECTS_SET) --set data.source=$(OBJECTS_FORMAT) $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(if $(SCENES),--set data.max_scenes=$(SCENES)) $(preset_flag)
 
-paper: $(STAMP)  ## every paper study that fits this machine (others skipped with one line each), then results/README.md
+paper: $(STAMP)  ## every paper study that fits this machine (others skipped with one line each), then results/README.md and the site
 	$(PY) -m harness paper
+	$(PY) -m harness site
+
+site: $(STAMP)  ## static HTML pages of every table, plot and render recorded (no measurement) -> results/site/index.html
+	$(PY) -m harness site
 
 speed-check: $(STAMP)  ## issue 12: GFLOP/s as a fraction of torch.mm and speed-up over the code the issue measured, native and AVX2 paths (about 6 min) -> results/speed_check/
 	$(PY) -m harness.speed_check

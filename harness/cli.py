@@ -4,6 +4,7 @@
     ls {models,kinds,sources,presets} [--plugin PATH]...
     validate FILE... [--plugin PATH]...
     paper [--index-only]
+    site [--experiments DIR] [--results DIR] [--out DIR] [--screenshot PAGE]...
     preview [--out PNG] [--source NAME]... [--scenes K] [--views V] [--size S] [--seed N]
 
 A user mistake (any HarnessError) prints one line `error: ...` and exits 2; `--debug` shows its
@@ -112,6 +113,19 @@ def _paper(args: argparse.Namespace) -> int:
     return 0
 
 
+def _site(args: argparse.Namespace) -> int:
+    from .plugins import load_plugins
+    from .site import build_site
+    load_plugins(args.plugin)
+    index = build_site(args.experiments, args.results, args.out)
+    print(f"site: wrote {index}")
+    if args.screenshot:
+        from .site.browser import write_screenshots
+        for path in write_screenshots(index.parent, args.screenshot):
+            print(f"site: wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lvsm-bench", description="lvsm-bench: LVSM-family benchmark harness")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a user error too")
@@ -144,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/README.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_paper)
+    p = sub.add_parser("site", parents=[plugin], help="static HTML pages of every table, plot and render recorded -> results/site/")
+    p.add_argument("--experiments", default="experiments", help="folder of experiment YAMLs")
+    p.add_argument("--results", default="results", help="folder the experiments wrote to")
+    p.add_argument("--out", default=None, help="where the site goes (default: RESULTS/site)")
+    p.add_argument("--screenshot", action="append", default=[], metavar="PAGE",
+                   help="also save what a reader sees of PAGE (index, an experiment's name) in headless Chromium -> screenshots/PAGE.png")
+    p.set_defaults(func=_site)
     p = sub.add_parser("preview", help="PNG grid of a few synthetic scenes and their views")
     p.add_argument("--out", default="results/preview/preview.png")
     p.add_argument("--source", action="append", default=None, help="data source(s) to show (default: both synthetic ones)")

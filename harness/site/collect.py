@@ -1,0 +1,437 @@
+"""What the site shows, gathered from what the harness recorded: the experiment YAMLs and their paper
+entries, each results folder's rows, manifest, tables, figures and headlines, and the registry's
+cards. Nothing here lists experiments, kinds or variants: every page comes from what is found."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import HarnessError
+from ..paper import ORDER, status as paper_status
+from ..records import RecordStore
+from ..schema import ExperimentBase, load_experiment
+from .scenes import strips_from_grid
+from .tables import TableView, table_view
+
+log = logging.getLogger(__name__)
+
+# Keys of a row that say which point it is (shown for a failed point), in the order shown.
+POINT_KEYS = ("model", "variant", "arm", "seed", "mode", "scene", "n_input", "n_target", "n_cached", "N", "M", "preset", "dtype")
+RAW_SUFFIXES = (".jsonl", ".json", ".md")
+LONG_TABLE = 20  # rows
+
+
+@dataclass
+class Link:
+    href: str
+    text: str
+
+
+@dataclass
+class Figure:
+    href: str
+    title: str
+    name: str
+
+
+@dataclass
+class PaperItem:
+    number: int
+    title: str
+    published: str
+    target: str
+    status: str
+    status_class: str  # ok, needs, missing
+    headlines: list[str]
+
+
+@dataclass
+class Arm:
+    """A trained arm for the seed-range chart: its final PSNR per seed."""
+    name: str
+    variant: str
+    seeds: dict[int, float]
+
+    @property
+    def low(self) -> float:
+        return min(self.seeds.values())
+
+    @property
+    def high(self) -> float:
+        return max(self.seeds.values())
+
+    @property
+    def mean(self) -> float:
+        return sum(self.seeds.values()) / len(self.seeds)
+
+
+@dataclass
+class Training:
+    arms: list[Arm]
+    bar: float | None  # best PSNR of the predictors that ignore the target camera
+    bar_name: str
+    curves: list[Figure]
+
+
+@dataclass
+class SceneStrip:
+    scene: str
+    href: str
+    columns: list[str]
+
+
+@dataclass
+class Evaluation:
+    per_scene: TableView
+    strips: list[SceneStrip]
+    note: str
+
+
+@dataclass
+class Page:
+    """One experiment (or one results folder no experiment claims)."""
+    slug: str
+    name: str
+    kind: str
+    description: str
+    results: Path
+    yaml: Link | None
+    paper: list[PaperItem]
+    headlines: list[str]
+    provenance: list[tuple[str, str]]
+    tables: list[TableView]
+    figures: list[Figure]
+    renders: list[Figure]
+    failed_points: list[dict[str, Any]]
+    raw: list[Link]
+    counts: dict[str, int]
+    published: list[dict[str, Any]] = field(default_factory=list)  # what the experiment compares with, from its YAML and cards
+    training: Training | None = None
+    evaluation: Evaluation | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def status_class(self) -> str:
+        classes = [p.status_class for p in self.paper]
+        return "ok" if "ok" in classes else classes[0] if classes else ("ok" if self.counts.get("ok") else "missing")
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def rel(target: Path, page_dir: Path) -> str:
+    return Path(os.path.relpath(target.resolve(), page_dir.resolve())).as_posix()
+
+
+def rebase(spec: ExperimentBase, results_root: Path) -> ExperimentBase:
+    """The experiment with its results folder under `results_root` (its `results/` prefix replaced)."""
+    out = spec.results_dir()
+    if not out.is_absolute() and out.parts and out.parts[0] == "results":
+        out = results_root.joinpath(*out.parts[1:])
+    return spec.model_copy(update={"output_dir": str(out)})
+
+
+def current_rows(results: Path) -> list[dict[str, Any]]:
+    """The rows the current tables show: the latest row per point of the latest code version recorded."""
+    store = RecordStore(results / "rows.jsonl")
+    rows = list(store.latest_by_key().values()) if store.path.is_file() else []
+    ok = [r for r in rows if r.get("status", "ok") == "ok" and r.get("version")]
+    if ok:
+        version = ok[-1]["version"]
+        rows = [r for r in rows if r.get("version") == version]
+    return rows
+
+
+def manifest_of(results: Path) -> dict[str, Any]:
+    path = results / "manifest.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        log.warning("%s: not valid JSON; provenance taken from the rows alone", path)
+        return {}
+
+
+def _values(rows: Sequence[Mapping[str, Any]], key: str) -> list[str]:
+    return sorted({str(r[key]) for r in rows if r.get(key) not in (None, "")})
+
+
+def _compact(value: Any, limit: int = 240) -> str:
+    if isinstance(value, Mapping):
+        text = ", ".join(f"{k}={_compact(v, limit)}" for k, v in value.items() if v not in (None, "", [], {}))
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(_compact(v, limit) for v in value) + "]"
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _note(notes: Sequence[str], *prefixes: str) -> str:
+    for note in notes:
+        for prefix in prefixes:
+            if note.lower().startswith(prefix.lower()):
+                return note[len(prefix):].strip(" :")
+    return ""
+
+
+def provenance(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], notes: Sequence[str]) -> list[tuple[str, str]]:
+    """Device, dtype, preset, data, protocol, commit, world size (and the code version, torch, date),
+    each from the manifest, else the rows, else the table notes; `not recorded` where none says."""
+    # A study of trained models records the training experiment it read beside its own.
+    experiment = {**(manifest.get("trained") or {}), **{k: v for k, v in (manifest.get("experiment") or {}).items() if v}}
+    ok = [r for r in rows if r.get("status", "ok") == "ok"]
+    device = manifest.get("device") or ", ".join(_values(ok, "device")) or _note(notes, "measured:", "device:", "device")
+    dtype = manifest.get("dtype") or ", ".join(_values(ok, "dtype"))
+    preset = (manifest.get("preset") or experiment.get("preset") or ", ".join(_values(ok, "preset")))
+    data = experiment.get("data")
+    data_text = _compact({"source": data.get("source"), **(data.get("options") or {}), "index": data.get("index"),
+                          "n_input": data.get("n_input"), "n_target": data.get("n_target")}) if isinstance(data, Mapping) else ""
+    data_text = data_text or ", ".join(_values(ok, "data_source")) or _note(notes, "inputs:", "data:")
+    protocol = _note(notes, "Protocol", "latency:", "fraction of mm:")
+    for key in ("measure", "train", "optim"):
+        if isinstance(experiment.get(key), Mapping):
+            protocol = "; ".join(filter(None, [protocol, f"{key}: {_compact(experiment[key])}"]))
+    commits = _values(ok, "commit")
+    commit = ", ".join(commits) if commits else _note(notes, "code:")
+    if manifest.get("commit") and manifest["commit"] not in commits:
+        commit = (commit + "; " if commit else "") + f"tables written at {manifest['commit']}"
+    world = manifest.get("world_size") or ", ".join(_values(ok, "world_size"))
+    items = [("device", device), ("dtype", dtype), ("preset", preset), ("data", data_text), ("protocol", protocol),
+             ("commit", commit), ("world size", str(world) if world else ""),
+             ("code version", manifest.get("code_version") or ", ".join(_values(ok, "version"))),
+             ("torch", (manifest.get("packages") or {}).get("torch") or ", ".join(_values(ok, "torch"))),
+             ("written", manifest.get("written") or "")]
+    return [(label, str(value) if value else "not recorded") for label, value in items]
+
+
+def failed_points(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        if row.get("status", "ok") == "ok":
+            continue
+        point = ", ".join(f"{k}={row[k]}" for k in POINT_KEYS if row.get(k) not in (None, ""))
+        out.append({"point": point or row.get("key", "?"), "status": row.get("status"), "error": row.get("error") or ""})
+    return out
+
+
+# ------------------------------------------------------------------------------ page sections
+
+
+def tables_of(results: Path, page_dir: Path, arms: Sequence[Mapping[str, Any]]) -> list[TableView]:
+    """Every table written under the folder (a `.csv`), its `.md` title first, then by name."""
+    views = []
+    for path in sorted(results.rglob("*.csv")):
+        if page_dir.resolve() in path.resolve().parents:
+            continue
+        href = {fmt: rel(path.with_suffix(f".{fmt}"), page_dir) for fmt in ("csv", "tex", "md") if path.with_suffix(f".{fmt}").is_file()}
+        try:
+            view = table_view(path, href, arms)
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            log.warning("site: table %s skipped: %s", path, error)
+            continue
+        sub = path.parent.relative_to(results)
+        if sub.parts:
+            view.title = f"{sub.as_posix()}: {view.title}"
+            view.anchor = f"table-{sub.as_posix().replace('/', '-')}-{path.stem}"
+            view.stem = f"{sub.as_posix()}/{path.stem}"
+        views.append(view)
+    # The folder's own tables before its subfolders', the summary first, short tables before long ones
+    # (a per-point listing last), else by name.
+    return sorted(views, key=lambda v: (v.stem.count("/"), v.stem != "summary", len(v.rows) > LONG_TABLE))
+
+
+def training_section(rows: Sequence[Mapping[str, Any]], results: Path, page_dir: Path) -> Training | None:
+    finals = [r for r in rows if r.get("status", "ok") == "ok" and r.get("final_psnr") is not None]
+    if not finals:
+        return None
+    arms: dict[str, Arm] = {}
+    for row in finals:
+        name = str(row.get("arm") or row.get("model") or row.get("variant"))
+        arm = arms.setdefault(name, Arm(name, str(row.get("model") or row.get("variant") or ""), {}))
+        arm.seeds[int(row.get("seed") or 0)] = float(row["final_psnr"])
+    predictors = next((r["predictors"] for r in reversed(rows) if isinstance(r.get("predictors"), Mapping)), {})
+    scored = {k: v.get("psnr") for k, v in predictors.items() if isinstance(v, Mapping) and v.get("psnr") is not None}
+    bar_name = max(scored, key=scored.get) if scored else ""
+    curves = [Figure(rel(results / name, page_dir), title, name) for name, title in
+              (("psnr_vs_step.png", "validation PSNR against optimizer steps"),
+               ("psnr_vs_seconds.png", "validation PSNR against training seconds"))
+              if (results / name).is_file()]
+    return Training(list(arms.values()), scored.get(bar_name), bar_name, curves)
+
+
+def evaluation_section(rows: Sequence[Mapping[str, Any]], results: Path, page_dir: Path, site_dir: Path,
+                       slug: str) -> Evaluation | None:
+    scored = [r for r in rows if r.get("status", "ok") == "ok" and r.get("scene") and "psnr" in r]
+    if not scored:
+        return None
+    models = list(dict.fromkeys(str(r.get("model")) for r in scored))
+    scenes = list(dict.fromkeys(str(r["scene"]) for r in scored))
+    metrics = [m for m in ("psnr", "ssim", "lpips") if any(r.get(m) is not None for r in scored)]
+    by = {(str(r.get("model")), str(r["scene"])): r for r in scored}
+    csv_path = site_dir / "data" / slug / "per_scene_by_model.csv"
+    header = ["scene", *[f"{m} {model}" for m in metrics for model in models], "targets"]
+    lines = [header]
+    for scene in scenes:
+        line = [scene] + [("" if by.get((model, scene), {}).get(m) is None else repr(by[(model, scene)][m]))
+                          for m in metrics for model in models]
+        line.append(str(next((by[(model, scene)].get("targets") for model in models if (model, scene) in by), "")))
+        lines.append(line)
+    _write_csv(csv_path, lines)
+    per_scene = table_view(csv_path, {"csv": rel(csv_path, page_dir)})
+    per_scene.title = "Per scene: each model's scene mean (over its target views)"
+    per_scene.notes = ["one row per evaluated scene; sort by any column to find the scenes where one model leads",
+                       "failed (model, scene) evaluations are left blank here and listed under failed points"]
+    per_scene.anchor = "per-scene"
+    strips, note = [], ""
+    per_scene_dir = results / "scenes"
+    grid = results / "grid.png"
+    n_input = max((len((r.get("views") or {}).get("context") or r.get("context") or []) for r in scored), default=0)
+    columns = [f"input {i + 1}" for i in range(n_input)] + ["ground truth (first target)"] + models
+    if per_scene_dir.is_dir():
+        for scene in scenes:
+            if (per_scene_dir / f"{scene}.png").is_file():
+                strips.append(SceneStrip(scene, rel(per_scene_dir / f"{scene}.png", page_dir), columns))
+    elif grid.is_file():
+        grid_scenes = int(((manifest_of(results).get("experiment") or {}).get("grid_scenes")) or 0)
+        cut = strips_from_grid(grid, scenes[:grid_scenes], site_dir / "scenes" / slug) if grid_scenes else {}
+        strips = [SceneStrip(scene, rel(path, page_dir), columns) for scene, path in cut.items()]
+        note = (f"renders were recorded for the first {len(cut)} of {len(scenes)} scenes (the evaluation's grid figure, "
+                f"cut into one strip per scene); the others have their numbers only" if cut else
+                "renders: the evaluation's grid figure (below) could not be cut into one strip per scene")
+    else:
+        note = "no renders were recorded for this evaluation"
+    return Evaluation(per_scene, strips, note)
+
+
+def _write_csv(path: Path, lines: list[list[str]]) -> None:
+    import csv
+    import io
+
+    from ..records import write_atomic
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(lines)
+    if not path.is_file() or path.read_text() != buffer.getvalue():
+        write_atomic(path, buffer.getvalue())
+
+
+def figures_of(results: Path, page_dir: Path, shown: set[str]) -> tuple[list[Figure], list[Figure]]:
+    """Plots, and renders (files named render*), not shown elsewhere on the page."""
+    plots, renders = [], []
+    for path in sorted(results.rglob("*.png")):
+        if page_dir.resolve() in path.resolve().parents:
+            continue
+        name = path.relative_to(results).as_posix()
+        if name in shown:
+            continue
+        title = path.stem.replace("_", " ")
+        (renders if path.stem.startswith("render") else plots).append(Figure(rel(path, page_dir), title, name))
+    return plots, renders
+
+
+def raw_links(results: Path, page_dir: Path) -> list[Link]:
+    """rows.jsonl first, then the other records (JSON lines, JSON, Markdown notes) in the folder."""
+    out = []
+    for path in sorted(p for p in results.rglob("*") if p.is_file() and p.suffix in RAW_SUFFIXES):
+        if page_dir.resolve() in path.resolve().parents or "runs" in path.relative_to(results).parts:
+            continue
+        if path.suffix == ".md" and path.with_suffix(".csv").is_file():  # a table's Markdown: linked beside its table
+            continue
+        out.append(Link(rel(path, page_dir), path.relative_to(results).as_posix()))
+    out.sort(key=lambda link: (link.text != "rows.jsonl", link.text))
+    return out
+
+
+# ------------------------------------------------------------------------------------- pages
+
+
+def load_specs(experiments_dir: Path) -> list[ExperimentBase]:
+    """Every experiment YAML that validates; one that does not is left out with one line."""
+    specs = []
+    for path in sorted(experiments_dir.glob("*.yaml")):
+        try:
+            specs.append(load_experiment(path))
+        except (HarnessError, ImportError, AttributeError) as error:  # e.g. a kind this checkout does not have
+            print(f"site: skipped {path}: {' '.join(str(error).split())}")
+    specs.sort(key=lambda s: ORDER.index(s.name) if s.name in ORDER else len(ORDER))
+    return specs
+
+
+def published_of(dump: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The published rows an experiment compares with: its models' card table, then its own rows."""
+    from models import label, list_models, model_card
+    out = []
+    names = [m.get("name") if isinstance(m, Mapping) else m for m in (dump.get("models") or dump.get("variants") or [])]
+    table = dump.get("card_table")
+    for name in dict.fromkeys(n for n in names if n in list_models()):
+        entry = model_card(name).published.get(table) if table else None
+        if entry is not None:
+            out.append({"method": label(name), "numbers": ", ".join(f"{k} {v}" for k, v in entry.values.items()), "source": entry.source})
+    published = dump.get("published") or {}
+    for row in published.get("rows") or []:
+        row = dict(row)
+        method = row.pop("model", None) or row.pop("label", None) or ""
+        source = row.pop("source", None) or published.get("source", "")
+        out.append({"method": method, "numbers": ", ".join(f"{k} {v}" for k, v in row.items() if v is not None), "source": source})
+    return out
+
+
+def build_page(spec: ExperimentBase | None, results: Path, site_dir: Path, numbering: dict[int, int],
+               experiments_dir: Path) -> Page:
+    rows = current_rows(results)
+    manifest = manifest_of(results)
+    dump = spec.model_dump(mode="json") if spec is not None else {}
+    arms = dump.get("arms") or []
+    tables = tables_of(results, site_dir, arms)
+    notes = [n for t in tables for n in t.notes]
+    headlines_path = results / "headlines.md"
+    headlines = [line[2:].strip() for line in headlines_path.read_text().splitlines() if line.startswith("- ")] \
+        if headlines_path.is_file() else []
+    slug = spec.name if spec is not None else results.name
+    paper = []
+    for entry in (spec.paper if spec is not None else []):
+        text = paper_status(spec, entry)
+        cls = "ok" if text.startswith("measured") else "needs" if text.startswith("needs") else "missing"
+        paper.append(PaperItem(numbering.get(id(entry), 0), entry.title, entry.published, entry.target, text, cls, headlines))
+    training = training_section(rows, results, site_dir)
+    evaluation = evaluation_section(rows, results, site_dir, site_dir, slug)
+    shown = {f.name for f in (training.curves if training else [])}
+    plots, renders = figures_of(results, site_dir, shown)
+    ok = sum(1 for r in rows if r.get("status", "ok") == "ok" and "key" in r)
+    counts = {"ok": ok, "failed": sum(1 for r in rows if r.get("status", "ok") != "ok"),
+              "noisy": sum(t.noisy for t in tables)}
+    yaml_link = None
+    if spec is not None and spec.source_file:
+        yaml_link = Link(rel(Path(spec.source_file), site_dir), Path(spec.source_file).name)
+    if spec is not None:
+        description = spec.description
+    else:  # a folder of its own: the title of its first top-level table, else what it holds
+        description = tables[0].title if tables else "figures: " + ", ".join(f.name for f in [*plots, *renders])
+    return Page(slug=slug, name=spec.name if spec is not None else results.name, kind=spec.kind if spec is not None else "",
+                description=description,
+                results=results, yaml=yaml_link, paper=paper, headlines=headlines,
+                provenance=provenance(manifest, rows, notes), tables=tables, figures=plots, renders=renders,
+                failed_points=failed_points(rows), raw=raw_links(results, site_dir), counts=counts,
+                training=training, evaluation=evaluation, published=published_of(dump))
+
+
+def build_pages(experiments_dir: Path, results_root: Path, site_dir: Path) -> tuple[list[Page], list[Page], list[PaperItem]]:
+    """(experiment pages, pages of results folders no experiment claims, the paper index entries)."""
+    specs = [rebase(s, results_root) for s in load_specs(experiments_dir)]
+    numbering, number = {}, 0
+    for spec in specs:
+        for entry in spec.paper:
+            number += 1
+            numbering[id(entry)] = number
+    pages = [build_page(spec, spec.results_dir(), site_dir, numbering, experiments_dir) for spec in specs]
+    claimed = {p.results.resolve() for p in pages}
+    others = []
+    for folder in sorted(p for p in results_root.iterdir() if p.is_dir()) if results_root.is_dir() else []:
+        if folder.resolve() in claimed or folder.resolve() == site_dir.resolve() or site_dir.resolve() in folder.resolve().parents:
+            continue
+        if any(folder.rglob("*.csv")) or any(folder.rglob("*.png")):
+            others.append(build_page(None, folder, site_dir, numbering, experiments_dir))
+    index = sorted((item for page in pages for item in page.paper), key=lambda item: item.number)
+    return pages, others, index
