@@ -81,7 +81,7 @@ def load_checkpoint(path: str | Path, model_name: str | None = None, device: tor
     except (ValueError, KeyError, TypeError) as error:
         if isinstance(error, CheckpointError):
             raise
-        raise CheckpointError(f"{path}: {_message(error)}") from None
+        raise CheckpointError(f"{path}: {describe_error(error)}") from None
     return model.to(device).eval(), meta
 
 
@@ -92,13 +92,13 @@ def read_torch_file(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001  (pickle, zip and OS errors all mean "not a usable torch file")
         size = path.stat().st_size
-        reason = _message(error).split(". ")[0].rstrip(".")
+        reason = describe_error(error).split(". ")[0].rstrip(".")
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({size} bytes; {reason}); expected a complete "
                               "file written by torch.save (an lvsm-bench checkpoint or official LVSM / Efficient-LVSM "
                               "weights), not a damaged, truncated or other file") from None
 
 
-def _message(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     """One line from an exception (KeyError's str() quotes its message; torch's are multi-line)."""
     text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
     first = (str(text).strip().splitlines() or [type(error).__name__])[0]

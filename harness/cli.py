@@ -7,8 +7,11 @@
     site [--experiments DIR] [--results DIR] [--out DIR] [--screenshot PAGE]...
     preview [--out PNG] [--source NAME]... [--scenes K] [--views V] [--size S] [--seed N]
 
-A user mistake (any HarnessError) prints one line `error: ...` and exits 2; `--debug` shows its
-traceback. Anything else is a bug and keeps its traceback.
+Exit status: 0 when every point, scene or run asked for is recorded `ok`; 1 when any of them failed
+(each failure is a row with its reason, listed above the last line; a rerun retries it); 2 on a user
+mistake or a resource the run cannot do without (any HarnessError: one line `error: ...`, `--debug`
+shows its traceback; a full disk included); 130 on Ctrl-C (one line saying how much is recorded).
+Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -22,19 +25,27 @@ from .errors import ConfigError, HarnessError
 log = logging.getLogger("harness")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _failures(name: str, book) -> int:
+    """1 and one error line per failed point (then a total) when the command left any failed; else 0."""
+    outcome = book.outcome()
+    if not outcome.failed:
+        return 0
+    for failure in outcome.failed:
+        log.error("failed: %s", failure)
+    log.error("%s: %d of %d points failed (each is recorded with its reason); rerun to retry them", name,
+              len(outcome.failed), outcome.points)
+    return 1
+
+
+def _run(args: argparse.Namespace, book) -> int:
     from .plugins import load_plugins
     from .schema import RunOptions, load_experiment, run_spec
     load_plugins(args.plugin)
     spec = load_experiment(args.experiment, args.set)
     start = time.perf_counter()
-    result = run_spec(spec, RunOptions(args.preset, tuple(args.checkpoint), not args.no_progress))
+    run_spec(spec, RunOptions(args.preset, tuple(args.checkpoint), not args.no_progress))
     log.info("%s: done in %.1f s wall", spec.name, time.perf_counter() - start)
-    failed = getattr(result, "failed", 0)
-    if failed:
-        log.error("%s: %d evaluation(s) failed (listed in the summary notes); a rerun retries only those", spec.name, failed)
-        return 1
-    return 0
+    return _failures(spec.name, book)
 
 
 def models_table():
@@ -57,7 +68,7 @@ def models_table():
     return pd.DataFrame(rows)
 
 
-def _ls(args: argparse.Namespace) -> int:
+def _ls(args: argparse.Namespace, book) -> int:
     from .plugins import load_plugins
     from .tables import markdown
     load_plugins(args.plugin)
@@ -82,7 +93,7 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validate(args: argparse.Namespace) -> int:
+def _validate(args: argparse.Namespace, book) -> int:
     from .plugins import load_plugins
     from .schema import load_experiment
     load_plugins(args.plugin)
@@ -92,7 +103,7 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preview(args: argparse.Namespace) -> int:
+def _preview(args: argparse.Namespace, book) -> int:
     from .data.preview import write_preview
     for key in ("scenes", "views", "size"):
         if getattr(args, key) <= 0:
@@ -103,17 +114,17 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def _paper(args: argparse.Namespace) -> int:
+def _paper(args: argparse.Namespace, book) -> int:
     from .paper import run_all, write_index
     from .plugins import load_plugins
     load_plugins(args.plugin)
     if not args.index_only:
         run_all(args.experiments, progress=not args.no_progress)
     print(f"paper: wrote {write_index(args.experiments, args.out)}")
-    return 0
+    return _failures("paper", book)
 
 
-def _site(args: argparse.Namespace) -> int:
+def _site(args: argparse.Namespace, book) -> int:
     from .plugins import load_plugins
     from .site import build_site
     load_plugins(args.plugin)
@@ -180,10 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    try:
-        return args.func(args)
-    except HarnessError as error:
-        if args.debug:
-            raise
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+    from .outputs import ledger
+    with ledger() as book:
+        try:
+            return args.func(args, book)
+        except HarnessError as error:
+            if args.debug:
+                raise
+            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            if args.debug:
+                raise
+            print(f"\ninterrupted: {book.outcome().recorded} points recorded; rerun the same command to resume",
+                  file=sys.stderr)
+            return 130

@@ -16,7 +16,6 @@ import gc
 import importlib.metadata
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,13 +26,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from .errors import OutputError
+from .outputs import ROWS, check_owner, current_ledger, ensure_writable, lock
 from .provenance import code_version, git_commit
 from .records import RecordStore, point_key, write_atomic
 from .tables import markdown, write_tables
 
 log = logging.getLogger(__name__)
 
-ROWS = "rows.jsonl"
 SKIP_STATUSES = ("ok", "oom")
 _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
@@ -61,19 +60,6 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def ensure_writable(out_dir: str | Path) -> Path:
-    """Create the output directory and prove it writable before any work starts."""
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise OutputError(f"output directory {out_dir}: cannot be created or written ({error.strerror or error})") from None
-    return out_dir
-
-
 @dataclass
 class SweepSummary:
     measured: int = 0
@@ -90,7 +76,9 @@ class SweepSummary:
 
 @dataclass
 class Sweep:
-    """The points of one experiment and the record file they go to."""
+    """The points of one experiment and the record file they go to. Opening a sweep that writes
+    takes its folder (one experiment per folder, one process at a time; see `harness.outputs`) and
+    moves unreadable lines of its rows aside."""
     out_dir: Path
     experiment: str
     context: Mapping[str, Any] = field(default_factory=dict)  # columns added to every row (device, commit ...)
@@ -99,13 +87,27 @@ class Sweep:
     skip: tuple[str, ...] = SKIP_STATUSES  # statuses a rerun does not measure again
 
     def __post_init__(self) -> None:
-        self.out_dir = ensure_writable(self.out_dir) if self.writer else Path(self.out_dir)
+        self.out_dir = Path(self.out_dir)
         self.store = RecordStore(self.out_dir / ROWS)
+        if self.writer:
+            ensure_writable(self.out_dir)
+            check_owner(self.out_dir, self.experiment)
+            held, taken = lock(self.out_dir, self.experiment)
+            book = current_ledger()
+            if taken and book is not None:
+                book.locks.append(held)
+            self.store.set_aside_unreadable()
 
     def key(self, point: Point) -> str:
         return point_key(self.experiment, point, self.version)
 
+    def _track(self, points: Sequence[Point], label: Callable[[Point], str] | None = None) -> None:
+        book = current_ledger()
+        if book is not None:
+            book.track(self, {self.key(p): label(p) if label else "" for p in points})
+
     def pending(self, points: Sequence[Point]) -> list[Point]:
+        self._track(points)
         done = self.store.done_keys(self.skip)
         return [p for p in points if self.key(p) not in done]
 
@@ -120,6 +122,7 @@ class Sweep:
             label: Callable[[Point], str] = lambda p: "", progress: bool = True,
             deadline_s: float | None = None, unit: str = "point") -> SweepSummary:
         """Measure what is not recorded yet; `deadline_s`: start no new point after this long."""
+        self._track(points, label)
         todo = {self.key(p) for p in self.pending(points)}
         summary = SweepSummary(skipped=len(points) - len(todo))
         start = time.monotonic()
@@ -134,6 +137,8 @@ class Sweep:
             bar.set_postfix_str(label(point))
             try:
                 result, status, error = dict(measure(point)), "ok", None
+            except OutputError:
+                raise  # a full disk or an unwritable folder fails every later point too: stop with its line
             except Exception as caught:  # one failing point is recorded with its reason; the sweep goes on
                 result, status, error = {}, failure_status(caught), one_line(caught)
                 summary.failed.append(f"{label(point)}: {error}")
@@ -148,6 +153,7 @@ class Sweep:
 
     def rows(self, points: Sequence[Point]) -> list[dict[str, Any]]:
         """The latest row of each point, in point order; points not yet recorded are left out."""
+        self._track(points)
         latest = self.store.latest_by_key()
         return [latest[k] for k in (self.key(p) for p in points) if k in latest]
 

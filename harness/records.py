@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .errors import OutputError
+
 log = logging.getLogger(__name__)
 # The row field naming the keys whose NaN/Inf values were written as null.
 NON_FINITE = "non_finite"
@@ -26,28 +28,77 @@ def point_key(experiment: str, point: Mapping[str, Any], version: str) -> str:
 
 
 class RecordStore:
+    """One JSON-lines file. A row is appended whole or not at all: an append that fails (no space,
+    an I/O error, an interrupt) cuts the file back to its size before the append and stops with
+    one line; after a failure the store refuses further appends, so nothing lands after a hole."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._reported: set[int] = set()
+        self._failure: str | None = None
 
-    def rows(self) -> list[dict[str, Any]]:
-        """Every complete row; a torn last line (a crash mid-write) is ignored."""
+    def _read(self) -> tuple[list[dict[str, Any]], list[tuple[int, str, str]]]:
+        """(rows, unreadable lines as (line number, reason, text))."""
+        rows: list[dict[str, Any]] = []
+        bad: list[tuple[int, str, str]] = []
         if not self.path.exists():
-            return []
-        rows, torn = [], 0
-        with self.path.open() as handle:
-            for line in handle:
-                line = line.strip()
+            return rows, bad
+        with self.path.open(newline="") as handle:
+            for number, text in enumerate(handle, 1):
+                line = text.strip()
                 if not line:
                     continue
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    torn += 1
-        if torn and torn != getattr(self, "_torn_reported", 0):
-            # Said once per count, not on every read: resuming a sweep reads the file many times.
-            self._torn_reported = torn
-            log.warning("%s: %d unreadable line(s) skipped (a write interrupted by a crash)", self.path, torn)
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    cut = not text.endswith("\n")
+                    bad.append((number, "cut short: a write stopped by a crash" if cut else f"not JSON ({error.msg} at "
+                                f"column {error.colno})", text))
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+                else:
+                    bad.append((number, f"a JSON {type(row).__name__}, not a row object", text))
+        return rows, bad
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every readable row; unreadable lines are skipped and named once per store (a sweep reads the
+        file many times). `set_aside_unreadable` moves them out of the file for good."""
+        rows, bad = self._read()
+        fresh = [b for b in bad if b[0] not in self._reported]
+        if fresh:
+            self._reported.update(number for number, _, _ in fresh)
+            log.warning("%s: %s skipped; the next run of its experiment moves %s to %s", self.path, _describe(fresh),
+                        "it" if len(fresh) == 1 else "them", self.side_file.name)
         return rows
+
+    @property
+    def side_file(self) -> Path:
+        return self.path.with_name(self.path.name + ".unreadable")
+
+    def set_aside_unreadable(self) -> int:
+        """Move every unreadable line to `<file>.unreadable` and rewrite the file without them (atomically),
+        saying so in one warning: a bad line is reported once, not on every rerun. Call it only while
+        holding the folder (no other writer). Returns how many lines were moved."""
+        rows, bad = self._read()
+        if not bad:
+            return 0
+        numbers = {number for number, _, _ in bad}
+        with self.path.open(newline="") as handle:
+            kept = [text if text.endswith("\n") else text + "\n"
+                    for number, text in enumerate(handle, 1) if number not in numbers and text.strip()]
+        # The side file first: a crash between the two writes leaves a line in both files, never in neither.
+        with self.side_file.open("a") as handle:
+            handle.writelines(text if text.endswith("\n") else text + "\n" for _, _, text in bad)
+            handle.flush()
+            os.fsync(handle.fileno())
+        write_atomic(self.path, "".join(kept))
+        self._reported.clear()
+        log.warning("%s: %s moved to %s; %d rows kept, and a rerun measures again what %s held (to keep %s instead, "
+                    "fix %s there and append %s to %s)", self.path, _describe(bad), self.side_file, len(rows),
+                    "it" if len(bad) == 1 else "they", "it" if len(bad) == 1 else "them",
+                    "it" if len(bad) == 1 else "them", "it" if len(bad) == 1 else "them", self.path.name)
+        return len(bad)
 
     def done_keys(self, statuses: Iterable[str] = ("ok",)) -> set[str]:
         wanted = set(statuses)
@@ -57,20 +108,46 @@ class RecordStore:
         """Append one row as one JSON line. NaN/Inf values are written as null and the row's
         `non_finite` field names their keys: bare NaN tokens are not JSON, and other readers
         (jq, pandas with a strict parser, browsers) reject the whole file for one of them."""
+        if self._failure:
+            raise OutputError(self._failure)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         clean, bad = _finite(dict(row), "")
         if bad:
             clean[NON_FINITE] = sorted(set(clean.get(NON_FINITE) or []) | set(bad))
         line = json.dumps(clean, sort_keys=True, default=str, allow_nan=False) + "\n"
-        # One write of one line in append mode, flushed to disk, so a crash loses at most this row.
-        # After such a crash the file ends in a fragment without its newline; the new row must start
+        # After a crash mid-write the file ends in a fragment without its newline; the new row must start
         # on a line of its own, or it is glued onto the fragment and lost with it.
         if self._ends_torn():
             line = "\n" + line
-        with self.path.open("a") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        existed = self.path.exists()
+        size = self.path.stat().st_size if existed else 0
+        try:
+            _append_bytes(self.path, line.encode())
+        except BaseException as error:
+            self._restore(existed, size)
+            if not isinstance(error, OSError):
+                raise  # an interrupt: the file is as it was, the caller stops
+            reason = (error.strerror or str(error)).lower() if error.errno else str(error)
+            self._failure = f"{self.path}: {reason}; {self._count_rows()} rows kept, rerun to resume"
+            raise OutputError(self._failure) from None
+
+    def _restore(self, existed: bool, size: int) -> None:
+        """Cut the file back to `size` bytes (removing it if the append created it)."""
+        try:
+            if existed:
+                os.truncate(self.path, size)
+            else:
+                self.path.unlink(missing_ok=True)
+        except OSError as error:
+            raise OutputError(f"{self.path}: an append failed and the file could not be cut back to its {size} bytes "
+                              f"({error.strerror or error}); remove its last partial line by hand, then rerun") from None
+
+    def _count_rows(self) -> int:
+        try:
+            with self.path.open("rb") as handle:
+                return sum(1 for line in handle if line.strip())
+        except FileNotFoundError:
+            return 0
 
     def _ends_torn(self) -> bool:
         try:
@@ -90,6 +167,28 @@ class RecordStore:
             if "key" in row:
                 latest[row["key"]] = row
         return latest
+
+
+def _append_bytes(path: Path, data: bytes) -> None:
+    """Write `data` at the end of `path` and flush it to disk (os.write may write part of it: loop)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _describe(bad: list[tuple[int, str, str]]) -> str:
+    """"line 7 unreadable (reason)" or "lines 3, 7 unreadable (line 3: reason; line 7: reason)"."""
+    if len(bad) == 1:
+        return f"line {bad[0][0]} unreadable ({bad[0][1]})"
+    shown = bad[:5]
+    more = f"; and {len(bad) - len(shown)} more" if len(bad) > len(shown) else ""
+    return (f"lines {', '.join(str(n) for n, _, _ in bad)} unreadable ("
+            + "; ".join(f"line {n}: {reason}" for n, reason, _ in shown) + more + ")")
 
 
 def _finite(value: Any, where: str) -> tuple[Any, list[str]]:
@@ -115,10 +214,11 @@ def _finite(value: Any, where: str) -> tuple[Any, list[str]]:
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write to a temporary file beside `path`, then rename it over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = ""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, mode) as handle:
             handle.write(data)
         # mkstemp creates 0600; results are meant to be read by anyone the umask allows.
@@ -126,6 +226,11 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, OutputError):
+            # A full disk or an I/O error: one line; the previous file (if any) is untouched.
+            raise OutputError(f"{path}: {(error.strerror or str(error)).lower()}; the file was not written "
+                              "(the previous version, if any, is kept)") from None
         raise

@@ -420,7 +420,10 @@ def test_repa_in_the_training_loop_logs_its_term_and_resumes_exactly(teacher, tm
     resumed = train_model(model, data, optim, train, tmp_path / "resumed", progress=False)
     for (key, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), key
-    # Without the projector's state beside the checkpoint, a resume is refused.
-    (tmp_path / "resumed" / "repa_projector.pt").unlink()
-    with pytest.raises(CheckpointError, match="repa_projector.pt: REPA projector state not found"):
+    # The projector's state travels in the checkpoint; a checkpoint without it is refused.
+    path = tmp_path / "resumed" / "checkpoint.pt"
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state["extra"]["modules"] = {}
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="checkpoint.pt: holds no REPA projector state"):
         train_model(model, data, optim, train, tmp_path / "resumed", progress=False)

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from models import build_model
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..provenance import environment
 from ..records import RecordStore
 from ..runtime import autocast, default_dtype, resolve_device
@@ -27,7 +27,7 @@ from .distributed import World, barrier, rank_device
 from .loss import ReconstructionLoss
 from .optim import build_optimizer, build_scheduler
 from .repa import RepaTerm
-from .state import load_state, restore_rng_states, save_state
+from .state import latest_state, restore_rng_states, save_state
 from .validation import evaluate_model
 
 CHECKPOINT = "checkpoint.pt"
@@ -76,7 +76,8 @@ def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: 
                 world: World | None = None, stop_after: int | None = None, resume: bool = True,
                 progress: bool = True, label: str = "") -> RunResult:
     """Train `model_spec` for `train.steps` optimizer steps, validating every `train.val_every` steps and
-    checkpointing every `train.checkpoint_every`. With `resume`, continue from `out_dir/checkpoint.pt`.
+    checkpointing every `train.checkpoint_every`. With `resume`, continue from the newest intact checkpoint
+    in `out_dir` (`checkpoint.pt`, else the previous one, see `state.latest_state`).
     `stop_after` ends the run early (after a checkpoint) at that step, as an interruption would."""
     world = world or World()
     out_dir = Path(out_dir)
@@ -100,12 +101,15 @@ def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: 
 
     step, examples_seen, train_seconds = 0, 0, 0.0
     checkpoint = out_dir / CHECKPOINT
-    if resume and checkpoint.is_file():
-        state = load_state(checkpoint)
+    state = latest_state(checkpoint) if resume else None
+    if state is not None:
         _same_settings(state["extra"]["settings"], settings, checkpoint)
         model.load_state_dict(state["state_dict"])
         if repa is not None:
-            repa.load(out_dir, int(state["step"]))
+            modules = state["extra"].get("modules", {})
+            if "repa_projector" not in modules:
+                raise CheckpointError(f"{checkpoint}: holds no REPA projector state; delete {out_dir} to train from the start")
+            repa.projector.load_state_dict(modules["repa_projector"])
         optimizer.load_state_dict(state["extra"]["optimizer"])
         scheduler.load_state_dict(state["extra"]["scheduler"])
         step, examples_seen = int(state["step"]), int(state["extra"]["examples_seen"])
@@ -134,9 +138,8 @@ def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: 
     def save() -> None:
         if world.is_main:
             save_state(checkpoint, model=model, preset=model_spec.preset, optimizer=optimizer, scheduler=scheduler,
-                       step=step, examples_seen=examples_seen, train_seconds=train_seconds, settings=settings)
-            if repa is not None:
-                repa.save(out_dir, step)
+                       step=step, examples_seen=examples_seen, train_seconds=train_seconds, settings=settings,
+                       modules={"repa_projector": repa.projector} if repa is not None else None)
         barrier(world)
 
     end = train.steps if stop_after is None else min(train.steps, stop_after)

@@ -47,7 +47,6 @@ import contextlib
 import functools
 import importlib
 import os
-import io
 import math
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -57,10 +56,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import CheckpointError, ConfigError, MissingResource
-from ..records import write_atomic
 from .config import RepaSpec
-
-PROJECTOR_FILE = "repa_projector.pt"
 
 
 # ------------------------------------------------------------------------------------ teacher
@@ -281,23 +277,6 @@ class RepaTerm:
             kept.clear()
         projected = self._project(states)
         return torch.stack([F.smooth_l1_loss(p.float(), teacher) for p in projected]).mean()
-
-    # --- resuming ---------------------------------------------------------------------------
-    def save(self, out_dir: str | Path, step: int) -> None:
-        buffer = io.BytesIO()
-        torch.save({"step": int(step), "projector": self.projector.state_dict()}, buffer)
-        write_atomic(Path(out_dir) / PROJECTOR_FILE, buffer.getvalue())
-
-    def load(self, out_dir: str | Path, step: int) -> None:
-        path = Path(out_dir) / PROJECTOR_FILE
-        if not path.is_file():
-            raise CheckpointError(f"{path}: REPA projector state not found beside the training checkpoint at step {step}; "
-                                  "delete the checkpoint to start over")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if int(state.get("step", -1)) != int(step):
-            raise CheckpointError(f"{path}: REPA projector state is from step {state.get('step')}, the checkpoint from step "
-                                  f"{step}; delete the checkpoint to start over")
-        self.projector.load_state_dict(state["projector"])
 
     def close(self) -> None:
         """Remove the hooks (the model is returned to the caller without them)."""
