@@ -56,6 +56,16 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     with pytest.raises(ConfigError, match="optim.lr=0.003"):
         train_model(model, data, optim, train, tmp_path, progress=False)
 
+    # An option the checkpoint predates resumes at its default and is refused at another value.
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del state["extra"]["settings"]["optim"]["lr"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ConfigError, match="optim.lr="):
+        train_model(model, data, optim, train, tmp_path, progress=False)
+    default_lr = type(optim).model_fields["lr"].get_default()
+    resumed = train_model(model, data, optim.model_copy(update={"lr": default_lr}), train, tmp_path, progress=False)
+    assert resumed.step == 3
+
 
 def test_ranks_take_disjoint_shards_of_one_stream():
     _, data, _, _ = tiny_run()

@@ -193,3 +193,10 @@ class ConvergenceExperiment(ExperimentBase):
 def settings_dict(model: ModelRef, data: TrainData, optim: OptimSpec, train: TrainSpec) -> dict[str, Any]:
     """Everything that decides a run's result, by section; a checkpoint written with other settings is refused."""
     return {"model": model.model_dump(), "data": data.model_dump(), "optim": optim.model_dump(), "train": train.model_dump()}
+
+
+def settings_defaults(model: ModelRef, data: TrainData, optim: OptimSpec, train: TrainSpec) -> dict[str, Any]:
+    """The default of every option in `settings_dict`'s sections (options without one are left out)."""
+    return {section: {name: field.get_default(call_default_factory=True) for name, field in type(spec).model_fields.items()
+                      if not field.is_required()}
+            for section, spec in (("model", model), ("data", data), ("optim", optim), ("train", train))}

@@ -21,7 +21,7 @@ from ..provenance import environment
 from ..records import RecordStore
 from ..runtime import autocast, default_dtype, resolve_device
 from ..schema import ModelRef
-from .config import OptimSpec, TrainData, TrainSpec, settings_dict
+from .config import OptimSpec, TrainData, TrainSpec, settings_defaults, settings_dict
 from .data import EvalSplit, evaluation_split, open_sources, to_device, training_batches
 from .distributed import World, barrier, rank_device
 from .loss import ReconstructionLoss
@@ -63,10 +63,12 @@ def read_log(out_dir: str | Path) -> list[dict[str, Any]]:
     return sorted(latest.values(), key=lambda r: (r.get("step", 0), r.get("kind", "")))
 
 
-def _same_settings(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+def _same_settings(saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any], path: Path) -> None:
+    """A checkpoint resumes only under the settings it was written with. An option the checkpoint
+    predates counts as its default: adding an option to the harness must not strand finished runs."""
     for section, values in current.items():
         for key, value in values.items():
-            old = saved.get(section, {}).get(key)
+            old = saved.get(section, {}).get(key, defaults.get(section, {}).get(key))
             if json.dumps(old, sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
                 raise ConfigError(f"{path}: was written with {section}.{key}={old!r}, this run asks for {value!r}; "
                                  f"use another output directory or delete the checkpoint to start over")
@@ -103,7 +105,7 @@ def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: 
     checkpoint = out_dir / CHECKPOINT
     state = latest_state(checkpoint) if resume else None
     if state is not None:
-        _same_settings(state["extra"]["settings"], settings, checkpoint)
+        _same_settings(state["extra"]["settings"], settings, settings_defaults(model_spec, data, optim, train), checkpoint)
         model.load_state_dict(state["state_dict"])
         if repa is not None:
             modules = state["extra"].get("modules", {})
