@@ -7,8 +7,10 @@ import torch
 from torch import nn
 
 from conftest import ALL_VARIANTS, assert_one_line, random_views
+from harness.errors import ConfigError
 from harness.profile.measure import FlopCounter
-from models import PRESETS, SceneState, build_model, model_class
+from harness.schema import load_experiment, run_experiment, with_preset
+from models import PRESETS, SceneState, build_model, list_models, model_class
 
 STATEFUL = [name for name in ALL_VARIANTS if model_class(name).scene_state]
 STATELESS = [name for name in ALL_VARIANTS if not model_class(name).scene_state]
@@ -156,3 +158,51 @@ def test_every_variant_says_what_its_state_holds():
     assert "lvsm_decoder_only" in STATELESS and "mmdit_joint" in STATELESS
     assert {"lvsm_encoder_decoder", "efficient_lvsm"} <= set(STATEFUL)
     assert all(isinstance(model_class(name).scene_state, str) and model_class(name).scene_state for name in STATEFUL)
+
+
+def test_one_more_target_experiment_counts_times_and_says_which_variants_recompute(tmp_path, capsys):
+    path = tmp_path / "omt.yaml"
+    path.write_text(f"""
+kind: profile_one_more_target
+models: [lvsm_decoder_only, lvsm_encoder_decoder, efficient_lvsm]
+preset: tiny
+flops: {{preset: tiny}}
+n_inputs: [1, 2, 4]
+timed_n_inputs: [1, 4]
+fit_min_n: 1
+headline_n: [2, 4]
+measure: {{device: cpu, warmup: 1, runs: 2, min_runs: 1}}
+output_dir: {tmp_path / 'out'}
+""")
+    rows = run_experiment(path, progress=False)
+    assert [(r["part"], r["n_input"]) for r in rows[::3]] == [("flops", 1), ("flops", 2), ("flops", 4), ("latency", 1), ("latency", 4)]
+    assert all(r["status"] == "ok" for r in rows)
+    by = {(r["model"], r["part"], r["n_input"]): r for r in rows}
+    assert by["lvsm_decoder_only", "flops", 4]["scene_state"] is None and by["lvsm_decoder_only", "flops", 4]["state_mib"] is None
+    assert by["lvsm_decoder_only", "flops", 4]["encode_gflops"] == 0
+    assert by["lvsm_encoder_decoder", "flops", 1]["gflops"] == by["lvsm_encoder_decoder", "flops", 4]["gflops"]
+    assert by["efficient_lvsm", "flops", 4]["state_mib"] == pytest.approx(4 * by["efficient_lvsm", "flops", 1]["state_mib"])
+    assert by["efficient_lvsm", "latency", 4]["latency_ms"] > 0 and by["efficient_lvsm", "latency", 4]["runs"] == 2
+    assert by["efficient_lvsm", "flops", 2]["device"].startswith("meta") and by["efficient_lvsm", "latency", 1]["device"].startswith("cpu")
+    out = tmp_path / "out"
+    for name in ("omt.md", "gflops_wide.md", "latency.md", "exponents.md", "one_more_target.png", "headlines.md"):
+        assert (out / name).is_file(), name
+    latency = (out / "latency.md").read_text()
+    assert "none: recomputes the whole forward pass over the N input views" in latency
+    assert "LVSM decoder-only (no state: recomputes)" in (out / "gflops_wide.md").read_text()
+    headlines = (out / "headlines.md").read_text()
+    assert "LVSM encoder-decoder, one more target at N = 2, 4:" in headlines and "n/a" in headlines  # N=2 not timed
+    assert run_experiment(path, progress=False) == rows  # a rerun measures nothing again
+    assert "0 measured, 15 already recorded" in capsys.readouterr().out
+
+
+def test_one_more_target_preset_flag_sets_the_counted_preset_too(tmp_path):
+    path = tmp_path / "omt.yaml"
+    path.write_text("kind: profile_one_more_target\nmeasure: {device: cpu}\n")
+    spec = load_experiment(path)
+    assert spec.models == list_models() and spec.flops.preset == "paper"
+    assert with_preset(spec).preset == "small" and with_preset(spec).flops.preset == "paper"
+    assert with_preset(spec, "tiny").preset == "tiny" and with_preset(spec, "tiny").flops.preset == "tiny"
+    path.write_text("kind: profile_one_more_target\nmeasure: {compile: true}\n")
+    with pytest.raises(ConfigError, match="compile: true is not supported"):
+        load_experiment(path)
