@@ -76,11 +76,10 @@ def exponents(frame: pd.DataFrame, x: str, metrics: dict[str, str], by: Sequence
 
 
 def loglog(frame: pd.DataFrame, x: str, metrics: dict[str, str], facet: str | None, series: str, min_n: int,
-           title: str, extra: dict[str, pd.DataFrame] | None = None, names: Mapping[str, str] | None = None):
+           title: str, extra: dict[str, pd.DataFrame] | None = None):
     """A grid of log-log axes: one row per metric, one column per `facet` value; one line per
     `series` value, its fitted exponent (x >= min_n) in the legend. `extra` adds dashed reference
-    lines (label -> frame with x and the metric columns), e.g. published numbers. `names`: legend
-    names of series values, where the card's label alone would not say enough."""
+    lines (label -> frame with x and the metric columns), e.g. published numbers."""
     if frame.empty:
         return None
     facets = sorted(frame[facet].unique()) if facet else [None]
@@ -97,8 +96,7 @@ def loglog(frame: pd.DataFrame, x: str, metrics: dict[str, str], facet: str | No
                     continue
                 slope = growth_exponent(group[x], y, min_n)
                 color = model_card(name).color if name in list_models() else None
-                shown = (names or {}).get(name, label(name))
-                legend = f"{shown} (slope {slope:.2f})" if slope is not None else shown
+                legend = f"{label(name)} (slope {slope:.2f})" if slope is not None else label(name)
                 ax.plot(group[x], y, marker="o", color=color, label=legend)
             for ref_label, ref in (extra or {}).items():
                 if column in ref:
