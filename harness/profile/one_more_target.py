@@ -110,7 +110,7 @@ def run_one_more_target(spec: OneMoreTargetSpec, options: RunOptions) -> list[di
             state = model.encode_scene(images, c2w, fxfycxcy)
         timing = measure_call(lambda: model.render_scene(state, target_c2w, target_fxfycxcy), timed.device, timed.dtype,
                               spec.measure)
-        return {**columns, **timing}
+        return {**columns, **_state_columns(name, state), **timing}  # the state as built here (bf16 under autocast)
 
     sweep = Sweep(spec.results_dir(), spec.name, context=timed.env, version=timed.version)
     write_manifest(sweep.out_dir, spec, {"device": timed.env["device"], "preset": timed.preset,
