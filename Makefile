@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PRESET ?=
 preset_flag = $(if $(PRESET),--preset $(PRESET),)
 
-.PHONY: help bench test models flops speed kv-cache efficiency-table gpu-check eval table-re10k table-objects preview convergence \
+.PHONY: help bench test models flops speed kv-cache one-more-target efficiency-table gpu-check eval table-re10k table-objects preview convergence \
 	depth-study view-generalization ablations paper site speed-check op-profile
 
 $(STAMP): pyproject.toml
@@ -36,6 +36,9 @@ speed: $(STAMP)  ## latency/memory/FLOPs vs N (1..64) and M (1, 8), all variants
 
 kv-cache: $(STAMP)  ## adding one view to N: Efficient-LVSM KV cache vs decoder-only recompute -> results/kv_cache/
 	$(PY) -m harness run experiments/kv_cache.yaml $(preset_flag)
+
+one-more-target: $(STAMP)  ## one more target view given a scene state vs N, all variants: FLOPs (paper preset, meta) and latency -> results/render_one_more_target/
+	$(PY) -m harness run experiments/render_one_more_target.yaml $(preset_flag)
 
 efficiency-table: $(STAMP)  ## the published efficiency table with our numbers beside it -> results/efficiency_table/
 	$(PY) -m harness run experiments/efficiency_table.yaml $(preset_flag)

@@ -177,6 +177,7 @@ KINDS: dict[str, str | Kind] = {
     "profile_flops": "harness.profile.kinds:FLOPS",
     "profile_kv_cache": "harness.profile.kinds:KV_CACHE",
     "profile_efficiency": "harness.profile.kinds:EFFICIENCY",
+    "profile_one_more_target": "harness.profile.one_more_target:ONE_MORE_TARGET",
     "op_profile": "harness.profile.ops:OP_PROFILE",
     "evaluate": "harness.evaluate.kind:EVALUATE",
     "train": "harness.train.kinds:TRAIN",

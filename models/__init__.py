@@ -2,7 +2,7 @@
 from .config import PRESETS, ModelConfig, preset
 from .registry import ModelCard, Published, build_model, label, list_models, model_card, model_class, register
 from . import lvsm_decoder_only, lvsm_encoder_decoder, efficient_lvsm, ablations  # noqa: F401  (registration order = listing order)
-from .base import NVSModel
+from .base import NVSModel, SceneState
 from .ablations import EfficientLVSMGlobalInput, EfficientLVSMSharedWeights, LVSMMasked, MMDiTJoint
 from .efficient_lvsm import EfficientLVSM, EfficientLVSMFinalContext, IncrementalRenderer
 from .lvsm_decoder_only import LVSMDecoderOnly
@@ -12,7 +12,7 @@ from .rays import pixel_rays, plucker, plucker_rays
 
 __all__ = [
     "PRESETS", "ModelConfig", "preset", "ModelCard", "Published", "build_model", "label", "list_models", "model_card",
-    "model_class", "register", "NVSModel",
+    "model_class", "register", "NVSModel", "SceneState",
     "EfficientLVSM", "EfficientLVSMFinalContext", "IncrementalRenderer", "EfficientLVSMSharedWeights", "EfficientLVSMGlobalInput",
     "MMDiTJoint", "LVSMMasked", "LVSMDecoderOnly", "LVSMEncoderDecoder", "load_official",
     "unwrap_checkpoint", "pixel_rays", "plucker", "plucker_rays",

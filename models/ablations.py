@@ -104,7 +104,9 @@ class EfficientLVSMGlobalInput(EfficientLVSM):
     """The input stream attends across all input views of a scene jointly (one sequence of n*P tokens
     per batch element) instead of within each view; the target stream is Efficient-LVSM's. Adding a
     view changes every earlier view's states, so there is no exact KV cache: `incremental` and
-    `encode_views` are not offered. Input-stream attention costs O(n^2 P^2 d) instead of O(n P^2 d)."""
+    `encode_views` are not offered; a scene state of all N views encoded together still is
+    (`encode_scene`). Input-stream attention costs O(n^2 P^2 d) instead of O(n P^2 d)."""
+    scene_state = "per-layer keys and values of the input stream, all views encoded jointly (adding a view rebuilds it)"
     incremental = _NotOffered("input views attend to each other, so adding a view changes the cached states of the others")
     encode_views = _NotOffered("input views attend to each other, so views cannot be encoded separately")
 
@@ -253,7 +255,10 @@ class LVSMMasked(LVSMDecoderOnly):
     dual stream's connectivity: input tokens attend only within their own view, target tokens attend
     to themselves and all input tokens. One set of weights for both kinds of token, Efficient-LVSM's
     connectivity: it separates decoupled weights from decoupled connectivity. The masked-out scores
-    are still computed, so FLOPs and latency are decoder-only's at the same depth."""
+    are still computed, so FLOPs and latency are decoder-only's at the same depth. The connectivity
+    also gives it a scene state (per-layer keys and values of the input tokens) that decoder-only
+    cannot have."""
+    scene_state = "per-layer keys and values of the input tokens (each attends only within its view)"
 
     def __init__(self, config: ModelConfig, target_chunk: int | None = None):
         super().__init__(config, target_chunk)
@@ -265,6 +270,38 @@ class LVSMMasked(LVSMDecoderOnly):
             )
         blocks.load_state_dict(self.blocks.state_dict(), assign=True)
         self.blocks = blocks
+
+    def build_scene(self, input_images, input_c2w, input_fxfycxcy) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Input tokens see only their own view, never a target, so they are the same in every target
+        sequence: each view runs through the blocks once, in its own sequence (what the mask allows),
+        and each layer keeps the keys and values the target tokens read, [b, n*P, H, hd] each."""
+        b, n = input_images.shape[:2]
+        self.count_encoded_views(n)
+        x = self.input_norm(self.input_tokens(input_images, input_c2w, input_fxfycxcy))  # [b*n, P, d]
+        cache = []
+        for block in self.blocks:
+            q, k, v = block.attn.queries_keys_values(block.attn_norm(x))
+            cache.append((k.reshape(b, -1, *k.shape[2:]), v.reshape(b, -1, *v.shape[2:])))
+            x = _finish(block, x, attend(q, k, v))
+        return cache
+
+    def render_from_scene(self, content, target_c2w, target_fxfycxcy, height: int, width: int) -> torch.Tensor:
+        """Each target view's tokens attend to [cached input keys ; their own keys] per layer: the cost
+        is linear in the N*P cached keys (the forward pass also runs the N views' tokens each time)."""
+        b, m = target_c2w.shape[:2]
+        tokens = self.input_norm(self.target_tokens(target_c2w, target_fxfycxcy, height, width)).reshape(b, m, -1, self.config.dim)
+        chunk = self.target_chunk or m
+        renders = []
+        for start in range(0, m, chunk):
+            x = tokens[:, start:start + chunk]
+            views = x.shape[1]
+            x = x.reshape(b * views, -1, self.config.dim)
+            for block, (keys, values) in zip(self.blocks, content):
+                q, k, v = block.attn.queries_keys_values(block.attn_norm(x))
+                keys, values = (t.repeat_interleave(views, dim=0) for t in (keys, values))
+                x = _finish(block, x, attend(q, torch.cat([keys, k], dim=1), torch.cat([values, v], dim=1)))
+            renders.append(self.head(x, height, width).reshape(b, views, RGB_CHANNELS, height, width))
+        return torch.cat(renders, dim=1)
 
     def render_target_sequences(self, shared, targets, norm, blocks, targets_first, chunk, height, width):
         if targets_first:

@@ -1,7 +1,8 @@
 """What every variant shares: the call contract, its input checks and the bookkeeping around it."""
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Literal
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -40,11 +41,31 @@ def expect_finite(tensor: torch.Tensor, name: str) -> None:
         torch._assert_async(torch.isfinite(tensor).all(), message)
 
 
+@dataclass(frozen=True)
+class SceneState:
+    """What `encode_scene` built from a scene's input views, for `render_scene` to render from.
+    `content` is the variant's own (latent tokens, per-layer keys and values, or, for a variant with
+    no scene state, the input views themselves); the rest says which variant built it and for what
+    views, so that a state is never rendered by another variant or at another size."""
+    variant: str
+    batch: int
+    views: int
+    height: int
+    width: int
+    content: Any
+
+
 class NVSModel(nn.Module):
     """Base class of the LVSM family.
 
     Call contract: `model(input_images [b,n,3,h,w] in [0,1], input_c2w [b,n,4,4] OpenCV,
     input_fxfycxcy [b,n,4] pixels, target_c2w [b,m,4,4], target_fxfycxcy [b,m,4]) -> [b,m,3,h,w]`.
+
+    Encode once, render many: `state = model.encode_scene(input_images, input_c2w, input_fxfycxcy)`,
+    then `model.render_scene(state, target_c2w, target_fxfycxcy)` for any number of target views, equal
+    to the plain call. `scene_state` says what the state holds; None: the variant has none (its input
+    tokens depend on the target view), so the state holds the input views and every render recomputes
+    the whole forward pass.
     """
 
     name: ClassVar[str] = ""
@@ -56,6 +77,8 @@ class NVSModel(nn.Module):
     # list whose blocks output them, and where they sit in each block's output: "all" (the output is
     # the target tokens), "last" / "first" (the last / first P tokens of each sequence). None: nowhere.
     target_states: ClassVar[tuple[str, Literal["all", "last", "first"]] | None] = None
+    # What `encode_scene` keeps of the input views, in words; None: nothing (renders recompute everything).
+    scene_state: ClassVar[str | None] = None
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -77,6 +100,12 @@ class NVSModel(nn.Module):
             self.input_views_encoded += n
 
     def check_views(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy) -> tuple[int, int, int, int, int]:
+        b, n, h, w = self.check_inputs(input_images, input_c2w, input_fxfycxcy)
+        m = self.check_targets(target_c2w, target_fxfycxcy, b)
+        return b, n, m, h, w
+
+    def check_inputs(self, input_images, input_c2w, input_fxfycxcy) -> tuple[int, int, int, int]:
+        """Input views' shapes and finite cameras; returns b, n, h, w."""
         if input_images.dim() != 5 or input_images.shape[2] != 3:
             raise ValueError(f"input_images: expected shape [b, n, 3, h, w], got {list(input_images.shape)}")
         b, n, _, h, w = input_images.shape
@@ -85,20 +114,46 @@ class NVSModel(nn.Module):
             raise ValueError(f"input_images: height and width must be divisible by the patch size {p}, got {h}x{w}")
         _expect_shape(input_c2w, "input_c2w", (b, n, 4, 4))
         _expect_shape(input_fxfycxcy, "input_fxfycxcy", (b, n, 4))
+        self.check_cameras(input_c2w, input_fxfycxcy, "input_c2w", "input_fxfycxcy")
+        return b, n, h, w
+
+    def check_targets(self, target_c2w, target_fxfycxcy, b: int) -> int:
+        """Target cameras' shapes (batch b) and finite values; returns m."""
         if target_c2w.dim() != 4:
             raise ValueError(f"target_c2w: expected shape [{b}, m, 4, 4], got {list(target_c2w.shape)}")
         m = target_c2w.shape[1]
         _expect_shape(target_c2w, "target_c2w", (b, m, 4, 4))
         _expect_shape(target_fxfycxcy, "target_fxfycxcy", (b, m, 4))
-        self.check_cameras(input_c2w, input_fxfycxcy, "input_c2w", "input_fxfycxcy")
         self.check_cameras(target_c2w, target_fxfycxcy, "target_c2w", "target_fxfycxcy")
-        return b, n, m, h, w
+        return m
 
     @staticmethod
     def check_cameras(c2w: torch.Tensor, fxfycxcy: torch.Tensor, c2w_name: str, fxfycxcy_name: str) -> None:
         """Cameras must be finite (shapes are checked by the caller)."""
         expect_finite(c2w, c2w_name)
         expect_finite(fxfycxcy, fxfycxcy_name)
+
+    # --- encode once, render many ----------------------------------------------------------
+    def encode_scene(self, input_images, input_c2w, input_fxfycxcy) -> SceneState:
+        """The scene state of the input views (see the class docstring); checked as the forward pass checks them."""
+        b, n, h, w = self.check_inputs(input_images, input_c2w, input_fxfycxcy)
+        return SceneState(type(self).name, b, n, h, w, self.build_scene(input_images, input_c2w, input_fxfycxcy))
+
+    def render_scene(self, state: SceneState, target_c2w, target_fxfycxcy) -> torch.Tensor:
+        """Render target views [b, m, ...] from `state` -> [b, m, 3, h, w], at the input views' size."""
+        if not isinstance(state, SceneState) or state.variant != type(self).name:
+            built = state.variant if isinstance(state, SceneState) else type(state).__name__
+            raise TypeError(f"{type(self).name}: render_scene needs a scene state from this variant's encode_scene, got {built}")
+        self.check_targets(target_c2w, target_fxfycxcy, state.batch)
+        return self.render_from_scene(state.content, target_c2w, target_fxfycxcy, state.height, state.width)
+
+    def build_scene(self, input_images, input_c2w, input_fxfycxcy) -> Any:
+        """A variant's scene-state content; without one (`scene_state` None), the input views themselves."""
+        return (input_images, input_c2w, input_fxfycxcy)
+
+    def render_from_scene(self, content: Any, target_c2w, target_fxfycxcy, height: int, width: int) -> torch.Tensor:
+        """Render from `build_scene`'s content; without a scene state, the whole forward pass again."""
+        return self(*content, target_c2w, target_fxfycxcy)
 
     def run_block(self, block: Callable, *args):
         """Run one block, through activation checkpointing when training with it enabled."""

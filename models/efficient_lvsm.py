@@ -37,6 +37,7 @@ OBJECTS_UNVERIFIED = "secondary summaries of the Efficient-LVSM paper (objects, 
 class EfficientLVSM(NVSModel):
     depth_fields = {"stream_depth": "input_blocks"}
     target_states = ("target_blocks", "all")
+    scene_state = "per-layer keys and values of the input stream"
     official_key_map = [
         (r"^rgbp_tokenizer\.1\.", "input_tokenizer.proj."),
         (r"^target_pose_tokenizer\.1\.", "target_tokenizer.proj."),
@@ -85,21 +86,32 @@ class EfficientLVSM(NVSModel):
             tokens = self.run_block(input_block, tokens)
             yield tokens
 
-    # --- incremental inference -------------------------------------------------------------
-    def encode_views(self, images, c2w, fxfycxcy) -> KeysValues:
-        """Run new input views [b, k, ...] through the input stream once; return, per layer, the
-        cross-attention keys and values that a KV cache stores."""
+    # --- encode once, render many; incremental inference -------------------------------------
+    def keys_values(self, images, c2w, fxfycxcy) -> KeysValues:
+        """Run input views [b, k, ...] through the input stream once; return, per layer, the
+        cross-attention keys and values that the target stream reads (the scene state, the KV cache)."""
         b, k = images.shape[:2]
         self.count_encoded_views(k)
         tokens = self.input_tokens(images, c2w, fxfycxcy)
         return [target_block.context_keys_values(context.reshape(b, -1, context.shape[-1]))
                 for target_block, context in zip(self.target_blocks, self.context_states(tokens))]
 
+    def encode_views(self, images, c2w, fxfycxcy) -> KeysValues:
+        """New input views [b, k, ...] for the KV cache: exact only because views never attend to each other."""
+        return self.keys_values(images, c2w, fxfycxcy)
+
+    def build_scene(self, input_images, input_c2w, input_fxfycxcy) -> KeysValues:
+        return self.keys_values(input_images, input_c2w, input_fxfycxcy)
+
+    def render_from_scene(self, content: KeysValues, target_c2w, target_fxfycxcy, height: int, width: int) -> torch.Tensor:
+        return self.render_from_cache(content, target_c2w, target_fxfycxcy, height, width)
+
     def render_from_cache(self, cache: KeysValues, target_c2w, target_fxfycxcy, height: int, width: int) -> torch.Tensor:
+        """Render target views against per-layer keys and values; costs linear in the N*P cached keys."""
         b, m = target_c2w.shape[:2]
         targets = self.target_tokens(target_c2w, target_fxfycxcy, height, width)
         for (keys, values), target_block in zip(cache, self.target_blocks):
-            targets = target_block(targets, keys, values, m)
+            targets = self.run_block(target_block, targets, keys, values, m)
         return self.head(targets, height, width).reshape(b, m, RGB_CHANNELS, height, width)
 
     def incremental(self, target_c2w: torch.Tensor, target_fxfycxcy: torch.Tensor, height: int, width: int) -> "IncrementalRenderer":
@@ -139,6 +151,7 @@ class EfficientLVSMFinalContext(EfficientLVSM):
     """Ablation of layer-wise co-refinement: every target block cross-attends to the input stream's
     FINAL states (an encoder-decoder with per-layer K/V projections). Same weights and cost as
     Efficient-LVSM; the paper reports co-refinement ahead by about 1.3 to 2 dB."""
+    scene_state = "per-layer keys and values of the input stream's final states"
 
     def context_states(self, tokens: torch.Tensor) -> Iterator[torch.Tensor]:
         for input_block in self.input_blocks:

@@ -26,6 +26,7 @@ from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead
 class LVSMEncoderDecoder(NVSModel):
     depth_fields = {"encoder_depth": "encoder", "decoder_depth": "decoder"}
     target_states = ("decoder", "first")  # decoder sequences [target ; latents]
+    scene_state = "latent tokens after the encoder"
     official_key_map = LVSM_TOKEN_KEYS + [
         (r"^n_light_field_latent$", "latents"),
         (r"^transformer_input_layernorm_decoder\.", "decoder_input_norm."),
@@ -65,11 +66,22 @@ class LVSMEncoderDecoder(NVSModel):
     def forward(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy, target_chunk: int | None = None):
         b, n, m, h, w = self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
         latents = self.encode(input_images, input_c2w, input_fxfycxcy)
-        d = self.config.dim
-        targets = self.target_tokens(target_c2w, target_fxfycxcy, h, w).reshape(b, m, -1, d)
+        return self.decode(latents, target_c2w, target_fxfycxcy, h, w, target_chunk)
+
+    def decode(self, latents: torch.Tensor, target_c2w, target_fxfycxcy, height: int, width: int,
+               target_chunk: int | None = None) -> torch.Tensor:
+        """Render target views from the latents [b, n_latents, dim]; the cost does not depend on N."""
+        b, m = target_c2w.shape[:2]
+        targets = self.target_tokens(target_c2w, target_fxfycxcy, height, width).reshape(b, m, -1, self.config.dim)
         # Decoder sequences put the target tokens FIRST, then the latents.
         return self.render_target_sequences(latents, targets, self.decoder_input_norm, self.decoder, targets_first=True,
-                                            chunk=target_chunk or self.target_chunk, height=h, width=w)
+                                            chunk=target_chunk or self.target_chunk, height=height, width=width)
+
+    def build_scene(self, input_images, input_c2w, input_fxfycxcy) -> torch.Tensor:
+        return self.encode(input_images, input_c2w, input_fxfycxcy)
+
+    def render_from_scene(self, content: torch.Tensor, target_c2w, target_fxfycxcy, height: int, width: int) -> torch.Tensor:
+        return self.decode(content, target_c2w, target_fxfycxcy, height, width)
 
     def analytic_flops(self, n_input: int, n_target: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
         c, p = self.config, self.view_tokens(image_size)

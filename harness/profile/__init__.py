@@ -7,4 +7,6 @@ measured call, the run's context), `kinds` (the four experiment kinds: their YAM
 measurement) and `report` (tables, ratios, growth exponents and plots built from the recorded rows).
 `ops` is the `op_profile` kind on its own: torch.profiler's top operations and the bytes a forward
 copies, with its spec, measurement and report.
+`one_more_target` is the `profile_one_more_target` kind on its own: the cost of rendering one more
+target view from a scene state (`encode_scene` / `render_scene`) against N.
 """

@@ -125,6 +125,16 @@ class FlopCounter:
         return FlopCount(counted, analytic)
 
 
+    def scene(self, name: str, n_input: int, n_target: int = 1, batch: int = 1) -> tuple[int, int, Any]:
+        """Encode once, render many: FLOPs of `encode_scene` on n_input views and of `render_scene`
+        of n_target more views from that state, and the state (meta tensors: shapes only)."""
+        model, size = self.model(name), self.config.image_size
+        images, c2w, fxfycxcy, target_c2w, target_fxfycxcy = synthetic_views(batch, n_input, n_target, size, "meta")
+        built: list[Any] = []
+        encode = _count(lambda: built.append(model.encode_scene(images, c2w, fxfycxcy)))
+        return encode, _count(lambda: model.render_scene(built[0], target_c2w, target_fxfycxcy)), built[0]
+
+
 # -------------------------------------------------------------------------------------- latency
 
 
