@@ -190,6 +190,7 @@ KINDS: dict[str, str | Kind] = {
     "profile_kv_cache": "harness.profile.kinds:KV_CACHE",
     "profile_efficiency": "harness.profile.kinds:EFFICIENCY",
     "op_profile": "harness.profile.ops:OP_PROFILE",
+    "parity": "harness.parity.kind:PARITY",
     "evaluate": "harness.evaluate.kind:EVALUATE",
     "train": "harness.train.kinds:TRAIN",
     "convergence": "harness.train.kinds:CONVERGENCE",
