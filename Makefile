@@ -7,7 +7,7 @@ PRESET ?=
 preset_flag = $(if $(PRESET),--preset $(PRESET),)
 
 .PHONY: help bench test models flops speed kv-cache one-more-target efficiency-table gpu-check eval table-re10k table-objects preview convergence \
-	depth-study view-generalization ablations paper site speed-check op-profile
+	depth-study view-generalization ablations paper site parity op-profile
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,9 +85,12 @@ paper: $(STAMP)  ## every paper study that fits this machine (others skipped wit
 site: $(STAMP)  ## static HTML pages of every table, plot and render recorded (no measurement) -> results/site/index.html
 	$(PY) -m harness site
 
-speed-check: $(STAMP)  ## issue 12: GFLOP/s as a fraction of torch.mm and speed-up over the code the issue measured, native and AVX2 paths (about 6 min) -> results/speed_check/
-	$(PY) -m harness.speed_check
-	$(PY) -m harness.speed_check --isa avx2 --no-compile --out results/speed_check/avx2
+OFFICIAL_LVSM ?=
+OFFICIAL_EFFICIENT_LVSM ?=
+PARITY_SCENE ?=
+parity: $(STAMP)  ## beside the official code (OFFICIAL_LVSM=DIR OFFICIAL_EFFICIENT_LVSM=DIR [PARITY_SCENE=DIR]): renders, FLOPs, latency, data loader -> results/parity/
+	$(PY) -m pip install -q -e '.[parity]'
+	OFFICIAL_LVSM="$(OFFICIAL_LVSM)" OFFICIAL_EFFICIENT_LVSM="$(OFFICIAL_EFFICIENT_LVSM)" PARITY_SCENE="$(PARITY_SCENE)" $(PY) -m harness run experiments/parity.yaml
 
 op-profile: $(STAMP)  ## torch.profiler top ops and bytes copied per forward, per variant, beside the official code's -> results/op_profile/
 	$(PY) -m harness run experiments/op_profile.yaml

@@ -46,7 +46,15 @@ def _source(name: str) -> str:
 
 ModelName = Annotated[str, AfterValidator(_registered_model)]
 PresetName = Annotated[str, AfterValidator(_preset)]  # a preset of models.PRESETS, or auto (small on CPU, paper on CUDA)
+def _protocol(name: str) -> str:
+    from .data import PROTOCOLS
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {name!r}; allowed: {', '.join(PROTOCOLS)}")
+    return name
+
+
 SourceName = Annotated[str, AfterValidator(_source)]
+ProtocolName = Annotated[str, AfterValidator(_protocol)]
 Positive = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -111,6 +119,10 @@ class DataRef(Spec):
     n_target: Positive = 3
     seed: int = 0
     normalize: bool = True  # scene pose normalization, as the LVSM loader does
+    # How frames are resized and cropped to the image size (harness.data.protocols): `lvsm` follows the
+    # LVSM / Efficient-LVSM loader, `pixelsplat` pixelSplat / MVSplat. Sources that render at the size
+    # resize nothing; the tables say which protocol applied.
+    protocol: ProtocolName = "lvsm"
 
 
 Row = TypeVar("Row", bound=Spec)
@@ -179,6 +191,7 @@ KINDS: dict[str, str | Kind] = {
     "profile_efficiency": "harness.profile.kinds:EFFICIENCY",
     "profile_one_more_target": "harness.profile.one_more_target:ONE_MORE_TARGET",
     "op_profile": "harness.profile.ops:OP_PROFILE",
+    "parity": "harness.parity.kind:PARITY",
     "evaluate": "harness.evaluate.kind:EVALUATE",
     "train": "harness.train.kinds:TRAIN",
     "convergence": "harness.train.kinds:CONVERGENCE",

@@ -102,20 +102,19 @@ def test_samplers_run_on_a_loaded_source(tmp_path, truth):
 # --- loaders: resampling as the protocol does it --------------------------------------------------
 
 def test_loaded_images_are_resized_with_pil_lanczos_then_centre_cropped(tmp_path):
-    """pixelSplat's evaluation and LVSM's loader resize 8-bit images with PIL's LANCZOS."""
+    """Both protocols resize 8-bit images with PIL's LANCZOS; they differ in the resized width."""
     root = write_transforms(tmp_path, random_capture(), cx=12.0, cy=8.0, edit=lambda data: [data.pop(k) for k in "wh"])
     wide = np.random.default_rng(7).integers(0, 256, (24, 40, 3), dtype=np.uint8)   # 24 rows x 40 columns
     (root / "images" / "000.png").write_bytes(image_bytes(torch.from_numpy(wide).permute(2, 0, 1) / 255))
-    scene = open_source("transforms_json", root=str(root), image_size=SIZE).views(0, [0])
     original = Image.fromarray(wide)
-    width = round(40 * SIZE / 24)   # 27
-    reference = np.asarray(original.resize((width, SIZE), Image.LANCZOS), dtype=np.float32) / 255
-    left = (width - SIZE) // 2
-    expected = torch.from_numpy(reference[:, left:left + SIZE]).permute(2, 0, 1)
-    assert torch.equal(scene.images[0], expected)
-    # The crop semantics are unchanged: intrinsics scaled by the resize, shifted by the crop.
-    scale = SIZE / 24
-    assert torch.allclose(scene.fxfycxcy[0], torch.tensor([20 * width / 40, 20 * scale, 12 * width / 40 - left, 8 * scale]))
+    # lvsm: int(16 / 24 * 40) = 26, rounded to the patch multiple 8 -> 24; pixelsplat: round(26.67) = 27.
+    for protocol, width in (("lvsm", 24), ("pixelsplat", 27)):
+        scene = open_source("transforms_json", root=str(root), image_size=SIZE, protocol=protocol).views(0, [0])
+        reference = np.asarray(original.resize((width, SIZE), Image.LANCZOS), dtype=np.float32) / 255
+        left = (width - SIZE) // 2
+        assert torch.equal(scene.images[0], torch.from_numpy(reference[:, left:left + SIZE]).permute(2, 0, 1)), protocol
+    lvsm = open_source("transforms_json", root=str(root), image_size=SIZE).views(0, [0])
+    assert torch.allclose(lvsm.fxfycxcy[0], torch.tensor([20 * 24 / 40, 20 * SIZE / 24, 12 * 24 / 40 - 4, 8 * SIZE / 24]))
 
 
 # --- bad input: one-line errors naming the file/scene and what was expected ---------------------------

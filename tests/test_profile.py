@@ -18,7 +18,6 @@ from harness.profile.measure import FlopCounter, PeakMemory, measure_call, plann
 from harness.profile.report import growth_exponent
 from harness.records import RecordStore
 from harness.schema import Measurement, load_experiment, run_experiment
-import models
 from models import PRESETS, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -402,21 +401,6 @@ output_dir: {tmp_path / 'out'}
             fn(*synthetic_views(1, 3, 1, 32, "cpu"))
 
 
-def test_speed_check_runs_a_git_revision_of_the_models_beside_this_code_with_the_same_weights():
-    from harness import speed_check
-    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
-        pytest.skip("not a git checkout")
-    package = speed_check.baseline_package("HEAD")
-    assert package.__name__ == "baseline_models" and package.EfficientLVSM is not models.EfficientLVSM
-    torch.manual_seed(0)
-    model = build_model("efficient_lvsm", "tiny").eval()
-    twin, difference = speed_check.baseline_twin(package, model, "efficient_lvsm", 2, 1)
-    assert twin().shape == (1, 1, 3, 32, 32) and difference < 1e-5
-    assert speed_check.same_models_tree("HEAD", "HEAD") and not speed_check.same_models_tree("HEAD", "no-such-revision")
-    with pytest.raises(SystemExit, match="--baseline no-such-revision"):
-        speed_check.baseline_package("no-such-revision")
-
-
 def test_compiled_passes_inductor_options_through_and_leaves_an_eager_point_alone(monkeypatch):
     seen = []
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: seen.append(kwargs) or model)
@@ -425,13 +409,6 @@ def test_compiled_passes_inductor_options_through_and_leaves_an_eager_point_alon
     measure_module.compiled(model, Measurement(device="cpu", compile=True), {"cpp_wrapper": True})
     measure_module.compiled(model, Measurement(device="cpu", compile=True))
     assert seen == [{"options": {"cpp_wrapper": True}}, {}]
-
-
-def test_speed_check_marks_a_row_noisy_when_any_of_its_spreads_passes_the_profiles_limit():
-    from harness import speed_check
-    assert speed_check.NOISY_IQR == Measurement().noisy_iqr == 0.25
-    assert speed_check.noisy((1.0, 0.2)) == "" and speed_check.noisy((1.0, 0.3)) == "noisy"
-    assert speed_check.noisy((1.0, 0.1), (1.2, 0.29)) == "" and speed_check.noisy((1.0, 0.1), (1.2, 0.31)) == "noisy"
 
 
 def test_the_kv_cache_kind_refuses_compile_rather_than_label_eager_rows_compiled():

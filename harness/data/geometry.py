@@ -1,11 +1,9 @@
 """Camera geometry shared by every source: LVSM's scene normalization, look-at cameras, OpenGL->OpenCV,
-and the single place where resizing/cropping adjusts pixel intrinsics."""
+world-to-camera inversion (resizing and cropping, with the intrinsics, belong to `protocols`)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 
 def normalize_poses(c2w: torch.Tensor, scale: float = 1.35) -> torch.Tensor:
@@ -60,35 +58,3 @@ def w2c_to_c2w(w2c: torch.Tensor) -> torch.Tensor:
         bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=w2c.dtype).expand(*w2c.shape[:-2], 1, 4)
         w2c = torch.cat([w2c, bottom], dim=-2)
     return torch.linalg.inv(w2c.to(torch.float64)).to(torch.float32)
-
-
-def resize_lanczos(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """[v,3,H,W] in [0,1] -> [v,3,height,width]: PIL's LANCZOS on 8-bit images, as pixelSplat's
-    evaluation and LVSM's loader resize (any other filter gives other pixels, so scores against
-    published ones would differ for a reason unrelated to the model). Images decoded from 8-bit
-    files pass through uint8 unchanged."""
-    out = []
-    for image in images:
-        array = (image.detach().permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        resized = Image.fromarray(array).resize((width, height), Image.LANCZOS)
-        out.append(torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1))
-    return torch.stack(out).to(images.device)
-
-
-def resize_center_crop(images: torch.Tensor, fxfycxcy: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize [v,3,H,W] images (LANCZOS, see `resize_lanczos`) so the shorter side (the height, for
-    landscape frames as in RE10K) is `size`, then centre-crop to size x size; the pixel intrinsics
-    follow. Pixel centres sit at +0.5, so the continuous image coordinate scales exactly by the resize
-    factor and shifts by the crop."""
-    h, w = images.shape[-2:]
-    factor = size / min(h, w)
-    new_h, new_w = max(size, round(h * factor)), max(size, round(w * factor))
-    k = fxfycxcy.to(torch.float32).clone()
-    if (new_h, new_w) != (h, w):
-        images = resize_lanczos(images, new_h, new_w)
-        k[..., 0::2] *= new_w / w
-        k[..., 1::2] *= new_h / h
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    k[..., 2] -= left
-    k[..., 3] -= top
-    return images[..., top:top + size, left:left + size].contiguous(), k

@@ -1,5 +1,5 @@
 """Decoding image files/bytes into [3,H,W] float tensors, and turning per-view images and cameras of
-possibly different sizes into one square Scene through `resize_center_crop`."""
+possibly different sizes into one Scene through an evaluation protocol (`protocols`)."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-from .geometry import resize_center_crop
+from .protocols import DEFAULT_PATCH_SIZE, DEFAULT_PROTOCOL, get_protocol, off_size_note
 from .scene import Scene
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".PNG", ".JPEG")
@@ -45,18 +45,25 @@ def find_image(path: Path) -> Path | None:
 
 
 def square_scene(images: list[torch.Tensor], c2w: torch.Tensor, fxfycxcy: torch.Tensor, name: str,
-                 indices: list[int], image_size: int | None, notes: list[str] | None = None) -> Scene:
-    """Resize each view (views may differ in size) to `image_size` and centre-crop; with image_size None
-    the views must already share one size."""
+                 indices: list[int], image_size: int | None, notes: list[str] | None = None,
+                 protocol: str = DEFAULT_PROTOCOL, patch_size: int = DEFAULT_PATCH_SIZE) -> Scene:
+    """Each view (views may differ in size) resized and centre-cropped to `image_size` by the evaluation
+    `protocol` (see `protocols`); with image_size None the views must already share one size. A view
+    the protocol scores at another size (a portrait frame under `lvsm`) adds a note that says so."""
     notes = list(notes or [])
     if image_size is None:
         shapes = {tuple(im.shape) for im in images}
         if len(shapes) > 1:
             raise DataError(f"scene {name!r}: views have different sizes {sorted(shapes)}; pass image_size to resize them")
         return Scene(torch.stack(images), c2w.to(torch.float32), fxfycxcy.to(torch.float32), name, indices, notes)
-    out, ks = [], []
-    for image, k in zip(images, fxfycxcy):
-        resized, k = resize_center_crop(image[None], k[None], image_size)
-        out.append(resized[0])
-        ks.append(k[0])
-    return Scene(torch.stack(out), c2w.to(torch.float32), torch.stack(ks), name, indices, notes)
+    rule = get_protocol(protocol)
+    framed = [rule.frame(image, k, image_size, patch_size) for image, k in zip(images, fxfycxcy)]
+    shapes = sorted({tuple(f.image.shape[-2:]) for f in framed})
+    if len(shapes) > 1:
+        raise DataError(f"scene {name!r}: protocol {protocol} gives its views different sizes {shapes} (frames of "
+                        "different aspect ratios); expected one frame size per scene")
+    if shapes[0] != (image_size, image_size):
+        frames = sorted({tuple(im.shape[-2:]) for im in images})
+        notes.append(off_size_note(protocol, frames[0], shapes[0], image_size))
+    return Scene(torch.stack([f.image for f in framed]), c2w.to(torch.float32), torch.stack([f.fxfycxcy for f in framed]),
+                 name, indices, notes)

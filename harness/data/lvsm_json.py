@@ -14,14 +14,16 @@ from .geometry import singular_frames, w2c_to_c2w
 from .images import decode_image, square_scene
 from .registry import register_source
 from .scene import Scene
-from .source import LRU, Source, check_span, optional_size
+from .protocols import DEFAULT_PATCH_SIZE, DEFAULT_PROTOCOL
+from .source import LRU, Source, check_protocol, check_span, optional_size
 
 
 @register_source("lvsm_json")
 class LVSMJson(Source):
     family = "scene"
 
-    def __init__(self, root: str, image_size: int | None = 256, span: tuple[int, int] | list[int] = (25, 192)):
+    def __init__(self, root: str, image_size: int | None = 256, span: tuple[int, int] | list[int] = (25, 192),
+                 protocol: str = DEFAULT_PROTOCOL, patch_size: int = DEFAULT_PATCH_SIZE):
         self.root = Path(root)
         listing = self.root / "full_list.txt"
         if listing.is_file():
@@ -33,6 +35,7 @@ class LVSMJson(Source):
             raise DataError(f"lvsm_json: no scenes under {self.root}; expected {self.root}/metadata/<scene>.json "
                             "(or a full_list.txt naming them)")
         self.names = [f.stem for f in self.files]
+        self.protocol, self.patch_size = check_protocol(protocol, patch_size, "lvsm_json")
         self.image_size, self.span = optional_size(image_size, "image_size", "lvsm_json"), check_span(span, "lvsm_json")
         self._metadata = LRU(self._read, 64)
 
@@ -76,4 +79,5 @@ class LVSMJson(Source):
         for j in indices:
             where = f"lvsm_json {self.files[i]}: frame {j}"
             images.append(decode_image(self._image_path(i, frames[j], where), where))
-        return square_scene(images, c2w[indices], ks[indices], self.names[i], list(indices), self.image_size)
+        return square_scene(images, c2w[indices], ks[indices], self.names[i], list(indices), self.image_size,
+                            protocol=self.protocol, patch_size=self.patch_size)

@@ -15,7 +15,8 @@ from .geometry import singular_frames, w2c_to_c2w
 from .images import decode_image, square_scene
 from .registry import register_source
 from .scene import Scene
-from .source import LRU, Source, check_span, optional_size, positive_int
+from .protocols import DEFAULT_PATCH_SIZE, DEFAULT_PROTOCOL
+from .source import LRU, Source, check_protocol, check_span, optional_size, positive_int
 
 CAMERA_WIDTH = 18
 
@@ -47,12 +48,14 @@ def camera_rows(cameras: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.
 class RealEstate10K(Source):
     """Scenes of one split, in index.json order; JPEGs are decoded only for the views asked for. The
     normalized intrinsics are turned into pixels with each decoded frame's own size, then every view is
-    resized to height `image_size` and centre-cropped (the evaluation protocol)."""
+    resized and centre-cropped to `image_size` by the evaluation `protocol` (`protocols`)."""
     family = "scene"
 
     def __init__(self, root: str, split: str = "test", image_size: int | None = 256,
-                 span: tuple[int, int] | list[int] = (25, 192), cache_chunks: int = 2):
+                 span: tuple[int, int] | list[int] = (25, 192), cache_chunks: int = 2,
+                 protocol: str = DEFAULT_PROTOCOL, patch_size: int = DEFAULT_PATCH_SIZE):
         image_size, span = optional_size(image_size, "image_size", "re10k"), check_span(span, "re10k")
+        self.protocol, self.patch_size = check_protocol(protocol, patch_size, "re10k")
         cache_chunks = positive_int(cache_chunks, "cache_chunks", "re10k")
         base = Path(root)
         folder = base / split if (base / split / "index.json").is_file() else base
@@ -112,4 +115,5 @@ class RealEstate10K(Source):
             h, w = image.shape[-2:]
             images.append(image)
             ks.append(intrinsics[j] * torch.tensor([w, h, w, h], dtype=torch.float64))
-        return square_scene(images, c2w[indices], torch.stack(ks), self.names[i], list(indices), self.image_size)
+        return square_scene(images, c2w[indices], torch.stack(ks), self.names[i], list(indices), self.image_size,
+                            protocol=self.protocol, patch_size=self.patch_size)

@@ -77,6 +77,15 @@ def optional_size(value: Any, option: str, source: str) -> int | None:
     return None if value is None else positive_int(value, option, source)
 
 
+def check_protocol(protocol: Any, patch_size: Any, source: str) -> tuple[str, int]:
+    """The evaluation protocol that resizes a real source's frames (`protocols`), and the patch size
+    the `lvsm` protocol rounds widths to."""
+    from .protocols import PROTOCOLS
+    if protocol not in PROTOCOLS:
+        raise DataError(f"{source}: option 'protocol': expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return protocol, positive_int(patch_size, "patch_size", source)
+
+
 def check_span(span: Any, source: str) -> tuple[int, int]:
     """The [low, high] frame distance between the outer context views: 1 <= low <= high."""
     if (not isinstance(span, (list, tuple)) or len(span) != 2

@@ -19,7 +19,8 @@ from .geometry import opengl_to_opencv, singular_frames
 from .images import decode_image, find_image, square_scene
 from .registry import register_source
 from .scene import Scene
-from .source import FAMILIES, LRU, Source, check_span, optional_size
+from .protocols import DEFAULT_PATCH_SIZE, DEFAULT_PROTOCOL
+from .source import FAMILIES, LRU, Source, check_protocol, check_span, optional_size
 
 INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
 DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
@@ -37,9 +38,11 @@ class TransformsJson(Source):
     "scene": a frame span as in video)."""
 
     def __init__(self, root: str, image_size: int | None = 256, file: str = "transforms.json",
-                 family: str = "object", background: float = 1.0, span: tuple[int, int] | list[int] = (5, 30)):
+                 family: str = "object", background: float = 1.0, span: tuple[int, int] | list[int] = (5, 30),
+                 protocol: str = DEFAULT_PROTOCOL, patch_size: int = DEFAULT_PATCH_SIZE):
         self.root = Path(root)
         image_size, span = optional_size(image_size, "image_size", "transforms_json"), check_span(span, "transforms_json")
+        self.protocol, self.patch_size = check_protocol(protocol, patch_size, "transforms_json")
         if isinstance(background, bool) or not isinstance(background, (int, float)) or not 0 <= background <= 1:
             raise DataError(f"transforms_json: option 'background': expected a grey level in [0, 1], got {background!r}")
         if family not in FAMILIES:
@@ -141,7 +144,8 @@ class TransformsJson(Source):
             params = {**shared, **{k: frame[k] for k in INTRINSIC_KEYS if k in frame}}
             images.append(image)
             ks.append(self.intrinsics(params, image.shape[-2], image.shape[-1], where))
-        return square_scene(images, c2w[indices], torch.stack(ks), self.names[i], list(indices), self.image_size, notes)
+        return square_scene(images, c2w[indices], torch.stack(ks), self.names[i], list(indices), self.image_size, notes,
+                            self.protocol, self.patch_size)
 
 
 def _scalar(params: dict[str, Any], key: str, where: str) -> float:

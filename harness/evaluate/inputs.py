@@ -66,10 +66,15 @@ class ResolvedData:
 def resolve_data(spec: EvalData) -> ResolvedData:
     """Open the source and the evaluation index."""
     from ..data import load_evaluation_index, make_evaluation_index, open_source
+    from ..data.registry import source_options
     options = {}
     for key, value in spec.options.items():
         raw_is_path = isinstance(value, str) and ("$" in value or key in ("root", "path"))
         options[key] = _check_path(f"data.options.{key}", value, spec) if raw_is_path else expand(value)
+    if "protocol" in options:
+        raise ConfigError(f"data.options.protocol: name the protocol as data.protocol (got {options['protocol']!r})")
+    if "protocol" in source_options(spec.source):  # a source that resizes frames: the protocol is part of its data
+        options["protocol"] = spec.protocol
     source = open_source(spec.source, **options)
     if spec.index:
         index_path = _check_path("data.index", spec.index, spec)

@@ -24,7 +24,8 @@ def tables(rows: list[dict[str, Any]], labels: list[str]) -> tuple[pd.DataFrame,
     """(per-scene table, summary with one row per model label, failure lines) of this run's rows."""
     ok = [r for r in rows if r.get("status") == "ok"]
     failures = [f"{r['model']} / {r['scene']}: {r.get('error')}" for r in rows if r.get("status") != "ok"]
-    per_scene = pd.DataFrame(ok, columns=["model", "scene", *METRICS, "targets", "weights", "dtype", "device", "commit"])
+    per_scene = pd.DataFrame(ok, columns=["model", "scene", *METRICS, "targets", "scored_px", "flag", "weights", "dtype",
+                                          "device", "commit"])
     summary = mean_over_scenes(ok) if ok else pd.DataFrame(columns=["model", *METRICS, "scenes"])
     failed = pd.Series([r["model"] for r in rows if r.get("status") != "ok"], dtype=object).value_counts()
     info = {row["model"]: row for row in ok}
@@ -38,9 +39,10 @@ def tables(rows: list[dict[str, Any]], labels: list[str]) -> tuple[pd.DataFrame,
         sums = summary[summary["model"] == label].iloc[0]
         out.append({"model": label, "weights": base["weights"], "preset": base["preset"],
                     **{m: none_if_nan(sums[m]) for m in METRICS}, "scenes": int(sums["scenes"]),
+                    "flagged": sum(1 for r in ok if r["model"] == label and r.get("flag")),
                     "failed": int(failed.get(label, 0)),
                     "source": f"measured: {base['device']}, {base['dtype']}, commit {base['commit']}"})
-    columns = ["model", "weights", "preset", *METRICS, "scenes", "failed", "source"]
+    columns = ["model", "weights", "preset", *METRICS, "scenes", "flagged", "failed", "source"]
     return per_scene, pd.DataFrame(out, columns=columns), failures
 
 
@@ -59,6 +61,23 @@ def with_published(spec: EvaluateSpec, summary: pd.DataFrame) -> pd.DataFrame:
     if not rows:
         return summary
     return pd.concat([summary, pd.DataFrame(rows).reindex(columns=summary.columns)], ignore_index=True)
+
+
+def protocol_notes(spec: EvaluateSpec, data: ResolvedData, rows: list[dict[str, Any]]) -> list[str]:
+    """Which evaluation protocol framed the images, and every scene it scored at another size."""
+    from ..data import get_protocol
+    size = getattr(data.source, "image_size", None)
+    if "protocol" not in data.identity["options"]:
+        return [f"Evaluation protocol {spec.data.protocol}: nothing to resize (source {spec.data.source} renders its views "
+                "at the image size)"]
+    out = [f"Evaluation protocol {spec.data.protocol}: {get_protocol(spec.data.protocol).summary}"
+           + (f"; image size {size}, patch {data.source.patch_size}" if size is not None else "; images at their files' size")]
+    flagged = sorted({(r["scene"], r["flag"]) for r in rows if r.get("status") == "ok" and r.get("flag")})
+    if flagged:
+        shown = "; ".join(f"{scene} ({flag})" for scene, flag in flagged[:5]) + (" ..." if len(flagged) > 5 else "")
+        out.append(f"{len({s for s, _ in flagged})} scene(s) scored at another size than {size}x{size}, as the protocol "
+                   f"does for portrait frames (column 'flagged'; per_scene.csv 'flag'): {shown}")
+    return out
 
 
 def notes(spec: EvaluateSpec, data: ResolvedData, environment: dict[str, Any], dtype: str, lpips_message: str,

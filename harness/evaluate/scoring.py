@@ -73,6 +73,7 @@ class Evaluation:
         rows = self.sweep.rows(all_points)
         per_scene, summary, failures = report.tables(rows, self.labels)
         notes = report.notes(self.spec, self.data, self.environment, self.dtype, self.lpips.message, failures)
+        notes[1:1] = report.protocol_notes(self.spec, self.data, rows)
         result = report.build(self.spec, summary, notes, self._grid_examples if grid_renders else None, grid_renders)
         # What a loader noted about the data (e.g. lens distortion left uncorrected) reaches the table.
         data_notes = sorted({note for r in rows for note in r.get("data_notes") or []})
@@ -137,8 +138,13 @@ class Evaluation:
         view_rows = [{"model": loaded.label, "scene": ex.scene, "view": int(v), **values}
                      for v, values in zip(ex.target_indices, views)]
         means = scene_means(view_rows).iloc[0]
+        height, width = ex.target_images.shape[-2:]
+        size = getattr(self.data.source, "image_size", None)
+        # A scene its protocol scores at another size (a portrait frame under `lvsm`) says so in its row.
+        flag = f"scored at {width}x{height}" if size is not None and (height, width) != (size, size) else ""
         self.sweep.record(point, {**self._columns(loaded, ex.scene), "per_view": view_rows, "targets": int(means["targets"]),
-                                  **{m: report.none_if_nan(means[m]) for m in METRICS}, "data_notes": list(ex.notes)})
+                                  **{m: report.none_if_nan(means[m]) for m in METRICS}, "data_notes": list(ex.notes),
+                                  "scored_px": f"{width}x{height}", "flag": flag})
 
     def _grid_scenes(self) -> list[str]:
         return list(self.index)[:self.spec.grid_scenes]

@@ -54,8 +54,11 @@ def open_sources(spec: TrainData, cache: bool = True):
     """(training source, evaluation source); the evaluation one is opened with `eval_options` on top.
     Procedural sources are cached in memory (`cache`); on-disk ones are read as they are drawn."""
     from ..data import open_source
-    train = open_source(spec.source, image_size=spec.image_size, **spec.options)
-    evaluation = open_source(spec.source, image_size=spec.image_size, **{**spec.options, **spec.eval_options})
+    from ..data.registry import source_options
+    # A source that resizes frames does it by the data's protocol; procedural ones render at the size.
+    protocol = {"protocol": spec.protocol} if "protocol" in source_options(spec.source) else {}
+    train = open_source(spec.source, image_size=spec.image_size, **spec.options, **protocol)
+    evaluation = open_source(spec.source, image_size=spec.image_size, **{**spec.options, **spec.eval_options}, **protocol)
     if cache and spec.source.startswith("synthetic"):
         train = CachedSource(train)
     return train, evaluation

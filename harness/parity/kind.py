@@ -1,0 +1,219 @@
+"""Kind `parity`: each variant beside the official code with the same weights, and the official data
+loader beside ours (experiments/parity.yaml, `make parity OFFICIAL_LVSM=DIR OFFICIAL_EFFICIENT_LVSM=DIR`).
+
+Per variant and (N, M) point: the largest difference between the two renders of one batch, the
+FLOPs of both forwards (torch's FlopCounterMode, attention through SDPA's math kernel so that it is
+counted), and their latency timed in alternation (rounds rotated; the official / ours ratio taken
+per round; median and IQR). Per checkout: `loader.loader_parity` on the user's scene or a built-in
+RealEstate10K chunk. Checkouts not given are skipped with one line; each point is one row.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import pandas as pd
+import torch
+from pydantic import Field, field_validator
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import build_model, label
+
+from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_manifest, write_report
+from ..profile.measure import interleaved_ms, median_iqr, synthetic_views
+from ..provenance import environment
+from ..schema import ExperimentBase, Kind, PositiveFloat, Positive, PresetName, RunOptions, Spec
+from .loader import loader_parity
+from .official import VARIANTS, build_pair, official_code, stand_ins
+
+
+class ViewPoint(Spec):
+    n_input: Positive
+    n_target: Positive
+
+
+class ParitySpec(ExperimentBase):
+    kind: Literal["parity"]
+    models: list[str] = Field(default_factory=lambda: list(VARIANTS), min_length=1)  # variants with an official counterpart
+    preset: PresetName = "small"
+    overrides: dict[str, Any] = {}
+    points: list[ViewPoint] = Field(default=[ViewPoint(n_input=2, n_target=1)], min_length=1)
+    batch: Positive = 1
+    rounds: Positive = 7  # timed rounds per point, each timing both once
+    warmup: Positive = 1
+    threads: Positive = 2
+    seed: int = 0
+    # Checkouts of the official repositories ($ENV_VARS allowed; empty: that repository's variants are skipped).
+    official_lvsm: str = ""
+    official_efficient_lvsm: str = ""
+    scene: str = ""  # an LVSM-layout scene for the loader check; empty: a built-in RealEstate10K chunk
+    loader_image_size: Positive = 256
+    loader_patch_size: Positive = 8
+    render_tolerance: PositiveFloat = 1e-5
+
+    def preset_device(self) -> str:
+        return "cpu"
+
+    @field_validator("models")
+    @classmethod
+    def _official_counterparts(cls, models: list[str]) -> list[str]:
+        unknown = [m for m in models if m not in VARIANTS]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} has no official counterpart; expected some of {', '.join(VARIANTS)}")
+        return models
+
+    def scene_path(self) -> str:
+        value = os.path.expandvars(self.scene)
+        return "" if "$" in value else value
+
+    def checkout(self, repository: str) -> str:
+        raw = self.official_lvsm if repository == "lvsm" else self.official_efficient_lvsm
+        return os.path.expandvars(raw) if raw and "$" not in os.path.expandvars(raw) else ""
+
+
+def source_digest(checkout: Path) -> str:
+    """What identifies the official code measured: a hash of its Python sources (a checkout need not be a git clone)."""
+    digest = hashlib.sha1()
+    for path in sorted(checkout.rglob("*.py")):
+        digest.update(str(path.relative_to(checkout)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def counted_flops(call) -> int:
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        call()
+    return counter.get_total_flops()
+
+
+def measure_model(spec: ParitySpec, point: Mapping[str, Any]) -> dict[str, Any]:
+    checkout = Path(point["checkout"])
+    n, m, b = point["n_input"], point["n_target"], spec.batch
+    config = build_model(point["model"], spec.preset, **spec.overrides).config
+    with official_code(checkout) as load:
+        pair = build_pair(load, checkout, point["model"], config, n, m, spec.seed)
+        views = synthetic_views(b, n, m, config.image_size, "cpu", seed=spec.seed)
+        official, ours = pair.official_call(views), pair.our_call(views)
+        with torch.no_grad():
+            difference = (official() - ours()).abs().max().item()
+        flops_official, flops_ours = counted_flops(official), counted_flops(ours)
+
+        def timed(call):
+            def run():
+                with torch.no_grad():
+                    return call()
+            return run
+
+        times = interleaved_ms([timed(official), timed(ours)], torch.device("cpu"), spec.rounds, spec.warmup)
+    ratios = [a / o for a, o in zip(*times)]
+    ratio, iqr = median_iqr(ratios)
+    return {"max_render_diff": difference, "gflops_official": flops_official / 1e9, "gflops_ours": flops_ours / 1e9,
+            "flops_equal": flops_official == flops_ours, "image_px": config.image_size ** 2, "official_ms": median_iqr(times[0])[0],
+            "ours_ms": median_iqr(times[1])[0], "ratio_official_over_ours": ratio, "ratio_iqr": iqr, "rounds": len(ratios)}
+
+
+def measure_loader(spec: ParitySpec, point: Mapping[str, Any]) -> dict[str, Any]:
+    checkout = Path(point["checkout"])
+    with official_code(checkout) as load, tempfile.TemporaryDirectory() as work:
+        return loader_parity(load, checkout, point["scene"], Path(work), spec.loader_image_size, spec.loader_patch_size)
+
+
+# ---------------------------------------------------------------------------------------- report
+
+
+def parity_report(spec: ParitySpec, rows: list[dict[str, Any]], skipped: list[str], shims: list[str]) -> Report:
+    ok = ok_frame(rows)
+    models = ok[ok["part"] == "model"] if not ok.empty else ok
+    loaders = ok[ok["part"] == "loader"] if not ok.empty else ok
+    env = rows[-1] if rows else {}
+    size = ", ".join(f"{k}={v}" for k, v in spec.overrides.items())
+    notes = [f"measured: {env.get('device', 'not run')}; torch {env.get('torch')}, {spec.threads} threads, float32, eval, "
+             f"no_grad; commit {', '.join(sorted({str(r['commit']) for r in rows if r.get('commit')})) or 'n/a'}",
+             "official code: " + (", ".join(sorted({f"{r['repository']} at {r['checkout']} (sources {r['official_sources']})"
+                                                     for r in rows})) or "none given"),
+             *skipped,
+             f"stand-in modules for the official code: {', '.join(shims) or 'none'}"]
+    model_notes = notes + [
+        f"models: preset {spec.preset}" + (f" with {size}" if size else "") + f", batch {spec.batch}; weights: the official "
+        f"model's own initialisation (seed {spec.seed}) perturbed, loaded into ours by models.load_official",
+        "FLOPs: torch FlopCounterMode, SDPA on its math kernel so that attention is counted, rays included; the official "
+        "code rotates ray directions with a batched matmul (18 FLOPs per pixel per view, column \"rays' bmm\"), which "
+        "the counter counts, where ours rotates them elementwise, which it does not",
+        f"latency: the two forwards timed in turn for {spec.rounds} rounds after {spec.warmup} untimed, each round starting "
+        "with the other one; ratio = official / ours per round, median and IQR (above 1: ours is faster)",
+        f"render difference: largest |official - ours| over every pixel; at most {spec.render_tolerance:g} is expected",
+        *failure_notes(rows, ["part", "model", "n_input", "n_target"])]
+    table = [{"variant": label(r["model"]), "N": int(r["n_input"]), "M": int(r["n_target"]), "max |render diff|": r["max_render_diff"],
+              f"<= {spec.render_tolerance:g}": "yes" if r["max_render_diff"] <= spec.render_tolerance else "no",
+              "GFLOPs official": r["gflops_official"], "GFLOPs ours": r["gflops_ours"],
+              "FLOPs equal": "yes" if r["flops_equal"] else "no",
+              "official - ours MFLOPs": (r["gflops_official"] - r["gflops_ours"]) * 1e3,
+              "rays' bmm MFLOPs": 18 * spec.batch * (r["n_input"] + r["n_target"]) * r["image_px"] / 1e6,
+              "official ms": r["official_ms"], "ours ms": r["ours_ms"],
+              "official/ours": r["ratio_official_over_ours"], "IQR": r["ratio_iqr"], "rounds": r["rounds"]}
+             for r in models.to_dict("records")]
+    loader = [{"official loader": r["repository"], "scene": r["scene"], "converted by": r["converter"],
+               "our source": r["our_source"], "views": f"{r['views']['context']} -> {r['views']['target']}",
+               "shape ours": "x".join(map(str, r["image_shape_ours"])),
+               "shape official": "x".join(map(str, r["image_shape_official"])),
+               "max |image diff| (/255)": r["max_image_diff_255"], "max |K diff| px": r["max_intrinsics_diff_px"],
+               "max |K diff| / fx": r["max_intrinsics_diff_rel_fx"], "max |c2w diff|": r["max_c2w_diff"],
+               "max |PSNR diff| dB": r["max_psnr_diff_db"], "max |SSIM diff|": r["max_ssim_diff"]}
+              for r in loaders.to_dict("records")]
+    loader_notes = notes + [
+        f"protocol lvsm at {spec.loader_image_size} px, patch {spec.loader_patch_size}; poses normalised over context and "
+        "targets; metrics: our PSNR / SSIM and the official metric_utils on the official target views against a stand-in "
+        "prediction (the targets plus N(0, 0.05) noise)"]
+    report = Report(f"{spec.name}: this code beside the official code", notes)
+    report.tables.append(Table("parity_models", "Renders, FLOPs and latency beside the official code (same weights)",
+                               pd.DataFrame(table), model_notes))
+    report.tables.append(Table("parity_loader", "The official data loader beside ours on one scene", pd.DataFrame(loader),
+                               loader_notes))
+    for row in table:
+        report.headlines.append(f"{row['variant']} N={row['N']} M={row['M']}: render diff {row['max |render diff|']:.2g}, "
+                                f"FLOPs equal: {row['FLOPs equal']}, official/ours latency {row['official/ours']:.2f} "
+                                f"(IQR {row['IQR']:.2f})")
+    for row in loader:
+        report.headlines.append(f"data loader ({row['official loader']}): image diff {row['max |image diff| (/255)']:g}/255, "
+                                f"intrinsics {row['max |K diff| / fx']:.1e} of fx, c2w {row['max |c2w diff|']:.1e}")
+    return report
+
+
+def run_parity(spec: ParitySpec, options: RunOptions) -> list[dict[str, Any]]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(spec.threads)
+    try:
+        given = {repo: spec.checkout(repo) for repo in ("lvsm", "efficient_lvsm")}
+        missing = {"lvsm": "OFFICIAL_LVSM", "efficient_lvsm": "OFFICIAL_EFFICIENT_LVSM"}
+        skipped_models = [m for m in spec.models if not given[VARIANTS[m].repository]]
+        skipped = [f"skipped: {', '.join(skipped_models)} (no official checkout given: "
+                   f"{' and '.join(sorted({missing[VARIANTS[m].repository] for m in skipped_models}))})"] if skipped_models else []
+        if skipped:
+            print(f"{spec.name}: {skipped[0]}")
+        env = environment("cpu")
+        sweep = Sweep(spec.results_dir(), spec.name, context=env)
+        write_manifest(sweep.out_dir, spec, {"device": env["device"], "preset": spec.preset})
+        digests = {repo: source_digest(Path(path)) for repo, path in given.items() if path}
+        common = {"preset": spec.preset, "overrides": spec.overrides, "threads": spec.threads, "seed": spec.seed}
+        points = [{"part": "model", "model": name, "repository": VARIANTS[name].repository,
+                   "checkout": given[VARIANTS[name].repository], "official_sources": digests[VARIANTS[name].repository],
+                   "n_input": p.n_input, "n_target": p.n_target, "batch": spec.batch, "rounds": spec.rounds, **common}
+                  for name in spec.models if given[VARIANTS[name].repository] for p in spec.points]
+        points += [{"part": "loader", "model": None, "repository": repo, "checkout": path, "official_sources": digests[repo],
+                    "scene": spec.scene_path(), "image_size": spec.loader_image_size, "patch_size": spec.loader_patch_size}
+                   for repo, path in given.items() if path]
+        sweep.run(points, lambda p: measure_model(spec, p) if p["part"] == "model" else measure_loader(spec, p),
+                  lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}" if p["part"] == "model" else f"loader {p['repository']}",
+                  options.progress)
+        rows = sweep.rows(points)
+        write_report(parity_report(spec, rows, skipped, stand_ins()[1]), sweep.out_dir)
+        return rows
+    finally:
+        torch.set_num_threads(threads)
+
+
+PARITY = Kind(ParitySpec, run_parity, "renders, FLOPs, latency and data loading beside the official code")
