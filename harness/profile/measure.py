@@ -27,6 +27,7 @@ from models import PRESETS, ModelConfig, build_model
 from models.base import NVSModel
 from models.flops import FlopEstimate
 
+from ..distributed import current_world
 from ..errors import ConfigError
 from ..pipeline import measured_commits
 from ..provenance import code_version, environment
@@ -463,10 +464,32 @@ class RunContext:
             where = "counted: FlopCounterMode on the meta device (shapes only), forward pass, attention included"
         else:
             where = (f"measured: {self.env['device']}, dtype {self.dtype} ({'autocast' if self.dtype != 'float32' else 'no autocast'}), "
-                     f"torch {self.env['torch']}, torch threads={self.env['threads']}, torch.no_grad()")
+                     f"torch {self.env['torch']}, torch threads={self.env['threads']}, torch.no_grad()") + shared_cores_note(rows)
         return [where, size, "inputs: synthetic random views; weights: random init (cost does not depend on values)",
                 f"code: commit {', '.join(measured_commits(rows) or [self.env['commit']])}, "
                 f"records keyed by code version {self.version}"]
+
+
+def refuse_shared_cores(name: str, device: torch.device, allowed: bool) -> None:
+    """Several ranks timing on one CPU share its cores: every time would include the other ranks' load.
+    Refused in one line, alike on every rank, unless `allowed`."""
+    world = current_world()
+    if device.type == "cpu" and world.distributed and not allowed:
+        error = ConfigError(f"{name}: timing on a CPU under {world.size} ranks is refused: they share its cores, so each "
+                            "would time the others' load; run it as one process (python -m harness run ...), or add "
+                            "--set allow_cpu_multirank=true to time anyway (its tables then say the cores were shared)")
+        error.every_rank = True
+        raise error
+
+
+def shared_cores_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What the tables say of rows timed by several ranks on one CPU (`allow_cpu_multirank`)."""
+    sizes = sorted({int(r["world_size"]) for r in rows if r.get("status") == "ok" and r.get("device_type") == "cpu"
+                    and (r.get("world_size") or 1) > 1})
+    if not sizes:
+        return ""
+    return (f"; timed under shared cores: {' or '.join(map(str, sizes))} ranks on this CPU at once (allow_cpu_multirank), "
+            "so each time includes the other ranks' load")
 
 
 def resolve_context(preset: str, batch: int, image_size: int | None, measurement: Measurement | None) -> RunContext:

@@ -30,8 +30,8 @@ from models import build_model, label
 from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_manifest, write_report
 from ..provenance import environment
 from ..schema import ExperimentBase, Kind, ModelName, ModelRef, Positive, PositiveFloat, PresetName, Published, RunOptions, Spec
-from .kinds import released_variants
-from .measure import synthetic_views
+from .kinds import SharedCores, released_variants
+from .measure import refuse_shared_cores, shared_cores_note, synthetic_views
 
 MIB = 2 ** 20
 
@@ -50,7 +50,7 @@ class CopiedReference(Spec):
     mib: PositiveFloat
 
 
-class OpProfileSpec(ExperimentBase):
+class OpProfileSpec(ExperimentBase, SharedCores):
     kind: Literal["op_profile"]
     models: list[ModelName] = Field(default_factory=released_variants, min_length=1)
     preset: PresetName = "small"
@@ -145,7 +145,8 @@ def op_profile_report(spec: OpProfileSpec, rows: list[dict[str, Any]]) -> Report
     env = rows[-1] if rows else {}
     size = ", ".join(f"{k}={v}" for k, v in spec.overrides.items())
     notes = [f"measured: {env.get('device', 'not run yet')}; torch {env.get('torch')}, {spec.threads} threads, float32, eval, "
-             f"no_grad; commit {', '.join(sorted({str(r['commit']) for r in rows if r.get('commit')})) or 'n/a'}",
+             f"no_grad; commit {', '.join(sorted({str(r['commit']) for r in rows if r.get('commit')})) or 'n/a'}"
+             + shared_cores_note(rows),
              f"models: preset {spec.preset}" + (f" with {size}" if size else "") + "; batch 1; synthetic random views; "
              "one warm forward under torch.profiler (record_shapes)",
              *failure_notes(rows, ["model", "n_input", "n_target"])]
@@ -164,17 +165,21 @@ def op_profile_report(spec: OpProfileSpec, rows: list[dict[str, Any]]) -> Report
 
 
 def run_op_profile(spec: OpProfileSpec, options: RunOptions) -> list[dict[str, Any]]:
+    refuse_shared_cores(spec.name, torch.device("cpu"), spec.allow_cpu_multirank)
     threads = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
     try:
         env = environment("cpu")
         sweep = Sweep(spec.results_dir(), spec.name, context=env)
-        write_manifest(sweep.out_dir, spec, {"device": env["device"], "preset": spec.preset})
+        if sweep.world.is_main:
+            write_manifest(sweep.out_dir, spec, {"device": env["device"], "preset": spec.preset})
         points = [{"model": name, "preset": spec.preset, "overrides": spec.overrides, "n_input": n, "n_target": m,
                    "threads": spec.threads, "top": spec.top}
                   for name in spec.models for n in spec.n_inputs for m in spec.n_targets]
         sweep.run(points, lambda point: measure_point(spec, point),
                   lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}", options.progress)
+        if not sweep.world.is_main:
+            return []
         rows = sweep.rows(points)
         write_report(op_profile_report(spec, rows), sweep.out_dir)
         return rows

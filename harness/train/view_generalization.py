@@ -117,7 +117,8 @@ def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -
     shipped = {v: shipped_entry(p) for v, p in checkpoints.items()}
     device = resolve_device(trained.train.device)
     sweep = Sweep(spec.results_dir(), spec.name, context=environment(device))
-    write_manifest(sweep.out_dir, spec, {"trained": trained.model_dump(mode="json")})
+    if sweep.world.is_main:
+        write_manifest(sweep.out_dir, spec, {"trained": trained.model_dump(mode="json")})
     source = open_sources(trained.data)[1]
     index = view_index(source, trained, spec.n_inputs)
     train_n = trained.data.n_input
@@ -158,6 +159,8 @@ def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -
                 "train_n_input": train_n}
 
     sweep.run(points, measure, lambda p: f"{p['variant']} N={p['n_input']} {p['mode']}", options.progress)
+    if not sweep.world.is_main:
+        return []
     rows = sweep.rows(points)
     write_report(view_report(spec, trained, rows, train_n), sweep.out_dir)
     return rows
