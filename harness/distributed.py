@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import DeviceError, HarnessError
+from .provenance import device_name
 
 T = TypeVar("T")
 
@@ -149,18 +150,15 @@ def init_world(device: str = "auto") -> World:
         return World()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = _uses_cuda(device)
+    here = rank_device(torch.device("cuda")) if use_cuda else torch.device("cpu")
     if use_cuda:
-        here = rank_device(torch.device("cuda"))
         torch.cuda.set_device(here)
-        name = f"cuda:{here.index} {torch.cuda.get_device_name(here)}"
-    else:
-        name = "cpu"
     backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     backend = str(dist.get_backend())
     devices: list[Any] = [None] * size
-    dist.all_gather_object(devices, f"{socket.gethostname()}: {name}")
+    dist.all_gather_object(devices, f"{socket.gethostname()}: {here} ({device_name(here)})")
     _WORLD = World(rank, size, local, backend, tuple(devices))
     return _WORLD
 

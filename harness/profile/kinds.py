@@ -29,8 +29,8 @@ from ..runtime import autocast
 from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, RunOptions, Spec)
 from . import report
 from .measure import (FlopCounter, ModelCache, RunContext, alternating_ratio, compiled, first_call, input_views,
-                      matmul_peak_tflops, measure_call, refuse_shared_cores, resolve_context, sdpa_backend, sdpa_backend_used,
-                      synthetic_views, target_views)
+                      mark_shared_cores, matmul_peak_tflops, measure_call, refuse_shared_cores, resolve_context,
+                      sdpa_backend, sdpa_backend_used, synthetic_views, target_views)
 
 
 def released_variants() -> list[str]:
@@ -162,6 +162,7 @@ def _sweep_and_report(spec: CostSpec, ctx: RunContext, points: list[dict[str, An
     rows = sweep.rows(points)
     result = build(rows, len(points))
     result.notes.insert(0, summary.line(spec.name))
+    mark_shared_cores(result, rows)
     write_report(result, sweep.out_dir)
     return rows
 

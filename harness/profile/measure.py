@@ -464,7 +464,7 @@ class RunContext:
             where = "counted: FlopCounterMode on the meta device (shapes only), forward pass, attention included"
         else:
             where = (f"measured: {self.env['device']}, dtype {self.dtype} ({'autocast' if self.dtype != 'float32' else 'no autocast'}), "
-                     f"torch {self.env['torch']}, torch threads={self.env['threads']}, torch.no_grad()") + shared_cores_note(rows)
+                     f"torch {self.env['torch']}, torch threads={self.env['threads']}, torch.no_grad()")
         return [where, size, "inputs: synthetic random views; weights: random init (cost does not depend on values)",
                 f"code: commit {', '.join(measured_commits(rows) or [self.env['commit']])}, "
                 f"records keyed by code version {self.version}"]
@@ -483,13 +483,22 @@ def refuse_shared_cores(name: str, device: torch.device, allowed: bool) -> None:
 
 
 def shared_cores_note(rows: Sequence[Mapping[str, Any]]) -> str:
-    """What the tables say of rows timed by several ranks on one CPU (`allow_cpu_multirank`)."""
-    sizes = sorted({int(r["world_size"]) for r in rows if r.get("status") == "ok" and r.get("device_type") == "cpu"
-                    and (r.get("world_size") or 1) > 1})
-    if not sizes:
+    """What every table says of rows timed by several ranks on one CPU (`allow_cpu_multirank`), or ''."""
+    shared = [r for r in rows if r.get("status") == "ok" and r.get("device_type") == "cpu" and (r.get("world_size") or 1) > 1]
+    if not shared:
         return ""
-    return (f"; timed under shared cores: {' or '.join(map(str, sizes))} ranks on this CPU at once (allow_cpu_multirank), "
-            "so each time includes the other ranks' load")
+    sizes = " or ".join(str(n) for n in sorted({int(r["world_size"]) for r in shared}))
+    return (f"timed under shared cores: {len(shared)} of these points were timed while {sizes} ranks ran on this CPU at "
+            "once (allow_cpu_multirank), so each time includes the other ranks' load; time them as one process to compare")
+
+
+def mark_shared_cores(report: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Put `shared_cores_note` first in the report's notes and in every table's."""
+    note = shared_cores_note(rows)
+    if note:
+        for notes in [report.notes, *(table.notes for table in report.tables)]:
+            if note not in notes:
+                notes.insert(0, note)
 
 
 def resolve_context(preset: str, batch: int, image_size: int | None, measurement: Measurement | None) -> RunContext:

@@ -31,7 +31,7 @@ from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_mani
 from ..provenance import environment
 from ..schema import ExperimentBase, Kind, ModelName, ModelRef, Positive, PositiveFloat, PresetName, Published, RunOptions, Spec
 from .kinds import SharedCores, released_variants
-from .measure import refuse_shared_cores, shared_cores_note, synthetic_views
+from .measure import mark_shared_cores, refuse_shared_cores, synthetic_views
 
 MIB = 2 ** 20
 
@@ -145,8 +145,7 @@ def op_profile_report(spec: OpProfileSpec, rows: list[dict[str, Any]]) -> Report
     env = rows[-1] if rows else {}
     size = ", ".join(f"{k}={v}" for k, v in spec.overrides.items())
     notes = [f"measured: {env.get('device', 'not run yet')}; torch {env.get('torch')}, {spec.threads} threads, float32, eval, "
-             f"no_grad; commit {', '.join(sorted({str(r['commit']) for r in rows if r.get('commit')})) or 'n/a'}"
-             + shared_cores_note(rows),
+             f"no_grad; commit {', '.join(sorted({str(r['commit']) for r in rows if r.get('commit')})) or 'n/a'}",
              f"models: preset {spec.preset}" + (f" with {size}" if size else "") + "; batch 1; synthetic random views; "
              "one warm forward under torch.profiler (record_shapes)",
              *failure_notes(rows, ["model", "n_input", "n_target"])]
@@ -181,7 +180,9 @@ def run_op_profile(spec: OpProfileSpec, options: RunOptions) -> list[dict[str, A
         if not sweep.world.is_main:
             return []
         rows = sweep.rows(points)
-        write_report(op_profile_report(spec, rows), sweep.out_dir)
+        report = op_profile_report(spec, rows)
+        mark_shared_cores(report, rows)
+        write_report(report, sweep.out_dir)
         return rows
     finally:
         torch.set_num_threads(threads)
