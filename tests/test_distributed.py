@@ -125,3 +125,24 @@ def test_timing_on_a_cpu_under_two_ranks_is_refused_in_one_line_unless_forced(tm
     assert done.returncode != 0 and "exitcode  : 2" in done.stderr
     assert len(errors) == 1 and "2 ranks is refused" in errors[0] and "allow_cpu_multirank=true" in errors[0], errors
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.timeout(150)
+def test_a_convergence_study_trains_its_arms_one_after_another_with_every_rank(tmp_path):
+    out = tmp_path / "out"
+    study = write_yaml(tmp_path / "study.yaml", {
+        "kind": "convergence", "name": "study_world", "output_dir": str(out), "variants": ["lvsm_decoder_only", "efficient_lvsm"],
+        "preset": "tiny", "overrides": {"image_size": 16, "patch_size": 8}, "blur_sigmas": [1.0], "cost": {"runs": 1},
+        "data": {"source": "synthetic_object", "image_size": 16, "options": {"count": 4, "views": 8, "supersample": 1},
+                 "eval_options": {"seed": 1, "count": 2}, "n_target": 2, "eval_n_target": 2, "eval_scenes": 2},
+        "train": {"steps": 2, "batch_size": 2, "val_every": 2, "checkpoint_every": 2, "device": "cpu"}})
+    done = torchrun(str(study))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = by_key(out)  # the predictors, two trained arms and their costs, each recorded once, by rank 0
+    assert len(rows) == 1 + 2 + 2 and {(r["rank"], r["world_size"]) for r in rows.values()} == {(0, 2)}
+    assert all(r["status"] == "ok" for r in rows.values())
+    for arm in ("lvsm_decoder_only", "efficient_lvsm"):
+        starts = [r for r in RecordStore(out / "runs" / arm / "metrics.jsonl").rows() if r["kind"] == "start"]
+        assert len(starts) == 1 and starts[0]["world_size"] == 2  # trained by both ranks together
+    assert json.loads((out / "manifest.json").read_text())["world"]["size"] == 2
+    assert done.stdout.splitlines().count("# study_world: final validation quality per arm (same data, steps, batch)") == 1
