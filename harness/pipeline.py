@@ -224,8 +224,11 @@ class Report:
 
 
 def write_report(report: Report, out_dir: str | Path, stream=None) -> dict[str, Path]:
-    """Every table as .md/.csv/.tex, every figure as a file; the whole report on the console."""
+    """Every table as .md/.csv/.tex, every figure as a file; the whole report on the console. Under
+    torchrun rank 0 alone writes and prints (elsewhere this returns at once), whatever the kind does."""
     from .plots import save_figure
+    if not current_world().is_main:
+        return {}
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
     console = [f"# {report.title}", *[f"- {n}" for n in report.notes], ""]
@@ -273,12 +276,15 @@ def environment_report() -> dict[str, Any]:
 
 def write_manifest(out_dir: str | Path, spec: Any, extra: Mapping[str, Any] | None = None) -> Path:
     """One manifest per run: the resolved experiment, the command, the world that ran it (size,
-    backend, every rank's host and device), the environment and the commit. Rank 0 writes it."""
+    backend, every rank's host and device), the environment and the commit. Rank 0 alone writes it
+    (elsewhere this returns its path at once)."""
     world = current_world()
+    path = Path(out_dir) / "manifest.json"
+    if not world.is_main:
+        return path
     manifest = {"experiment": spec.model_dump(mode="json"), "command": sys.argv, "commit": git_commit(),
                 "code_version": code_version(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "world_size": world.size, "world": world.describe(), **(extra or {}), **environment_report()}
-    path = Path(out_dir) / "manifest.json"
     write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     return path
 

@@ -69,8 +69,7 @@ class Evaluation:
     def run(self) -> EvaluationResult | None:
         """Every rank calls it; rank 0 returns the result, the other ranks None."""
         world = self.sweep.world
-        if world.is_main:
-            write_manifest(self.sweep.out_dir, self.spec, {"device": self.environment["device"], "dtype": self.dtype})
+        write_manifest(self.sweep.out_dir, self.spec, {"device": self.environment["device"], "dtype": self.dtype})
         computed, seconds, all_points, grid_renders = 0, 0.0, [], {}
         for spec, label in zip(self.spec.models, self.labels):
             loaded = load_model(spec, label, self.device, self.spec.seed)

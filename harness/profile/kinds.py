@@ -153,8 +153,7 @@ def _context(spec: CostSpec, options: RunOptions, measured: bool = True) -> tupl
 def _sweep_and_report(spec: CostSpec, ctx: RunContext, points: list[dict[str, Any]], measure, label_of, options: RunOptions,
                       build) -> list[dict[str, Any]]:
     sweep = Sweep(spec.results_dir(), spec.name, context=ctx.env, version=ctx.version)
-    if sweep.world.is_main:
-        write_manifest(sweep.out_dir, spec, {"device": ctx.env["device"], "preset": ctx.preset, "dtype": ctx.dtype})
+    write_manifest(sweep.out_dir, spec, {"device": ctx.env["device"], "preset": ctx.preset, "dtype": ctx.dtype})
     summary = sweep.run(points, measure, label_of, options.progress,
                         deadline_s=getattr(getattr(spec, "measure", None), "deadline_s", None))
     if not sweep.world.is_main:

@@ -170,8 +170,7 @@ def run_op_profile(spec: OpProfileSpec, options: RunOptions) -> list[dict[str, A
     try:
         env = environment("cpu")
         sweep = Sweep(spec.results_dir(), spec.name, context=env)
-        if sweep.world.is_main:
-            write_manifest(sweep.out_dir, spec, {"device": env["device"], "preset": spec.preset})
+        write_manifest(sweep.out_dir, spec, {"device": env["device"], "preset": spec.preset})
         points = [{"model": name, "preset": spec.preset, "overrides": spec.overrides, "n_input": n, "n_target": m,
                    "threads": spec.threads, "top": spec.top}
                   for name in spec.models for n in spec.n_inputs for m in spec.n_targets]

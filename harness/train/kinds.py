@@ -162,8 +162,7 @@ def run_train(exp: TrainExperiment, options: RunOptions) -> dict[str, Any] | Non
     sweep = Sweep(exp.results_dir(), exp.name, together=True)
     name = exp.model.name
     point = {"variant": name, "settings": settings_dict(exp.model, exp.data, exp.optim, exp.train)}
-    if world.is_main:
-        write_manifest(sweep.out_dir, exp)
+    write_manifest(sweep.out_dir, exp)
 
     def measure(point: dict[str, Any]) -> dict[str, Any]:
         result = train_model(exp.model, exp.data, exp.optim, exp.train, sweep.out_dir, world=world,

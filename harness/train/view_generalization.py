@@ -117,8 +117,7 @@ def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -
     shipped = {v: shipped_entry(p) for v, p in checkpoints.items()}
     device = resolve_device(trained.train.device)
     sweep = Sweep(spec.results_dir(), spec.name, context=environment(device))
-    if sweep.world.is_main:
-        write_manifest(sweep.out_dir, spec, {"trained": trained.model_dump(mode="json")})
+    write_manifest(sweep.out_dir, spec, {"trained": trained.model_dump(mode="json")})
     source = open_sources(trained.data)[1]
     index = view_index(source, trained, spec.n_inputs)
     train_n = trained.data.n_input
