@@ -12,6 +12,11 @@ Exit status: 0 when every point, scene or run asked for is recorded `ok`; 1 when
 mistake or a resource the run cannot do without (any HarnessError: one line `error: ...`, `--debug`
 shows its traceback; a full disk included); 130 on Ctrl-C (one line saying how much is recorded).
 Anything else is a bug and keeps its traceback.
+
+Every kind also runs under torchrun: `torchrun --nproc_per_node K [--nnodes ...] -m harness run FILE`
+(see `harness.distributed`). Rank 0 prints the report, the failures and a user error every rank
+shares; another rank prints only an error of its own (prefixed with its rank); each exits with the
+status above.
 """
 from __future__ import annotations
 
@@ -27,9 +32,12 @@ log = logging.getLogger("harness")
 
 def _failures(name: str, book) -> int:
     """1 and one error line per failed point (then a total) when the command left any failed; else 0."""
+    from .distributed import current_world
     outcome = book.outcome()
     if not outcome.failed:
         return 0
+    if not current_world().is_main:
+        return 1  # rank 0 lists them
     for failure in outcome.failed:
         log.error("failed: %s", failure)
     log.error("%s: %d of %d points failed (each is recorded with its reason); rerun to retry them", name,
@@ -189,8 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    from .distributed import close_world, env_rank, env_world_size, joined
+    rank, several = env_rank(), env_world_size() > 1
+    # Under torchrun rank 0 says what happens; the other ranks speak up only about warnings and errors.
+    logging.basicConfig(level=logging.WARNING if args.quiet or rank else logging.INFO, stream=sys.stderr,
+                        format=f"%(levelname)s {f'[rank {rank}] ' if several else ''}%(name)s: %(message)s")
     from .outputs import ledger
     with ledger() as book:
         try:
@@ -198,11 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         except HarnessError as error:
             if args.debug:
                 raise
-            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+            # An error every rank meets alike (a bad file read before the ranks joined, a refusal rank 0
+            # decided for all) is printed once, by rank 0.
+            if rank == 0 or (joined() and not error.every_rank):
+                print(f"error: {f'rank {rank}: ' if rank else ''}{' '.join(str(error).split())}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             if args.debug:
                 raise
-            print(f"\ninterrupted: {book.outcome().recorded} points recorded; rerun the same command to resume",
-                  file=sys.stderr)
+            if rank == 0:
+                print(f"\ninterrupted: {book.outcome().recorded} points recorded; rerun the same command to resume",
+                      file=sys.stderr)
             return 130
+        finally:
+            close_world()

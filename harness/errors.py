@@ -11,6 +11,9 @@ from __future__ import annotations
 class HarnessError(Exception):
     """A user mistake or a missing resource; the message is one self-contained line."""
 
+    # Raised alike by every rank of a distributed run (a refusal rank 0 decided for all): rank 0 alone prints it.
+    every_rank = False
+
 
 class ConfigError(HarnessError, ValueError):
     """A bad experiment file, `--set` override, command-line option or config value."""

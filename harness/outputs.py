@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 LOCK = "run.lock"
 MANIFEST = "manifest.json"
 ROWS = "rows.jsonl"
+
+
+def rank_rows(out_dir: Path, rank: int | str) -> Path:
+    """Where rank `rank` (not 0) of a distributed run appends its rows until rank 0 moves them to ROWS."""
+    return Path(out_dir) / f"rows.rank{rank}.jsonl"
 # Tells this process's locks from a dead process's that had the same PID (PIDs repeat across containers).
 _TOKEN = uuid.uuid4().hex
 _HELD: dict[Path, "FolderLock"] = {}

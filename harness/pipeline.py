@@ -8,6 +8,13 @@ goes on. A rerun skips points recorded `ok` or `oom` for the same experiment, po
 the failed ones. The kind then builds a `Report` from the
 recorded rows alone (never from memory); `write_report` renders it once to Markdown, CSV, LaTeX and
 the console, with its figures, beside one `manifest.json` (resolved config, environment, commit).
+
+Under torchrun a sweep spans the world (`harness.distributed`): rank 0 holds the output folder and
+decides which points are missing; those are shared out, each measured by exactly one rank, which
+appends its rows to a file of its own as they exist (`rows.rank<k>.jsonl`: appends from several
+hosts to one file on a network file system can overwrite each other); at `gather` rank 0 moves them
+into `rows.jsonl`, and builds the report from it alone. A rerun under another world size reads the
+same rows. Kinds whose every point needs every rank (DDP training) sweep `together`.
 """
 from __future__ import annotations
 
@@ -25,8 +32,9 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 from tqdm import tqdm
 
+from .distributed import World, current_world
 from .errors import OutputError
-from .outputs import ROWS, check_owner, current_ledger, ensure_writable, lock
+from .outputs import ROWS, check_owner, current_ledger, ensure_writable, lock, rank_rows
 from .provenance import code_version, git_commit
 from .records import RecordStore, point_key, write_atomic
 from .tables import markdown, write_tables
@@ -76,27 +84,47 @@ class SweepSummary:
 
 @dataclass
 class Sweep:
-    """The points of one experiment and the record file they go to. Opening a sweep that writes
-    takes its folder (one experiment per folder, one process at a time; see `harness.outputs`) and
-    moves unreadable lines of its rows aside."""
+    """The points of one experiment and the record file they go to. Opening a sweep takes its folder
+    (one experiment per folder, one command at a time; see `harness.outputs`): rank 0 of the world
+    proves it writable, locks it and moves unreadable lines of its rows (and rows a killed run's
+    other ranks left in their files) into place, and every rank hears whether that worked."""
     out_dir: Path
     experiment: str
     context: Mapping[str, Any] = field(default_factory=dict)  # columns added to every row (device, commit ...)
     version: str = field(default_factory=code_version)
-    writer: bool = True  # False on the non-zero ranks of a distributed run: they measure, rank 0 records
     skip: tuple[str, ...] = SKIP_STATUSES  # statuses a rerun does not measure again
+    # True: every rank measures every point together (DDP training) and rank 0 records it; False: the
+    # points are shared out across the ranks, each measured by one.
+    together: bool = False
+    world: World = field(default_factory=current_world)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        self.store = RecordStore(self.out_dir / ROWS)
-        if self.writer:
-            ensure_writable(self.out_dir)
-            check_owner(self.out_dir, self.experiment)
-            held, taken = lock(self.out_dir, self.experiment)
-            book = current_ledger()
-            if taken and book is not None:
-                book.locks.append(held)
-            self.store.set_aside_unreadable()
+        self.store = RecordStore(self.out_dir / ROWS)  # the record; rank 0 alone writes it
+        self.world.agree(self._take_folder)
+        self._mine = self.store if self.world.is_main else RecordStore(rank_rows(self.out_dir, self.world.rank))
+
+    def _take_folder(self) -> None:
+        ensure_writable(self.out_dir)
+        check_owner(self.out_dir, self.experiment)
+        held, taken = lock(self.out_dir, self.experiment)
+        book = current_ledger()
+        if taken and book is not None:
+            book.locks.append(held)
+        self.store.set_aside_unreadable()
+        self._absorb_rank_files()
+
+    def _absorb_rank_files(self) -> None:
+        for path in sorted(self.out_dir.glob(rank_rows(self.out_dir, "*").name), key=lambda p: p.name):
+            self.store.absorb(RecordStore(path))
+
+    def gather(self) -> None:
+        """Once every rank has recorded its points: rank 0 moves the other ranks' rows into the record,
+        after which every rank reads the same complete record. Every rank calls it."""
+        if not self.world.distributed:
+            return
+        self.world.barrier()
+        self.world.agree(self._absorb_rank_files)
 
     def key(self, point: Point) -> str:
         return point_key(self.experiment, point, self.version)
@@ -107,30 +135,37 @@ class Sweep:
             book.track(self, {self.key(p): label(p) if label else "" for p in points})
 
     def pending(self, points: Sequence[Point]) -> list[Point]:
+        """The points not recorded yet, as rank 0 reads the record (every rank calls it, between gathers,
+        and gets the same list)."""
         self._track(points)
-        done = self.store.done_keys(self.skip)
-        return [p for p in points if self.key(p) not in done]
+
+        def missing() -> list[int]:
+            done = self.store.done_keys(self.skip)
+            return [i for i, p in enumerate(points) if self.key(p) not in done]
+
+        return [points[i] for i in self.world.broadcast(missing() if self.world.is_main else None)]
 
     def record(self, point: Point, result: Mapping[str, Any], status: str = "ok", error: str | None = None) -> dict[str, Any]:
+        world = {"rank": self.world.rank, "world_size": self.world.size} if self.world.distributed else {}
         row = {"key": self.key(point), "experiment": self.experiment, "version": self.version, "status": status,
-               "error": error, **self.context, **point, **result}
-        if self.writer:
-            self.store.append(row)
+               "error": error, **self.context, **world, **point, **result}
+        if self.world.is_main or not self.together:
+            self._mine.append(row)
         return row
 
     def run(self, points: Sequence[Point], measure: Callable[[Point], Mapping[str, Any]],
             label: Callable[[Point], str] = lambda p: "", progress: bool = True,
             deadline_s: float | None = None, unit: str = "point") -> SweepSummary:
-        """Measure what is not recorded yet; `deadline_s`: start no new point after this long."""
+        """Measure what is not recorded yet (this rank's share of it, or all of it `together`), then
+        gather; `deadline_s`: start no new point after this long. Every rank calls it."""
         self._track(points, label)
-        todo = {self.key(p) for p in self.pending(points)}
+        todo = self.pending(points)
+        mine = todo if self.together else self.world.share(todo)
         summary = SweepSummary(skipped=len(points) - len(todo))
         start = time.monotonic()
-        bar = tqdm(total=len(todo), desc=self.experiment, unit=unit, disable=not progress or not todo,
+        bar = tqdm(total=len(mine), desc=self.experiment, unit=unit, disable=not progress or not mine or not self.world.is_main,
                    dynamic_ncols=True, mininterval=1.0)
-        for point in points:
-            if self.key(point) not in todo:
-                continue
+        for point in mine:
             if deadline_s is not None and time.monotonic() - start > deadline_s:
                 summary.left += 1
                 continue
@@ -148,7 +183,13 @@ class Sweep:
             summary.measured += 1
             bar.update(1)
         bar.close()
-        log.info(summary.line(self.experiment))
+        self.gather()
+        if not self.together:
+            parts = self.world.gather((summary.measured, summary.failed, summary.left))
+            summary.measured, summary.left = sum(p[0] for p in parts), sum(p[2] for p in parts)
+            summary.failed = [failure for p in parts for failure in p[1]]
+        if self.world.is_main:
+            log.info(summary.line(self.experiment) + (f" by {self.world.size} ranks" if self.world.distributed else ""))
         return summary
 
     def rows(self, points: Sequence[Point]) -> list[dict[str, Any]]:
@@ -183,8 +224,11 @@ class Report:
 
 
 def write_report(report: Report, out_dir: str | Path, stream=None) -> dict[str, Path]:
-    """Every table as .md/.csv/.tex, every figure as a file; the whole report on the console."""
+    """Every table as .md/.csv/.tex, every figure as a file; the whole report on the console. Under
+    torchrun rank 0 alone writes and prints (elsewhere this returns at once), whatever the kind does."""
     from .plots import save_figure
+    if not current_world().is_main:
+        return {}
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
     console = [f"# {report.title}", *[f"- {n}" for n in report.notes], ""]
@@ -231,11 +275,16 @@ def environment_report() -> dict[str, Any]:
 
 
 def write_manifest(out_dir: str | Path, spec: Any, extra: Mapping[str, Any] | None = None) -> Path:
-    """One manifest per run: the resolved experiment, the command, the environment and the commit."""
+    """One manifest per run: the resolved experiment, the command, the world that ran it (size,
+    backend, every rank's host and device), the environment and the commit. Rank 0 alone writes it
+    (elsewhere this returns its path at once)."""
+    world = current_world()
+    path = Path(out_dir) / "manifest.json"
+    if not world.is_main:
+        return path
     manifest = {"experiment": spec.model_dump(mode="json"), "command": sys.argv, "commit": git_commit(),
                 "code_version": code_version(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                **(extra or {}), **environment_report()}
-    path = Path(out_dir) / "manifest.json"
+                "world_size": world.size, "world": world.describe(), **(extra or {}), **environment_report()}
     write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     return path
 

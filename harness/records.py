@@ -108,13 +108,16 @@ class RecordStore:
         """Append one row as one JSON line. NaN/Inf values are written as null and the row's
         `non_finite` field names their keys: bare NaN tokens are not JSON, and other readers
         (jq, pandas with a strict parser, browsers) reject the whole file for one of them."""
+        self.extend([row])
+
+    def extend(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append rows as `append` does, all in one write: all of them land, or none."""
         if self._failure:
             raise OutputError(self._failure)
+        line = "".join(_json_line(row) for row in rows)
+        if not line:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        clean, bad = _finite(dict(row), "")
-        if bad:
-            clean[NON_FINITE] = sorted(set(clean.get(NON_FINITE) or []) | set(bad))
-        line = json.dumps(clean, sort_keys=True, default=str, allow_nan=False) + "\n"
         # After a crash mid-write the file ends in a fragment without its newline; the new row must start
         # on a line of its own, or it is glued onto the fragment and lost with it.
         if self._ends_torn():
@@ -160,6 +163,21 @@ class RecordStore:
         except FileNotFoundError:
             return False
 
+    def absorb(self, other: "RecordStore") -> int:
+        """Move the rows of `other` (another rank's file) to the end of this one, then remove it; a line
+        cut short there (its writer was killed) goes to this file's side file, as `set_aside_unreadable`
+        would move it. A crash between the two steps leaves rows in both files: the copies carry the
+        same keys, and a key's latest row is the one read. Returns how many rows moved."""
+        rows, bad = other._read()
+        if bad:
+            with self.side_file.open("a") as handle:
+                handle.writelines(text if text.endswith("\n") else text + "\n" for _, _, text in bad)
+            log.warning("%s: %s moved to %s (its rank was stopped while writing them); a rerun measures them again",
+                        other.path, _describe(bad), self.side_file)
+        self.extend(rows)
+        other.path.unlink(missing_ok=True)
+        return len(rows)
+
     def latest_by_key(self) -> dict[str, dict[str, Any]]:
         """The last row for every key (a failed point retried later is superseded)."""
         latest: dict[str, dict[str, Any]] = {}
@@ -167,6 +185,13 @@ class RecordStore:
             if "key" in row:
                 latest[row["key"]] = row
         return latest
+
+
+def _json_line(row: Mapping[str, Any]) -> str:
+    clean, bad = _finite(dict(row), "")
+    if bad:
+        clean[NON_FINITE] = sorted(set(clean.get(NON_FINITE) or []) | set(bad))
+    return json.dumps(clean, sort_keys=True, default=str, allow_nan=False) + "\n"
 
 
 def _append_bytes(path: Path, data: bytes) -> None:

@@ -5,15 +5,17 @@ import contextlib
 
 import torch
 
+from .distributed import rank_device
 from .errors import ConfigError, DeviceError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(name: str | None = None) -> torch.device:
-    """`auto`/None: CUDA when present, else CPU. Asking for CUDA without one is an error, not a fallback."""
+    """`auto`/None: CUDA when present, else CPU. Asking for CUDA without one is an error, not a fallback.
+    Under torchrun, CUDA is the GPU of this process's local rank."""
     if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return rank_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -21,7 +23,7 @@ def resolve_device(name: str | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {name!r} requested, but this machine has no CUDA device "
                           "(torch.cuda.is_available() is False); use device=auto or cpu")
-    return device
+    return rank_device(device)
 
 
 # The one preset rule. `auto`: the paper preset where the models run at their published size (CUDA) or

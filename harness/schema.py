@@ -362,7 +362,10 @@ def with_preset(spec: ExperimentBase, preset: str | None = None) -> ExperimentBa
 
 
 def run_spec(spec: ExperimentBase, options: RunOptions = RunOptions()) -> Any:
-    """Every experiment runs through here: the preset rule once, then its kind."""
+    """Every experiment runs through here: the preset rule once, then its kind. Under torchrun the
+    ranks join one process group first, over the backend of the device the experiment runs on."""
+    from .distributed import init_world
+    init_world(spec.preset_device())
     return get_kind(spec.kind).run(with_preset(spec, options.preset), options)
 
 

@@ -107,12 +107,12 @@ def _free_port() -> int:
 def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     import os
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from harness.train.distributed import close_world, init_world
+    from harness.distributed import close_world, init_world
     world = init_world("cpu")
     model, data, optim, train = tiny_run(steps=3)
     result = train_model(model, data, optim, train, out_dir, world=world, progress=False)
     torch.save(result.model.state_dict(), f"{out_dir}/rank{rank}.pt")
-    close_world(world)
+    close_world()
 
 
 @pytest.mark.timeout(120)

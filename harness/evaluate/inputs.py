@@ -128,7 +128,9 @@ def load_model(spec: ModelRef, label: str, device: torch.device, seed: int) -> L
 
 
 def render(model: torch.nn.Module, batch: dict[str, Any], device: torch.device, dtype: str) -> torch.Tensor:
-    args = [batch[k].to(device) for k in ("input_images", "input_c2w", "input_fxfycxcy", "target_c2w", "target_fxfycxcy")]
+    # Pinned host tensors (the loader pins them on CUDA) are copied while the host goes on.
+    args = [batch[k].to(device, non_blocking=True)
+            for k in ("input_images", "input_c2w", "input_fxfycxcy", "target_c2w", "target_fxfycxcy")]
     with torch.no_grad(), autocast(device, dtype):
         return model(*args).float()
 

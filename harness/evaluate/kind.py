@@ -9,6 +9,7 @@ from typing import Any
 from models import list_models
 
 from ..checkpoint import is_our_checkpoint, read_torch_file
+from ..distributed import current_world
 from ..errors import CheckpointError, ConfigError, MissingResource
 from ..schema import Kind, RunOptions, revalidate
 from ..weights import shipped_entry
@@ -54,11 +55,13 @@ def run_evaluation(spec: EvaluateSpec, options: RunOptions) -> EvaluationResult 
     try:
         evaluation = Evaluation(spec, progress=options.progress)
     except MissingResource as missing:
-        print(f"{spec.name}: not run: {missing}")
+        if current_world().is_main:  # every rank finds the same thing missing; one says so
+            print(f"{spec.name}: not run: {missing}")
         return None
     result = evaluation.run()
-    log.info("%s: %d scene evaluations computed, %d failed, the rest resumed from %s", spec.name, result.computed,
-             result.failed, evaluation.sweep.store.path)
+    if result is not None:
+        log.info("%s: %d scene evaluations computed, %d failed, the rest resumed from %s", spec.name, result.computed,
+                 result.failed, evaluation.sweep.store.path)
     return result
 
 

@@ -1,9 +1,15 @@
 """The scoring loop: for each model, the scenes its rows lack are rendered in batches, scored per
 target view and recorded one row per scene the moment they exist; a scene or batch that fails is
-recorded with its reason and the loop goes on. The report is then rebuilt from the rows."""
+recorded with its reason and the loop goes on. The report is then rebuilt from the rows.
+
+Under torchrun the scenes the rows lack are shared out across the ranks, each scene scored by exactly
+one (nothing padded, nothing dropped, unlike a DistributedSampler with drop_last); each rank records its
+own scenes' rows, and rank 0 builds the summary once from all of them. Scenes are identified by their
+key, not by the rank or world that scored them, so a rerun under another world size resumes."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ..errors import MissingResource
+from ..errors import MissingResource, OutputError
 from ..metrics import METRICS, LPIPSMetric, image_metrics, scene_means
 from ..pipeline import Sweep, failure_status, one_line, release_memory, write_manifest, write_report
 from ..provenance import environment
@@ -20,6 +26,7 @@ from ..records import write_atomic
 from ..runtime import default_dtype, resolve_device
 from . import report
 from .inputs import LoadedModel, expand, load_model, render, resolve_data
+from .loader import scene_groups
 from .spec import EvaluateSpec, label_of
 
 log = logging.getLogger(__name__)
@@ -30,9 +37,10 @@ class EvaluationResult:
     summary: pd.DataFrame
     per_scene: pd.DataFrame
     paths: dict[str, Path]
-    computed: int  # (model, scene) pairs evaluated by this call; resumed ones are not counted
+    computed: int  # (model, scene) pairs evaluated by this call, by every rank; resumed ones are not counted
     failed: int  # (model, scene) pairs whose latest row is a failure
     failures: list[str] = field(default_factory=list)
+    scenes_per_s: float | None = None  # this call's throughput (None: nothing evaluated)
 
 
 class Evaluation:
@@ -58,22 +66,36 @@ class Evaluation:
         return {**identity, "data": self.data.identity, "scene": scene, "views": self.index[scene],
                 "dtype": self.dtype, "lpips": self.lpips.label}
 
-    def run(self) -> EvaluationResult:
+    def run(self) -> EvaluationResult | None:
+        """Every rank calls it; rank 0 returns the result, the other ranks None."""
+        world = self.sweep.world
         write_manifest(self.sweep.out_dir, self.spec, {"device": self.environment["device"], "dtype": self.dtype})
-        computed, all_points, grid_renders = 0, [], {}
+        computed, seconds, all_points, grid_renders = 0, 0.0, [], {}
         for spec, label in zip(self.spec.models, self.labels):
             loaded = load_model(spec, label, self.device, self.spec.seed)
             points = {scene: self.point(loaded.identity, scene) for scene in self.index}
             all_points += points.values()
-            pending = [p["scene"] for p in self.sweep.pending(list(points.values()))]
-            computed += self._evaluate_model(loaded, pending, points)
-            grid_renders.update(self._grid_renders(loaded))
+            mine = world.share([p["scene"] for p in self.sweep.pending(list(points.values()))])
+            started = time.perf_counter()
+            self._evaluate_model(loaded, mine, points)
+            seconds += time.perf_counter() - started
+            computed += len(mine)
+            self.sweep.gather()
+            if world.is_main:
+                grid_renders.update(self._grid_renders(loaded))
             del loaded
             release_memory()
+        # The world's throughput: every rank's scenes over the slowest rank's time.
+        work = world.gather((computed, seconds))
+        computed, seconds = sum(n for n, _ in work), max(t for _, t in work)
+        if not world.is_main:
+            return None
+        rate = computed / seconds if computed and seconds > 0 else None
         rows = self.sweep.rows(all_points)
         per_scene, summary, failures = report.tables(rows, self.labels)
         notes = report.notes(self.spec, self.data, self.environment, self.dtype, self.lpips.message, failures)
         notes[1:1] = report.protocol_notes(self.spec, self.data, rows)
+        notes.append(self._throughput_note(computed, seconds, rate))
         result = report.build(self.spec, summary, notes, self._grid_examples if grid_renders else None, grid_renders)
         # What a loader noted about the data (e.g. lens distortion left uncorrected) reaches the table.
         data_notes = sorted({note for r in rows for note in r.get("data_notes") or []})
@@ -81,60 +103,57 @@ class Evaluation:
         paths = write_report(result, self.sweep.out_dir)
         paths["per_scene"] = self.sweep.out_dir / "per_scene.csv"
         write_atomic(paths["per_scene"], per_scene.to_csv(index=False, na_rep="n/a"))
-        return EvaluationResult(summary, per_scene, paths, computed, len(failures), failures)
+        return EvaluationResult(summary, per_scene, paths, computed, len(failures), failures, rate)
+
+    def _throughput_note(self, computed: int, seconds: float, rate: float | None) -> str:
+        world = self.sweep.world
+        if rate is None:
+            return "throughput: this run evaluated nothing (every scene was resumed from the rows)"
+        return (f"throughput: {rate:.2f} scenes/s in this run ({computed} (model, scene) evaluations in {seconds:.1f} s "
+                f"on {world.size} rank{'s' if world.size > 1 else ''}, data.num_workers={self.spec.data.num_workers}, "
+                f"batch_size={self.spec.batch_size}; reading, rendering and scoring)")
 
     def _example(self, scene: str):
         from ..data import evaluation_examples
         return next(iter(evaluation_examples(self.data.source, {scene: self.index[scene]}, normalize=self.spec.data.normalize)))
 
-    def _evaluate_model(self, loaded: LoadedModel, pending: list[str], points: dict[str, dict[str, Any]]) -> int:
-        """Scenes in groups of `batch_size` of equal view counts; a scene whose data fails is recorded
-        alone, a group whose forward fails is recorded scene by scene, and the run goes on."""
-        from ..data import collate
-        bar = tqdm(total=len(pending), desc=f"evaluate {loaded.label}", unit="scene", disable=not self.progress or not pending)
-        group: list[Any] = []
-
-        def flush() -> None:
-            if not group:
-                return
-            try:
-                renders = render(loaded.model, collate(group), self.device, self.dtype)
-                for ex, image in zip(group, renders):
-                    self._record_scene(loaded, ex, image, points[ex.scene])
-            except Exception as error:  # one failing group is recorded with its reason; the run goes on
-                for ex in group:
-                    self._record_failure(loaded, points[ex.scene], error)
-                release_memory()
-            bar.update(len(group))
-            group.clear()
-
-        for scene in pending:
-            try:
-                ex = self._example(scene)
-            except Exception as error:  # bad data on disk: recorded for this scene, the others still run
-                self._record_failure(loaded, points[scene], error)
+    def _evaluate_model(self, loaded: LoadedModel, scenes: list[str], points: dict[str, dict[str, Any]]) -> int:
+        """`scenes` in batches of up to `batch_size` of equal view shapes, read by the loader's workers; a
+        scene whose data fails is recorded alone, a batch whose forward fails is recorded scene by scene,
+        and the run goes on."""
+        bar = tqdm(total=len(scenes), desc=f"evaluate {loaded.label}", unit="scene",
+                   disable=not self.progress or not scenes or not self.sweep.world.is_main)
+        for group in scene_groups(scenes, self._example, self.spec.batch_size, self.spec.data.num_workers, self.device):
+            if group.failed:
+                self._record_failure(loaded, points[group.failed], group.status, group.error)
                 bar.update(1)
                 continue
-            if group and (ex.input_images.shape != group[0].input_images.shape
-                          or ex.target_images.shape != group[0].target_images.shape):
-                flush()
-            group.append(ex)
-            if len(group) == self.spec.batch_size:
-                flush()
-        flush()
+            try:
+                renders = render(loaded.model, group.batch, self.device, self.dtype)
+                targets = group.batch["target_images"].to(self.device, non_blocking=True)
+                for ex, image, target in zip(group.examples, renders, targets):
+                    self._record_scene(loaded, ex, image, target, points[ex.scene])
+            except OutputError:
+                raise  # a full disk fails every later scene too: stop with its line
+            except Exception as error:  # one failing batch is recorded with its reason; the run goes on
+                for ex in group.examples:
+                    self._record_failure(loaded, points[ex.scene], failure_status(error), one_line(error))
+                release_memory()
+            bar.update(len(group.examples))
         bar.close()
-        return len(pending)
+        return len(scenes)
 
     def _columns(self, loaded: LoadedModel, scene: str) -> dict[str, Any]:
         return {**loaded.info, "data_source": self.spec.data.source, "lpips_net": self.lpips.label,
                 "context": self.index[scene]["context"], "target": self.index[scene]["target"]}
 
-    def _record_failure(self, loaded: LoadedModel, point: dict[str, Any], error: BaseException) -> None:
-        log.warning("evaluate %s, scene %s failed: %s", loaded.label, point["scene"], one_line(error))
-        self.sweep.record(point, self._columns(loaded, point["scene"]), failure_status(error), one_line(error))
+    def _record_failure(self, loaded: LoadedModel, point: dict[str, Any], status: str, error: str) -> None:
+        log.warning("evaluate %s, scene %s failed: %s", loaded.label, point["scene"], error)
+        self.sweep.record(point, self._columns(loaded, point["scene"]), status, error)
 
-    def _record_scene(self, loaded: LoadedModel, ex: Any, image: torch.Tensor, point: dict[str, Any]) -> None:
-        views = image_metrics(image, ex.target_images.to(image.device), self.lpips)
+    def _record_scene(self, loaded: LoadedModel, ex: Any, image: torch.Tensor, target: torch.Tensor,
+                      point: dict[str, Any]) -> None:
+        views = image_metrics(image, target, self.lpips)
         view_rows = [{"model": loaded.label, "scene": ex.scene, "view": int(v), **values}
                      for v, values in zip(ex.target_indices, views)]
         means = scene_means(view_rows).iloc[0]

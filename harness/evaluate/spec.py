@@ -14,6 +14,7 @@ class EvalData(DataRef):
     index: str = ""  # evaluation index JSON ($ENV_VARS allowed); empty: drawn by make_evaluation_index
     max_scenes: NonNegative = 0  # 0: every scene of the index, else its first N
     requires: str = ""  # what to tell the user when a path above is unset or missing
+    num_workers: NonNegative = 0  # DataLoader worker processes reading the scenes (0: the evaluating process itself)
 
 
 class QualityRow(Spec):

@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import build_model, label
 
 from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_manifest, write_report
-from ..profile.measure import interleaved_ms, median_iqr, synthetic_views
+from ..profile.measure import interleaved_ms, median_iqr, refuse_shared_cores, synthetic_views
 from ..provenance import environment
 from ..schema import ExperimentBase, Kind, PositiveFloat, Positive, PresetName, RunOptions, Spec
 from .loader import loader_parity
@@ -184,6 +184,8 @@ def parity_report(spec: ParitySpec, rows: list[dict[str, Any]], skipped: list[st
 
 
 def run_parity(spec: ParitySpec, options: RunOptions) -> list[dict[str, Any]]:
+    # Latency is timed in alternation on this CPU: other ranks on its cores would time each other's load.
+    refuse_shared_cores(spec.name, torch.device("cpu"), allowed=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
     try:

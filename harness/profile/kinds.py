@@ -9,6 +9,11 @@ and the report built from the recorded rows.
   everything (LVSM decoder-only) (experiments/kv_cache.yaml).
 - `profile_efficiency`: the published efficiency table with our measurements beside it
   (experiments/efficiency_table.yaml).
+
+Under torchrun the points are shared out across the ranks, each rank timing its own on its own GPU,
+every point measured once. On a CPU the ranks would share the cores and time each other's load, so
+timing kinds refuse several ranks there unless `allow_cpu_multirank: true` (the tables then say so);
+counting FLOPs (`profile_flops`) times nothing and runs under any world.
 """
 from __future__ import annotations
 
@@ -24,8 +29,8 @@ from ..runtime import autocast
 from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, RunOptions, Spec)
 from . import report
 from .measure import (FlopCounter, ModelCache, RunContext, alternating_ratio, compiled, first_call, input_views,
-                      matmul_peak_tflops, measure_call, resolve_context, sdpa_backend, sdpa_backend_used, synthetic_views,
-                      target_views)
+                      mark_shared_cores, matmul_peak_tflops, measure_call, refuse_shared_cores, resolve_context,
+                      sdpa_backend, sdpa_backend_used, synthetic_views, target_views)
 
 
 def released_variants() -> list[str]:
@@ -55,7 +60,12 @@ class ViewGridSpec(CostSpec):
     n_targets: list[Positive] = Field(default=[1, 8], min_length=1)
 
 
-class ProfileSpec(ViewGridSpec):
+class SharedCores(Spec):
+    # Time on a CPU under several torchrun ranks anyway (refused otherwise: the ranks share its cores).
+    allow_cpu_multirank: bool = False
+
+
+class ProfileSpec(ViewGridSpec, SharedCores):
     kind: Literal["profile"]
     measure: Measurement = Measurement()
     # The pair whose ratios (first / second, same N and M) are tabulated, and the headline point.
@@ -75,7 +85,7 @@ class KVCacheRow(Spec):
     recompute_ms: float = Field(gt=0)
 
 
-class KVCacheSpec(CostSpec):
+class KVCacheSpec(CostSpec, SharedCores):
     kind: Literal["profile_kv_cache"]
     measure: Measurement = Measurement()
     cached_model: ModelName = "efficient_lvsm"
@@ -110,7 +120,7 @@ class EfficiencyRow(Spec):
     gflops_thop: float = Field(gt=0)
 
 
-class EfficiencySpec(CostSpec):
+class EfficiencySpec(CostSpec, SharedCores):
     kind: Literal["profile_efficiency"]
     measure: Measurement = Measurement()
     models: list[ModelName] = Field(default=["lvsm_decoder_only", "efficient_lvsm"], min_length=1)
@@ -134,7 +144,10 @@ class EfficiencySpec(CostSpec):
 
 def _context(spec: CostSpec, options: RunOptions, measured: bool = True) -> tuple[CostSpec, RunContext]:
     measurement = spec.measure if measured else None
-    return spec, resolve_context(spec.preset, spec.batch, spec.image_size, measurement)
+    ctx = resolve_context(spec.preset, spec.batch, spec.image_size, measurement)
+    if measured:
+        refuse_shared_cores(spec.name, ctx.device, getattr(spec, "allow_cpu_multirank", False))
+    return spec, ctx
 
 
 def _sweep_and_report(spec: CostSpec, ctx: RunContext, points: list[dict[str, Any]], measure, label_of, options: RunOptions,
@@ -143,9 +156,12 @@ def _sweep_and_report(spec: CostSpec, ctx: RunContext, points: list[dict[str, An
     write_manifest(sweep.out_dir, spec, {"device": ctx.env["device"], "preset": ctx.preset, "dtype": ctx.dtype})
     summary = sweep.run(points, measure, label_of, options.progress,
                         deadline_s=getattr(getattr(spec, "measure", None), "deadline_s", None))
+    if not sweep.world.is_main:
+        return []
     rows = sweep.rows(points)
     result = build(rows, len(points))
     result.notes.insert(0, summary.line(spec.name))
+    mark_shared_cores(result, rows)
     write_report(result, sweep.out_dir)
     return rows
 

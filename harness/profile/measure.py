@@ -27,6 +27,7 @@ from models import PRESETS, ModelConfig, build_model
 from models.base import NVSModel
 from models.flops import FlopEstimate
 
+from ..distributed import current_world
 from ..errors import ConfigError
 from ..pipeline import measured_commits
 from ..provenance import code_version, environment
@@ -477,6 +478,37 @@ class RunContext:
         return [where, size, "inputs: synthetic random views; weights: random init (cost does not depend on values)",
                 f"code: commit {', '.join(measured_commits(rows) or [self.env['commit']])}, "
                 f"records keyed by code version {self.version}"]
+
+
+def refuse_shared_cores(name: str, device: torch.device, allowed: bool) -> None:
+    """Several ranks timing on one CPU share its cores: every time would include the other ranks' load.
+    Refused in one line, alike on every rank, unless `allowed`."""
+    world = current_world()
+    if device.type == "cpu" and world.distributed and not allowed:
+        error = ConfigError(f"{name}: timing on a CPU under {world.size} ranks is refused: they share its cores, so each "
+                            "would time the others' load; run it as one process (python -m harness run ...), or add "
+                            "--set allow_cpu_multirank=true to time anyway (its tables then say the cores were shared)")
+        error.every_rank = True
+        raise error
+
+
+def shared_cores_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What every table says of rows timed by several ranks on one CPU (`allow_cpu_multirank`), or ''."""
+    shared = [r for r in rows if r.get("status") == "ok" and r.get("device_type") == "cpu" and (r.get("world_size") or 1) > 1]
+    if not shared:
+        return ""
+    sizes = " or ".join(str(n) for n in sorted({int(r["world_size"]) for r in shared}))
+    return (f"timed under shared cores: {len(shared)} of these points were timed while {sizes} ranks ran on this CPU at "
+            "once (allow_cpu_multirank), so each time includes the other ranks' load; time them as one process to compare")
+
+
+def mark_shared_cores(report: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Put `shared_cores_note` first in the report's notes and in every table's."""
+    note = shared_cores_note(rows)
+    if note:
+        for notes in [report.notes, *(table.notes for table in report.tables)]:
+            if note not in notes:
+                notes.insert(0, note)
 
 
 def resolve_context(preset: str, batch: int, image_size: int | None, measurement: Measurement | None) -> RunContext:

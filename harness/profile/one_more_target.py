@@ -28,8 +28,8 @@ from ..plots import plt
 from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_manifest, write_report
 from ..runtime import autocast
 from ..schema import Kind, Measurement, ModelName, Positive, PresetName, RunOptions, Spec
-from .kinds import CostSpec
-from .measure import FlopCounter, ModelCache, RunContext, measure_call, resolve_context, synthetic_views
+from .kinds import CostSpec, SharedCores
+from .measure import FlopCounter, ModelCache, RunContext, measure_call, refuse_shared_cores, resolve_context, synthetic_views
 from .report import blank_missing, exponents, growth_exponent, noisy_note
 
 MIB = 2 ** 20
@@ -42,7 +42,7 @@ class CountedAt(Spec):
     preset: PresetName = "paper"
 
 
-class OneMoreTargetSpec(CostSpec):
+class OneMoreTargetSpec(CostSpec, SharedCores):
     kind: Literal["profile_one_more_target"]
     # Every registered variant by default: each answers the encode-once API, with a state or without.
     models: list[ModelName] = Field(default_factory=list_models, min_length=1)
@@ -88,6 +88,7 @@ def _state_columns(name: str, state: Any) -> dict[str, Any]:
 def run_one_more_target(spec: OneMoreTargetSpec, options: RunOptions) -> list[dict[str, Any]]:
     counted = resolve_context(spec.flops.preset, spec.batch, spec.image_size, None)
     timed = resolve_context(spec.preset, spec.batch, spec.image_size, spec.measure)
+    refuse_shared_cores(spec.name, timed.device, spec.allow_cpu_multirank)
     b = spec.batch
     points = [counted.point(part="flops", model=name, n_input=n, batch=b)
               for n in sorted(spec.n_inputs) for name in spec.models]

@@ -30,8 +30,8 @@ from models import build_model, label
 from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_manifest, write_report
 from ..provenance import environment
 from ..schema import ExperimentBase, Kind, ModelName, ModelRef, Positive, PositiveFloat, PresetName, Published, RunOptions, Spec
-from .kinds import released_variants
-from .measure import synthetic_views
+from .kinds import SharedCores, released_variants
+from .measure import mark_shared_cores, refuse_shared_cores, synthetic_views
 
 MIB = 2 ** 20
 
@@ -50,7 +50,7 @@ class CopiedReference(Spec):
     mib: PositiveFloat
 
 
-class OpProfileSpec(ExperimentBase):
+class OpProfileSpec(ExperimentBase, SharedCores):
     kind: Literal["op_profile"]
     models: list[ModelName] = Field(default_factory=released_variants, min_length=1)
     preset: PresetName = "small"
@@ -164,6 +164,7 @@ def op_profile_report(spec: OpProfileSpec, rows: list[dict[str, Any]]) -> Report
 
 
 def run_op_profile(spec: OpProfileSpec, options: RunOptions) -> list[dict[str, Any]]:
+    refuse_shared_cores(spec.name, torch.device("cpu"), spec.allow_cpu_multirank)
     threads = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
     try:
@@ -175,8 +176,12 @@ def run_op_profile(spec: OpProfileSpec, options: RunOptions) -> list[dict[str, A
                   for name in spec.models for n in spec.n_inputs for m in spec.n_targets]
         sweep.run(points, lambda point: measure_point(spec, point),
                   lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}", options.progress)
+        if not sweep.world.is_main:
+            return []
         rows = sweep.rows(points)
-        write_report(op_profile_report(spec, rows), sweep.out_dir)
+        report = op_profile_report(spec, rows)
+        mark_shared_cores(report, rows)
+        write_report(report, sweep.out_dir)
         return rows
     finally:
         torch.set_num_threads(threads)

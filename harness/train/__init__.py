@@ -2,7 +2,7 @@
 convergence study (experiment kinds `train` and `convergence` in `kinds`, their tables in `summary`, their
 figures in `figures`)."""
 from .config import ConvergenceExperiment, OptimSpec, TrainData, TrainExperiment, TrainSpec
-from .distributed import World, init_world
+from ..distributed import World, init_world
 from .loop import RunResult, read_log, train_model
 from .optim import build_optimizer, lr_factor, parameter_groups
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .config import TrainData
-from .distributed import World
+from ..distributed import World
 
 TENSOR_KEYS = ("input_images", "input_c2w", "input_fxfycxcy", "target_images", "target_c2w", "target_fxfycxcy")
 

@@ -4,7 +4,10 @@ drop and timing), and so are the camera-ignoring predictors every variant must b
 cost. A point trains in `runs/<variant>/` (checkpoint and training log), so an interrupted run resumes
 mid-training. The tables and figures are built in `summary` and `figures`.
 
-Both run as one process or under `torchrun` (every rank trains; rank 0 records and writes)."""
+Both run as one process or under `torchrun`: the runs (arms x seeds) go one after another, each trained
+by every rank together with DistributedDataParallel (each rank a share of every batch, the global batch
+`batch_size` x ranks); rank 0 records, validates, measures the arms' cost and writes. An `ablations`
+or `depth_study` experiment is a `convergence` one and runs the same way."""
 from __future__ import annotations
 
 import logging
@@ -21,7 +24,7 @@ from ..provenance import environment
 from ..runtime import resolve_device
 from ..schema import Kind, RunOptions
 from .config import Arm, ConvergenceExperiment, TrainExperiment, settings_dict
-from .distributed import close_world, init_world
+from ..distributed import current_world
 from .figures import save_renders
 from .loop import train_model
 from .summary import SUMMARY_COLUMNS, convergence_report, final_columns, provenance
@@ -83,106 +86,101 @@ def unavailable(arm: Arm) -> str:
 
 
 def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataFrame | None:
-    world = init_world(exp.train.device)
-    try:
-        # Every row names the machine, also those of the predictors and costs (not only the trained runs).
-        sweep = Sweep(exp.results_dir(), exp.name, writer=world.is_main, context=environment(resolve_device(exp.train.device)))
-        skipped = [reason for reason in map(unavailable, exp.study_arms()) if reason]
-        for reason in skipped:
-            print(f"{exp.name}: {reason}")
-        arms, seeds = [arm for arm in exp.study_arms() if not unavailable(arm)], exp.run_seeds()
-        by_name = {arm.name: arm for arm in arms}
-        run_dirs = {(arm.name, seed): exp.run_dir(arm.name, seed) for arm in arms for seed in seeds}
-        trivial_point = {"trivial": exp.data.model_dump(), "sigmas": list(exp.blur_sigmas)}
-        # Seed-major: every arm's first seed is trained before any second seed.
-        train_points = [{"arm": arm.name, "model": arm.model, "seed": seed,
-                         "settings": settings_dict(exp.model_spec(arm), exp.data, exp.optim, exp.train_spec(arm, seed))}
-                        for seed in seeds for arm in arms]
-        cost_points = [{"cost": arm.name, "model": arm.model, "config": exp.model_spec(arm).model_dump(),
-                        "at": exp.cost.model_dump()} for arm in arms]
-        points = [trivial_point, *train_points, *cost_points]
-        if world.is_main:
-            write_manifest(sweep.out_dir, exp, {"world_size": world.size})
-            write_validation_index(exp, sweep.out_dir)
+    world = current_world()
+    # Every row names the machine, also those of the predictors and costs (not only the trained runs).
+    sweep = Sweep(exp.results_dir(), exp.name, together=True, context=environment(resolve_device(exp.train.device)))
+    skipped = [reason for reason in map(unavailable, exp.study_arms()) if reason]
+    for reason in skipped if world.is_main else ():
+        print(f"{exp.name}: {reason}")
+    arms, seeds = [arm for arm in exp.study_arms() if not unavailable(arm)], exp.run_seeds()
+    by_name = {arm.name: arm for arm in arms}
+    run_dirs = {(arm.name, seed): exp.run_dir(arm.name, seed) for arm in arms for seed in seeds}
+    trivial_point = {"trivial": exp.data.model_dump(), "sigmas": list(exp.blur_sigmas)}
+    # Seed-major: every arm's first seed is trained before any second seed.
+    train_points = [{"arm": arm.name, "model": arm.model, "seed": seed,
+                     "settings": settings_dict(exp.model_spec(arm), exp.data, exp.optim, exp.train_spec(arm, seed))}
+                    for seed in seeds for arm in arms]
+    cost_points = [{"cost": arm.name, "model": arm.model, "config": exp.model_spec(arm).model_dump(),
+                    "at": exp.cost.model_dump()} for arm in arms]
+    points = [trivial_point, *train_points, *cost_points]
+    if world.is_main:
+        write_manifest(sweep.out_dir, exp)
+        write_validation_index(exp, sweep.out_dir)
 
-        def measure(point: dict[str, Any]) -> dict[str, Any]:
-            if "trivial" in point:
-                from .data import evaluation_split, open_sources
-                split = evaluation_split(open_sources(exp.data)[1], exp.data, batch_size=max(exp.train.batch_size, 8))
-                return {"predictors": trivial_baselines(split, exp.blur_sigmas)}
-            if "cost" in point:
-                return measure_cost(exp, point["cost"]) if world.is_main else {}
-            arm, seed = by_name[point["arm"]], point["seed"]
-            result = train_model(exp.model_spec(arm), exp.data, exp.optim, exp.train_spec(arm, seed), run_dirs[arm.name, seed],
-                                 world=world, progress=options.progress, label=f"{arm.name} seed {seed}")
+    def measure(point: dict[str, Any]) -> dict[str, Any]:
+        if "trivial" in point:
             if not world.is_main:
                 return {}
-            if seed == seeds[0]:
-                save_renders(sweep.out_dir / f"renders_{arm.name}.png", result)
-            columns = final_columns(result)
-            log.info("%s seed %d: final PSNR %.2f dB, SSIM %.3f, pose-swap drop %.2f dB, %.0f s training", arm.name, seed,
-                     columns["final_psnr"], columns["final_ssim"], columns["pose_swap_drop_db"], columns["seconds"])
-            return columns
-
-        def label_of(point: dict[str, Any]) -> str:
-            if "trivial" in point:
-                return "camera-ignoring predictors"
-            return f"cost {point['cost']}" if "cost" in point else f"{point['arm']} seed {point['seed']}"
-
-        sweep.run(points, measure, label_of, options.progress, unit="run")
+            from .data import evaluation_split, open_sources
+            split = evaluation_split(open_sources(exp.data)[1], exp.data, batch_size=max(exp.train.batch_size, 8))
+            return {"predictors": trivial_baselines(split, exp.blur_sigmas)}
+        if "cost" in point:
+            return measure_cost(exp, point["cost"]) if world.is_main else {}
+        arm, seed = by_name[point["arm"]], point["seed"]
+        result = train_model(exp.model_spec(arm), exp.data, exp.optim, exp.train_spec(arm, seed), run_dirs[arm.name, seed],
+                             world=world, progress=options.progress, label=f"{arm.name} seed {seed}")
         if not world.is_main:
-            return None
-        rows = sweep.rows(points)
-        trivial = next((r["predictors"] for r in rows if "trivial" in r and r["status"] == "ok"), {})
-        finals = [r for r in rows if "arm" in r and r["status"] == "ok"]
-        costs = {r["cost"]: r for r in rows if "cost" in r and r["status"] == "ok"}
-        report, summary = convergence_report(exp, finals, trivial, costs, run_dirs)
-        report.notes[:0] = [f"failed: {label_of(r)}: {r['error']}" for r in rows if r["status"] != "ok"] + skipped
-        missing = len(train_points) - len(finals)
-        if missing:
-            report.notes.insert(0, f"{missing} of {len(train_points)} runs not finished yet (rerun to resume)")
-        elif exp.ship_weights:  # every run finished: the shipped weights are this study's
-            shipped = ship({arm.name: run_dirs[arm.name, seeds[0]] / "checkpoint.pt" for arm in arms}, exp.ship_weights,
-                           trained_by=f"{exp.source_file or exp.name} (first seed)", dtype=exp.ship_dtype)
-            report.notes.append(f"weights shipped in {exp.ship_weights}/ (weights only, sha256 in its manifest.json)"
-                                + (f"; refreshed: {', '.join(p.name for p in shipped)}" if shipped else ""))
-        write_report(report, sweep.out_dir)
-        return summary
-    finally:
-        close_world(world)
+            return {}
+        if seed == seeds[0]:
+            save_renders(sweep.out_dir / f"renders_{arm.name}.png", result)
+        columns = final_columns(result)
+        log.info("%s seed %d: final PSNR %.2f dB, SSIM %.3f, pose-swap drop %.2f dB, %.0f s training", arm.name, seed,
+                 columns["final_psnr"], columns["final_ssim"], columns["pose_swap_drop_db"], columns["seconds"])
+        return columns
+
+    def label_of(point: dict[str, Any]) -> str:
+        if "trivial" in point:
+            return "camera-ignoring predictors"
+        return f"cost {point['cost']}" if "cost" in point else f"{point['arm']} seed {point['seed']}"
+
+    sweep.run(points, measure, label_of, options.progress, unit="run")
+    if not world.is_main:
+        return None
+    rows = sweep.rows(points)
+    trivial = next((r["predictors"] for r in rows if "trivial" in r and r["status"] == "ok"), {})
+    finals = [r for r in rows if "arm" in r and r["status"] == "ok"]
+    costs = {r["cost"]: r for r in rows if "cost" in r and r["status"] == "ok"}
+    report, summary = convergence_report(exp, finals, trivial, costs, run_dirs)
+    report.notes[:0] = [f"failed: {label_of(r)}: {r['error']}" for r in rows if r["status"] != "ok"] + skipped
+    missing = len(train_points) - len(finals)
+    if missing:
+        report.notes.insert(0, f"{missing} of {len(train_points)} runs not finished yet (rerun to resume)")
+    elif exp.ship_weights:  # every run finished: the shipped weights are this study's
+        shipped = ship({arm.name: run_dirs[arm.name, seeds[0]] / "checkpoint.pt" for arm in arms}, exp.ship_weights,
+                       trained_by=f"{exp.source_file or exp.name} (first seed)", dtype=exp.ship_dtype)
+        report.notes.append(f"weights shipped in {exp.ship_weights}/ (weights only, sha256 in its manifest.json)"
+                            + (f"; refreshed: {', '.join(p.name for p in shipped)}" if shipped else ""))
+    write_report(report, sweep.out_dir)
+    return summary
 
 
 # ------------------------------------------------------------------------------------------ train
 
 
 def run_train(exp: TrainExperiment, options: RunOptions) -> dict[str, Any] | None:
-    world = init_world(exp.train.device)
-    try:
-        sweep = Sweep(exp.results_dir(), exp.name, writer=world.is_main)
-        name = exp.model.name
-        point = {"variant": name, "settings": settings_dict(exp.model, exp.data, exp.optim, exp.train)}
-        if world.is_main:
-            write_manifest(sweep.out_dir, exp, {"world_size": world.size})
+    world = current_world()
+    sweep = Sweep(exp.results_dir(), exp.name, together=True)
+    name = exp.model.name
+    point = {"variant": name, "settings": settings_dict(exp.model, exp.data, exp.optim, exp.train)}
+    write_manifest(sweep.out_dir, exp)
 
-        def measure(point: dict[str, Any]) -> dict[str, Any]:
-            result = train_model(exp.model, exp.data, exp.optim, exp.train, sweep.out_dir, world=world,
-                                 progress=options.progress, label=name)
-            return final_columns(result) if world.is_main else {}
+    def measure(point: dict[str, Any]) -> dict[str, Any]:
+        result = train_model(exp.model, exp.data, exp.optim, exp.train, sweep.out_dir, world=world,
+                             progress=options.progress, label=name)
+        return final_columns(result) if world.is_main else {}
 
-        sweep.run([point], measure, lambda p: name, options.progress, unit="run")
-        if not world.is_main:
-            return None
-        row = sweep.rows([point])[0]
-        if row["status"] != "ok":
-            log.error("%s: training failed: %s", name, row["error"])
-            return row
-        frame = pd.DataFrame([{k: row[k] for k in ("variant", *SUMMARY_COLUMNS[1:5], "pose_swap_drop_db", "params", "loss")
-                               if k in row}])
-        write_report(Report(f"{exp.name}: {label(name)}", provenance([row], exp),  # type: ignore[arg-type]
-                            [Table("final", f"{exp.name}: final validation", frame)]), sweep.out_dir)
+    sweep.run([point], measure, lambda p: name, options.progress, unit="run")
+    if not world.is_main:
+        return None
+    row = sweep.rows([point])[0]
+    if row["status"] != "ok":
+        log.error("%s: training failed: %s", name, row["error"])
         return row
-    finally:
-        close_world(world)
+    frame = pd.DataFrame([{k: row[k] for k in ("variant", *SUMMARY_COLUMNS[1:5], "pose_swap_drop_db", "params", "loss")
+                           if k in row}])
+    write_report(Report(f"{exp.name}: {label(name)}", provenance([row], exp),  # type: ignore[arg-type]
+                        [Table("final", f"{exp.name}: final validation", frame)]), sweep.out_dir)
+    return row
 
 
 TRAIN = Kind(TrainExperiment, run_train, "train one model, resumable from its checkpoint")

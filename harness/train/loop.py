@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from models import build_model
+from ..distributed import World
 from ..errors import CheckpointError, ConfigError
 from ..provenance import environment
 from ..records import RecordStore
@@ -23,7 +24,6 @@ from ..runtime import autocast, default_dtype, resolve_device
 from ..schema import ModelRef
 from .config import OptimSpec, TrainData, TrainSpec, settings_defaults, settings_dict
 from .data import EvalSplit, evaluation_split, open_sources, to_device, training_batches
-from .distributed import World, barrier, rank_device
 from .loss import ReconstructionLoss
 from .optim import build_optimizer, build_scheduler
 from .repa import RepaTerm
@@ -85,7 +85,7 @@ def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: 
     out_dir = Path(out_dir)
     if train.threads:
         torch.set_num_threads(train.threads)
-    device = rank_device(world, resolve_device(train.device))
+    device = resolve_device(train.device)
     dtype = default_dtype(device) if train.dtype == "auto" else train.dtype
     settings = settings_dict(model_spec, data, optim, train)
 
@@ -135,14 +135,14 @@ def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: 
             result = evaluate_model(model, split, device, dtype)
             log.append({"kind": "val", "step": step, "seconds": train_seconds, "examples": examples_seen, **result})
             bar.set_postfix_str(f"val psnr {result['psnr']:.2f}", refresh=False)
-        barrier(world)
+        world.barrier()
 
     def save() -> None:
         if world.is_main:
             save_state(checkpoint, model=model, preset=model_spec.preset, optimizer=optimizer, scheduler=scheduler,
                        step=step, examples_seen=examples_seen, train_seconds=train_seconds, settings=settings,
                        modules={"repa_projector": repa.projector} if repa is not None else None)
-        barrier(world)
+        world.barrier()
 
     end = train.steps if stop_after is None else min(train.steps, stop_after)
     bar = tqdm(total=train.steps, initial=step, desc=label or model_spec.name, disable=not (progress and world.is_main),

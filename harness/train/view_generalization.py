@@ -158,6 +158,8 @@ def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -
                 "train_n_input": train_n}
 
     sweep.run(points, measure, lambda p: f"{p['variant']} N={p['n_input']} {p['mode']}", options.progress)
+    if not sweep.world.is_main:
+        return []
     rows = sweep.rows(points)
     write_report(view_report(spec, trained, rows, train_n), sweep.out_dir)
     return rows
