@@ -256,6 +256,13 @@ def test_rebuilding_from_the_same_records_rewrites_no_file(site, recorded):
     assert [p.name for p, t in before.items() if p.stat().st_mtime_ns != t] == []
 
 
+def test_a_page_whose_experiment_is_gone_is_removed_on_rebuild(site, recorded):
+    (site / "removed_study.html").write_text("<!DOCTYPE html><title>gone</title>")
+    build_site(*recorded)
+    assert not (site / "removed_study.html").exists()
+    assert (site / "index.html").is_file() and (site / "eval.html").is_file()
+
+
 # ------------------------------------------------------------------------------------ compare
 
 

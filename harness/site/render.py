@@ -140,6 +140,11 @@ def write_site(experiments_dir: Path, results_root: Path, out: Path) -> Path:
         index=index, pages=pages, page_of_item=page_of_item, others=others, variants=variants(), current="index", **common))
     for page in [*pages, *others]:
         _write_if_changed(out / f"{page.slug}.html", env.get_template("experiment.html").render(page=page, current=page.slug, **common))
+    # A page whose experiment is gone (renamed or removed) would stay linked from nowhere and out of date.
+    written = {"index.html", *(f"{page.slug}.html" for page in [*pages, *others])}
+    for stale in out.glob("*.html"):
+        if stale.name not in written:
+            stale.unlink()
     for name in ASSETS:
         _write_if_changed(out / "assets" / name, resources.files("harness.site").joinpath("assets", name).read_text())
     return out / "index.html"
