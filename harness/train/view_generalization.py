@@ -127,11 +127,16 @@ def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -
                "trained": trained.model_dump(mode="json")}
               for v in spec.variants for mode in (("full", "kv_cache") if v in spec.kv_cache else ("full",)) for n in spec.n_inputs]
     models: dict[str, torch.nn.Module] = {}
+    batches_at: dict[int, list[dict[str, Any]]] = {}
 
     def batches(n: int) -> list[dict[str, Any]]:
-        examples = [make_example(source, source.index_of(name), views["context"], views["target"], trained.data.normalize)
-                    for name, views in index[n].items()]
-        return [collate(examples[i:i + spec.batch_size]) for i in range(0, len(examples), spec.batch_size)]
+        # Rendering a synthetic scene's views costs more than a small model's forward: every variant
+        # and mode at one N reads the same batches, so they are built once per N.
+        if n not in batches_at:
+            examples = [make_example(source, source.index_of(name), views["context"], views["target"], trained.data.normalize)
+                        for name, views in index[n].items()]
+            batches_at[n] = [collate(examples[i:i + spec.batch_size]) for i in range(0, len(examples), spec.batch_size)]
+        return batches_at[n]
 
     def measure(point: dict[str, Any]) -> dict[str, Any]:
         variant, n = point["variant"], point["n_input"]
