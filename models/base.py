@@ -52,6 +52,8 @@ class NVSModel(nn.Module):
     official_key_map: ClassVar[list[tuple[str, str]]] = []
     # Config depth field -> the state-dict prefix of the blocks it counts (read by `load_official`).
     depth_fields: ClassVar[dict[str, str]] = {}
+    # Channels per pixel of an input view's token features (read by `load_official` to find the patch size).
+    input_channels: ClassVar[int] = INPUT_CHANNELS
     # Where the target views' hidden states are (read by representation alignment, REPA): the module
     # list whose blocks output them, and where they sit in each block's output: "all" (the output is
     # the target tokens), "last" / "first" (the last / first P tokens of each sequence). None: nowhere.

@@ -44,6 +44,8 @@ def test_load_official_without_config_and_from_wrapped_file(name, tmp_path):
 def test_rays_match_fixture(name):
     f = load_fixture(name)
     for side in ("input", "target"):
+        if f"{side}_ray_o" not in f:  # a fixture may hold the input rays only
+            continue
         origin, direction = pixel_rays(f[f"{side}_c2w"], f[f"{side}_fxfycxcy"], 32, 32)
         assert (origin - f[f"{side}_ray_o"]).abs().max().item() <= 1e-6
         assert (direction - f[f"{side}_ray_d"]).abs().max().item() <= 1e-6
