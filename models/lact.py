@@ -48,6 +48,8 @@ class LaCTScene:
     fast_weights: list[FastWeights]
     height: int
     width: int
+    # Each block's gradient sums over the input tokens, kept only for `extend_scene`.
+    gradients: list[FastWeights] | None = None
 
     @property
     def batch(self) -> int:
@@ -162,26 +164,31 @@ class FastWeightLayer(nn.Module):
         """The queries alone (rendering needs no keys, values or learning rates)."""
         return self._unit(F.silu(F.linear(x, self.qkv.weight[: x.shape[-1]])))
 
-    def update(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> FastWeights:
-        """One step of the fast weights on a scene's input tokens x, k, v [b, L, dim]: the gradient of
-        the inner loss -v . f(k) for each weight, orthogonalised, added, and each weight's columns
-        brought back to the initial weights' norms."""
+    def gradients(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> FastWeights:
+        """The learning-rate-weighted gradients of the inner loss -v . f(k) for w0, w1, w2, summed over a
+        scene's input tokens x, k, v [b, L, dim] (at the initial weights: a sum over tokens, so over views)."""
         with _float32(x.device):
             lr = F.softplus(self.lr(x.float()) + self.base_lr_inv)
         lr0, lr1, lr2 = lr.chunk(3, dim=-1)  # [b, L, 1] each
-        b = x.shape[0]
-        w0, w1, w2 = (w.expand(b, -1, -1) for w in (self.w0, self.w1, self.w2))
+        w0, w1, w2 = self.initial(x.shape[0])
         gate = k @ w0
         up = k @ w2
         hidden = F.silu(gate) * up
         dhidden = v @ w1.transpose(-1, -2)
         dup = dhidden * F.silu(gate)
         dgate = silu_derivative_times(dhidden * up, gate)
-        step1 = newton_schulz((hidden * lr1).transpose(-1, -2) @ v, NEWTON_SCHULZ_STEPS)
-        step0 = newton_schulz((k * lr0).transpose(-1, -2) @ dgate, NEWTON_SCHULZ_STEPS)
-        step2 = newton_schulz((k * lr2).transpose(-1, -2) @ dup, NEWTON_SCHULZ_STEPS)
-        return tuple(self._renormalized(w + step, initial)
-                     for w, step, initial in ((w0, step0, self.w0), (w1, step1, self.w1), (w2, step2, self.w2)))
+        return ((k * lr0).transpose(-1, -2) @ dgate, (hidden * lr1).transpose(-1, -2) @ v,
+                (k * lr2).transpose(-1, -2) @ dup)
+
+    def step(self, gradients: FastWeights) -> FastWeights:
+        """The fast weights after one step: each gradient orthogonalised, added to the initial weight,
+        and the sum's columns brought back to the initial weight's column norms."""
+        initial = self.initial(gradients[0].shape[0])
+        return tuple(self._renormalized(w + newton_schulz(g, NEWTON_SCHULZ_STEPS), slow)
+                     for w, g, slow in zip(initial, gradients, (self.w0, self.w1, self.w2)))
+
+    def initial(self, batch: int) -> FastWeights:
+        return tuple(w.expand(batch, -1, -1) for w in (self.w0, self.w1, self.w2))
 
     @staticmethod
     def _renormalized(w: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
@@ -206,24 +213,29 @@ class LaCTBlock(nn.Module):
         self.mlp_norm = layer_norm(c.dim, affine=True)
         self.mlp = MLP(c.dim, c.mlp_ratio)
 
-    def forward(self, x: torch.Tensor, batch: int, weights: FastWeights | None = None,
-                finish: bool = True) -> tuple[torch.Tensor, FastWeights]:
+    def forward(self, x: torch.Tensor, batch: int, weights: FastWeights | None = None, finish: bool = True,
+                prior: FastWeights | None = None) -> tuple[torch.Tensor, FastWeights, FastWeights | None]:
         """x: [batch*views, P, dim], one view per row. Without `weights` (encoding input views), the
-        fast weights take their step on x's tokens and are returned; with them (rendering), they are
+        fast weights take their step on x's tokens, plus the gradient sums `prior` when given (views
+        encoded earlier), and are returned with the gradient sums; with them (rendering), they are
         applied as given. `finish=False` stops after the step: the last block's input tokens feed
         nothing else."""
         x = x + self.attn(self.attn_norm(x))
         rows, p, d = x.shape
         scene = self.fast_norm(x).reshape(batch, -1, d)
+        gradients = None
         if weights is None:
             q, k, v = self.fast.queries_keys_values(scene)
-            weights = self.fast.update(scene, k, v)
+            gradients = self.fast.gradients(scene, k, v)
+            if prior is not None:
+                gradients = tuple(old + new for old, new in zip(prior, gradients))
+            weights = self.fast.step(gradients)
             if not finish:
-                return x, weights
+                return x, weights, gradients
         else:
             q = self.fast.queries(scene)
         x = x + self.fast.apply_weights(weights, q).reshape(rows, p, d)
-        return x + self.mlp(self.mlp_norm(x)), weights
+        return x + self.mlp(self.mlp_norm(x)), weights, gradients
 
 
 @register("lact", card=ModelCard(
@@ -279,21 +291,41 @@ class LaCT(NVSModel):
                     nn.init.normal_(proj.weight, mean=0.0, std=std)
 
     # --- encode once, render many ----------------------------------------------------------
-    def encode_scene(self, input_images, input_c2w, input_fxfycxcy) -> LaCTScene:
-        """Input views [b, n, ...] -> each block's fast weights after their step on those views."""
+    def encode_scene(self, input_images, input_c2w, input_fxfycxcy, keep_gradients: bool = False) -> LaCTScene:
+        """Input views [b, n, ...] -> each block's fast weights after their step on those views
+        (with `keep_gradients`, also the gradient sums that `extend_scene` adds to)."""
         # The input checks of the call contract, with no target views.
         self.check_views(input_images, input_c2w, input_fxfycxcy, input_c2w[:, :0], input_fxfycxcy[:, :0])
-        return self._encode(input_images, input_c2w, input_fxfycxcy)
+        return self._encode(input_images, input_c2w, input_fxfycxcy, keep_gradients=keep_gradients)
 
-    def _encode(self, input_images, input_c2w, input_fxfycxcy) -> LaCTScene:
+    def extend_scene(self, state: LaCTScene, images, c2w, fxfycxcy) -> LaCTScene:
+        """An approximate state for the scene with views [b, k, ...] added, from the new views alone:
+        each block's gradient sums over the earlier views are kept and the new views' are added.
+
+        Not the state `encode_scene` builds from all the views, and not what LaCT was trained with:
+        from the second block on, the earlier views' tokens depend on the fast weights of the blocks
+        before, which adding a view changes, so their kept gradients are stale. Exact with one
+        block. LaCT's state is rebuilt when a view is added; this measures what skipping that costs."""
+        if state.gradients is None:
+            raise ValueError("extend_scene: the state keeps no gradient sums; encode it with keep_gradients=True")
+        self.check_views(images, c2w, fxfycxcy, c2w[:, :0], fxfycxcy[:, :0])
+        if images.shape[0] != state.batch or tuple(images.shape[-2:]) != (state.height, state.width):
+            raise ValueError(f"images: expected shape [{state.batch}, k, 3, {state.height}, {state.width}], "
+                             f"got {list(images.shape)}")
+        return self._encode(images, c2w, fxfycxcy, keep_gradients=True, prior=state.gradients)
+
+    def _encode(self, input_images, input_c2w, input_fxfycxcy, keep_gradients: bool = False,
+                prior: list[FastWeights] | None = None) -> LaCTScene:
         b, n, _, h, w = input_images.shape
         self.count_encoded_views(n)
         x = self.input_norm(self.input_tokenizer(lact_view_features(input_c2w, input_fxfycxcy, h, w, input_images)))
-        states = []
+        states, sums = [], []
         for index, block in enumerate(self.blocks):
-            x, weights = self.run_block(block, x, b, None, index < len(self.blocks) - 1)
+            x, weights, gradients = self.run_block(block, x, b, None, index < len(self.blocks) - 1,
+                                                   None if prior is None else prior[index])
             states.append(weights)
-        return LaCTScene(states, h, w)
+            sums.append(gradients)
+        return LaCTScene(states, h, w, sums if keep_gradients else None)
 
     def render_scene(self, state: LaCTScene, target_c2w, target_fxfycxcy) -> torch.Tensor:
         """Target views [b, m, ...] rendered from an encoded scene -> [b, m, 3, h, w]."""
@@ -310,7 +342,7 @@ class LaCT(NVSModel):
         b, m, h, w = state.batch, target_c2w.shape[1], state.height, state.width
         x = self.input_norm(self.target_tokens(target_c2w, target_fxfycxcy, h, w))
         for block, weights in zip(self.blocks, state.fast_weights):
-            x, _ = self.run_block(block, x, b, weights)
+            x, _, _ = self.run_block(block, x, b, weights)
         return self.head(x, h, w).reshape(b, m, RGB_CHANNELS, h, w)
 
     def forward(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy):

@@ -120,3 +120,21 @@ def test_one_more_target_view_costs_the_same_whatever_the_number_of_input_views(
     assert encode[2] - encode[1] == 2 * (encode[1] - encode[0])  # linear in the number of input views
     # Rendering from the state equals the forward minus the encoding.
     assert model.analytic_flops(8, 3).flops == encode[2] + model.render_flops(3).flops
+
+
+def test_an_incremental_fast_weight_update_is_exact_with_one_block_only():
+    """Adding a view's gradients to the kept ones reproduces the rebuilt state with one block; from
+    the second block on, the earlier views' tokens are stale and the render moves."""
+    images, ic, ik, tc, tk = random_views(1, 4, 2)
+    errors = {}
+    for depth in (1, 3):
+        torch.manual_seed(0)
+        model = build_model("lact", "tiny", depth=depth).eval()
+        with torch.no_grad():
+            rebuilt = model(images, ic, ik, tc, tk)
+            state = model.encode_scene(images[:, :3], ic[:, :3], ik[:, :3], keep_gradients=True)
+            state = model.extend_scene(state, images[:, 3:], ic[:, 3:], ik[:, 3:])
+            errors[depth] = (model.render_scene(state, tc, tk) - rebuilt).abs().max().item()
+    assert errors[1] <= 1e-4 and errors[3] > 1e-4, errors
+    with pytest.raises(ValueError, match="keeps no gradient sums"):
+        model.extend_scene(model.encode_scene(images, ic, ik), images[:, :1], ic[:, :1], ik[:, :1])
