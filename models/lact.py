@@ -113,10 +113,10 @@ class ViewAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, s, d))
 
 
-def newton_schulz(g: torch.Tensor, steps: int) -> torch.Tensor:
+def newton_schulz(g: torch.Tensor, steps: int, matmul=torch.matmul) -> torch.Tensor:
     """Approximate orthogonalisation of g [b, r, c] by the quintic Newton-Schulz iteration, in
     bfloat16 as the official code does it (the cast moves renders by about 6e-3, so it is part of the
-    model). Returns bfloat16."""
+    model). `matmul` multiplies the bfloat16 matrices (see `bfloat16_matmul`). Returns bfloat16."""
     a, b, c = NEWTON_SCHULZ_COEFFICIENTS
     x = g.bfloat16()
     tall = g.shape[1] > g.shape[2]
@@ -124,9 +124,26 @@ def newton_schulz(g: torch.Tensor, steps: int) -> torch.Tensor:
         x = x.transpose(1, 2)
     x = x / (x.norm(dim=(1, 2), keepdim=True) + 1e-7)
     for _ in range(steps):
-        gram = x @ x.transpose(1, 2)
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        gram = matmul(x, x.transpose(1, 2))
+        # (c * gram) @ gram, as Python reads the official `c * A @ A`: a different bfloat16 rounding from c * (A @ A).
+        x = a * x + matmul(b * gram + matmul(c * gram, gram), x)
     return x.transpose(1, 2) if tall else x
+
+
+def _float32_kernel_matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A product of bfloat16 matrices accumulated in float32 by the float32 kernel, rounded to bfloat16."""
+    return torch.matmul(x.float(), y.float()).bfloat16()
+
+
+def bfloat16_matmul(device: torch.device, training: bool):
+    """The bfloat16 products of the Newton-Schulz step. Both kernels take bfloat16 operands and
+    accumulate in float32; they differ only in the order of the sums. A CPU without bfloat16 units
+    runs PyTorch's bfloat16 batched matmul about 8x slower than float32 (forward, more in backward),
+    which would make a CPU training step of LaCT some 100x slower than the other variants'; so in
+    training mode on a CPU the float32 kernel does the sums. In eval mode the bfloat16 kernel does, as
+    in the official code, which reproduces its renders to the bit on the same machine. The step turns
+    any change in rounding into about 3e-3 in the renders (as a move to another device does)."""
+    return _float32_kernel_matmul if device.type == "cpu" and training else torch.matmul
 
 
 def silu_derivative_times(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -184,7 +201,8 @@ class FastWeightLayer(nn.Module):
         """The fast weights after one step: each gradient orthogonalised, added to the initial weight,
         and the sum's columns brought back to the initial weight's column norms."""
         initial = self.initial(gradients[0].shape[0])
-        return tuple(self._renormalized(w + newton_schulz(g, NEWTON_SCHULZ_STEPS), slow)
+        matmul = bfloat16_matmul(gradients[0].device, self.training)
+        return tuple(self._renormalized(w + newton_schulz(g, NEWTON_SCHULZ_STEPS, matmul), slow)
                      for w, g, slow in zip(initial, gradients, (self.w0, self.w1, self.w2)))
 
     def initial(self, batch: int) -> FastWeights:

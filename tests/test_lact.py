@@ -52,7 +52,7 @@ def test_the_newton_schulz_step_runs_in_bfloat16(monkeypatch):
     assert (render - f["render"]).abs().max().item() > 1e-3
 
 
-def _float32_newton_schulz(g, steps):
+def _float32_newton_schulz(g, steps, matmul=None):
     a, b, c = lact.NEWTON_SCHULZ_COEFFICIENTS
     tall = g.shape[1] > g.shape[2]
     x = g.transpose(1, 2) if tall else g
@@ -138,3 +138,18 @@ def test_an_incremental_fast_weight_update_is_exact_with_one_block_only():
     assert errors[1] <= 1e-4 and errors[3] > 1e-4, errors
     with pytest.raises(ValueError, match="keeps no gradient sums"):
         model.extend_scene(model.encode_scene(images, ic, ik), images[:, :1], ic[:, :1], ik[:, :1])
+
+
+def test_training_mode_on_a_cpu_sums_the_bfloat16_products_with_the_float32_kernel():
+    """Same bfloat16 operands, float32 sums in another order: the renders move by rounding only
+    (the fast-weight step amplifies it to about 1e-3), and eval mode is the official kernel again."""
+    f, model = _official()
+    views = (*_inputs(f), f["target_c2w"], f["target_fxfycxcy"])
+    with torch.no_grad():
+        trained_mode = model.train()(*views)
+        evaluated = model.eval()(*views)
+    assert (evaluated - f["render"]).abs().max().item() <= 1e-5
+    assert 0 < (trained_mode - f["render"]).abs().max().item() < 2e-2
+    x = torch.randn(3, 8, 16).bfloat16()
+    native, summed = x @ x.transpose(1, 2), lact.bfloat16_matmul(torch.device("cpu"), True)(x, x.transpose(1, 2))
+    assert summed.dtype == torch.bfloat16 and (native.float() - summed.float()).abs().max() <= 2 ** -7 * native.float().abs().max()
