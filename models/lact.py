@@ -135,15 +135,15 @@ def _float32_kernel_matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.matmul(x.float(), y.float()).bfloat16()
 
 
-def bfloat16_matmul(device: torch.device, training: bool):
-    """The bfloat16 products of the Newton-Schulz step. Both kernels take bfloat16 operands and
-    accumulate in float32; they differ only in the order of the sums. A CPU without bfloat16 units
-    runs PyTorch's bfloat16 batched matmul about 8x slower than float32 (forward, more in backward),
-    which would make a CPU training step of LaCT some 100x slower than the other variants'; so in
-    training mode on a CPU the float32 kernel does the sums. In eval mode the bfloat16 kernel does, as
-    in the official code, which reproduces its renders to the bit on the same machine. The step turns
-    any change in rounding into about 3e-3 in the renders (as a move to another device does)."""
-    return _float32_kernel_matmul if device.type == "cpu" and training else torch.matmul
+def bfloat16_matmul(device: torch.device, official_kernel: bool):
+    """The bfloat16 products of the Newton-Schulz step. Both kernels take bfloat16 operands, accumulate
+    in float32 and round the result to bfloat16; they differ only in the order of the sums. A CPU
+    without bfloat16 units runs PyTorch's bfloat16 batched matmul about 8x slower than float32 (16x a
+    whole small-preset forward pass, 100x a training step against the other variants'), so on a CPU
+    the float32 kernel does the sums unless `official_kernel` asks for the bfloat16 one, which
+    reproduces the official code's renders to the bit on the same machine. The step turns any change
+    in rounding into about 3e-3 in the renders, as a move to another device does."""
+    return torch.matmul if device.type != "cpu" or official_kernel else _float32_kernel_matmul
 
 
 def silu_derivative_times(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -168,6 +168,7 @@ class FastWeightLayer(nn.Module):
         self.out_norm = nn.RMSNorm(dim, eps=1e-5)
         self.proj = nn.Linear(dim, dim, bias=False)
         self.base_lr_inv = BASE_LR + math.log(-math.expm1(-BASE_LR))  # inverse softplus
+        self.official_kernel = False  # set by LaCT.use_official_kernel (see `bfloat16_matmul`)
 
     @staticmethod
     def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -201,7 +202,7 @@ class FastWeightLayer(nn.Module):
         """The fast weights after one step: each gradient orthogonalised, added to the initial weight,
         and the sum's columns brought back to the initial weight's column norms."""
         initial = self.initial(gradients[0].shape[0])
-        matmul = bfloat16_matmul(gradients[0].device, self.training)
+        matmul = bfloat16_matmul(gradients[0].device, self.official_kernel)
         return tuple(self._renormalized(w + newton_schulz(g, NEWTON_SCHULZ_STEPS, matmul), slow)
                      for w, g, slow in zip(initial, gradients, (self.w0, self.w1, self.w2)))
 
@@ -307,6 +308,14 @@ class LaCT(NVSModel):
             for block in self.blocks:
                 for proj in (block.attn.proj, block.fast.proj, block.mlp.fc_out):
                     nn.init.normal_(proj.weight, mean=0.0, std=std)
+
+    def use_official_kernel(self, official: bool = True) -> "LaCT":
+        """On a CPU, sum the Newton-Schulz step's bfloat16 products with PyTorch's bfloat16 kernel, as
+        the official code does (to the bit, and about 8x slower there), instead of the float32 one
+        (see `bfloat16_matmul`). No effect elsewhere: accelerators always use the bfloat16 kernel."""
+        for block in self.blocks:
+            block.fast.official_kernel = official
+        return self
 
     # --- encode once, render many ----------------------------------------------------------
     def encode_scene(self, input_images, input_c2w, input_fxfycxcy, keep_gradients: bool = False) -> LaCTScene:
