@@ -75,7 +75,7 @@ ablations: $(STAMP)  ## Efficient-LVSM ablation arms x 2 seeds (REPA needs REPA_
 OBJECTS_DIR ?=
 OBJECTS_SET ?= gso
 OBJECTS_FORMAT ?= lvsm_json
-table-objects: $(STAMP)  ## object-level table on a folder of posed renders (OBJECTS_DIR=, OBJECTS_SET=gso|abo, OBJECTS_FORMAT=, CHECKPOINTS=)
+table-objects: $(STAMP)  ## object-level table on a folder of posed renders (OBJECTS_DIR=, OBJECTS_SET=gso|abo, OBJECTS_FORMAT=lvsm_json|transforms_json|opencv_cameras, CHECKPOINTS=)
 	OBJECTS_DIR="$(OBJECTS_DIR)" $(PY) -m harness run experiments/table_objects.yaml --set card_table=objects_$(OBJECTS_SET) --set data.source=$(OBJECTS_FORMAT) $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(if $(SCENES),--set data.max_scenes=$(SCENES)) $(preset_flag)
 
 paper: $(STAMP)  ## every paper study that fits this machine (others skipped with one line each), then results/README.md and the site

@@ -73,6 +73,8 @@ class NVSModel(nn.Module):
     official_key_map: ClassVar[list[tuple[str, str]]] = []
     # Config depth field -> the state-dict prefix of the blocks it counts (read by `load_official`).
     depth_fields: ClassVar[dict[str, str]] = {}
+    # Channels per pixel of an input view's token features (read by `load_official` to find the patch size).
+    input_channels: ClassVar[int] = INPUT_CHANNELS
     # Where the target views' hidden states are (read by representation alignment, REPA): the module
     # list whose blocks output them, and where they sit in each block's output: "all" (the output is
     # the target tokens), "last" / "first" (the last / first P tokens of each sequence). None: nowhere.
@@ -134,18 +136,23 @@ class NVSModel(nn.Module):
         expect_finite(fxfycxcy, fxfycxcy_name)
 
     # --- encode once, render many ----------------------------------------------------------
-    def encode_scene(self, input_images, input_c2w, input_fxfycxcy) -> SceneState:
-        """The scene state of the input views (see the class docstring); checked as the forward pass checks them."""
+    def encode_scene(self, input_images, input_c2w, input_fxfycxcy, **options) -> SceneState:
+        """The scene state of the input views (see the class docstring); checked as the forward pass checks them.
+        `options` go to the variant's `build_scene` (e.g. what else its state should keep)."""
         b, n, h, w = self.check_inputs(input_images, input_c2w, input_fxfycxcy)
-        return SceneState(type(self).name, b, n, h, w, self.build_scene(input_images, input_c2w, input_fxfycxcy))
+        return SceneState(type(self).name, b, n, h, w, self.build_scene(input_images, input_c2w, input_fxfycxcy, **options))
 
     def render_scene(self, state: SceneState, target_c2w, target_fxfycxcy) -> torch.Tensor:
         """Render target views [b, m, ...] from `state` -> [b, m, 3, h, w], at the input views' size."""
-        if not isinstance(state, SceneState) or state.variant != type(self).name:
-            built = state.variant if isinstance(state, SceneState) else type(state).__name__
-            raise TypeError(f"{type(self).name}: render_scene needs a scene state from this variant's encode_scene, got {built}")
+        self.check_own_state(state, "render_scene")
         self.check_targets(target_c2w, target_fxfycxcy, state.batch)
         return self.render_from_scene(state.content, target_c2w, target_fxfycxcy, state.height, state.width)
+
+    def check_own_state(self, state: Any, caller: str) -> None:
+        """A state must come from this variant's `encode_scene`."""
+        if not isinstance(state, SceneState) or state.variant != type(self).name:
+            built = state.variant if isinstance(state, SceneState) else type(state).__name__
+            raise TypeError(f"{type(self).name}: {caller} needs a scene state from this variant's encode_scene, got {built}")
 
     def build_scene(self, input_images, input_c2w, input_fxfycxcy) -> Any:
         """A variant's scene-state content; without one (`scene_state` None), the input views themselves."""

@@ -11,7 +11,8 @@ class ModelConfig:
 
     Each variant reads its own depth fields: decoder-only LVSM `depth`; the encoder-decoder
     `encoder_depth`, `decoder_depth` and `n_latents`; Efficient-LVSM `stream_depth` blocks in each of
-    its two streams.
+    its two streams; LaCT `depth` blocks and `fast_weight_ratio`, the hidden width of its fast-weight
+    SwiGLU over `dim` (2 or 4 in the released scene models).
     `latent_init_std` is the std of the encoder-decoder's latent tokens at initialisation: 0.02 as
     in the official code; small from-scratch runs may raise it (see experiments/convergence.yaml).
     `image_size` is only the resolution the preset is profiled and trained at: no weight depends on
@@ -31,6 +32,7 @@ class ModelConfig:
     qk_norm: bool = True
     depth_init: bool = True
     latent_init_std: float = 0.02
+    fast_weight_ratio: int = 2
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -71,7 +73,8 @@ class ModelConfig:
         return replace(self, **overrides)
 
 
-# `paper` matches the official models (LVSM ICLR 2025; Efficient-LVSM ICLR 2026). `small` is sized so
+# `paper` matches the official models (LVSM ICLR 2025; Efficient-LVSM ICLR 2026; LaCT's released 24-block
+# scene model). `small` is sized so
 # that a 2-core CPU profiles a forward pass in well under a second at N=2; `tiny` is the fixtures' size.
 PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(),

@@ -46,3 +46,26 @@ def self_attention_block(sequences: int, seq_len: int, dim: int, ratio: int) -> 
     tokens = sequences * seq_len
     return (linear(tokens, dim, 3 * dim) + attention(seq_len, seq_len, dim).scaled(sequences)
             + linear(tokens, dim, dim) + mlp(tokens, dim, ratio))
+
+
+# LaCT's fast-weight layer: its products are functional matmuls (thop does not see them) and they are
+# what mixes information across views, so they are counted beside attention.
+
+
+def fast_weight_apply(tokens: int, dim: int, hidden: int) -> FlopEstimate:
+    """(silu(q w0) * (q w2)) w1 for `tokens` queries: three [dim x hidden] products per token."""
+    return FlopEstimate(0, 3 * tokens * dim * hidden)
+
+
+def newton_schulz(rows: int, cols: int, steps: int) -> FlopEstimate:
+    """Quintic Newton-Schulz on one [rows x cols] matrix, run on its wide orientation (r <= c):
+    per step X X^T (r r c), A A (r^3) and B X (r r c)."""
+    r, c = min(rows, cols), max(rows, cols)
+    return FlopEstimate(0, steps * (2 * r * r * c + r ** 3))
+
+
+def fast_weight_update(batch: int, tokens: int, dim: int, hidden: int, steps: int) -> FlopEstimate:
+    """One fast-weight step on `tokens` key/value pairs per batch element: k w0, k w2 and v w1^T, the
+    three gradients (each a [dim x tokens] by [tokens x hidden] product), and Newton-Schulz on each."""
+    per_scene = FlopEstimate(0, 6 * tokens * dim * hidden) + newton_schulz(dim, hidden, steps).scaled(3)
+    return per_scene.scaled(batch)

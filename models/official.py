@@ -24,6 +24,9 @@ OFFICIAL_CONFIG_KEYS = {
     "n_layer": "depth", "n_encoder_layers": "encoder_depth", "encoder_n_layer": "encoder_depth",
     "n_decoder_layers": "decoder_depth", "decoder_n_layer": "decoder_depth",
     "n_latent_vectors": "n_latents", "use_qk_norm": "qk_norm", "image_h": "image_size",
+    # LaCT's flat config
+    "dim": "dim", "layers": "depth", "attn_head_dim": "head_dim", "attn_qk_norm": "qk_norm",
+    "mlp_inter_multi": "mlp_ratio", "ttt_inter_multi": "fast_weight_ratio",
 }
 
 
@@ -173,10 +176,10 @@ def config_from_weights(cls: type[NVSModel], state: Mapping[str, torch.Tensor]) 
     """Every size the weights determine (image size excepted: no weight depends on it)."""
     tokenizer = state.get("input_tokenizer.proj.weight")
     if tokenizer is None:
-        raise KeyError("load_official: missing key 'input_tokenizer.proj.weight' (official 'image_tokenizer.1.weight' "
-                       "or 'rgbp_tokenizer.1.weight'); is this a checkpoint of the named model?")
+        raise KeyError("load_official: missing key 'input_tokenizer.proj.weight' (official 'image_tokenizer.1.weight', "
+                       "'rgbp_tokenizer.1.weight' or 'input_linear.weight'); is this a checkpoint of the named model?")
     dim, fan_in = tokenizer.shape
-    sizes: dict[str, Any] = {"dim": int(dim), "patch_size": round((fan_in / 9) ** 0.5)}
+    sizes: dict[str, Any] = {"dim": int(dim), "patch_size": round((fan_in / cls.input_channels) ** 0.5)}
     for field, prefix in cls.depth_fields.items():
         sizes[field] = _block_count(state, prefix)
     block = next(iter(cls.depth_fields.values()))
@@ -187,6 +190,9 @@ def config_from_weights(cls: type[NVSModel], state: Mapping[str, torch.Tensor]) 
     fc_in = state.get(f"{block}.0.mlp.fc_in.weight")
     if fc_in is not None:
         sizes["mlp_ratio"] = int(fc_in.shape[0] // dim)
+    fast_w0 = state.get(f"{block}.0.fast.w0")
+    if fast_w0 is not None:
+        sizes["fast_weight_ratio"] = int(fast_w0.shape[-1] // dim)
     if "latents" in state:
         sizes["n_latents"] = int(state["latents"].shape[0])
     return sizes

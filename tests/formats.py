@@ -1,7 +1,8 @@
 """The on-disk capture formats, written by the tests from a known capture: RealEstate10K `.torch`
 chunks (JPEG bytes, normalised intrinsics, world-to-camera rows), LVSM's `metadata/<scene>.json` with
-PNGs, and a transforms.json (OpenGL camera axes) with PNGs. `edit` changes the JSON before it is
-written, so a test can plant one bad value in an otherwise valid file."""
+PNGs, a transforms.json (OpenGL camera axes) with PNGs, and LaCT's opencv_cameras.json with (RGBA)
+PNGs. `edit` changes the JSON before it is written, so a test can plant one bad value in an otherwise
+valid file."""
 from __future__ import annotations
 
 import io
@@ -118,4 +119,21 @@ def write_transforms(folder: Path, capture: Capture, intrinsics: str = "focal", 
     return folder
 
 
-WRITERS = {"re10k": write_re10k, "lvsm_json": write_lvsm, "transforms_json": write_transforms}
+def write_opencv_cameras(folder: Path, capture: Capture, alpha: torch.Tensor | None = None) -> Path:
+    """folder/opencv_cameras.json (LaCT's layout: a list of views with w, h, fx, fy, cx, cy, w2c,
+    file_path) and folder/renderings/NNNNNNNN_rgba.png; `alpha` [V, H, W] in [0, 1] makes them RGBA."""
+    (folder / "renderings").mkdir(parents=True)
+    views = []
+    for j in range(capture.views):
+        name = f"renderings/{j:08d}_rgba.png"
+        pixels = capture.images[j] if alpha is None else torch.cat([capture.images[j], alpha[j][None]])
+        (folder / name).write_bytes(image_bytes(pixels))
+        fx, fy, cx, cy = capture.k[j].tolist()
+        views.append({"w": capture.width, "h": capture.height, "fx": fx, "fy": fy, "cx": cx, "cy": cy,
+                      "w2c": torch.linalg.inv(capture.c2w[j]).tolist(), "file_path": name})
+    (folder / "opencv_cameras.json").write_text(json.dumps(views))
+    return folder
+
+
+WRITERS = {"re10k": write_re10k, "lvsm_json": write_lvsm, "transforms_json": write_transforms,
+           "opencv_cameras": write_opencv_cameras}

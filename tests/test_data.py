@@ -36,7 +36,7 @@ def surface_points(src, i: int, view: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_registry_names_every_source():
-    assert list_sources() == ["lvsm_json", "re10k", "synthetic_object", "synthetic_scene", "transforms_json"]
+    assert list_sources() == ["lvsm_json", "opencv_cameras", "re10k", "synthetic_object", "synthetic_scene", "transforms_json"]
     with pytest.raises(DataError, match="unknown; registered"):
         open_source("shapenet")
     with pytest.raises(DataError, match="unknown option 'frames'"):

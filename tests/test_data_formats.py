@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from conftest import assert_one_line
-from formats import WRITERS, Capture, image_bytes, random_capture, set_key, write_lvsm, write_re10k, write_transforms
+from formats import (WRITERS, Capture, image_bytes, random_capture, set_key, write_lvsm, write_opencv_cameras, write_re10k,
+                     write_transforms)
 from harness.data import DataError, evaluation_examples, open_source
 from harness.data.synthetic import SyntheticScenes
 
@@ -47,6 +48,8 @@ def test_every_format_loads_the_same_cameras_and_pixels(tmp_path, truth):
         "re10k": open_source("re10k", root=str(write_re10k(tmp_path / "re10k", capture)), image_size=S),
         "lvsm_json": open_source("lvsm_json", root=str(write_lvsm(tmp_path / "lvsm", capture)), image_size=S),
         "transforms_json": open_source("transforms_json", root=str(tmp_path / "tj"), image_size=S),
+        "opencv_cameras": open_source("opencv_cameras", root=str(write_opencv_cameras(tmp_path / "oc" / SCENE, capture).parent),
+                                      image_size=S),
     }
     # Where a pixel of the original frame lands after resize-to-height + centre crop.
     scale = S / H
@@ -69,6 +72,7 @@ def test_every_format_loads_the_same_cameras_and_pixels(tmp_path, truth):
         assert error < 0.04 and error < 0.7 * error_shifted, (name, error, error_shifted)
     lossless = [sources["lvsm_json"][0].images, sources["transforms_json"][0].images]
     assert torch.allclose(*lossless, atol=1e-6)
+    assert torch.allclose(sources["opencv_cameras"][0].images, lossless[0], atol=1e-6)
     assert (sources["re10k"][0].images - lossless[0]).abs().mean() < 0.02     # JPEG vs PNG
 
 
@@ -115,6 +119,48 @@ def test_loaded_images_are_resized_with_pil_lanczos_then_centre_cropped(tmp_path
         assert torch.equal(scene.images[0], torch.from_numpy(reference[:, left:left + SIZE]).permute(2, 0, 1)), protocol
     lvsm = open_source("transforms_json", root=str(root), image_size=SIZE).views(0, [0])
     assert torch.allclose(lvsm.fxfycxcy[0], torch.tensor([20 * 24 / 40, 20 * SIZE / 24, 12 * 24 / 40 - 4, 8 * SIZE / 24]))
+
+
+def test_opencv_cameras_resize_rgba_first_then_composite_on_white(tmp_path):
+    """LaCT's loader: LANCZOS on the RGBA image (cover, centre crop), then paste onto white with the
+    alpha as mask. Compositing first, as the other sources do, gives other edge pixels."""
+    capture = random_capture(views=1, size=24)
+    alpha = torch.zeros(1, 24, 24)
+    alpha[:, 6:18, 4:20] = 1.0
+    alpha[:, 6:18, 12] = 0.5
+    root = write_opencv_cameras(tmp_path / "obj", capture, alpha)
+    scene = open_source("opencv_cameras", root=str(root), image_size=SIZE)[0]
+    rgba = Image.open(root / "renderings" / "00000000_rgba.png")
+    assert rgba.mode == "RGBA"
+    resized = rgba.resize((SIZE, SIZE), Image.LANCZOS)
+    white = Image.new("RGB", resized.size, (255, 255, 255))
+    white.paste(resized, mask=resized.split()[-1])
+    expected = torch.from_numpy(np.asarray(white, dtype=np.float32) / 255).permute(2, 0, 1)
+    assert torch.equal(scene.images[0], expected)
+    assert scene.images[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0]                 # transparent -> white
+    flat = Image.new("RGB", rgba.size, (255, 255, 255))
+    flat.paste(rgba, mask=rgba.split()[-1])
+    composited_first = torch.from_numpy(np.asarray(flat.resize((SIZE, SIZE), Image.LANCZOS), dtype=np.float32) / 255)
+    assert (composited_first.permute(2, 0, 1) - scene.images[0]).abs().max() > 1 / 255
+    assert torch.allclose(scene.fxfycxcy[0], capture.k[0] * SIZE / 24)
+    assert torch.allclose(scene.c2w[0], capture.c2w[0], atol=1e-6)
+
+
+def test_opencv_cameras_bad_views_are_named(tmp_path):
+    root = write_opencv_cameras(tmp_path / "obj", random_capture(views=2))
+    views = json.loads((root / "opencv_cameras.json").read_text())
+    del views[1]["w2c"]
+    (root / "opencv_cameras.json").write_text(json.dumps(views))
+    with pytest.raises(DataError) as error:
+        open_source("opencv_cameras", root=str(root)).num_views(0)
+    assert_one_line(error, "opencv_cameras.json", "view 1", "missing key 'w2c'")
+    (root / "opencv_cameras.json").write_text(json.dumps({"frames": []}))
+    with pytest.raises(DataError) as error:
+        open_source("opencv_cameras", root=str(root)).num_views(0)
+    assert_one_line(error, "expected a non-empty JSON list of view objects")
+    with pytest.raises(DataError) as error:
+        open_source("opencv_cameras", root=str(tmp_path / "nothing"))
+    assert_one_line(error, "no opencv_cameras.json", "LaCT's layout")
 
 
 # --- bad input: one-line errors naming the file/scene and what was expected ---------------------------
@@ -277,6 +323,8 @@ def test_bad_source_options_are_named(name, options, option):
     ("lvsm_json", {"span": [0, 10]}, "span"),
     ("transforms_json", {"image_size": 0}, "image_size"),
     ("transforms_json", {"background": 2.0}, "background"),
+    ("opencv_cameras", {"image_size": 0}, "image_size"),
+    ("opencv_cameras", {"background": -1}, "background"),
 ])
 def test_bad_options_of_real_sources_are_named(tmp_path, name, options, option):
     root = WRITERS[name](tmp_path / "data", random_capture())

@@ -306,7 +306,7 @@ def test_table_objects_runs_on_a_folder_of_renders_with_the_published_object_row
     run_spec(experiment, RunOptions(preset="tiny", progress=False))
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     ours = summary[summary["weights"] == "random-init"]
-    assert list(ours["model"]) == ["lvsm_decoder_only", "lvsm_encoder_decoder", "efficient_lvsm"] and set(ours["scenes"]) == {2}
+    assert list(ours["model"]) == ["lvsm_decoder_only", "lvsm_encoder_decoder", "efficient_lvsm", "lact"] and set(ours["scenes"]) == {2}
     published = summary[summary["weights"] == "published"].set_index("model")
     assert published.loc["LVSM decoder-only", "psnr"] == 32.36 and published.loc["GS-LRM (GSO)", "psnr"] == 30.52
     assert "unverified" in published.loc["Efficient-LVSM", "source"]

@@ -17,6 +17,12 @@ OFFICIAL_PARAMS = {name: model_card(name).official_params for name in VARIANTS}
 REFERENCE = Path(__file__).parent / "fixtures"
 
 
+def official_kernels(model):
+    """A variant whose CPU kernels may differ from the official ones in rounding only (LaCT's bfloat16
+    Newton-Schulz sums) runs the official ones, so that renders compare to the bit."""
+    return model.use_official_kernel() if hasattr(model, "use_official_kernel") else model
+
+
 def _call(model, f):
     with torch.no_grad():
         return model(f["input_image"], f["input_c2w"], f["input_fxfycxcy"], f["target_c2w"], f["target_fxfycxcy"])
@@ -25,7 +31,7 @@ def _call(model, f):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_render_matches_official_fixture(name):
     f = load_fixture(name)
-    model = load_official(name, f["config"], f["state_dict"])
+    model = official_kernels(load_official(name, f["config"], f["state_dict"]))
     render = _call(model, f)
     assert render.shape == f["render"].shape
     assert (render - f["render"]).abs().max().item() <= 1e-5
@@ -37,13 +43,15 @@ def test_load_official_without_config_and_from_wrapped_file(name, tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"model": {f"module.{k}": v for k, v in f["state_dict"].items()}, "step": 7}, path)
     for model in (load_official(name, None, str(path)), load_official(name, path), load_official(name, f["state_dict"])):
-        assert (_call(model, f) - f["render"]).abs().max().item() <= 1e-5
+        assert (_call(official_kernels(model), f) - f["render"]).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_rays_match_fixture(name):
     f = load_fixture(name)
     for side in ("input", "target"):
+        if f"{side}_ray_o" not in f:  # a fixture may hold the input rays only
+            continue
         origin, direction = pixel_rays(f[f"{side}_c2w"], f[f"{side}_fxfycxcy"], 32, 32)
         assert (origin - f[f"{side}_ray_o"]).abs().max().item() <= 1e-6
         assert (direction - f[f"{side}_ray_d"]).abs().max().item() <= 1e-6

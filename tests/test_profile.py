@@ -216,6 +216,7 @@ kind: profile_kv_cache
 preset: tiny
 n_cached: [2, 4]
 n_targets: 2
+rebuild_models: [lact]
 {MEASURE}
 fit_min_n: 1
 output_dir: {tmp_path / 'kv'}
@@ -224,11 +225,16 @@ published:
   rows: [{{n: 2, cached_ms: 1.0, recompute_ms: 3.0}}, {{n: 4, cached_ms: 2.0, recompute_ms: 9.0}}]
 """)
     rows = run_experiment(kv, progress=False)
-    assert [(r["mode"], r["n_cached"]) for r in rows] == [("kv_cache", 2), ("recompute", 2), ("kv_cache", 4), ("recompute", 4)]
+    assert [(r["mode"], r["n_cached"]) for r in rows] == [("kv_cache", 2), ("recompute", 2), ("rebuild", 2),
+                                                          ("kv_cache", 4), ("recompute", 4), ("rebuild", 4)]
     assert all(r["status"] == "ok" for r in rows)
     cached = [r for r in rows if r["mode"] == "kv_cache"]
     assert cached[1]["kv_cache_mb"] == pytest.approx(2 * cached[0]["kv_cache_mb"])
-    assert "published speed-up" in (tmp_path / "kv" / "exp.md").read_text()
+    # LaCT's state is rebuilt (a forward over N+1 views); its incremental update renders otherwise.
+    rebuilt = [r for r in rows if r["mode"] == "rebuild"]
+    assert all(r["model"] == "lact" and 0 < r["incremental_max_abs"] < 1 and r["incremental_psnr_db"] > 20 for r in rebuilt)
+    text = (tmp_path / "kv" / "exp.md").read_text()
+    assert "published speed-up" in text and "LaCT incremental PSNR dB" in text and "rebuilt from all N+1 views" in text
     eff = _write(tmp_path, f"""
 kind: profile_efficiency
 preset: tiny
@@ -277,6 +283,8 @@ reference:
     ("kind: profile\nmeasure: {run: 3}\n", r"exp.yaml: measure.run: unknown key"),
     ("kind: profile_kv_cache\ncached_model: lvsm_decoder_only\n",
      r"exp.yaml: cached_model: 'lvsm_decoder_only' has no KV-cache renderer"),
+    ("kind: profile_kv_cache\nrebuild_models: [efficient_lvsm]\n",
+     r"exp.yaml: rebuild_models: .*'efficient_lvsm' has no approximate incremental update"),
     ("kind: profile\nmeasure: {device: gpu}\n", r"exp.yaml: measure.device: String should match pattern"),
     ("kind: profile\nn_inputs: []\n", r"exp.yaml: n_inputs: List should have at least 1 item"),
     ("kind: profile\nbatch: '2'\n", r"exp.yaml: batch: Input should be a valid integer \(got '2'\)"),

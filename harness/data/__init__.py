@@ -1,7 +1,7 @@
 """Multi-view data: procedural scenes and on-disk formats, all returned as Scenes in the models'
 convention (images [v,3,S,S] in [0,1], OpenCV c2w, pixel fxfycxcy), and the samplers that cut them
 into training/evaluation Examples."""
-from . import lvsm_json, re10k, synthetic, transforms_json  # noqa: F401  (importing registers the sources)
+from . import lvsm_json, opencv_cameras, re10k, synthetic, transforms_json  # noqa: F401  (importing registers the sources)
 from ..errors import DataError
 from .geometry import look_at, normalize_poses, opengl_to_opencv
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol

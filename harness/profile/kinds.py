@@ -6,7 +6,9 @@ and the report built from the recorded rows.
 - `profile_flops`: forward FLOPs over the grid, counted on the meta device beside the analytic formula
   (experiments/flops.yaml).
 - `profile_kv_cache`: adding views to N cached ones (Efficient-LVSM's KV cache) against recomputing
-  everything (LVSM decoder-only) (experiments/kv_cache.yaml).
+  everything (LVSM decoder-only), and against variants whose scene state is rebuilt when a view is
+  added (LaCT's fast weights), with how far an incremental update of that state is from the rebuilt
+  one (experiments/kv_cache.yaml).
 - `profile_efficiency`: the published efficiency table with our measurements beside it
   (experiments/efficiency_table.yaml).
 
@@ -17,6 +19,7 @@ counting FLOPs (`profile_flops`) times nothing and runs under any world.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Literal, Mapping
 
 import torch
@@ -93,7 +96,19 @@ class KVCacheSpec(CostSpec, SharedCores):
     n_cached: list[Positive] = Field(default=[4, 8, 16, 32, 48, 64], min_length=1)
     n_new: Positive = 1
     n_targets: Positive = 8
+    # Variants whose scene state is rebuilt from all N+1 views when one is added (the state of every
+    # view changes), each measured rebuilding, with the render error of its approximate incremental
+    # update (`extend_scene`) against the rebuilt state's render.
+    rebuild_models: list[ModelName] = []
     published: Published[KVCacheRow] | None = None
+
+    @field_validator("rebuild_models")
+    @classmethod
+    def _has_extension(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not hasattr(model_class(name), "extend_scene"):
+                raise ValueError(f"{name!r} has no approximate incremental update (`extend_scene`) to compare its rebuild with")
+        return names
 
     @field_validator("cached_model")
     @classmethod
@@ -238,8 +253,8 @@ def run_kv_cache(spec: KVCacheSpec, options: RunOptions) -> list[dict[str, Any]]
     spec, ctx = _context(spec, options)
     settings = spec.measure
     common = dict(n_new=spec.n_new, n_target=spec.n_targets, batch=spec.batch, measure=settings.key())
-    points = [ctx.point(model=model, mode=mode, n_cached=n, **common) for n in sorted(spec.n_cached)
-              for model, mode in ((spec.cached_model, "kv_cache"), (spec.baseline_model, "recompute"))]
+    arms = [(spec.cached_model, "kv_cache"), (spec.baseline_model, "recompute")] + [(name, "rebuild") for name in spec.rebuild_models]
+    points = [ctx.point(model=model, mode=mode, n_cached=n, **common) for n in sorted(spec.n_cached) for model, mode in arms]
     counter, models = FlopCounter(ctx.config), ModelCache(ctx.config, ctx.device)
     size, dev = ctx.image_size, ctx.device
 
@@ -250,6 +265,11 @@ def run_kv_cache(spec: KVCacheSpec, options: RunOptions) -> list[dict[str, Any]]
             flops = counter.forward(point["model"], n + new, m, b)
             views = synthetic_views(b, n + new, m, size, dev)
             return {**flops.columns(), "kv_cache_mb": None, **measure_call(lambda: model(*views), dev, ctx.dtype, settings)}
+        if point["mode"] == "rebuild":
+            flops = counter.forward(point["model"], n + new, m, b)
+            views = synthetic_views(b, n + new, m, size, dev)
+            return {**flops.columns(), "kv_cache_mb": None, **incremental_error(model, views, n, dev, ctx.dtype),
+                    **measure_call(lambda: model(*views), dev, ctx.dtype, settings)}
         flops = counter.incremental(point["model"], n, new, m, b)
         renderer = model.incremental(*target_views(b, m, size, dev), size, size)
         with torch.no_grad(), autocast(dev, ctx.dtype):
@@ -265,6 +285,21 @@ def run_kv_cache(spec: KVCacheSpec, options: RunOptions) -> list[dict[str, Any]]
 
     return _sweep_and_report(spec, ctx, points, measure, lambda p: f"{p['mode']} N={p['n_cached']}", options,
                              lambda rows, expected: report.kv_cache_report(spec, ctx, rows, expected))
+
+
+def incremental_error(model, views, n: int, device: torch.device, dtype: str) -> dict[str, float]:
+    """How far the render from the approximate incremental state (N views encoded, the rest added by
+    `extend_scene`) is from the render from the state rebuilt on all views: largest absolute pixel
+    difference and PSNR (dB) of the one against the other."""
+    images, c2w, fxfycxcy, target_c2w, target_fxfycxcy = views
+    with torch.no_grad(), autocast(device, dtype):
+        exact = model.render_scene(model.encode_scene(images, c2w, fxfycxcy), target_c2w, target_fxfycxcy).float()
+        state = model.encode_scene(images[:, :n], c2w[:, :n], fxfycxcy[:, :n], keep_gradients=True)
+        state = model.extend_scene(state, images[:, n:], c2w[:, n:], fxfycxcy[:, n:])
+        approx = model.render_scene(state, target_c2w, target_fxfycxcy).float()
+    mse = float((approx - exact).square().mean())
+    return {"incremental_max_abs": float((approx - exact).abs().max()),
+            "incremental_psnr_db": float("inf") if mse == 0 else -10 * math.log10(mse)}
 
 
 def run_efficiency(spec: EfficiencySpec, options: RunOptions) -> list[dict[str, Any]]:

@@ -467,9 +467,10 @@ class RunContext:
         """Provenance lines; the commit is the one the `rows` were measured at (a rerun that only
         rebuilds the tables from recorded rows must not relabel them with the current commit)."""
         c = self.config
-        size = (f"preset `{self.preset}` (dim {c.dim}, head dim {c.head_dim}, decoder-only depth {c.depth}, "
+        size = (f"preset `{self.preset}` (dim {c.dim}, head dim {c.head_dim}, decoder-only and LaCT depth {c.depth}, "
                 f"enc-dec {c.encoder_depth}+{c.decoder_depth} with {c.n_latents} latents, Efficient-LVSM "
-                f"{c.stream_depth}+{c.stream_depth}), {c.image_size}x{c.image_size} px, patch {c.patch_size}, batch {self.batch}")
+                f"{c.stream_depth}+{c.stream_depth}, LaCT fast weights {c.fast_weight_ratio}x), {c.image_size}x{c.image_size} px, "
+                f"patch {c.patch_size}, batch {self.batch}")
         if self.device.type == "meta":
             where = "counted: FlopCounterMode on the meta device (shapes only), forward pass, attention included"
         else:

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from models import label, list_models, model_card
+from models import label, list_models, model_card, model_class
 
 from ..pipeline import Report, Table, failure_notes, ok_frame
 from ..plots import legend_outside, plt
@@ -305,6 +305,14 @@ def kv_cache_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Rep
         f"cached: {label(spec.cached_model)} adds {spec.n_new} view(s) to a KV cache of N views, then renders "
         f"{spec.n_targets} targets; recompute: {label(spec.baseline_model)} renders the {spec.n_targets} targets "
         f"from all N+{spec.n_new} views",
+    ] + [
+        f"rebuild: {label(name)} keeps no cache that a view can be added to: its {model_class(name).scene_state} are "
+        f"rebuilt from all N+{spec.n_new} views (a forward pass); an incremental update (the new view's fast-weight "
+        "gradients added to those of the N views, `extend_scene`) is not exact from the second block on, since "
+        "the N views' tokens depend on the earlier blocks' fast weights, which the new view changes: "
+        f"'{label(name)} incremental PSNR dB' is its render against the rebuilt one (same weights)"
+        for name in spec.rebuild_models
+    ] + [
         "latency: median (IQR) of the timed runs after warm-up; GFLOPs: FlopCounterMode on meta, 2 x MAC, attention included",
     ] + failure_notes(rows, ["model", "mode", "n_cached"]) + _unmeasured(rows, expected)
     if spec.published:
@@ -332,6 +340,12 @@ def kv_cache_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Rep
     table["cached GFLOPs"] = [cached["gflops"].get(n) for n in ns]
     table["recompute GFLOPs"] = [full["gflops"].get(n) for n in ns]
     table["FLOPs ratio"] = table["recompute GFLOPs"] / table["cached GFLOPs"]
+    for name in spec.rebuild_models:
+        rebuilt = frame[(frame["mode"] == "rebuild") & (frame["model"] == name)].set_index("n_cached")
+        table[f"{label(name)} rebuild ms"] = [rebuilt["latency_ms"].get(n) for n in ns]
+        table[f"{label(name)} rebuild GFLOPs"] = [rebuilt["gflops"].get(n) for n in ns]
+        table[f"{label(name)} incremental PSNR dB"] = [rebuilt["incremental_psnr_db"].get(n) for n in ns]
+        table[f"{label(name)} incremental max abs"] = [rebuilt["incremental_max_abs"].get(n) for n in ns]
     table["KV cache MiB"] = [cached["kv_cache_mb"].get(n) for n in ns]
     table["cached peak MiB"] = [cached["peak_mem_mb"].get(n) for n in ns]
     table["recompute peak MiB"] = [full["peak_mem_mb"].get(n) for n in ns]
