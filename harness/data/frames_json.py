@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import DataError
+from .geometry import singular_frames
 
 
 def read_frames(path: Path, source: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -40,6 +41,15 @@ def pose_rows(frame: dict[str, Any], key: str, where: str, expected: str) -> tor
     if matrix.shape not in ((4, 4), (3, 4)):
         raise DataError(f"{where}: {key!r} has shape {tuple(matrix.shape)}; expected {expected}")
     return matrix[:3]
+
+
+def invertible_w2c(frame: dict[str, Any], where: str) -> torch.Tensor:
+    """The frame's world-to-camera matrix under 'w2c' (top 3x4 rows), refused when its rotation block
+    cannot be inverted."""
+    w2c = pose_rows(frame, "w2c", where, "a 4x4 (or 3x4) matrix")
+    if singular_frames(w2c):
+        raise DataError(f"{where}: 'w2c' has a singular rotation block; expected an invertible world-to-camera matrix")
+    return w2c
 
 
 def numbers(value: Any, key: str, where: str, expected: str) -> torch.Tensor:

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from .frames_json import numbers, pose_rows, read_frames, require_keys
-from .geometry import singular_frames, w2c_to_c2w
+from .frames_json import invertible_w2c, numbers, read_frames, require_keys
+from .geometry import w2c_to_c2w
 from .images import decode_image, square_scene
 from .registry import register_source
 from .scene import Scene
@@ -54,10 +54,7 @@ class LVSMJson(Source):
             if not (k[:2] > 0).all():
                 raise DataError(f"{where}: 'fxfycxcy' has focal lengths {k[:2].tolist()}; expected fx, fy > 0 pixels")
             ks.append(k)
-            w2c = pose_rows(frame, "w2c", where, "a 4x4 (or 3x4) matrix")
-            if singular_frames(w2c):
-                raise DataError(f"{where}: 'w2c' has a singular rotation block; expected an invertible world-to-camera matrix")
-            w2cs.append(w2c)
+            w2cs.append(invertible_w2c(frame, where))
         return frames, torch.stack(ks), w2c_to_c2w(torch.stack(w2cs))
 
     def _image_path(self, i: int, frame: dict[str, Any], where: str) -> Path:

@@ -18,8 +18,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-from .frames_json import numbers, pose_rows, require_keys
-from .geometry import singular_frames, w2c_to_c2w
+from .frames_json import invertible_w2c, numbers, require_keys
+from .geometry import w2c_to_c2w
 from .registry import register_source
 from .scene import Scene
 from .source import FAMILIES, LRU, Source, check_span, optional_size
@@ -69,10 +69,7 @@ class OpenCVCameras(Source):
             if not isinstance(view["file_path"], str):
                 raise DataError(f"{where}: 'file_path' is {view['file_path']!r}; expected a path relative to {path.parent}")
             ks.append(k)
-            w2c = pose_rows(view, "w2c", where, "a 4x4 (or 3x4) matrix")
-            if singular_frames(w2c):
-                raise DataError(f"{where}: 'w2c' has a singular rotation block; expected an invertible world-to-camera matrix")
-            w2cs.append(w2c)
+            w2cs.append(invertible_w2c(view, where))
         return views, torch.stack(ks), w2c_to_c2w(torch.stack(w2cs))
 
     def num_views(self, i: int) -> int:
