@@ -92,6 +92,12 @@ class Measurement(Spec):
         the deadline only decides which points are reached)."""
         return self.model_dump(exclude={"device", "dtype", "threads", "deadline_s"})
 
+    def eager_only(self, kind: str, why: str) -> "Measurement":
+        """For a kind that times code torch.compile does not wrap: `compile: true` is refused."""
+        if self.compile:
+            raise ValueError(f"compile: true is not supported by {kind} ({why})")
+        return self
+
 
 class ModelRef(Spec):
     """A registered variant at a preset with config overrides, or a checkpoint (ours, or an official

@@ -84,7 +84,8 @@ def config_dict(data: dict[str, Any]) -> Any:
 def _memory_efficient_attention(query, key, value, attn_bias=None, p=0.0, scale=None, op=None):
     """xformers' [batch, tokens, heads, head_dim] attention through torch SDPA ([batch, heads, tokens, head_dim])."""
     if attn_bias is not None:
-        raise NotImplementedError("the SDPA stand-in for xformers supports attn_bias=None only (all the official models use)")
+        raise ValueError(f"xformers stand-in: attn_bias={type(attn_bias).__name__} given; this SDPA route takes none, "
+                         "as every official LVSM-family model calls it")
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
     return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale).transpose(1, 2)

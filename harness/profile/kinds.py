@@ -122,9 +122,7 @@ class KVCacheSpec(CostSpec, SharedCores):
     def _eager_only(cls, measure: Measurement) -> Measurement:
         # The incremental renderer (cache concatenation, per-layer K/V) runs eagerly; rows marked
         # compiled would compare an eager cache against nothing compiled.
-        if measure.compile:
-            raise ValueError("compile: true is not supported by profile_kv_cache (the incremental renderer runs eagerly)")
-        return measure
+        return measure.eager_only("profile_kv_cache", "the incremental renderer runs eagerly")
 
 
 class EfficiencyRow(Spec):

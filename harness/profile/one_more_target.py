@@ -56,9 +56,7 @@ class OneMoreTargetSpec(CostSpec, SharedCores):
     @classmethod
     def _eager_only(cls, measure: Measurement) -> Measurement:
         # render_scene is timed as it is called (a compiled forward would not run through it).
-        if measure.compile:
-            raise ValueError("compile: true is not supported by profile_one_more_target (render_scene runs eagerly)")
-        return measure
+        return measure.eager_only("profile_one_more_target", "render_scene runs eagerly")
 
 
 def tensor_bytes(value: Any) -> int:
