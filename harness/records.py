@@ -88,10 +88,7 @@ class RecordStore:
             kept = [text if text.endswith("\n") else text + "\n"
                     for number, text in enumerate(handle, 1) if number not in numbers and text.strip()]
         # The side file first: a crash between the two writes leaves a line in both files, never in neither.
-        with self.side_file.open("a") as handle:
-            handle.writelines(text if text.endswith("\n") else text + "\n" for _, _, text in bad)
-            handle.flush()
-            os.fsync(handle.fileno())
+        self._to_side_file(bad)
         write_atomic(self.path, "".join(kept))
         self._reported.clear()
         log.warning("%s: %s moved to %s; %d rows kept, and a rerun measures again what %s held (to keep %s instead, "
@@ -99,6 +96,13 @@ class RecordStore:
                     "it" if len(bad) == 1 else "they", "it" if len(bad) == 1 else "them",
                     "it" if len(bad) == 1 else "them", "it" if len(bad) == 1 else "them", self.path.name)
         return len(bad)
+
+    def _to_side_file(self, bad) -> None:
+        """Append unreadable lines (as `_read` reports them) to the side file, on disk before returning."""
+        with self.side_file.open("a") as handle:
+            handle.writelines(text if text.endswith("\n") else text + "\n" for _, _, text in bad)
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def done_keys(self, statuses: Iterable[str] = ("ok",)) -> set[str]:
         wanted = set(statuses)
@@ -170,8 +174,7 @@ class RecordStore:
         same keys, and a key's latest row is the one read. Returns how many rows moved."""
         rows, bad = other._read()
         if bad:
-            with self.side_file.open("a") as handle:
-                handle.writelines(text if text.endswith("\n") else text + "\n" for _, _, text in bad)
+            self._to_side_file(bad)
             log.warning("%s: %s moved to %s (its rank was stopped while writing them); a rerun measures them again",
                         other.path, _describe(bad), self.side_file)
         self.extend(rows)
