@@ -94,6 +94,16 @@ class NVSModel(nn.Module):
         # verify that incremental inference never re-encodes a view.
         self.input_views_encoded = 0
 
+    def numerics(self, device: torch.device | str) -> dict[str, str]:
+        """Precision choices that change this model's numbers on `device` beyond its dtype (recorded in
+        every row that times or scores it); empty where there are none."""
+        return self.numerics_of(self.config, device)
+
+    @classmethod
+    def numerics_of(cls, config: ModelConfig, device: torch.device | str) -> dict[str, str]:
+        """`numerics` of a model of this variant with `config`, without building it."""
+        return {}
+
     def count_encoded_views(self, n: int) -> None:
         """Count n input views as encoded. Not under torch.compile: an int attribute that changes on
         every call is a guard that fails on every call, so the compiled model would recompile each

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -12,7 +12,11 @@ class ModelConfig:
     Each variant reads its own depth fields: decoder-only LVSM `depth`; the encoder-decoder
     `encoder_depth`, `decoder_depth` and `n_latents`; Efficient-LVSM `stream_depth` blocks in each of
     its two streams; LaCT `depth` blocks and `fast_weight_ratio`, the hidden width of its fast-weight
-    SwiGLU over `dim` (2 or 4 in the released scene models).
+    SwiGLU over each head's width (2 or 4 in the released scene models), `fast_weight_heads` fast-weight
+    heads splitting `dim` (one in every released model), and how its Newton-Schulz step computes:
+    `newton_schulz_dtype` (bfloat16, the official step; float32 for portable parity) and, on a CPU,
+    `bfloat16_kernel` (`native`: PyTorch's bfloat16 matmul as the official code; `float32`: the same
+    bfloat16 products summed by the float32 kernel; `auto`: native where the CPU has bfloat16 units).
     `latent_init_std` is the std of the encoder-decoder's latent tokens at initialisation: 0.02 as
     in the official code; small from-scratch runs may raise it (see experiments/convergence.yaml).
     `image_size` is only the resolution the preset is profiled and trained at: no weight depends on
@@ -33,10 +37,21 @@ class ModelConfig:
     depth_init: bool = True
     latent_init_std: float = 0.02
     fast_weight_ratio: int = 2
+    fast_weight_heads: int = 1
+    newton_schulz_dtype: str = "bfloat16"
+    bfloat16_kernel: str = "auto"
+
+    # Fields that take one of a few names.
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "newton_schulz_dtype": ("bfloat16", "float32"),
+        "bfloat16_kernel": ("auto", "native", "float32"),
+    }
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in self.CHOICES and value not in self.CHOICES[f.name]:
+                raise ValueError(f"ModelConfig.{f.name}: expected one of {', '.join(self.CHOICES[f.name])}, got {value!r}")
             if f.type in ("int", int) and (not isinstance(value, int) or isinstance(value, bool)):
                 raise TypeError(f"ModelConfig.{f.name}: expected an int, got {value!r}")
             if f.type in ("int", int) and value <= 0:
@@ -49,6 +64,8 @@ class ModelConfig:
                 object.__setattr__(self, f.name, float(value))
         if self.dim % self.head_dim:
             raise ValueError(f"ModelConfig.dim={self.dim} is not divisible by head_dim={self.head_dim}")
+        if self.dim % self.fast_weight_heads:
+            raise ValueError(f"ModelConfig.dim={self.dim} is not divisible by fast_weight_heads={self.fast_weight_heads}")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"ModelConfig.image_size={self.image_size} is not divisible by patch_size={self.patch_size}"

@@ -52,9 +52,9 @@ def self_attention_block(sequences: int, seq_len: int, dim: int, ratio: int) -> 
 # what mixes information across views, so they are counted beside attention.
 
 
-def fast_weight_apply(tokens: int, dim: int, hidden: int) -> FlopEstimate:
-    """(silu(q w0) * (q w2)) w1 for `tokens` queries: three [dim x hidden] products per token."""
-    return FlopEstimate(0, 3 * tokens * dim * hidden)
+def fast_weight_apply(tokens: int, heads: int, width: int, hidden: int) -> FlopEstimate:
+    """(silu(q w0) * (q w2)) w1 for `tokens` queries: three [width x hidden] products per token and head."""
+    return FlopEstimate(0, 3 * tokens * heads * width * hidden)
 
 
 def newton_schulz(rows: int, cols: int, steps: int) -> FlopEstimate:
@@ -64,8 +64,9 @@ def newton_schulz(rows: int, cols: int, steps: int) -> FlopEstimate:
     return FlopEstimate(0, steps * (2 * r * r * c + r ** 3))
 
 
-def fast_weight_update(batch: int, tokens: int, dim: int, hidden: int, steps: int) -> FlopEstimate:
-    """One fast-weight step on `tokens` key/value pairs per batch element: k w0, k w2 and v w1^T, the
-    three gradients (each a [dim x tokens] by [tokens x hidden] product), and Newton-Schulz on each."""
-    per_scene = FlopEstimate(0, 6 * tokens * dim * hidden) + newton_schulz(dim, hidden, steps).scaled(3)
-    return per_scene.scaled(batch)
+def fast_weight_update(batch: int, tokens: int, heads: int, width: int, hidden: int, steps: int) -> FlopEstimate:
+    """One fast-weight step on `tokens` key/value pairs per batch element, per head of `width`: k w0, k w2
+    and v w1^T, the three gradients (each a [width x tokens] by [tokens x hidden] product), and
+    Newton-Schulz on each [width x hidden] gradient (so more heads make a smaller step)."""
+    per_head = FlopEstimate(0, 6 * tokens * width * hidden) + newton_schulz(width, hidden, steps).scaled(3)
+    return per_head.scaled(batch * heads)

@@ -11,9 +11,11 @@ linear in the number of input views, and one more target view costs the same wha
 """
 from __future__ import annotations
 
+import functools
 import math
+import os
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -38,7 +40,7 @@ NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 LACT_PAPER = 'Zhang, Tan et al., "Test-Time Training Done Right" (LaCT), 2025'
 LACT_CODE = "github.com/a1600012888/LaCT, lact_nvs/ (MIT licence)"
 
-FastWeights = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # w0, w1, w2, each [b, ., .]
+FastWeights = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # w0, w1, w2, each [b, heads, ., .]
 
 
 @dataclass
@@ -113,12 +115,13 @@ class ViewAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, s, d))
 
 
-def newton_schulz(g: torch.Tensor, steps: int, matmul=torch.matmul) -> torch.Tensor:
-    """Approximate orthogonalisation of g [b, r, c] by the quintic Newton-Schulz iteration, in
-    bfloat16 as the official code does it (the cast moves renders by about 6e-3, so it is part of the
-    model). `matmul` multiplies the bfloat16 matrices (see `bfloat16_matmul`). Returns bfloat16."""
+def newton_schulz(g: torch.Tensor, steps: int, dtype: torch.dtype = torch.bfloat16, matmul=torch.matmul) -> torch.Tensor:
+    """Approximate orthogonalisation of g [b, r, c] by the quintic Newton-Schulz iteration, computed in
+    `dtype`: bfloat16 as the official code does it (the cast moves renders by about 6e-3, so it is part
+    of the model), float32 for a step whose rounding does not depend on the machine's bfloat16 kernel.
+    `matmul` multiplies the bfloat16 matrices (see `bfloat16_matmul`). Returns `dtype`."""
     a, b, c = NEWTON_SCHULZ_COEFFICIENTS
-    x = g.bfloat16()
+    x = g.to(dtype)
     tall = g.shape[1] > g.shape[2]
     if tall:
         x = x.transpose(1, 2)
@@ -135,15 +138,37 @@ def _float32_kernel_matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.matmul(x.float(), y.float()).bfloat16()
 
 
-def bfloat16_matmul(device: torch.device, official_kernel: bool):
+# oneDNN's ONEDNN_MAX_CPU_ISA values that keep the bfloat16 units (AVX512_CORE_BF16 and above).
+_BFLOAT16_ISAS = ("BF16", "AMX", "AVX10", "FP16", "ALL", "DEFAULT")
+
+
+@functools.cache
+def cpu_has_bfloat16_units() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX-512 BF16 or AMX, as PyTorch reads
+    them), and oneDNN may use them (ONEDNN_MAX_CPU_ISA does not cap it below AVX512_CORE_BF16)."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa and not any(tag in isa for tag in _BFLOAT16_ISAS):
+        return False
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolved_bfloat16_kernel(kernel: str, device: torch.device) -> str:
+    """`native` or `float32`: which kernel sums the bfloat16 products on `device` (see `bfloat16_matmul`)."""
+    if device.type != "cpu":
+        return "native"
+    if kernel == "auto":
+        return "native" if cpu_has_bfloat16_units() else "float32"
+    return kernel
+
+
+def bfloat16_matmul(device: torch.device, kernel: str = "auto"):
     """The bfloat16 products of the Newton-Schulz step. Both kernels take bfloat16 operands, accumulate
-    in float32 and round the result to bfloat16; they differ only in the order of the sums. A CPU
-    without bfloat16 units runs PyTorch's bfloat16 batched matmul about 8x slower than float32 (16x a
-    whole small-preset forward pass, 100x a training step against the other variants'), so on a CPU
-    the float32 kernel does the sums unless `official_kernel` asks for the bfloat16 one, which
-    reproduces the official code's renders to the bit on the same machine. The step turns any change
-    in rounding into about 3e-3 in the renders, as a move to another device does."""
-    return torch.matmul if device.type != "cpu" or official_kernel else _float32_kernel_matmul
+    in float32 and round the result to bfloat16; they differ only in the order of the sums, which the
+    step turns into about 3e-3 in the renders, as a move to another CPU does. On a CPU without
+    bfloat16 units PyTorch's bfloat16 batched matmul runs 3-8x slower than float32 (and slows a whole
+    training step far more), so there `auto` lets the float32 kernel do the sums; on a CPU with them,
+    and on accelerators, the native kernel is as fast or faster, and it is what the official code runs."""
+    return torch.matmul if resolved_bfloat16_kernel(kernel, device) == "native" else _float32_kernel_matmul
 
 
 def silu_derivative_times(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -153,30 +178,39 @@ def silu_derivative_times(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class FastWeightLayer(nn.Module):
-    """One fast-weight head over the full width: f(x) = (silu(x w0) * (x w2)) w1, with w0, w2
-    [dim, ratio*dim] and w1 [ratio*dim, dim] as initial (slow) weights."""
+    """Fast-weight heads, each f(x) = (silu(x w0) * (x w2)) w1 on its slice of the width: w0, w2
+    [heads, head_dim, ratio*head_dim] and w1 [heads, ratio*head_dim, head_dim] are the initial (slow)
+    weights. Everything per token or per weight (normalisation, learning rates, the step, Newton-Schulz,
+    the output RMSNorm) runs per head; the heads merge only in the output projection."""
 
-    def __init__(self, dim: int, ratio: int):
+    def __init__(self, dim: int, heads: int, ratio: int):
         super().__init__()
-        hidden = ratio * dim
+        self.heads, self.head_dim = heads, dim // heads
+        width, hidden = self.head_dim, ratio * self.head_dim
         gain = math.sqrt(2)
-        self.w0 = nn.Parameter(torch.randn(1, dim, hidden) * gain / math.sqrt(dim))
-        self.w1 = nn.Parameter(torch.randn(1, hidden, dim) * gain / math.sqrt(hidden))
-        self.w2 = nn.Parameter(torch.randn(1, dim, hidden) * gain / math.sqrt(dim))
+        self.w0 = nn.Parameter(torch.randn(heads, width, hidden) * gain / math.sqrt(width))
+        self.w1 = nn.Parameter(torch.randn(heads, hidden, width) * gain / math.sqrt(hidden))
+        self.w2 = nn.Parameter(torch.randn(heads, width, hidden) * gain / math.sqrt(width))
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.lr = nn.Linear(dim, 3)  # per-token learning rates of w0, w1, w2
-        self.out_norm = nn.RMSNorm(dim, eps=1e-5)
+        self.lr = nn.Linear(dim, 3 * heads)  # per-token learning rates of w0, w1, w2, per head
+        self.out_norm = nn.RMSNorm(width, eps=1e-5)
         self.proj = nn.Linear(dim, dim, bias=False)
         self.base_lr_inv = BASE_LR + math.log(-math.expm1(-BASE_LR))  # inverse softplus
-        self.official_kernel = False  # set by LaCT.use_official_kernel (see `bfloat16_matmul`)
+        self.step_dtype, self.kernel = torch.bfloat16, "auto"  # set by LaCT from its config
 
-    @staticmethod
-    def _unit(x: torch.Tensor) -> torch.Tensor:
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """[b, L, heads*head_dim] -> [b, heads, L, head_dim]."""
+        b, length, _ = x.shape
+        return x.view(b, length, self.heads, self.head_dim).transpose(1, 2)
+
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._split(x)
         return x / (x.norm(dim=-1, keepdim=True) + 1e-5).to(x.dtype)
 
     def queries_keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per head: [b, heads, L, head_dim] each."""
         q, k, v = F.silu(self.qkv(x)).chunk(3, dim=-1)
-        return self._unit(q), self._unit(k), v
+        return self._unit(q), self._unit(k), self._split(v)
 
     def queries(self, x: torch.Tensor) -> torch.Tensor:
         """The queries alone (rendering needs no keys, values or learning rates)."""
@@ -184,11 +218,13 @@ class FastWeightLayer(nn.Module):
 
     def gradients(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> FastWeights:
         """The learning-rate-weighted gradients of the inner loss -v . f(k) for w0, w1, w2, summed over a
-        scene's input tokens x, k, v [b, L, dim] (at the initial weights: a sum over tokens, so over views)."""
+        scene's input tokens x [b, L, dim], k, v [b, heads, L, head_dim] (at the initial weights: a sum
+        over tokens, so over views). Each [b, heads, ., .]."""
         with _float32(x.device):
             lr = F.softplus(self.lr(x.float()) + self.base_lr_inv)
-        lr0, lr1, lr2 = lr.chunk(3, dim=-1)  # [b, L, 1] each
-        w0, w1, w2 = self.initial(x.shape[0])
+        b, length, _ = lr.shape
+        lr0, lr1, lr2 = lr.view(b, length, 3, self.heads).permute(2, 0, 3, 1).unsqueeze(-1)  # [b, heads, L, 1] each
+        w0, w1, w2 = self.initial(b)
         gate = k @ w0
         up = k @ w2
         hidden = F.silu(gate) * up
@@ -199,25 +235,28 @@ class FastWeightLayer(nn.Module):
                 (k * lr2).transpose(-1, -2) @ dup)
 
     def step(self, gradients: FastWeights) -> FastWeights:
-        """The fast weights after one step: each gradient orthogonalised, added to the initial weight,
-        and the sum's columns brought back to the initial weight's column norms."""
+        """The fast weights after one step: each gradient orthogonalised (per batch element and head),
+        added to the initial weight, and the sum's columns brought back to the initial weight's norms."""
         initial = self.initial(gradients[0].shape[0])
-        matmul = bfloat16_matmul(gradients[0].device, self.official_kernel)
-        return tuple(self._renormalized(w + newton_schulz(g, NEWTON_SCHULZ_STEPS, matmul), slow)
+        matmul = bfloat16_matmul(gradients[0].device, self.kernel) if self.step_dtype == torch.bfloat16 else torch.matmul
+        return tuple(self._renormalized(w + newton_schulz(g.flatten(0, 1), NEWTON_SCHULZ_STEPS, self.step_dtype,
+                                                          matmul).view(g.shape), slow)
                      for w, g, slow in zip(initial, gradients, (self.w0, self.w1, self.w2)))
 
     def initial(self, batch: int) -> FastWeights:
-        return tuple(w.expand(batch, -1, -1) for w in (self.w0, self.w1, self.w2))
+        return tuple(w.expand(batch, -1, -1, -1) for w in (self.w0, self.w1, self.w2))
 
     @staticmethod
     def _renormalized(w: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
-        return w / (w.norm(dim=1, keepdim=True) + 1e-5) * initial.detach().norm(dim=1, keepdim=True)
+        return w / (w.norm(dim=-2, keepdim=True) + 1e-5) * initial.detach().norm(dim=-2, keepdim=True)
 
     def apply_weights(self, weights: FastWeights, q: torch.Tensor) -> torch.Tensor:
-        """The fast-weight MLP on queries q [b, L, dim], then RMSNorm and the output projection."""
+        """The fast-weight MLP on queries q [b, heads, L, head_dim], the output RMSNorm per head, then
+        the heads merged by the output projection: [b, L, dim]."""
         w0, w1, w2 = weights
-        out = (F.silu(q @ w0) * (q @ w2)) @ w1
-        return self.proj(self.out_norm(out))
+        out = self.out_norm((F.silu(q @ w0) * (q @ w2)) @ w1)
+        b, heads, length, width = out.shape
+        return self.proj(out.transpose(1, 2).reshape(b, length, heads * width))
 
 
 class LaCTBlock(nn.Module):
@@ -228,7 +267,7 @@ class LaCTBlock(nn.Module):
         self.attn_norm = layer_norm(c.dim, affine=True)
         self.attn = ViewAttention(c.dim, c.head_dim, c.qk_norm)
         self.fast_norm = layer_norm(c.dim, affine=True)
-        self.fast = FastWeightLayer(c.dim, c.fast_weight_ratio)
+        self.fast = FastWeightLayer(c.dim, c.fast_weight_heads, c.fast_weight_ratio)
         self.mlp_norm = layer_norm(c.dim, affine=True)
         self.mlp = MLP(c.dim, c.mlp_ratio)
 
@@ -258,7 +297,8 @@ class LaCTBlock(nn.Module):
 
 
 @register("lact", card=ModelCard(
-    label="LaCT", color="tab:green", reads=("depth", "fast_weight_ratio"), paper=LACT_PAPER, code=LACT_CODE,
+    label="LaCT", color="tab:green", paper=LACT_PAPER, code=LACT_CODE,
+    reads=("depth", "fast_weight_ratio", "fast_weight_heads", "newton_schulz_dtype", "bfloat16_kernel"),
     official_params=312_298_056))
 class LaCT(NVSModel):
     scene_state: ClassVar[str] = "fast weights"
@@ -294,6 +334,7 @@ class LaCT(NVSModel):
         self.blocks = nn.ModuleList(LaCTBlock(c) for _ in range(c.depth))
         self.head = RenderHead(c.dim, c.patch_size, norm_affine=True)
         self._init_weights()
+        self._apply_numerics()
 
     def _init_weights(self) -> None:
         """Official init: linears N(0, 0.02) with zero biases; the three residual output projections
@@ -309,13 +350,35 @@ class LaCT(NVSModel):
                 for proj in (block.attn.proj, block.fast.proj, block.mlp.fc_out):
                     nn.init.normal_(proj.weight, mean=0.0, std=std)
 
-    def use_official_kernel(self, official: bool = True) -> "LaCT":
-        """On a CPU, sum the Newton-Schulz step's bfloat16 products with PyTorch's bfloat16 kernel, as
-        the official code does (to the bit, and about 8x slower there), instead of the float32 one
-        (see `bfloat16_matmul`). No effect elsewhere: accelerators always use the bfloat16 kernel."""
+    def _apply_numerics(self) -> None:
         for block in self.blocks:
-            block.fast.official_kernel = official
+            block.fast.step_dtype = getattr(torch, self.config.newton_schulz_dtype)
+            block.fast.kernel = self.config.bfloat16_kernel
+
+    def with_newton_schulz(self, dtype: torch.dtype) -> "LaCT":
+        """The Newton-Schulz step in `dtype`: torch.bfloat16, the official step (the default), or
+        torch.float32, whose renders do not depend on the machine's bfloat16 kernel (the official code
+        with `G.float()` for `G.bfloat16()`)."""
+        names = {torch.bfloat16: "bfloat16", torch.float32: "float32"}
+        if dtype not in names:
+            raise ValueError(f"with_newton_schulz: expected torch.bfloat16 or torch.float32, got {dtype}")
+        self.config = replace(self.config, newton_schulz_dtype=names[dtype])
+        self._apply_numerics()
         return self
+
+    def with_bfloat16_kernel(self, kernel: str) -> "LaCT":
+        """Which kernel sums the bfloat16 step's products on a CPU: `native` (PyTorch's bfloat16 matmul, as
+        the official code), `float32`, or `auto` (see `bfloat16_matmul`). Accelerators always run native."""
+        self.config = replace(self.config, bfloat16_kernel=kernel)
+        self._apply_numerics()
+        return self
+
+    @classmethod
+    def numerics_of(cls, config: ModelConfig, device: torch.device | str) -> dict[str, str]:
+        step = config.newton_schulz_dtype
+        if step == "bfloat16":  # only the bfloat16 step's products have a kernel to choose
+            step += f" ({resolved_bfloat16_kernel(config.bfloat16_kernel, torch.device(device))} kernel)"
+        return {"newton_schulz": step}
 
     # --- encode once, render many ----------------------------------------------------------
     def build_scene(self, input_images, input_c2w, input_fxfycxcy, keep_gradients: bool = False) -> LaCTScene:
@@ -388,10 +451,16 @@ class LaCT(NVSModel):
         d, tokens = self.config.dim, views * p
         return F_.linear(tokens, d, 3 * d) + F_.attention(p, p, d).scaled(views) + F_.linear(tokens, d, d)
 
+    def _fast_weight_sizes(self) -> tuple[int, int, int]:
+        """Heads, each head's width, each head's hidden width."""
+        c = self.config
+        width = c.dim // c.fast_weight_heads
+        return c.fast_weight_heads, width, c.fast_weight_ratio * width
+
     def _apply_flops(self, tokens: int) -> F_.FlopEstimate:
         """Applying the fast weights to `tokens` queries, the output projection and the MLP."""
         c = self.config
-        return (F_.fast_weight_apply(tokens, c.dim, c.fast_weight_ratio * c.dim) + F_.linear(tokens, c.dim, c.dim)
+        return (F_.fast_weight_apply(tokens, *self._fast_weight_sizes()) + F_.linear(tokens, c.dim, c.dim)
                 + F_.mlp(tokens, c.dim, c.mlp_ratio))
 
     def encode_flops(self, n_input: int, batch: int = 1, image_size: int | None = None) -> F_.FlopEstimate:
@@ -399,8 +468,8 @@ class LaCT(NVSModel):
         c, p = self.config, self.view_tokens(image_size)
         tokens = batch * n_input * p
         per_block = (self._block_mixing_flops(batch * n_input, p) + F_.linear(tokens, c.dim, 3 * c.dim)
-                     + F_.linear(tokens, c.dim, 3)
-                     + F_.fast_weight_update(batch, tokens // batch, c.dim, c.fast_weight_ratio * c.dim, NEWTON_SCHULZ_STEPS))
+                     + F_.linear(tokens, c.dim, 3 * c.fast_weight_heads)
+                     + F_.fast_weight_update(batch, tokens // batch, *self._fast_weight_sizes(), NEWTON_SCHULZ_STEPS))
         return (self._ray_flops(batch * n_input, image_size) + F_.linear(tokens, LACT_CHANNELS * c.patch_size ** 2, c.dim)
                 + per_block.scaled(c.depth)
                 + self._apply_flops(tokens).scaled(c.depth - 1))

@@ -190,9 +190,10 @@ def config_from_weights(cls: type[NVSModel], state: Mapping[str, torch.Tensor]) 
     fc_in = state.get(f"{block}.0.mlp.fc_in.weight")
     if fc_in is not None:
         sizes["mlp_ratio"] = int(fc_in.shape[0] // dim)
-    fast_w0 = state.get(f"{block}.0.fast.w0")
+    fast_w0 = state.get(f"{block}.0.fast.w0")  # [heads, head width, hidden width]
     if fast_w0 is not None:
-        sizes["fast_weight_ratio"] = int(fast_w0.shape[-1] // dim)
+        sizes["fast_weight_heads"] = int(fast_w0.shape[0])
+        sizes["fast_weight_ratio"] = int(fast_w0.shape[-1] // fast_w0.shape[-2])
     if "latents" in state:
         sizes["n_latents"] = int(state["latents"].shape[0])
     return sizes
@@ -205,6 +206,8 @@ def _config_from_official(cls: type[NVSModel], config: Mapping[str, Any]) -> dic
         depth = ours.pop("depth")
         if len(cls.depth_fields) == 1:  # Efficient-LVSM's n_layer counts blocks per stream
             ours[next(iter(cls.depth_fields))] = depth
+    if "ttt_head_dim" in flat and "dim" in flat:  # LaCT names the fast-weight heads' width
+        ours["fast_weight_heads"] = flat["dim"] // flat["ttt_head_dim"]
     if "image_size" in ours and "image_w" in flat and flat["image_w"] != ours["image_size"]:
         del ours["image_size"]  # non-square training size: keep the preset's square profiling size
     return ours

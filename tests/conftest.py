@@ -13,8 +13,18 @@ VARIANTS = [name for name in list_models() if model_card(name).official_params]
 ALL_VARIANTS = list_models()
 
 
-def load_fixture(name: str) -> dict:
-    return torch.load(FIXTURES / f"{name}_tiny.pt", weights_only=True)
+def load_fixture(name: str, size: str = "tiny") -> dict:
+    return torch.load(FIXTURES / f"{name}_{size}.pt", weights_only=True)
+
+
+def portable(model, fixture: dict, key: str = "render"):
+    """The model and the fixture's render to compare with it at 1e-5 on any CPU. A fixture made with a
+    bfloat16 step (LaCT's Newton-Schulz) also holds the render of the same official code with that
+    step in float32 (`<key>_ns_float32`): bfloat16 products round differently on CPUs with and without
+    bfloat16 units, and the step amplifies that to about 5e-3, so only the float32 step compares at 1e-5."""
+    if f"{key}_ns_float32" in fixture:
+        return model.with_newton_schulz(torch.float32), fixture[f"{key}_ns_float32"]
+    return model, fixture[key]
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from harness.records import RecordStore, point_key, write_atomic
 from harness.runtime import AUTO_PRESET, resolve_device
 from harness.schema import KINDS, apply_overrides, load_experiment, with_preset
 from harness.tables import write_tables
-from models import build_model, list_models, model_card
+from models import ModelConfig, build_model, list_models, model_card
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -141,7 +141,8 @@ def test_every_variant_has_a_card_and_refuses_fields_it_does_not_read(name):
     with pytest.raises(ValueError, match=f"does not read config field '{foreign}'"):
         build_model(name, "tiny", **{foreign: 3})
     for field in card.reads:  # a field it reads changes the model it builds
-        value = 2 if field != "latent_init_std" else 1.0
+        choices = ModelConfig.CHOICES.get(field)
+        value = choices[-1] if choices else 2 if field != "latent_init_std" else 1.0
         assert build_model(name, "tiny", **{field: value}).config.to_dict()[field] == value
 
 

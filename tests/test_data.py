@@ -43,6 +43,7 @@ def test_registry_names_every_source():
         open_source("synthetic_object", frames=3)
 
 
+@pytest.mark.parity
 def test_normalize_poses_matches_official_fixture():
     ref = torch.load(FIXTURES / "pose_normalization.pt", weights_only=True)
     out = normalize_poses(ref["input_c2w"], ref["scene_scale_factor"])

@@ -64,6 +64,7 @@ def test_checkpoint_round_trip(tmp_path):
         load_checkpoint(path, model_name="efficient_lvsm")
 
 
+@pytest.mark.parity
 def test_official_checkpoint_needs_and_uses_model_name(tmp_path):
     fixture = load_fixture("efficient_lvsm")
     path = tmp_path / "official.pt"

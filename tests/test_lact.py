@@ -2,6 +2,8 @@
 bfloat16, its fast-weight state, and its analytic FLOPs against FlopCounterMode."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -10,58 +12,112 @@ from conftest import load_fixture, random_views
 from harness.profile.measure import FlopCounter
 from models import PRESETS, LaCT, build_model, load_official
 
+# Compared with official fixtures: `make test` runs these again on a second CPU kernel path.
+pytestmark = pytest.mark.parity
 
-def _official():
-    """The fixture and its official weights, with the official bfloat16 kernel in the Newton-Schulz step."""
-    f = load_fixture("lact")
-    return f, load_official("lact", f["config"], f["state_dict"]).use_official_kernel()
+
+FIXTURES = ("tiny", "heads")  # one fast-weight head at 32x32 px; two heads at 32x40 px
+
+
+def _official(size: str, dtype: torch.dtype = torch.float32):
+    """A fixture and a model with its official weights, the Newton-Schulz step in `dtype`."""
+    f = load_fixture("lact", size)
+    return f, load_official("lact", None, f["state_dict"]).with_newton_schulz(dtype)
 
 
 def _inputs(f):
     return f["input_image"], f["input_c2w"], f["input_fxfycxcy"]
 
 
-def test_official_weights_reproduce_the_render():
-    f, model = _official()
-    assert isinstance(model, LaCT) and model.config.depth == 2 and model.config.fast_weight_ratio == 2
-    with torch.no_grad():
-        render = model(*_inputs(f), f["target_c2w"], f["target_fxfycxcy"])
-    assert (render - f["render"]).abs().max().item() <= 1e-5
-
-
-def test_encode_once_render_many_reproduces_reconstruct_then_render():
-    f, model = _official()
+def _encode_then_render(model, f):
     with torch.no_grad():
         scene = model.encode_scene(*_inputs(f))
-        render = model.render_scene(scene, f["target_c2w"], f["target_fxfycxcy"])
-        one_at_a_time = torch.cat([model.render_scene(scene, f["target_c2w"][:, i:i + 1], f["target_fxfycxcy"][:, i:i + 1])
-                                   for i in range(f["target_c2w"].shape[1])], dim=1)
-    assert (render - f["render_reconstruct_then_render"]).abs().max().item() <= 1e-5
-    assert (one_at_a_time - render).abs().max().item() <= 1e-6
-    assert LaCT.scene_state == "fast weights"
-    # The state: per block, the three fast weights of each batch element.
-    assert len(scene.content.fast_weights) == 2 and scene.batch == 2 and (scene.height, scene.width) == (32, 32)
-    assert [tuple(w.shape) for w in scene.content.fast_weights[0]] == [(2, 64, 128), (2, 128, 64), (2, 64, 128)]
+        return scene, model.render_scene(scene, f["target_c2w"], f["target_fxfycxcy"])
 
 
-def test_the_newton_schulz_step_runs_in_bfloat16(monkeypatch):
-    """The fixture pins the cast: the same step in float32 moves the renders far beyond 1e-5."""
-    f, model = _official()
-    monkeypatch.setattr(lact, "newton_schulz", _float32_newton_schulz)
+@pytest.mark.parametrize("size", FIXTURES)
+def test_official_weights_reproduce_the_float32_step_renders(size):
+    """The official code with its Newton-Schulz step in float32: portable, so compared at 1e-5, by the
+    one-call forward and by encode once / render many (official `reconstruct`, then `rendering`)."""
+    f, model = _official(size)
+    heads = f["config"]["dim"] // f["config"]["ttt_head_dim"]
+    assert isinstance(model, LaCT) and model.config.depth == 2 and model.config.fast_weight_ratio == 2
+    assert model.config.fast_weight_heads == heads and model.config.newton_schulz_dtype == "float32"
     with torch.no_grad():
         render = model(*_inputs(f), f["target_c2w"], f["target_fxfycxcy"])
-    assert (render - f["render"]).abs().max().item() > 1e-3
+    scene, rendered = _encode_then_render(model, f)
+    assert (render - f["render_ns_float32"]).abs().max().item() <= 1e-5
+    assert (rendered - f["render_reconstruct_then_render_ns_float32"]).abs().max().item() <= 1e-5
+    # The state: per block, the three fast weights of each batch element and head.
+    width = 64 // heads
+    assert len(scene.content.fast_weights) == 2 and scene.batch == 2 and (scene.height, scene.width) == tuple(f["render"].shape[-2:])
+    assert [tuple(w.shape) for w in scene.content.fast_weights[0]] == [(2, heads, width, 2 * width), (2, heads, 2 * width, width),
+                                                                       (2, heads, width, 2 * width)]
 
 
-def _float32_newton_schulz(g, steps, matmul=None):
+@pytest.mark.parametrize("kernel", ["native", "float32"])
+@pytest.mark.parametrize("size", FIXTURES)
+def test_the_bfloat16_step_renders_within_the_spread_of_cpu_kernels(size, kernel):
+    """The official bfloat16 step against the bfloat16 fixture, made on one CPU. bfloat16 products
+    round differently on CPUs with and without bfloat16 units (and with either of our kernels), and
+    the step amplifies that: the official code itself lands 3.6e-3 from this fixture on a CPU with
+    AVX-512 BF16, 6.2e-3 separates the bfloat16 from the float32 step. So the bound is 2e-2, below the
+    4e-2 that dropping the last block moves the render by; `test_newton_schulz_*` checks the step tightly."""
+    f, model = _official(size, torch.bfloat16)
+    model.with_bfloat16_kernel(kernel)
+    with torch.no_grad():
+        render = model(*_inputs(f), f["target_c2w"], f["target_fxfycxcy"])
+    _, rendered = _encode_then_render(model, f)
+    assert (render - f["render"]).abs().max().item() <= 2e-2
+    assert (rendered - f["render_reconstruct_then_render"]).abs().max().item() <= 2e-2
+
+
+def _emulated_newton_schulz(g: torch.Tensor, steps: int, round_to_bfloat16: bool = True) -> torch.Tensor:
+    """The official bfloat16 step in float64: the input, every product and every elementwise result rounded
+    to bfloat16, as a bfloat16 kernel that accumulates in float32 rounds them (or nothing rounded)."""
+    r = (lambda t: t.to(torch.bfloat16).double()) if round_to_bfloat16 else (lambda t: t)
     a, b, c = lact.NEWTON_SCHULZ_COEFFICIENTS
+    x = r(g.double())
     tall = g.shape[1] > g.shape[2]
-    x = g.transpose(1, 2) if tall else g
-    x = x / (x.norm(dim=(1, 2), keepdim=True) + 1e-7)
+    x = x.transpose(1, 2) if tall else x
+    x = r(x / r(r(x.norm(dim=(1, 2), keepdim=True)) + 1e-7))
     for _ in range(steps):
-        gram = x @ x.transpose(1, 2)
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        gram = r(x @ x.transpose(1, 2))
+        x = r(r(a * x) + r(r(r(b * gram) + r(r(c * gram) @ gram)) @ x))
     return x.transpose(1, 2) if tall else x
+
+
+@pytest.mark.parametrize("kernel", ["native", "float32"])
+def test_newton_schulz_in_bfloat16_equals_its_float64_emulation(kernel):
+    """Every product and sum of the step rounds to bfloat16. One iteration: the output is bfloat16 and
+    equal to the emulation to the bit in at least 99% of entries, every entry within one bfloat16 ulp of
+    its own size (kernels differ in summation order only). The unrounded iteration is far from both.
+    Five iterations (the model's step, at the tiny fixtures' fast-weight shapes): within 8 units of
+    2^-8 x the largest entry, where the unrounded iteration lands 10-18 units away."""
+    torch.manual_seed(0)
+    matmul = lact.bfloat16_matmul(torch.device("cpu"), kernel)
+    for shape in [(2, 64, 128), (2, 128, 64), (4, 32, 64)]:
+        g = torch.randn(*shape)
+        ours = lact.newton_schulz(g, 1, torch.bfloat16, matmul)
+        assert ours.dtype == torch.bfloat16
+        emulated, unrounded = _emulated_newton_schulz(g, 1), _emulated_newton_schulz(g, 1, round_to_bfloat16=False)
+        ulp = 2.0 ** (torch.floor(torch.log2(emulated.abs().clamp_min(2 ** -40))) - 7)
+        assert ((ours.double() - emulated).abs() <= ulp).all()
+        assert (ours.double() == emulated).double().mean() >= 0.99
+        assert (unrounded != emulated).double().mean() >= 0.9
+        five, emulated5 = lact.newton_schulz(g, 5, torch.bfloat16, matmul).double(), _emulated_newton_schulz(g, 5)
+        unit = 2.0 ** -8 * emulated5.abs().max()
+        assert (five - emulated5).abs().max() <= 8 * unit
+        assert (_emulated_newton_schulz(g, 5, round_to_bfloat16=False) - emulated5).abs().max() > 8 * unit
+
+
+def test_the_float32_step_takes_no_bfloat16_rounding():
+    g = torch.randn(2, 32, 64)
+    ours = lact.newton_schulz(g, 5, torch.float32)
+    assert ours.dtype == torch.float32
+    assert (ours.double() - _emulated_newton_schulz(g, 5, round_to_bfloat16=False)).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="torch.bfloat16 or torch.float32"):
+        build_model("lact", "tiny").with_newton_schulz(torch.float16)
 
 
 def test_forward_is_encode_then_render_and_target_views_are_independent():
@@ -141,17 +197,43 @@ def test_an_incremental_fast_weight_update_is_exact_with_one_block_only():
         model.extend_scene(model.encode_scene(images, ic, ik), images[:, :1], ic[:, :1], ik[:, :1])
 
 
-def test_on_a_cpu_the_float32_kernel_sums_the_same_bfloat16_products_by_default():
-    """Same bfloat16 operands and rounded results, float32 sums in another order: the renders move by
-    rounding only (which the fast-weight step amplifies to about 5e-3), and the official kernel is one
-    call away."""
-    f, model = _official()
-    views = (*_inputs(f), f["target_c2w"], f["target_fxfycxcy"])
-    with torch.no_grad():
-        official = model(*views)
-        default = model.use_official_kernel(False)(*views)
-    assert (official - f["render"]).abs().max().item() <= 1e-5
-    assert 0 < (default - f["render"]).abs().max().item() < 2e-2
+def test_the_cpu_kernel_follows_the_bfloat16_units_and_is_recorded(monkeypatch):
+    """`auto` takes PyTorch's bfloat16 kernel where the CPU has bfloat16 units oneDNN may use, and the
+    float32 kernel elsewhere; ONEDNN_MAX_CPU_ISA=AVX2 hides the units; accelerators always run native.
+    The resolved kernel is part of what a row records (`numerics`)."""
+    model = build_model("lact", "tiny")
+    units = lact.cpu_has_bfloat16_units()
+    assert units == bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()) or "ONEDNN_MAX_CPU_ISA" in os.environ
+    assert model.numerics("cpu") == {"newton_schulz": f"bfloat16 ({'native' if units else 'float32'} kernel)"}
+    assert model.numerics("cuda") == {"newton_schulz": "bfloat16 (native kernel)"}
+    assert model.with_bfloat16_kernel("float32").numerics("cpu") == {"newton_schulz": "bfloat16 (float32 kernel)"}
+    assert model.with_newton_schulz(torch.float32).numerics("cpu") == {"newton_schulz": "float32"}
+    assert model.config.bfloat16_kernel == "float32" and build_model("lvsm_decoder_only", "tiny").numerics("cpu") == {}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    lact.cpu_has_bfloat16_units.cache_clear()
+    try:
+        assert lact.resolved_bfloat16_kernel("auto", torch.device("cpu")) == "float32"
+        assert lact.resolved_bfloat16_kernel("native", torch.device("cpu")) == "native"
+    finally:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+        lact.cpu_has_bfloat16_units.cache_clear()
+    with pytest.raises(ValueError, match="bfloat16_kernel: expected one of auto, native, float32, got 'fast'"):
+        build_model("lact", "tiny", bfloat16_kernel="fast")
+    # Both kernels take bfloat16 operands and round the product to bfloat16.
     x = torch.randn(3, 8, 16).bfloat16()
-    native, summed = x @ x.transpose(1, 2), lact.bfloat16_matmul(torch.device("cpu"), False)(x, x.transpose(1, 2))
+    native, summed = x @ x.transpose(1, 2), lact.bfloat16_matmul(torch.device("cpu"), "float32")(x, x.transpose(1, 2))
     assert summed.dtype == torch.bfloat16 and (native.float() - summed.float()).abs().max() <= 2 ** -7 * native.float().abs().max()
+
+
+def test_fast_weight_heads_split_the_width_and_their_flops_are_counted():
+    """Several fast-weight heads: state [b, heads, width, hidden], a smaller Newton-Schulz per head,
+    analytic FLOPs equal to FlopCounterMode's, and `dim` must split evenly."""
+    one, three = (build_model("lact", "tiny", dim=96, head_dim=16, fast_weight_heads=h).eval() for h in (1, 3))
+    assert three.blocks[0].fast.w0.shape == (3, 32, 64) and three.blocks[0].fast.out_norm.weight.shape == (32,)
+    assert three.analytic_flops(2, 1).flops < one.analytic_flops(2, 1).flops
+    for heads in (1, 3):
+        config = PRESETS["tiny"].with_overrides(dim=96, head_dim=16, fast_weight_heads=heads)
+        count = FlopCounter(config).forward("lact", 3, 2, 2)
+        assert count.relative_difference <= 1e-4, (heads, count.counted, count.analytic.flops)
+    with pytest.raises(ValueError, match="dim=64 is not divisible by fast_weight_heads=3"):
+        build_model("lact", "tiny", fast_weight_heads=3)

@@ -8,19 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import VARIANTS, load_fixture, random_views
+from conftest import VARIANTS, load_fixture, portable, random_views
 from models import build_model, list_models, load_official, model_card, model_class, pixel_rays, preset
 from models.official import convert_official_state_dict, unwrap_checkpoint
+
+# Compared with official fixtures: `make test` runs these again on a second CPU kernel path.
+pytestmark = pytest.mark.parity
 
 # The official paper-size parameter counts live on the variants' cards.
 OFFICIAL_PARAMS = {name: model_card(name).official_params for name in VARIANTS}
 REFERENCE = Path(__file__).parent / "fixtures"
-
-
-def official_kernels(model):
-    """A variant whose CPU kernels may differ from the official ones in rounding only (LaCT's bfloat16
-    Newton-Schulz sums) runs the official ones, so that renders compare to the bit."""
-    return model.use_official_kernel() if hasattr(model, "use_official_kernel") else model
 
 
 def _call(model, f):
@@ -31,10 +28,10 @@ def _call(model, f):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_render_matches_official_fixture(name):
     f = load_fixture(name)
-    model = official_kernels(load_official(name, f["config"], f["state_dict"]))
+    model, reference = portable(load_official(name, f["config"], f["state_dict"]), f)
     render = _call(model, f)
-    assert render.shape == f["render"].shape
-    assert (render - f["render"]).abs().max().item() <= 1e-5
+    assert render.shape == reference.shape
+    assert (render - reference).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -43,7 +40,8 @@ def test_load_official_without_config_and_from_wrapped_file(name, tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"model": {f"module.{k}": v for k, v in f["state_dict"].items()}, "step": 7}, path)
     for model in (load_official(name, None, str(path)), load_official(name, path), load_official(name, f["state_dict"])):
-        assert (_call(official_kernels(model), f) - f["render"]).abs().max().item() <= 1e-5
+        model, reference = portable(model, f)
+        assert (_call(model, f) - reference).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("name", VARIANTS)

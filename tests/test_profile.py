@@ -233,6 +233,10 @@ published:
     # LaCT's state is rebuilt (a forward over N+1 views); its incremental update renders otherwise.
     rebuilt = [r for r in rows if r["mode"] == "rebuild"]
     assert all(r["model"] == "lact" and 0 < r["incremental_max_abs"] < 1 and r["incremental_psnr_db"] > 20 for r in rebuilt)
+    # Which kernel LaCT's bfloat16 step ran on is part of each of its rows and of the tables' notes.
+    kernel = build_model("lact", "tiny").numerics("cpu")
+    assert all(r["numerics"] == {"lact": kernel} for r in rebuilt) and not any("numerics" in r for r in rows if r["model"] != "lact")
+    assert f"numerics: LaCT: newton_schulz {kernel['newton_schulz']}" in (tmp_path / "kv" / "exp.md").read_text()
     text = (tmp_path / "kv" / "exp.md").read_text()
     assert "published speed-up" in text and "LaCT incremental PSNR dB" in text and "rebuilt from all N+1 views" in text
     eff = _write(tmp_path, f"""

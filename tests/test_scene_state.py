@@ -12,6 +12,9 @@ from harness.profile.measure import FlopCounter
 from harness.schema import load_experiment, run_experiment, with_preset
 from models import PRESETS, SceneState, build_model, list_models, model_class
 
+# Compared with official fixtures: `make test` runs these again on a second CPU kernel path.
+pytestmark = pytest.mark.parity
+
 STATEFUL = [name for name in ALL_VARIANTS if model_class(name).scene_state]
 STATELESS = [name for name in ALL_VARIANTS if not model_class(name).scene_state]
 

@@ -124,6 +124,9 @@ def load_model(spec: ModelRef, label: str, device: torch.device, seed: int) -> L
         weights, preset, checkpoint = RANDOM_INIT, spec.preset, ""
         identity = {"random_init_seed": seed, "preset": spec.preset, **({"overrides": spec.overrides} if spec.overrides else {})}
     info = {"model": label, "variant": spec.name, "preset": preset, "weights": weights, "checkpoint": checkpoint}
+    numerics = model.numerics(device)  # e.g. which kernel LaCT's bfloat16 step ran on: it changes the scores
+    if numerics:
+        info["numerics"] = identity["numerics"] = numerics
     return LoadedModel(label, model, info, {"model": label, "variant": spec.name, **identity})
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import PRESETS, ModelConfig, build_model
+from models import PRESETS, ModelConfig, build_model, label, model_class
 from models.base import NVSModel
 from models.flops import FlopEstimate
 
@@ -460,6 +460,10 @@ class RunContext:
     def point(self, **values: Any) -> dict[str, Any]:
         """A point's identity: the swept values plus everything that changes what is measured."""
         measured = {} if self.device.type == "meta" else {"threads": self.env["threads"]}
+        names = values.get("pair") or ([values["model"]] if "model" in values else [])
+        numerics = {name: n for name in names if (n := model_class(name).numerics_of(self.config, self.device))}
+        if numerics and self.device.type != "meta":  # what ran changes the time (LaCT's bfloat16 kernel)
+            measured["numerics"] = numerics
         return {"preset": self.preset, "config": self.config.to_dict(), "device": self.env["device"],
                 "dtype": self.dtype, **measured, **values}
 
@@ -476,7 +480,10 @@ class RunContext:
         else:
             where = (f"measured: {self.env['device']}, dtype {self.dtype} ({'autocast' if self.dtype != 'float32' else 'no autocast'}), "
                      f"torch {self.env['torch']}, torch threads={self.env['threads']}, torch.no_grad()")
-        return [where, size, "inputs: synthetic random views; weights: random init (cost does not depend on values)",
+        ran = sorted({f"{label(name)}: {key} {value}" for r in rows for name, choice in (r.get("numerics") or {}).items()
+                      for key, value in choice.items()})
+        numerics = [f"numerics: {'; '.join(ran)}"] if ran else []
+        return [where, size, *numerics, "inputs: synthetic random views; weights: random init (cost does not depend on values)",
                 f"code: commit {', '.join(measured_commits(rows) or [self.env['commit']])}, "
                 f"records keyed by code version {self.version}"]
 

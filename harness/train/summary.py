@@ -26,7 +26,8 @@ def final_columns(result: RunResult) -> dict[str, Any]:
     return {"steps": result.step, "seconds": result.train_seconds, "final_psnr": final[-1]["psnr"],
             "final_ssim": final[-1]["ssim"], "pose_swap_drop_db": swap["pose_swap_drop_db"],
             "swapped_psnr": swap["swapped_psnr"], "params": result.model.num_parameters(), "loss": result.loss,
-            "loss_note": result.loss_note, "dtype": result.dtype, **result.environment}
+            "loss_note": result.loss_note, "dtype": result.dtype, **result.environment,
+            **({"numerics": numerics} if (numerics := result.model.numerics(result.device)) else {})}
 
 
 # ------------------------------------------------------------------------------------ convergence
