@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -128,6 +129,25 @@ def test_parity_runs_end_to_end_against_a_stand_in_official_checkout(checkout, t
 def test_a_directory_that_is_no_official_checkout_is_one_line(tmp_path):
     from harness.errors import MissingResource
     from harness.parity.official import official_code
-    with pytest.raises(MissingResource, match="not an official LVSM / Efficient-LVSM checkout"):
+    with pytest.raises(MissingResource, match="OFFICIAL_LVSM=.*: not a checkout of Haian-Jin/LVSM"):
         with official_code(tmp_path):
             pass
+    with pytest.raises(MissingResource, match=r"OFFICIAL_LACT=.*: not a checkout of a1600012888/LaCT \(no lact_nvs/model.py\)"):
+        with official_code(tmp_path, "lact"):
+            pass
+
+
+def test_a_wrong_checkout_stops_the_run_before_any_work(tmp_path, monkeypatch):
+    """One line naming the variable and what is missing, exit status 2, nothing measured or written."""
+    import subprocess
+    out = tmp_path / "out"
+    spec = {"kind": "parity", "name": "parity_test", "output_dir": str(out), "preset": "tiny",
+            "points": [{"n_input": 2, "n_target": 1}], "official_lact": str(tmp_path)}
+    path = tmp_path / "parity_test.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    done = subprocess.run([sys.executable, "-m", "harness", "run", str(path)], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent, timeout=300)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "OFFICIAL_LACT=" in errors[0] and "a1600012888/LaCT" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and not (out / "rows.jsonl").exists()

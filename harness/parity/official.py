@@ -1,4 +1,4 @@
-"""Running the official LVSM / Efficient-LVSM code from a checkout the user names, beside ours.
+"""Running the official LVSM / Efficient-LVSM / LaCT code from a checkout the user names, beside ours.
 
 Nothing of theirs lives in this repository: `official_code(dir)` imports their modules from the
 checkout for the length of a `with` block and takes them out of `sys.modules` afterwards (both
@@ -7,7 +7,9 @@ attention calls go to a stand-in module of ours, installed only inside that bloc
 `xformers.ops.memory_efficient_attention` with torch's scaled_dot_product_attention (no mask, no
 dropout, scale 1/sqrt(head_dim)); Efficient-LVSM's training helpers import three learning-rate
 schedulers from Hugging Face `transformers` at module level, which rendering never calls, and they
-get a stand-in too when `transformers` is absent.
+get a stand-in too when `transformers` is absent. LaCT's `torch.compile` decorators are taken off
+(their functions run eagerly, as ours do; same numbers), and its Newton-Schulz step can be run in
+float32 by their own function with `G.float()` in place of `G.bfloat16()` (`official_step`).
 
 The official models are built from their own YAML with this project's sizes, their weights drawn by
 their own initialisation and then perturbed (so no layer is near the identity), and the same weights
@@ -19,8 +21,10 @@ import contextlib
 import copy
 import importlib
 import importlib.util
+import inspect
 import math
 import sys
+import textwrap
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,20 +40,47 @@ from models.base import NVSModel
 from ..errors import MissingResource
 
 
+def rays_bmm_flops(model: NVSModel, n: int, m: int, batch: int, image_size: int) -> int:
+    """The official LVSM-family code rotates each pixel's ray direction with a batched 3x3 matmul (18 FLOPs
+    per pixel per view, which FlopCounterMode counts); ours rotates them elementwise (which it does not)."""
+    return 18 * batch * (n + m) * image_size ** 2
+
+
+def lact_extra_flops(model: NVSModel, n: int, m: int, batch: int, image_size: int) -> int:
+    """What the official LaCT forward executes beyond ours (its rays are a bmm in both): it tokenizes target
+    views with all 12 channels (the image ones zero) where ours reads the 9 pose columns; computes keys,
+    values and learning rates for target tokens, which need only queries; and in its last block applies the
+    fast weights, output projection and MLP to the input tokens, whose outputs nothing reads."""
+    c = model.config
+    p = model.view_tokens(image_size)
+    targets, inputs = batch * m * p, batch * n * p
+    tokenizer = targets * 3 * c.patch_size ** 2 * c.dim
+    target_keys_values_rates = c.depth * targets * (2 * c.dim * c.dim + 3 * c.fast_weight_heads * c.dim)
+    return 2 * (tokenizer + target_keys_values_rates + model._apply_flops(inputs).macs)
+
+
 @dataclass(frozen=True)
 class Variant:
-    """Where a variant lives in its official repository."""
-    repository: str  # "lvsm" or "efficient_lvsm": which checkout holds it
+    """Where a variant lives in its official repository, and what its forward executes beyond ours."""
+    repository: str  # "lvsm", "efficient_lvsm" or "lact": which checkout holds it
     config: str  # its YAML, relative to the checkout
+    root: str = ""  # the folder of the checkout its modules import from
+    marker: str = "model"  # what that folder holds (a package or a module)
+    extra_flops: Callable[[NVSModel, int, int, int, int], int] = rays_bmm_flops  # (ours, N, M, batch, image size)
 
 
 VARIANTS: dict[str, Variant] = {
     "lvsm_decoder_only": Variant("lvsm", "configs/LVSM_scene_decoder_only.yaml"),
     "lvsm_encoder_decoder": Variant("lvsm", "configs/LVSM_scene_encoder_decoder.yaml"),
     "efficient_lvsm": Variant("efficient_lvsm", "configs/Efficient-LVSM.yaml"),
+    "lact": Variant("lact", "lact_nvs/config/lact_l24_d768_ttt2x.yaml", root="lact_nvs", marker="model.py",
+                    extra_flops=lact_extra_flops),
 }
+# Each repository's environment variable in `make parity`, and its public name.
+CHECKOUTS = {"lvsm": ("OFFICIAL_LVSM", "Haian-Jin/LVSM"), "efficient_lvsm": ("OFFICIAL_EFFICIENT_LVSM", "Ayakaee/Efficient-LVSM"),
+             "lact": ("OFFICIAL_LACT", "a1600012888/LaCT")}
 # Their top-level packages, and the stand-ins: all removed from sys.modules when a block ends.
-THEIR_PACKAGES = ("model", "utils", "data", "process_data")
+THEIR_PACKAGES = ("model", "utils", "data", "process_data", "lact_ttt")
 STAND_INS = ("xformers", "transformers")
 
 
@@ -127,13 +158,23 @@ def _ours(name: str) -> bool:
     return any(name == p or name.startswith(p + ".") for p in THEIR_PACKAGES + STAND_INS)
 
 
+def check_checkout(checkout: str | Path, repository: str) -> Path:
+    """The checkout's folder their modules import from, or one line naming what is missing."""
+    checkout = Path(checkout).resolve()
+    variant = next(v for v in VARIANTS.values() if v.repository == repository)
+    root = checkout / variant.root
+    if not (root / variant.marker).exists():
+        variable, name = CHECKOUTS[repository]
+        raise MissingResource(f"{variable}={checkout}: not a checkout of {name} (no {Path(variant.root) / variant.marker}); "
+                              f"clone https://github.com/{name} and give its folder")
+    return root
+
+
 @contextlib.contextmanager
-def official_code(checkout: str | Path) -> Iterator[Callable[[str], types.ModuleType]]:
+def official_code(checkout: str | Path, repository: str = "lvsm") -> Iterator[Callable[[str], types.ModuleType]]:
     """`with official_code(dir) as load: load("model.efficient_lvsm")`: their modules, importable from
     the checkout only inside the block."""
-    checkout = Path(checkout).resolve()
-    if not (checkout / "model").is_dir():
-        raise MissingResource(f"{checkout}: not an official LVSM / Efficient-LVSM checkout (no model/ folder)")
+    checkout = check_checkout(checkout, repository)
     clashing = sorted(name for name in sys.modules if _ours(name))
     if clashing:
         raise RuntimeError(f"modules {clashing[:3]} are already imported; the official code's packages would clash")
@@ -142,11 +183,50 @@ def official_code(checkout: str | Path) -> Iterator[Callable[[str], types.Module
     sys.modules.update(modules)
     sys.path.insert(0, str(checkout))
     try:
-        yield importlib.import_module
+        yield _eager(importlib.import_module) if repository == "lact" else importlib.import_module
     finally:
         sys.path[:] = saved_path  # Efficient-LVSM appends its checkout to sys.path on import
         for name in [n for n in sys.modules if _ours(n)]:
             del sys.modules[name]
+
+
+def _eager(load: Callable[[str], types.ModuleType]) -> Callable[[str], types.ModuleType]:
+    """`load` with each `@torch.compile` function of the loaded module replaced by the function it wraps."""
+    def load_eager(name: str) -> types.ModuleType:
+        module = load(name)
+        for attribute, value in list(vars(module).items()):
+            original = getattr(value, "_torchdynamo_orig_callable", None)
+            if callable(original):
+                setattr(module, attribute, original)
+        return module
+    return load_eager
+
+
+NEWTON_SCHULZ_FUNCTION, BFLOAT16_CAST = "zeropower_via_newtonschulz5", "G.bfloat16()"
+
+
+@contextlib.contextmanager
+def official_step(load: Callable[[str], types.ModuleType], dtype: torch.dtype) -> Iterator[None]:
+    """LaCT's official Newton-Schulz step in `dtype` for the block: bfloat16 as released, or float32 by
+    their own function's source with `G.float()` in place of `G.bfloat16()` (the reference fixtures'
+    `render_ns_float32` were made the same way)."""
+    module = load("lact_ttt")
+    original = getattr(module, NEWTON_SCHULZ_FUNCTION)
+    if dtype == torch.bfloat16:
+        yield
+        return
+    source = textwrap.dedent(inspect.getsource(original))
+    if BFLOAT16_CAST not in source:
+        raise MissingResource(f"{module.__file__}: {NEWTON_SCHULZ_FUNCTION} no longer casts with {BFLOAT16_CAST}; "
+                              "this checkout is not the LaCT code the float32 step was defined for")
+    source = "\n".join(line for line in source.replace(BFLOAT16_CAST, "G.float()").splitlines() if not line.startswith("@"))
+    namespace: dict[str, Any] = dict(vars(module))
+    exec(compile(source, module.__file__, "exec"), namespace)  # noqa: S102  (their function, one cast changed)
+    setattr(module, NEWTON_SCHULZ_FUNCTION, namespace[NEWTON_SCHULZ_FUNCTION])
+    try:
+        yield
+    finally:
+        setattr(module, NEWTON_SCHULZ_FUNCTION, original)
 
 
 # --------------------------------------------------------------------------------- the models
@@ -158,6 +238,8 @@ def official_config(checkout: Path, variant: str, config: ModelConfig, n_input: 
     if not path.is_file():
         raise MissingResource(f"{path}: the official config of {variant} is missing from the checkout")
     data = yaml.safe_load(path.read_text())
+    if VARIANTS[variant].repository == "lact":
+        return _lact_config(data, config)
     model, training = data["model"], data["training"]
     for tokenizer in ("image_tokenizer", "target_pose_tokenizer"):
         model[tokenizer].update(image_size=config.image_size, patch_size=config.patch_size)
@@ -176,6 +258,20 @@ def official_config(checkout: Path, variant: str, config: ModelConfig, n_input: 
                     num_views=n_input + n_target, target_has_input=False, grad_checkpoint_every=1)
     data.setdefault("inference", {})["if_inference"] = False
     return data
+
+
+def _lact_config(data: dict[str, Any], config: ModelConfig) -> dict[str, Any]:
+    """LaCT's flat YAML (patch_size, dim, layers, block_config: attention, fast weights, MLP) with our sizes."""
+    data.update(patch_size=config.patch_size, dim=config.dim, layers=config.depth)
+    for module in data["block_config"]:
+        params = module["params"]
+        if "use_qk_norm" in params:
+            params.update(head_dim=config.head_dim, use_qk_norm=config.qk_norm)
+        elif "muon_update_steps" in params:
+            params.update(head_dim=config.dim // config.fast_weight_heads, inter_multi=config.fast_weight_ratio)
+        else:
+            params.update(inter_multi=config.mlp_ratio)
+    return {"model": data}
 
 
 def _perturb(module: torch.nn.Module, seed: int) -> None:
@@ -201,6 +297,8 @@ class Pair:
 
     def official_call(self, views: tuple[torch.Tensor, ...]) -> Callable[[], torch.Tensor]:
         images, in_c2w, in_k, tgt_c2w, tgt_k = views
+        if VARIANTS[self.variant].repository == "lact":  # it writes its rays into the dicts: fresh ones per call
+            return lambda: self.official({"image": images, "c2w": in_c2w, "fxfycxcy": in_k}, {"c2w": tgt_c2w, "fxfycxcy": tgt_k})
         batch = {"image": images, "c2w": torch.cat([in_c2w, tgt_c2w], 1), "fxfycxcy": torch.cat([in_k, tgt_k], 1)}
         model = self.official
         if self.variant == "efficient_lvsm":
@@ -221,13 +319,18 @@ def build_pair(load: Callable[[str], types.ModuleType], checkout: Path, variant:
     """The official model built from its YAML with our sizes and seed `seed`, perturbed, and ours
     loaded from its state dict."""
     data = official_config(checkout, variant, config, n_input, n_target)
-    module_name, _, class_name = data["model"]["class_name"].rpartition(".")
-    cls = getattr(load(module_name), class_name)
     torch.manual_seed(seed)
-    official = cls(config_dict(data))
+    if VARIANTS[variant].repository == "lact":
+        load("lact_ttt")  # its block list names classes by module: loaded (and made eager) before the model
+        model = data["model"]
+        official = load("model").LaCTLVSM(model["patch_size"], model["dim"], model["layers"], model["block_config"])
+    else:
+        module_name, _, class_name = data["model"]["class_name"].rpartition(".")
+        official = getattr(load(module_name), class_name)(config_dict(data))
     official.eval()  # their train() override returns None: no chaining
     official.requires_grad_(False)
     _perturb(official, seed + 1)
     state = {k: v for k, v in official.state_dict().items() if not k.startswith("loss_computer.")}
-    ours = load_official(variant, data["model"], state).eval()
+    # LaCT's YAML holds its block list, which no key of ours reads: its sizes come from the weights alone.
+    ours = load_official(variant, None if VARIANTS[variant].repository == "lact" else data["model"], state).eval()
     return Pair(variant, official, ours.requires_grad_(False), data)
