@@ -1,6 +1,7 @@
 """One entry point, `python -m harness` or `lvsm-bench`:
 
     run FILE [--set KEY=VALUE]... [--preset P] [--checkpoint [MODEL=]PATH]... [--plugin PATH]... [--no-progress]
+        [--ship-weights [--force-ship]]
     ls {models,kinds,sources,presets} [--plugin PATH]...
     validate FILE... [--plugin PATH]...
     paper [--index-only]
@@ -51,7 +52,7 @@ def _run(args: argparse.Namespace, book) -> int:
     load_plugins(args.plugin)
     spec = load_experiment(args.experiment, args.set)
     start = time.perf_counter()
-    run_spec(spec, RunOptions(args.preset, tuple(args.checkpoint), not args.no_progress))
+    run_spec(spec, RunOptions(args.preset, tuple(args.checkpoint), not args.no_progress, args.ship_weights, args.force_ship))
     log.info("%s: done in %.1f s wall", spec.name, time.perf_counter() - start)
     return _failures(spec.name, book)
 
@@ -163,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default: the experiment's; auto = paper on CUDA, small on CPU)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="[MODEL=]PATH",
                    help="evaluate this checkpoint instead of the experiment's models (official ones need MODEL=)")
+    p.add_argument("--ship-weights", action="store_true",
+                   help="a training study only, run as its file defines it: write the trained weights into the folder its "
+                        "ship_weights names (what make eval evaluates); without it they stay in the run's output folder")
+    p.add_argument("--force-ship", action="store_true", help="with --ship-weights: replace shipped weights of another model config")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
     p = sub.add_parser("ls", parents=[plugin], help="list the registered models, experiment kinds, data sources or presets")

@@ -181,6 +181,13 @@ class RunOptions:
     preset: str | None = None
     checkpoints: tuple[str, ...] = ()
     progress: bool = True
+    ship_weights: bool = False  # write a training study's weights into the repository's folder it names
+    force_ship: bool = False  # ... even over shipped weights of another model config
+
+    def given(self) -> dict[str, str]:
+        """The options a kind must read for them to take effect, those given: name -> command-line flag."""
+        flags = {"checkpoints": "--checkpoint", "ship_weights": "--ship-weights", "force_ship": "--force-ship"}
+        return {name: flag for name, flag in flags.items() if getattr(self, name)}
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,7 @@ class Kind:
     spec: type[ExperimentBase]
     run: Callable[[Any, RunOptions], Any]
     summary: str
+    reads: frozenset[str] = frozenset()  # RunOptions.given() names the kind honours; any other given is refused
 
 
 KINDS: dict[str, str | Kind] = {
@@ -243,7 +251,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: experiment file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {error.start}: {error.reason}); expected an experiment "
+                          "YAML saved as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
     if not isinstance(data, dict):
@@ -371,8 +384,13 @@ def run_spec(spec: ExperimentBase, options: RunOptions = RunOptions()) -> Any:
     """Every experiment runs through here: the preset rule once, then its kind. Under torchrun the
     ranks join one process group first, over the backend of the device the experiment runs on."""
     from .distributed import init_world
+    kind = get_kind(spec.kind)
+    ignored = [flag for name, flag in options.given().items() if name not in kind.reads]
+    if ignored:
+        raise ConfigError(f"{spec.name}: {ignored[0]} is not read by kind {spec.kind!r}, so it would be ignored; "
+                          f"{'it reads ' + ', '.join(sorted(kind.reads)) if kind.reads else 'it reads no run option'}")
     init_world(spec.preset_device())
-    return get_kind(spec.kind).run(with_preset(spec, options.preset), options)
+    return kind.run(with_preset(spec, options.preset), options)
 
 
 def run_experiment(path: str | Path, overrides: list[str] | None = None, **options: Any) -> Any:

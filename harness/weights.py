@@ -5,8 +5,10 @@ A folder (e.g. weights/convergence/) holds one file per model, `<arm>.pt`, with 
 (a plain state dict, loadable with `torch.load(..., weights_only=True)`), and `manifest.json` naming
 for each file its variant, full model config, training step, dtype and sha256. Loading checks the
 checksum first: a damaged or replaced file is refused in one line, never evaluated. The folder is
-written by the study that trained the models (`ship_weights:` of a convergence experiment), from the
-checkpoints of its runs, so that retraining refreshes it.
+written only on request (`--ship-weights`, as `make convergence` runs it) by the study that trained the
+models (`ship_weights:` of a convergence experiment), run as its file defines it, from the checkpoints
+of its runs; a file of another model config is replaced only when forced, and each replaced file's
+checksum stays in its entry's `history`.
 """
 from __future__ import annotations
 
@@ -92,14 +94,35 @@ def load_shipped(path: str | Path, model_name: str | None = None, device: torch.
     return model.to(device).eval(), meta
 
 
-def ship(checkpoints: Mapping[str, str | Path], folder: str | Path, trained_by: str, dtype: str = "float32") -> list[Path]:
+def check_replaceable(folder: Path, file: str, variant: str, config: Mapping[str, Any]) -> None:
+    """Refuse, in one line, to replace a shipped file that holds another variant or model config."""
+    manifest = read_manifest(folder)
+    entry = (manifest or {"models": {}})["models"].get(file)
+    if entry is None:
+        return
+    shipped = ModelConfig(**entry["config"]).to_dict()  # fields added since it shipped take their defaults
+    new = ModelConfig(**config).to_dict()
+    differ = sorted(key for key in new if new[key] != shipped.get(key))
+    if entry["variant"] != variant or differ:
+        what = (f"variant {entry['variant']} -> {variant}" if entry["variant"] != variant else
+                ", ".join(f"{key} {shipped.get(key)} -> {new[key]}" for key in differ))
+        raise CheckpointError(f"{folder / file}: shipped weights of another model ({what}); replacing them is refused "
+                              "unless forced (--force-ship)")
+
+
+def ship(checkpoints: Mapping[str, str | Path], folder: str | Path, trained_by: str, dtype: str = "float32",
+         force: bool = False) -> list[Path]:
     """Write `<name>.pt` (weights only, in `dtype`) and the manifest for every `name -> checkpoint`;
-    a file whose bytes are already there is left alone. Returns the files written."""
+    a file whose bytes are already there is left alone, one of another model config is refused unless
+    `force`. Returns the files written."""
     folder = Path(folder)
     manifest = read_manifest(folder) or {"format": FORMAT, "models": {}}
+    loaded = {name: load_checkpoint(checkpoint) for name, checkpoint in checkpoints.items()}
+    if not force:  # every file checked before any is written
+        for name, (_, meta) in loaded.items():
+            check_replaceable(folder, f"{name}.pt", meta.model, meta.config)
     written = []
-    for name, checkpoint in checkpoints.items():
-        model, meta = load_checkpoint(checkpoint)
+    for name, (model, meta) in loaded.items():
         buffer = io.BytesIO()
         torch.save({k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in model.state_dict().items()}, buffer)
         data, file = buffer.getvalue(), f"{name}.pt"
@@ -107,7 +130,9 @@ def ship(checkpoints: Mapping[str, str | Path], folder: str | Path, trained_by: 
         if manifest["models"].get(file, {}).get("sha256") == digest and (folder / file).is_file():
             continue
         write_atomic(folder / file, data)
-        manifest["models"][file] = {
+        previous = manifest["models"].get(file)
+        history = [*previous.get("history", []), {k: previous.get(k) for k in ("sha256", "created", "commit", "step")}] if previous else []
+        manifest["models"][file] = {"history": history,
             "variant": meta.model, "config": meta.config, "preset": meta.preset, "step": meta.step, "dtype": dtype,
             "params": model.num_parameters(), "bytes": len(data), "sha256": digest, "commit": meta.commit,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "trained_by": trained_by}

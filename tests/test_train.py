@@ -268,7 +268,7 @@ def test_shipped_weights_reproduce_the_study_in_view_generalization_and_evaluati
               "n_target": 2, "eval_n_target": 2, "eval_scenes": 3, "context_layout": "ring", "normalize": False},
         train={"steps": 3, "val_every": 3, "checkpoint_every": 3, "threads": 1}, blur_sigmas=[1.0], cost={"runs": 1},
         ship_weights=str(weights))
-    trained = run_experiment(tmp_path / "conv.yaml", progress=False).set_index("arm")
+    trained = run_experiment(tmp_path / "conv.yaml", progress=False, ship_weights=True).set_index("arm")
     manifest = json.loads((weights / "manifest.json").read_text())["models"]
     assert sorted(manifest) == ["efficient_lvsm.pt", "lvsm_decoder_only.pt"]
     for file, entry in manifest.items():
@@ -276,7 +276,7 @@ def test_shipped_weights_reproduce_the_study_in_view_generalization_and_evaluati
         assert all(isinstance(v, torch.Tensor) for v in state.values()) and entry["step"] == 3
         assert hashlib.sha256((weights / file).read_bytes()).hexdigest() == entry["sha256"]
     mtime = (weights / "efficient_lvsm.pt").stat().st_mtime_ns
-    run_experiment(tmp_path / "conv.yaml", progress=False)  # nothing retrained: the shipped files stay as they are
+    run_experiment(tmp_path / "conv.yaml", progress=False, ship_weights=True)  # nothing retrained: the shipped files stay
     assert (weights / "efficient_lvsm.pt").stat().st_mtime_ns == mtime
     path = _write(tmp_path / "vg.yaml", f"""
         kind: view_generalization
@@ -313,6 +313,45 @@ def test_shipped_weights_reproduce_the_study_in_view_generalization_and_evaluati
     assert main(["run", str(evaluation), "--no-progress", "--set", f"output_dir={tmp_path / 'eval2'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "efficient_lvsm.pt: sha256" in err[0] and "does not match" in err[0], err
+
+
+def test_weights_ship_only_on_request_from_the_study_itself_and_never_over_another_model(tmp_path, capsys):
+    """A run with overrides (or without --ship-weights) leaves the shipped folder untouched and says where
+    its weights are; --ship-weights with an override is refused before any training; shipping over a file
+    of another model config is refused unless forced, and the replaced checksum stays in the history."""
+    weights = tmp_path / "weights"
+    conv = tiny_convergence(
+        tmp_path / "conv.yaml", tmp_path / "conv", ["efficient_lvsm"],
+        data={"options": {"count": 3, "views": 10, "supersample": 1}, "eval_options": {"seed": 1, "count": 2}, "n_input": 2,
+              "n_target": 2, "eval_n_target": 2, "eval_scenes": 2, "normalize": False},
+        train={"steps": 2, "val_every": 2, "checkpoint_every": 2, "threads": 1}, blur_sigmas=[1.0], cost={"runs": 1},
+        ship_weights=str(weights))
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["run", str(conv), "--no-progress", "--set", "train.steps=1", "--set", f"output_dir={elsewhere}"]) == 0
+    assert not weights.exists() and (elsewhere / "runs" / "efficient_lvsm" / "checkpoint.pt").is_file()
+    capsys.readouterr()
+    assert main(["run", str(conv), "--no-progress", "--ship-weights", "--set", "train.steps=1",
+                 "--set", f"output_dir={tmp_path / 'refused'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not the study" in err[0] and "changed: train" in err[0], err
+    assert not (tmp_path / "refused" / "runs").exists() and not weights.exists()
+    assert main(["run", str(conv), "--no-progress", "--ship-weights"]) == 0
+    first = json.loads((weights / "manifest.json").read_text())["models"]["efficient_lvsm.pt"]
+    assert json.loads((tmp_path / "conv" / "manifest.json").read_text())["written_outside_output"] == [str(weights / "efficient_lvsm.pt")]
+    spec = yaml.safe_load(conv.read_text())
+    spec["overrides"]["mlp_ratio"] = 2
+    conv.write_text(yaml.safe_dump(spec))
+    capsys.readouterr()
+    assert main(["run", str(conv), "--no-progress", "--ship-weights", "--set", f"output_dir={tmp_path / 'conv2'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "shipped weights of another model (mlp_ratio 4 -> 2)" in err[0] and "--force-ship" in err[0], err
+    assert json.loads((weights / "manifest.json").read_text())["models"]["efficient_lvsm.pt"] == first
+    assert main(["run", str(conv), "--no-progress", "--ship-weights", "--force-ship", "--set", f"output_dir={tmp_path / 'conv2'}"]) == 0
+    replaced = json.loads((weights / "manifest.json").read_text())["models"]["efficient_lvsm.pt"]
+    assert replaced["config"]["mlp_ratio"] == 2 and replaced["history"][-1]["sha256"] == first["sha256"]
+    # An option no kind of this experiment reads is refused, not ignored.
+    assert main(["run", str(conv), "--no-progress", "--checkpoint", str(weights / "efficient_lvsm.pt")]) == 2
+    assert "--checkpoint is not read by kind 'convergence'" in capsys.readouterr().err
 
 
 def test_arm_summary_compares_with_the_reference_against_the_seed_range():

@@ -9,7 +9,6 @@ from typing import Any
 from models import list_models
 
 from ..checkpoint import is_our_checkpoint, read_torch_file
-from ..distributed import current_world
 from ..errors import CheckpointError, ConfigError, MissingResource
 from ..schema import Kind, RunOptions, revalidate
 from ..weights import shipped_entry
@@ -55,9 +54,10 @@ def run_evaluation(spec: EvaluateSpec, options: RunOptions) -> EvaluationResult 
     try:
         evaluation = Evaluation(spec, progress=options.progress)
     except MissingResource as missing:
-        if current_world().is_main:  # every rank finds the same thing missing; one says so
-            print(f"{spec.name}: not run: {missing}")
-        return None
+        # Nothing asked for was done: one line naming what is missing and how to provide it, exit status 2.
+        error = MissingResource(f"{spec.name}: not run: {missing}")
+        error.every_rank = True  # every rank finds the same thing missing; one says so
+        raise error from None
     result = evaluation.run()
     if result is not None:
         log.info("%s: %d scene evaluations computed, %d failed, the rest resumed from %s", spec.name, result.computed,
@@ -65,4 +65,5 @@ def run_evaluation(spec: EvaluateSpec, options: RunOptions) -> EvaluationResult 
     return result
 
 
-EVALUATE = Kind(EvaluateSpec, run_evaluation, "PSNR / SSIM / LPIPS of models or checkpoints on an evaluation index")
+EVALUATE = Kind(EvaluateSpec, run_evaluation, "PSNR / SSIM / LPIPS of models or checkpoints on an evaluation index",
+                reads=frozenset({"checkpoints"}))

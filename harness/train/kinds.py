@@ -18,18 +18,20 @@ from typing import Any
 import pandas as pd
 
 from models import label
+from models.registry import resolve_config
 
 from ..pipeline import Report, Sweep, Table, write_manifest, write_report
 from ..provenance import environment
 from ..runtime import resolve_device
-from ..schema import Kind, RunOptions
+from ..errors import ConfigError
+from ..schema import Kind, RunOptions, load_experiment, with_preset
 from .config import Arm, ConvergenceExperiment, TrainExperiment, settings_dict
 from ..distributed import current_world
 from .figures import save_renders
 from .loop import train_model
 from .summary import SUMMARY_COLUMNS, convergence_report, final_columns, provenance
 from .validation import trivial_baselines
-from ..weights import ship
+from ..weights import check_replaceable, ship
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +87,30 @@ def unavailable(arm: Arm) -> str:
     return ""
 
 
+def check_shippable(exp: ConvergenceExperiment, options: RunOptions) -> None:
+    """Shipping writes into the repository what `make eval` evaluates as this study's models, so only the
+    study as its file defines it ships (an output folder of its own aside), and never over shipped weights
+    of another model config unless forced. Checked before any training; one line otherwise."""
+    if not exp.ship_weights:
+        raise ConfigError(f"{exp.name}: --ship-weights: the experiment names no ship_weights folder")
+    study = with_preset(load_experiment(exp.source_file), None) if exp.source_file else None
+    ours = exp.model_dump(exclude={"output_dir"})
+    theirs = study.model_dump(exclude={"output_dir"}) if study else {}
+    changed = sorted(key for key in ours if ours[key] != theirs.get(key))
+    if changed:
+        raise ConfigError(f"{exp.name}: --ship-weights: this run is not the study {exp.source_file or '(no file)'} defines "
+                          f"(changed: {', '.join(changed)}); shipped weights come only from the study as its file defines "
+                          "it: drop --preset/--set, or drop --ship-weights (the weights then stay in the run's runs/ folder)")
+    if not options.force_ship:
+        for arm in exp.study_arms():
+            spec = exp.model_spec(arm)
+            check_replaceable(Path(exp.ship_weights), f"{arm.name}.pt", spec.name, resolve_config(spec.preset, **spec.overrides).to_dict())
+
+
 def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataFrame | None:
     world = current_world()
+    if options.ship_weights:
+        check_shippable(exp, options)
     # Every row names the machine, also those of the predictors and costs (not only the trained runs).
     sweep = Sweep(exp.results_dir(), exp.name, together=True, context=environment(resolve_device(exp.train.device)))
     skipped = [reason for reason in map(unavailable, exp.study_arms()) if reason]
@@ -145,11 +169,19 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
     missing = len(train_points) - len(finals)
     if missing:
         report.notes.insert(0, f"{missing} of {len(train_points)} runs not finished yet (rerun to resume)")
-    elif exp.ship_weights:  # every run finished: the shipped weights are this study's
+    elif options.ship_weights:  # every run finished, and this run is the study its file defines
         shipped = ship({arm.name: run_dirs[arm.name, seeds[0]] / "checkpoint.pt" for arm in arms}, exp.ship_weights,
-                       trained_by=f"{exp.source_file or exp.name} (first seed)", dtype=exp.ship_dtype)
+                       trained_by=f"{exp.source_file or exp.name} (first seed)", dtype=exp.ship_dtype, force=options.force_ship)
         report.notes.append(f"weights shipped in {exp.ship_weights}/ (weights only, sha256 in its manifest.json)"
                             + (f"; refreshed: {', '.join(p.name for p in shipped)}" if shipped else ""))
+        # What the run wrote outside its output folder, in its manifest.
+        write_manifest(sweep.out_dir, exp, {"written_outside_output": [str(p) for p in shipped]})
+    else:
+        kept = f"trained weights kept in {exp.results_dir() / 'runs'}/"
+        if exp.ship_weights:
+            kept += f" ({exp.ship_weights}/ untouched: shipping them there is --ship-weights, as make convergence does)"
+        report.notes.append(kept)
+        log.info("%s: %s", exp.name, kept)
     write_report(report, sweep.out_dir)
     return summary
 
@@ -184,4 +216,5 @@ def run_train(exp: TrainExperiment, options: RunOptions) -> dict[str, Any] | Non
 
 
 TRAIN = Kind(TrainExperiment, run_train, "train one model, resumable from its checkpoint")
-CONVERGENCE = Kind(ConvergenceExperiment, run_convergence, "several variants trained on one budget: PSNR against steps and seconds")
+CONVERGENCE = Kind(ConvergenceExperiment, run_convergence, "several variants trained on one budget: PSNR against steps and seconds",
+                   reads=frozenset({"ship_weights", "force_ship"}))
