@@ -11,8 +11,12 @@ _SOURCES: dict[str, Callable[..., Source]] = {}
 
 
 def register_source(name: str):
-    """Class decorator: `@register_source("re10k")` on a Source subclass whose __init__ takes the options."""
+    """Class decorator: `@register_source("re10k")` on a Source subclass whose __init__ takes the options.
+    A taken name is refused: rows name their source, and a silent replacement would mislabel them."""
     def add(cls: Callable[..., Source]) -> Callable[..., Source]:
+        if name in _SOURCES:
+            raise DataError(f"data source {name!r} is registered twice ({_SOURCES[name].__module__} and {cls.__module__}); "
+                            "a plugin must pick its own name")
         _SOURCES[name] = cls
         cls.source_name = name
         return cls

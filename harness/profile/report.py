@@ -254,6 +254,10 @@ def flops_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Report
     notes = ctx.notes(rows) + [
         "GFLOPs = 2 x multiply-adds of linear layers and attention matmuls (norms, softmax, GELU left out)",
         "thop GMACs = linear-layer multiply-adds only, as `thop` counts (the published GFLOPs column)",
+        "what is counted: this code's forward as it executes, equal to its analytic formula; the official code's own "
+        "forward is counted beside ours in results/parity (make parity): LVSM family +18 FLOPs per pixel per view for "
+        "its rays' batched matmul, LaCT about 2% more from work whose outputs nothing reads (target keys, values and "
+        "learning rates; the last block's apply and MLP on input tokens)",
     ] + failure_notes(rows, ["model", "n_input", "n_target"]) + _unmeasured(rows, expected)
     notes += published_notes(spec.card_table, spec.models, ["gflops_thop"])
     frame = ok_frame(rows)
@@ -281,8 +285,10 @@ def flops_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Report
         "n_target", "model", spec.fit_min_n, f"forward FLOPs, preset {ctx.preset}")
     for _, row in slopes.iterrows():
         if row["M"] == min(spec.n_targets):
-            result.headlines.append(f"{row['model']}, M={row['M']}: FLOPs grow as N^{row.iloc[2]:.2f} at large N "
-                                    f"(N >= {spec.fit_min_n})")
+            fitted = row.iloc[2]
+            result.headlines.append(f"{row['model']}, M={row['M']}: " + (
+                f"FLOPs grow as N^{fitted:.2f} at large N (N >= {spec.fit_min_n})" if pd.notna(fitted) else
+                f"no FLOP exponent: fewer than two measured N >= {spec.fit_min_n} (fit_min_n)"))
     published = card_published(spec.card_table, spec.models)
     if len(published) >= 2:
         a, b = (published[m] for m in list(published)[:2])
