@@ -444,3 +444,25 @@ def test_the_headline_pair_is_timed_in_alternation_and_its_ratio_taken_round_by_
     out = measure_module.alternating_ratio(lambda: "a", lambda: "b", torch.device("cpu"), "float32", settings)
     assert order == ["a", "b", "b", "a", "a", "b"]
     assert out["rounds"] == 3 and out["latency_ratio"] == 2.0 and (out["first_ms"], out["second_ms"]) == (8.0, 3.0)
+
+
+def test_a_point_timed_while_other_processes_load_the_cores_is_marked_noisy():
+    """Busy processes on every core take the CPU from the timed threads: the point's process CPU time
+    falls well under its threads' share of the wall time, and the point is marked noisy with that reason."""
+    import time
+    from harness.profile.measure import median_iqr, quartiles
+    a = torch.randn(384, 384)
+    settings = Measurement(device="cpu", warmup=1, runs=40, min_runs=40)
+    quiet = measure_call(lambda: a @ a, torch.device("cpu"), "float32", settings)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * (os.cpu_count() or 1))]
+    try:
+        time.sleep(0.5)
+        loaded = measure_call(lambda: a @ a, torch.device("cpu"), "float32", settings)
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    assert loaded["noisy"] and "contended: process CPU time" in loaded["noisy_reason"], loaded
+    assert loaded["cpu_per_wall"] < quiet["cpu_per_wall"] and "contended" in quiet
+    # One quartile definition for every IQR (latencies and ratios alike).
+    assert quartiles([1, 2, 3, 4]) == (1.75, 2.5, 3.25) and median_iqr([1, 2, 3, 4]) == (2.5, 1.5)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Literal, Mapping
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from models import list_models, model_card, model_class
+from models import PRESETS, build_model, label, list_models, model_card, model_class
 
 from ..pipeline import Sweep, write_manifest, write_report
 from ..runtime import autocast
@@ -133,8 +133,17 @@ class EfficiencyRow(Spec):
     gflops_thop: float = Field(gt=0)
 
 
+class SettingSearch(Spec):
+    """Where the published table's unstated view setting is looked for: the paper-size models' thop count
+    (linear layers, the published GFLOPs column) at every N, M up to `max_views` and each resolution."""
+    image_sizes: list[Positive] = [256, 512]
+    max_views: Positive = 32
+    tolerance: float = Field(default=0.01, gt=0, lt=1)  # relative, for every published variant at once
+
+
 class EfficiencySpec(CostSpec, SharedCores):
     kind: Literal["profile_efficiency"]
+    setting_search: SettingSearch = SettingSearch()
     measure: Measurement = Measurement()
     models: list[ModelName] = Field(default=["lvsm_decoder_only", "efficient_lvsm"], min_length=1)
     n_input: Positive = 2
@@ -300,14 +309,50 @@ def incremental_error(model, views, n: int, device: torch.device, dtype: str) ->
             "incremental_psnr_db": float("inf") if mse == 0 else -10 * math.log10(mse)}
 
 
+def published_setting_search(spec: EfficiencySpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The (N, M, resolution) settings at which the paper-size models' thop counts equal every published
+    GFLOPs (thop) figure of the table within the tolerance, closest first (analytic counts, which the
+    FLOP tests pin to FlopCounterMode's); and at the closest, each model's counts on the meta device:
+    linear layers only (thop) and every matmul (FlopCounterMode), beside the published figure."""
+    published = {name: row["gflops_thop"] for name, row in report.card_published(spec.card_table, spec.models).items()
+                 if row.get("gflops_thop")}
+    if not published:
+        return [], []
+    search = spec.setting_search
+    with torch.device("meta"):
+        models = {name: build_model(name, "paper") for name in published}
+    found = []
+    for size in search.image_sizes:
+        for n in range(1, search.max_views + 1):
+            for m in range(1, search.max_views + 1):
+                ours = {name: model.analytic_flops(n, m, 1, size).linear_macs / 1e9 for name, model in models.items()}
+                off = {name: ours[name] / published[name] - 1 for name in published}
+                if all(abs(v) <= search.tolerance for v in off.values()):
+                    found.append({"N": n, "M": m, "px": size, **{f"{label(k)} thop GMACs": ours[k] for k in ours},
+                                  "largest |off|": max(abs(v) for v in off.values())})
+    found.sort(key=lambda row: row["largest |off|"])
+    counted = []
+    if found:
+        best = found[0]
+        counter = FlopCounter(PRESETS["paper"].with_overrides(image_size=best["px"]))
+        for name in published:
+            count = counter.forward(name, best["N"], best["M"])
+            counted.append({"model": name, "N": best["N"], "M": best["M"], "px": best["px"],
+                            "thop GMACs (linear only)": count.analytic.linear_macs / 1e9, "GFLOPs (all matmuls, counted)":
+                            count.counted / 1e9, "published GFLOPs (thop)": published[name],
+                            "counted = analytic": count.relative_difference <= 1e-4})
+    return found, counted
+
+
 def run_efficiency(spec: EfficiencySpec, options: RunOptions) -> list[dict[str, Any]]:
     spec, ctx = _context(spec, options)
+    search = published_setting_search(spec)
     points = [ctx.point(model=model, n_input=spec.n_input, n_target=spec.n_target, batch=spec.batch,
                         measure=spec.measure.key()) for model in spec.models]
     points.append(ctx.point(pair=[spec.baseline_model, spec.fast_model], n_input=spec.n_input, n_target=spec.n_target,
                             batch=spec.batch, measure=spec.measure.key()))
     return _sweep_and_report(spec, ctx, points, forward_measure(ctx, spec.measure), _point_label, options,
-                             lambda rows, expected: report.efficiency_report(spec, ctx, rows))
+                             lambda rows, expected: report.efficiency_report(spec, ctx, rows, search))
 
 
 PROFILE = Kind(ProfileSpec, run_profile, "latency, peak memory and FLOPs over N input and M target views")

@@ -13,13 +13,13 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -153,14 +153,77 @@ class LatencyStats:
 
     @classmethod
     def from_samples(cls, samples_ms: Sequence[float], warmup: int) -> "LatencyStats":
-        q1, median, q3 = np.percentile(np.asarray(samples_ms, dtype=float), [25, 50, 75])
-        return cls(float(median), float(q1), float(q3), len(samples_ms), warmup)
+        q1, median, q3 = quartiles(samples_ms)
+        return cls(median, q1, q3, len(samples_ms), warmup)
 
     def columns(self, noisy_iqr: float) -> dict[str, Any]:
         spread = self.iqr_ms / self.median_ms if self.median_ms > 0 else 0.0
         return {"latency_ms": self.median_ms, "latency_iqr_ms": self.iqr_ms, "latency_q1_ms": self.q1_ms,
                 "latency_q3_ms": self.q3_ms, "runs": self.runs, "warmup": self.warmup,
-                "latency_spread": spread, "noisy": bool(spread > noisy_iqr)}
+                "latency_spread": spread, "noisy": bool(spread > noisy_iqr),
+                "noisy_reason": f"IQR {spread:.0%} of the median" if spread > noisy_iqr else ""}
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """First quartile, median and third quartile: the one definition every IQR here uses (Python's
+    `statistics.quantiles`, inclusive method, which is numpy's default linear interpolation; all three
+    equal for a single value)."""
+    middle = float(statistics.median(values))
+    if len(values) < 2:
+        return middle, middle, middle
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return float(q1), middle, float(q3)
+
+
+class Contention:
+    """Whether other work shared this CPU while a point was timed: `with Contention(device) as c:` fills
+    `c.columns`. Two readings, both of the point itself: the process's CPU time against the wall time
+    (its threads could not run while another process held the cores: below `CPU_SHARE` of the threads it
+    uses), and the 1-minute load average against the cores (more runnable work than the cores left over
+    by this process's threads, by more than one). Either marks the point noisy with its reason; a
+    load-free time on a shared CPU would be load, not cost. Not read on accelerators (their kernels run
+    while the host waits)."""
+
+    CPU_SHARE = 0.6
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.columns: dict[str, Any] = {}
+
+    @staticmethod
+    def _load() -> float | None:
+        try:
+            return os.getloadavg()[0]
+        except OSError:  # not offered on this platform
+            return None
+
+    def __enter__(self) -> "Contention":
+        self._load0, self._cpu0, self._wall0 = self._load(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type != "cpu":
+            return
+        wall = time.perf_counter() - self._wall0
+        threads, cores = torch.get_num_threads(), os.cpu_count() or 1
+        cpu_share = (time.process_time() - self._cpu0) / wall if wall > 0 else None
+        loads = [v for v in (self._load0, self._load()) if v is not None]
+        load = max(loads) if loads else None
+        reasons = []
+        if cpu_share is not None and wall > 0.05 and cpu_share < self.CPU_SHARE * min(threads, cores):
+            reasons.append(f"process CPU time {cpu_share:.2f}x wall with {threads} thread(s)")
+        if load is not None and load - min(threads, cores) > cores - min(threads, cores) + 1:
+            reasons.append(f"load average {load:.1f} on {cores} cores with {threads} thread(s) of ours")
+        self.columns = {"load_avg": load, "cpu_per_wall": cpu_share, "contended": "; ".join(reasons)}
+
+
+def mark_contention(columns: dict[str, Any], contention: Mapping[str, Any]) -> dict[str, Any]:
+    """The point's columns with the contention reading, noisy when it says the cores were shared."""
+    out = {**columns, **contention}
+    if contention.get("contended"):
+        out["noisy"] = True
+        out["noisy_reason"] = "; ".join(r for r in (columns.get("noisy_reason"), "contended: " + contention["contended"]) if r)
+    return out
 
 
 def time_once_ms(fn: Callable[[], Any], device: torch.device) -> float:
@@ -333,16 +396,15 @@ def measure_call(fn: Callable[[], Any], device: torch.device, dtype: str, settin
     warm_budget = None if settings.time_budget_s is None else settings.time_budget_s / 4
     warmed, last_ms = warm_up(step, device, settings.warmup, warm_budget)
     runs = planned_runs(last_ms, settings.runs, settings.min_runs, settings.time_budget_s)
-    with PeakMemory(device) as memory:
+    with PeakMemory(device) as memory, Contention(device) as contention:
         stats = timed_runs(step, device, runs, warmed, settings.min_runs, settings.time_budget_s)
-    return {**stats.columns(settings.noisy_iqr), **memory.columns, "sdpa_backend": settings.sdpa_backend,
-            "compiled": settings.compile, "compile_s": compile_s}
+    return mark_contention({**stats.columns(settings.noisy_iqr), **memory.columns, "sdpa_backend": settings.sdpa_backend,
+                            "compiled": settings.compile, "compile_s": compile_s}, contention.columns)
 
 
 def median_iqr(values: Sequence[float]) -> tuple[float, float]:
-    """Median and interquartile range (0 for a single value)."""
-    middle = statistics.median(values)
-    q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (middle, middle, middle)
+    """Median and interquartile range (0 for a single value), by `quartiles`."""
+    q1, middle, q3 = quartiles(values)
     return middle, q3 - q1
 
 
@@ -353,12 +415,17 @@ def alternating_ratio(first: Callable[[], Any], second: Callable[[], Any], devic
     did in between (on a shared CPU it moved a headline by 1.5x between runs). Up to `runs` rounds,
     within twice the point's `time_budget_s` (never under `min_runs`)."""
     budget = None if settings.time_budget_s is None else 2 * settings.time_budget_s
-    times = interleaved_ms([measured_step(fn, device, dtype, settings) for fn in (first, second)], device,
-                           settings.runs, max(settings.warmup, 1), settings.min_runs, budget)
+    with Contention(device) as contention:
+        times = interleaved_ms([measured_step(fn, device, dtype, settings) for fn in (first, second)], device,
+                               settings.runs, max(settings.warmup, 1), settings.min_runs, budget)
     ratios = [a / b for a, b in zip(*times)]
     ratio, iqr = median_iqr(ratios)
-    return {"latency_ratio": ratio, "latency_ratio_iqr": iqr, "rounds": len(ratios),
-            "first_ms": statistics.median(times[0]), "second_ms": statistics.median(times[1])}
+    spread = iqr / ratio if ratio > 0 else 0.0
+    columns = {"latency_ratio": ratio, "latency_ratio_iqr": iqr, "rounds": len(ratios),
+               "first_ms": statistics.median(times[0]), "second_ms": statistics.median(times[1]),
+               "noisy": bool(spread > settings.noisy_iqr),
+               "noisy_reason": f"ratio IQR {spread:.0%} of the median" if spread > settings.noisy_iqr else ""}
+    return mark_contention(columns, contention.columns)
 
 
 def compiled(model: NVSModel, settings: Measurement, inductor_options: Mapping[str, Any] | None = None) -> Callable:

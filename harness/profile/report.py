@@ -54,9 +54,11 @@ def blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
 def noisy_note(frame: pd.DataFrame, threshold: float, what: str = "latency") -> list[str]:
     if "noisy" not in frame or not frame["noisy"].fillna(False).astype(bool).any():
         return []
-    count = int(frame["noisy"].fillna(False).astype(bool).sum())
-    return [f"noisy: {count} point(s) whose {what} IQR exceeds {threshold:.0%} of the median are marked `noisy` "
-            "(machine under load; rerun on a quiet machine)"]
+    noisy = frame["noisy"].fillna(False).astype(bool)
+    contended = int((noisy & frame["contended"].fillna("").astype(bool)).sum()) if "contended" in frame else 0
+    return [f"noisy: {int(noisy.sum())} point(s) marked `noisy`: their {what} IQR exceeds {threshold:.0%} of the median, "
+            f"or other work shared the CPU while they were timed ({contended} of them: process CPU time well under its "
+            "threads' share of the wall time, or the load average above the cores left free); rerun on a quiet machine"]
 
 
 def exponents(frame: pd.DataFrame, x: str, metrics: dict[str, str], by: Sequence[str], min_n: int) -> pd.DataFrame:
@@ -387,7 +389,7 @@ def kv_cache_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Rep
 # ------------------------------------------------------------------------------------- efficiency
 
 
-def efficiency_report(spec, ctx, rows: list[dict[str, Any]]) -> Report:
+def efficiency_report(spec, ctx, rows: list[dict[str, Any]], search: tuple[list, list] = ([], [])) -> Report:
     pair_rows = [r for r in rows if "pair" in r]
     rows = [r for r in rows if "pair" not in r]
     frame = ok_frame(rows)
@@ -435,4 +437,33 @@ def efficiency_report(spec, ctx, rows: list[dict[str, Any]]) -> Report:
                                 f"GFLOPs (thop) {a['gflops_thop'] / b['gflops_thop']:.2f}x")
     result.tables.append(Table(spec.name, "Efficiency: ours beside the published table", blank_missing(pd.DataFrame(table_rows)),
                                notes + result.headlines))
+    found, counted = search
+    s = spec.setting_search
+    where = (f"searched: N, M = 1..{s.max_views} at {', '.join(f'{px} px' for px in s.image_sizes)}, the paper-size models' "
+             f"thop count (linear layers) against every published GFLOPs (thop) figure at once, within {s.tolerance:.0%}")
+    if found:
+        best = found[0]
+        inferred = (f"inferred published setting: N={best['N']} input and M={best['M']} target views at {best['px']} px "
+                    f"(our inference: the table states no setting; {len(found)} setting(s) within {s.tolerance:.0%})")
+        result.headlines.insert(0, inferred)
+        result.tables.append(Table("setting_search", "The published table's unstated view setting, found by FLOPs",
+                                   pd.DataFrame(found), [where, inferred], floatfmt=",.4g"))
+        frame_counted = pd.DataFrame(counted).assign(model=lambda f: f["model"].map(label))
+        frame_counted["thop / published"] = frame_counted["thop GMACs (linear only)"] / frame_counted["published GFLOPs (thop)"]
+        by = frame_counted.set_index("model")
+        if len(by) >= 2:
+            a, b = by.index[0], by.index[1]
+
+            def of(column: str) -> float:
+                return by.loc[a, column] / by.loc[b, column]
+
+            result.headlines.append(f"at the inferred setting, paper preset: {a} / {b} thop {of('thop GMACs (linear only)'):.2f}x "
+                                    f"(published {of('published GFLOPs (thop)'):.2f}x), all matmuls "
+                                    f"{of('GFLOPs (all matmuls, counted)'):.2f}x")
+        same = ("counted on the meta device (FlopCounterMode) at the paper preset: the same model size, resolution, views "
+                "and counting as the published column, so the two compare directly")
+        result.tables.append(Table("flops_at_published_setting", "FLOPs at the inferred setting, paper preset, beside the published",
+                                   frame_counted, [where, inferred, same], floatfmt=",.4g"))
+    else:
+        result.notes.append(where + ": no setting matched")
     return result
