@@ -1,7 +1,7 @@
 """One entry point, `python -m harness` or `lvsm-bench`:
 
     run FILE [--set KEY=VALUE]... [--preset P] [--checkpoint [MODEL=]PATH]... [--plugin PATH]... [--no-progress]
-        [--ship-weights [--force-ship]]
+        [--ship-weights [--force-ship]] [--from-records]
     ls {models,kinds,sources,presets} [--plugin PATH]...
     validate FILE... [--plugin PATH]...
     paper [--index-only]
@@ -52,7 +52,8 @@ def _run(args: argparse.Namespace, book) -> int:
     load_plugins(args.plugin)
     spec = load_experiment(args.experiment, args.set)
     start = time.perf_counter()
-    run_spec(spec, RunOptions(args.preset, tuple(args.checkpoint), not args.no_progress, args.ship_weights, args.force_ship))
+    run_spec(spec, RunOptions(args.preset, tuple(args.checkpoint), not args.no_progress, args.ship_weights, args.force_ship,
+                              args.from_records))
     log.info("%s: done in %.1f s wall", spec.name, time.perf_counter() - start)
     return _failures(spec.name, book)
 
@@ -168,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a training study only, run as its file defines it: write the trained weights into the folder its "
                         "ship_weights names (what make eval evaluates); without it they stay in the run's output folder")
     p.add_argument("--force-ship", action="store_true", help="with --ship-weights: replace shipped weights of another model config")
+    p.add_argument("--from-records", action="store_true",
+                   help="a training study only: its tables from the runs already recorded (whatever code version recorded "
+                        "them, if trained with the settings asked for), measuring only the clean cost of a step; trains nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
     p = sub.add_parser("ls", parents=[plugin], help="list the registered models, experiment kinds, data sources or presets")

@@ -183,10 +183,12 @@ class RunOptions:
     progress: bool = True
     ship_weights: bool = False  # write a training study's weights into the repository's folder it names
     force_ship: bool = False  # ... even over shipped weights of another model config
+    from_records: bool = False  # tables from the rows recorded whatever code version wrote them; train nothing
 
     def given(self) -> dict[str, str]:
         """The options a kind must read for them to take effect, those given: name -> command-line flag."""
-        flags = {"checkpoints": "--checkpoint", "ship_weights": "--ship-weights", "force_ship": "--force-ship"}
+        flags = {"checkpoints": "--checkpoint", "ship_weights": "--ship-weights", "force_ship": "--force-ship",
+                 "from_records": "--from-records"}
         return {name: flag for name, flag in flags.items() if getattr(self, name)}
 
 

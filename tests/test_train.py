@@ -208,13 +208,22 @@ def test_convergence_study_end_to_end(tmp_path, capsys):
         tmp_path / "tiny.yaml", tmp_path / "out", ["lvsm_encoder_decoder", "efficient_lvsm"],
         data={"options": {"count": 4, "views": 8, "supersample": 1}, "eval_options": {"seed": 1, "count": 2},
               "n_target": 2, "eval_n_target": 2, "eval_scenes": 2},
-        train={"steps": 2, "val_every": 1, "checkpoint_every": 2}, reach_psnr=[5.0], blur_sigmas=[1.0, 2.0])
+        train={"steps": 2, "val_every": 1, "checkpoint_every": 2, "log_every": 1}, reach_psnr=[5.0], blur_sigmas=[1.0, 2.0],
+        step_cost_rounds=3, speedup_claim={"arm": "efficient_lvsm", "over": "lvsm_encoder_decoder", "factor": 2.0, "source": "test"})
     summary = run_experiment(path, progress=False)
     out = tmp_path / "out"
     table = pd.read_csv(out / "final.csv")
     for column in ["arm", "variant", "seed", "steps", "seconds", "final_psnr", "final_ssim", "best_trivial_psnr",
-                   "pose_swap_drop_db", "steps_to_trivial", "steps_to_5dB"]:
+                   "pose_swap_drop_db", "steps_to_trivial", "steps_to_5dB", "step_ms", "wall_seconds", "seconds_to_5dB",
+                   "wall_seconds_to_5dB", "contended_intervals"]:
         assert column in table.columns
+    # Seconds are steps x the clean cost of a step, timed in alternation after training; wall-clock beside them.
+    assert table["step_ms"].gt(0).all() and (table["seconds"] == (2 * table["step_ms"] / 1e3).round(1)).all()
+    notes = (out / "final.md").read_text()
+    assert "clean cost per training step" in notes and "3 rounds" in notes
+    assert "efficient_lvsm reaches 5dB" in (out / "headlines.md").read_text() and "published 2x, test" in (out / "headlines.md").read_text()
+    log = [r for r in read_log(out / "runs" / "efficient_lvsm") if r.get("kind") == "train"]
+    assert log and all(r["interval_wall_s"] > 0 and r["interval_cpu_s"] >= 0 and isinstance(r["contended"], bool) for r in log)
     assert list(table["variant"]) == ["lvsm_encoder_decoder", "efficient_lvsm"] and (table["steps"] == 2).all()
     arms = pd.read_csv(out / "summary.csv")
     assert list(arms["arm"]) == ["lvsm_encoder_decoder", "efficient_lvsm"] and (arms["seeds"] == 1).all()
@@ -352,6 +361,31 @@ def test_weights_ship_only_on_request_from_the_study_itself_and_never_over_anoth
     # An option no kind of this experiment reads is refused, not ignored.
     assert main(["run", str(conv), "--no-progress", "--checkpoint", str(weights / "efficient_lvsm.pt")]) == 2
     assert "--checkpoint is not read by kind 'convergence'" in capsys.readouterr().err
+
+
+def test_from_records_rebuilds_the_tables_under_new_code_without_training(tmp_path, monkeypatch, capsys):
+    """Under another code version the runs' rows no longer match their keys; --from-records takes the
+    recorded runs trained with the same settings, trains nothing, measures the clean step cost, and refuses
+    a run whose recorded settings differ."""
+    conv = tiny_convergence(
+        tmp_path / "conv.yaml", tmp_path / "conv", ["efficient_lvsm"],
+        data={"options": {"count": 3, "views": 10, "supersample": 1}, "eval_options": {"seed": 1, "count": 2}, "n_input": 2,
+              "n_target": 2, "eval_n_target": 2, "eval_scenes": 2, "normalize": False},
+        train={"steps": 2, "val_every": 2, "checkpoint_every": 2, "threads": 1}, blur_sigmas=[1.0], cost={"runs": 1},
+        step_cost_rounds=2)
+    monkeypatch.setenv("LVSM_BENCH_CODE_VERSION", "old")
+    assert main(["run", str(conv), "--no-progress"]) == 0
+    checkpoint = tmp_path / "conv" / "runs" / "efficient_lvsm" / "checkpoint.pt"
+    mtime = checkpoint.stat().st_mtime_ns
+    monkeypatch.setenv("LVSM_BENCH_CODE_VERSION", "new")
+    assert main(["run", str(conv), "--no-progress", "--from-records"]) == 0
+    assert checkpoint.stat().st_mtime_ns == mtime
+    final = pd.read_csv(tmp_path / "conv" / "final.csv")
+    assert final["step_ms"].gt(0).all() and "built from the recorded runs" in (tmp_path / "conv" / "final.md").read_text()
+    capsys.readouterr()
+    assert main(["run", str(conv), "--no-progress", "--from-records", "--set", "train.steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert "--from-records: the recorded arm efficient_lvsm seed 0 was written with train.steps=2" in err, err
 
 
 def test_arm_summary_compares_with_the_reference_against_the_seed_range():

@@ -115,6 +115,14 @@ class CostPoint(Spec):
     threads: Positive = 1
 
 
+class SpeedupClaim(Spec):
+    """A paper's claim that one arm converges some factor faster than another, set beside ours."""
+    arm: str
+    over: str
+    factor: PositiveFloat
+    source: str
+
+
 class ConvergenceExperiment(ExperimentBase):
     """kind: convergence -- arms (variants, or variants with overrides and training options) trained
     on the same data with the same step budget and batch, each with one or more initialisation seeds.
@@ -134,6 +142,9 @@ class ConvergenceExperiment(ExperimentBase):
     reach_psnr: list[float] = []
     blur_sigmas: list[PositiveFloat] = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
     cost: CostPoint = CostPoint()
+    # Rounds of the clean cost of a training step: every arm's step timed in turn on one batch after training.
+    step_cost_rounds: Positive = 10
+    speedup_claim: SpeedupClaim | None = None
     scale_note: str = ""  # how this study's scale differs from the paper's, printed beside published numbers
     # A folder the trained weights (each arm's first seed) are shipped to once every run has finished
     # (harness/weights.py): what `make eval` and `make view-generalization` evaluate in a fresh clone.

@@ -63,6 +63,46 @@ def measure_cost(exp: ConvergenceExperiment, arm_name: str) -> dict[str, Any]:
             "latency_iqr_ms": timing["latency_iqr_ms"], "noisy": timing["noisy"]}
 
 
+def measure_step_costs(exp: ConvergenceExperiment, arm_names: list[str]) -> dict[str, Any]:
+    """The clean cost of a training step of each arm: the arms' steps (forward, loss, backward, clipping,
+    optimizer step) timed in turn round after round on one batch of the training shape, at the training
+    threads, once training has ended (random weights and inputs: cost does not depend on values). Wall
+    clock during training rides whatever else ran; this is what a step costs. Median and IQR per arm."""
+    import torch
+
+    from models import build_model
+    from ..profile.measure import Contention, interleaved_ms, median_iqr, synthetic_views
+    from .loop import training_step
+    from .loss import ReconstructionLoss
+    from .optim import build_optimizer, build_scheduler
+    device, data = resolve_device(exp.train.device), exp.data
+    threads = torch.get_num_threads()
+    torch.set_num_threads(exp.train.threads or threads)
+    try:
+        views = synthetic_views(exp.train.batch_size, data.n_input, data.n_target, data.image_size, device)
+        names = ("input_images", "input_c2w", "input_fxfycxcy", "target_c2w", "target_fxfycxcy")
+        batch = {**dict(zip(names, views)), "target_images": torch.rand(exp.train.batch_size, data.n_target, 3,
+                                                                        data.image_size, data.image_size, device=device)}
+        calls = []
+        for name in arm_names:
+            arm = next(a for a in exp.study_arms() if a.name == name)
+            spec, train = exp.model_spec(arm), exp.train_spec(arm, exp.run_seeds()[0])
+            torch.manual_seed(0)
+            model = build_model(spec.name, spec.preset, **spec.overrides).to(device).train()
+            optimizer = build_optimizer(model, exp.optim, device)
+            scheduler = build_scheduler(optimizer, exp.optim, train.steps)
+            criterion = ReconstructionLoss(train.perceptual_weight, device)
+            calls.append(lambda m=model, o=optimizer, s=scheduler, c=criterion:
+                         training_step(m, m, batch, c, o, s, exp.optim, device, "float32"))
+        with Contention(device) as contention:
+            times = interleaved_ms(calls, device, exp.step_cost_rounds, warmup=2)
+    finally:
+        torch.set_num_threads(threads)
+    stats = {name: median_iqr(t) for name, t in zip(arm_names, times)}
+    return {"step_ms": {n: v[0] for n, v in stats.items()}, "step_iqr_ms": {n: v[1] for n, v in stats.items()},
+            "rounds": len(times[0]), **contention.columns}
+
+
 def write_validation_index(exp: ConvergenceExperiment, out_dir: Path) -> Path:
     """The validation scenes and views as an evaluation index (RealEstate10K index format), so that
     `make eval` scores the trained checkpoints on exactly the split the study validated on."""
@@ -107,6 +147,39 @@ def check_shippable(exp: ConvergenceExperiment, options: RunOptions) -> None:
             check_replaceable(Path(exp.ship_weights), f"{arm.name}.pt", spec.name, resolve_config(spec.preset, **spec.overrides).to_dict())
 
 
+def recorded(exp: ConvergenceExperiment, sweep: Sweep, points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`--from-records`: for each trained run, the latest `ok` row recorded for the same arm and seed,
+    whatever code version recorded it, provided it was trained with the settings the experiment asks for
+    (an option the row predates counts as its default); a run without one is refused in one line: nothing
+    is trained. Cost and predictor points reuse a row of the same arm (cost) or data (predictors) where
+    one exists. Returns (rows found, points left to measure: cheap ones only)."""
+    from .config import settings_defaults
+    from .loop import _same_settings
+    rows = [r for r in sweep.store.rows() if r.get("status") == "ok"]
+    found, missing = [], []
+    for point in points:
+        if "arm" in point:
+            match = [r for r in rows if r.get("arm") == point["arm"] and r.get("seed") == point["seed"] and "settings" in r]
+            what = f"arm {point['arm']} seed {point['seed']}"
+            if not match:
+                raise ConfigError(f"{exp.name}: --from-records: no recorded run of {what} in {sweep.store.path}; "
+                                  "run without --from-records to train it")
+            arm = next(a for a in exp.study_arms() if a.name == point["arm"])
+            spec, train = exp.model_spec(arm), exp.train_spec(arm, point["seed"])
+            try:
+                _same_settings(match[-1]["settings"], point["settings"], settings_defaults(spec, exp.data, exp.optim, train),
+                               sweep.store.path)
+            except ConfigError as error:
+                raise ConfigError(f"{exp.name}: --from-records: the recorded {what} {str(error).split(': ', 1)[1].split(';')[0]}; "
+                                  "run without --from-records to train it with these settings") from None
+        elif "cost" in point:
+            match = [r for r in rows if r.get("cost") == point["cost"] and r.get("at") == point["at"]]
+        else:
+            match = [r for r in rows if "trivial" in r and r["trivial"] == point["trivial"]]
+        (found.append(match[-1]) if match else missing.append(point))
+    return found, missing
+
+
 def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataFrame | None:
     world = current_world()
     if options.ship_weights:
@@ -126,7 +199,13 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
                     for seed in seeds for arm in arms]
     cost_points = [{"cost": arm.name, "model": arm.model, "config": exp.model_spec(arm).model_dump(),
                     "at": exp.cost.model_dump()} for arm in arms]
-    points = [trivial_point, *train_points, *cost_points]
+    # REPA's teacher is not part of a step's cost here: such arms are left out of the step timing.
+    timed_arms = [arm.name for arm in arms if not arm.train.get("repa")]
+    step_point = {"step_cost": timed_arms, "models": {name: exp.model_spec(name).model_dump() for name in timed_arms},
+                  "optim": exp.optim.model_dump(), "batch": exp.train.batch_size, "threads": exp.train.threads,
+                  "views": [exp.data.n_input, exp.data.n_target], "image_size": exp.data.image_size,
+                  "rounds": exp.step_cost_rounds}
+    points = [trivial_point, *train_points, *cost_points, *([step_point] if timed_arms else [])]
     if world.is_main:
         write_manifest(sweep.out_dir, exp)
         write_validation_index(exp, sweep.out_dir)
@@ -140,6 +219,8 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
             return {"predictors": trivial_baselines(split, exp.blur_sigmas)}
         if "cost" in point:
             return measure_cost(exp, point["cost"]) if world.is_main else {}
+        if "step_cost" in point:
+            return measure_step_costs(exp, point["step_cost"]) if world.is_main else {}
         arm, seed = by_name[point["arm"]], point["seed"]
         result = train_model(exp.model_spec(arm), exp.data, exp.optim, exp.train_spec(arm, seed), run_dirs[arm.name, seed],
                              world=world, progress=options.progress, label=f"{arm.name} seed {seed}")
@@ -155,16 +236,31 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
     def label_of(point: dict[str, Any]) -> str:
         if "trivial" in point:
             return "camera-ignoring predictors"
+        if "step_cost" in point:
+            return "clean cost of a training step"
         return f"cost {point['cost']}" if "cost" in point else f"{point['arm']} seed {point['seed']}"
 
-    sweep.run(points, measure, label_of, options.progress, unit="run")
-    if not world.is_main:
-        return None
-    rows = sweep.rows(points)
+    if options.from_records:  # tables from what is recorded; only the clean step cost is measured
+        if not world.is_main:
+            return None
+        kept, left = recorded(exp, sweep, [p for p in points if "step_cost" not in p])
+        left += [p for p in points if "step_cost" in p]
+        sweep.run(left, measure, label_of, options.progress, unit="run")
+        rows = kept + sweep.rows(left)
+    else:
+        sweep.run(points, measure, label_of, options.progress, unit="run")
+        if not world.is_main:
+            return None
+        rows = sweep.rows(points)
     trivial = next((r["predictors"] for r in rows if "trivial" in r and r["status"] == "ok"), {})
     finals = [r for r in rows if "arm" in r and r["status"] == "ok"]
     costs = {r["cost"]: r for r in rows if "cost" in r and r["status"] == "ok"}
-    report, summary = convergence_report(exp, finals, trivial, costs, run_dirs)
+    step_costs = next((r for r in rows if "step_cost" in r and r["status"] == "ok"), None)
+    report, summary = convergence_report(exp, finals, trivial, costs, run_dirs, step_costs)
+    if options.from_records:
+        line = "built from the recorded runs (--from-records): nothing retrained; each row keeps the commit that measured it"
+        for notes in [report.notes, *(table.notes for table in report.tables)]:
+            notes.insert(0, line)
     report.notes[:0] = [f"failed: {label_of(r)}: {r['error']}" for r in rows if r["status"] != "ok"] + skipped
     missing = len(train_points) - len(finals)
     if missing:
@@ -217,4 +313,4 @@ def run_train(exp: TrainExperiment, options: RunOptions) -> dict[str, Any] | Non
 
 TRAIN = Kind(TrainExperiment, run_train, "train one model, resumable from its checkpoint")
 CONVERGENCE = Kind(ConvergenceExperiment, run_convergence, "several variants trained on one budget: PSNR against steps and seconds",
-                   reads=frozenset({"ship_weights", "force_ship"}))
+                   reads=frozenset({"ship_weights", "force_ship", "from_records"}))

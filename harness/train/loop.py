@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -72,6 +73,51 @@ def _same_settings(saved: dict[str, Any], current: dict[str, Any], defaults: dic
             if json.dumps(old, sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
                 raise ConfigError(f"{path}: was written with {section}.{key}={old!r}, this run asks for {value!r}; "
                                  f"use another output directory or delete the checkpoint to start over")
+
+
+def training_step(wrapped, trained, batch, criterion, optimizer, scheduler, optim: OptimSpec, device: torch.device,
+                  dtype: str, repa=None) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor, float]:
+    """One optimizer step on `batch`: forward, loss (plus REPA's term), backward, clipping, the step and the
+    schedule. Returns the loss, its parts, the gradient norm and the learning rate the step used. The
+    training loop runs it, and the clean cost of a step is measured by timing it (`step_costs`)."""
+    with autocast(device, dtype), repa.collect() if repa is not None else contextlib.nullcontext():
+        render = wrapped(batch["input_images"], batch["input_c2w"], batch["input_fxfycxcy"],
+                         batch["target_c2w"], batch["target_fxfycxcy"])
+    loss, parts = criterion(render, batch["target_images"])
+    if repa is not None:
+        with autocast(device, dtype):
+            repa_loss = repa.loss(batch["target_images"])
+        loss = loss + repa.weight * repa_loss
+        parts["repa_loss"] = repa_loss.detach().item()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), optim.grad_clip if optim.grad_clip > 0 else math.inf)
+    optimizer.step()
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return loss, parts, grad_norm, lr
+
+
+class IntervalClock:
+    """Wall and process CPU seconds of each logging interval, and whether other work shared the CPU during
+    it: the process got less than `CPU_SHARE` of its threads' time (another run, or load, held the cores).
+    Such intervals are flagged `contended` in the log; their wall-clock is load, not cost."""
+
+    CPU_SHARE = 0.6
+
+    def __init__(self, threads: int, device: torch.device):
+        self.threads, self.device = threads, device
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def lap(self) -> dict[str, Any]:
+        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        share = cpu / wall if wall > 0 else None
+        contended = (self.device.type == "cpu" and share is not None and wall > 0.05
+                     and share < self.CPU_SHARE * min(self.threads, os.cpu_count() or 1))
+        return {"interval_wall_s": wall, "interval_cpu_s": cpu, "contended": bool(contended)}
 
 
 def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: TrainSpec, out_dir: str | Path, *,
@@ -150,26 +196,12 @@ def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: 
     if step == 0 and step < end:
         validate()
     batches = training_batches(train_source, data, world, train.batch_size, examples_seen)
+    interval = IntervalClock(train.threads or torch.get_num_threads(), device)
     while step < end:
         started = time.perf_counter()
         batch = to_device(next(batches), device)
-        with autocast(device, dtype), repa.collect() if repa is not None else contextlib.nullcontext():
-            render = wrapped(batch["input_images"], batch["input_c2w"], batch["input_fxfycxcy"],
-                             batch["target_c2w"], batch["target_fxfycxcy"])
-        loss, parts = criterion(render, batch["target_images"])
-        if repa is not None:
-            with autocast(device, dtype):
-                repa_loss = repa.loss(batch["target_images"])
-            loss = loss + repa.weight * repa_loss
-            parts["repa_loss"] = repa_loss.detach().item()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), optim.grad_clip if optim.grad_clip > 0 else math.inf)
-        optimizer.step()
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        loss, parts, grad_norm, lr = training_step(wrapped, trained, batch, criterion, optimizer, scheduler, optim,
+                                                   device, dtype, repa)
         train_seconds += time.perf_counter() - started
         step += 1
         examples_seen += train.batch_size * world.size
@@ -178,7 +210,7 @@ def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: 
             raise FloatingPointError(f"{label or model_spec.name}: loss is {loss.item()} at step {step}")
         if world.is_main and (step % train.log_every == 0 or step == end):
             log.append({"kind": "train", "step": step, "loss": loss.item(), **parts, "lr": lr,
-                        "grad_norm": float(grad_norm), "seconds": train_seconds})
+                        "grad_norm": float(grad_norm), "seconds": train_seconds, **interval.lap()})
             bar.set_postfix_str(f"loss {loss.item():.4f}", refresh=False)
         if step % train.val_every == 0 or step == train.steps:
             validate()

@@ -34,12 +34,12 @@ def final_columns(result: RunResult) -> dict[str, Any]:
 
 
 def first_reach(curve: pd.DataFrame, threshold: float) -> tuple[float | None, float | None]:
-    """(step, seconds) of the first validation strictly above `threshold`, or (None, None)."""
+    """(step, wall seconds) of the first validation strictly above `threshold`, or (None, None)."""
     above = curve[curve["psnr"] > threshold]
     if above.empty:
         return None, None
     row = above.iloc[0]
-    return int(row["step"]), float(row["seconds"])
+    return int(row["step"]), float(row["wall_seconds"] if "wall_seconds" in row else row["seconds"])
 
 
 def curve(run_dir: Path) -> pd.DataFrame | None:
@@ -59,25 +59,44 @@ def provenance(rows: list[dict[str, Any]], exp) -> list[str]:
             f"loss: {env['loss']}" + (f" ({env['loss_note']})" if env.get("loss_note") else "")]
 
 
+def contended_intervals(run_dir: Path) -> int:
+    """Logging intervals of a run during which other work shared the CPU (`IntervalClock`)."""
+    return sum(1 for r in read_log(run_dir) if r.get("kind") == "train" and r.get("contended"))
+
+
 def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]], trivial: dict[str, dict[str, float]],
-                       costs: dict[str, dict[str, Any]], run_dirs: dict[tuple[str, int], Path]) -> tuple[Report, pd.DataFrame]:
+                       costs: dict[str, dict[str, Any]], run_dirs: dict[tuple[str, int], Path],
+                       step_costs: dict[str, Any] | None = None) -> tuple[Report, pd.DataFrame]:
+    """Seconds are clean where the step cost was measured: steps x the arm's measured cost per step
+    (`measure_step_costs`); the training wall-clock stays beside them as `wall_seconds`, since on a
+    shared machine it holds whatever else ran."""
     best_trivial = max(v["psnr"] for v in trivial.values()) if trivial else None
     arms = {arm.name: arm for arm in exp.study_arms()}
     colors = arm_colors({name: arm.model for name, arm in arms.items()})
+    step_ms = (step_costs or {}).get("step_ms", {})
     runs, rows = [], []
     for final in finals:
         arm, seed = final["arm"], final["seed"]
         run_curve = curve(run_dirs[arm, seed])
+        per_step = step_ms.get(arm)
+        if run_curve is not None:
+            run_curve = run_curve.rename(columns={"seconds": "wall_seconds"})
+            run_curve["seconds"] = run_curve["step"] * per_step / 1e3 if per_step else run_curve["wall_seconds"]
         runs.append({"arm": arm, "seed": seed, "label": arm, "curve": run_curve})
-        row = {"arm": arm, "variant": final["model"], "seed": seed, "steps": final["steps"], "seconds": round(final["seconds"], 1),
+        row = {"arm": arm, "variant": final["model"], "seed": seed, "steps": final["steps"],
+               "seconds": round(final["steps"] * per_step / 1e3, 1) if per_step else None,
+               "step_ms": per_step, "wall_seconds": round(final["seconds"], 1),
+               "contended_intervals": contended_intervals(run_dirs[arm, seed]),
                "final_psnr": final["final_psnr"], "final_ssim": final["final_ssim"], "best_trivial_psnr": best_trivial,
                "pose_swap_drop_db": final["pose_swap_drop_db"], "swapped_psnr": final["swapped_psnr"],
                "above_trivial_db": None if best_trivial is None else final["final_psnr"] - best_trivial,
                "params": final["params"], "loss": final["loss"]}
         for threshold in ([best_trivial] if best_trivial is not None else []) + list(exp.reach_psnr):
             name = "trivial" if threshold == best_trivial else f"{threshold:g}dB"
-            step, seconds = first_reach(run_curve, threshold) if run_curve is not None else (None, None)
-            row[f"steps_to_{name}"], row[f"seconds_to_{name}"] = step, None if seconds is None else round(seconds, 1)
+            step, wall = first_reach(run_curve, threshold) if run_curve is not None else (None, None)
+            row[f"steps_to_{name}"] = step
+            row[f"seconds_to_{name}"] = round(step * per_step / 1e3, 1) if step is not None and per_step else None
+            row[f"wall_seconds_to_{name}"] = None if wall is None else round(wall, 1)
         rows.append(row)
     final_table = pd.DataFrame(rows)
     summary = arm_summary(exp, final_table, costs, best_trivial)
@@ -86,14 +105,15 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
         "LPIPS: n/a (validation scores PSNR and SSIM; the VGG backbone cannot be downloaded here)",
         f"cost: parameters, forward GFLOPs (FlopCounterMode, 2 x MAC incl. attention) and latency at N={exp.cost.n_input}, "
         f"M={exp.cost.n_target} at each arm's trained size, {exp.cost.threads} thread(s), median of {exp.cost.runs} runs",
-    ] + ([f"scale: {exp.scale_note}"] if exp.scale_note else [])
+    ] + ([f"scale: {exp.scale_note}"] if exp.scale_note else []) + seconds_notes(exp, final_table, step_costs)
     report = Report(f"{exp.name}: final validation quality per arm (same data, steps, batch)", notes)
     report.tables.append(Table("summary", f"{exp.name}: one row per arm", summary, notes + [
         "diff_vs_reference_db: mean PSNR minus the reference arm's; `not significant` when smaller than the larger "
         "seed range (max - min) of the two arms"]))
     report.tables.append(Table("final", f"{exp.name}: one row per trained run", final_table, notes + [
-        "steps_to_trivial: first validation step above best_trivial_psnr; "
-        "seconds count training steps only (no validation, no checkpoints)"], console=False))
+        "steps_to_trivial: first validation step above best_trivial_psnr; seconds, seconds_to_*: steps x the arm's clean "
+        "cost per step (step_ms); wall_seconds, wall_seconds_to_*: training wall-clock (steps only, no validation or "
+        "checkpoints), which on a shared machine includes other work"], console=False))
     trivial_frame = pd.DataFrame([{"predictor": k, "psnr": v["psnr"], "ssim": v["ssim"], "blur_sigma_px": v.get("sigma")}
                                   for k, v in trivial.items()])
     report.tables.append(Table("trivial_predictors", "Predictors that ignore the target camera's view content, on the same "
@@ -109,12 +129,57 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
         report.headlines.append(line)
     device = finals[-1]["device"] if finals else ""
     report.figures["psnr_vs_step.png"] = lambda: curves_figure(runs, colors, best_trivial, "step", "optimizer steps")
-    report.figures["psnr_vs_seconds.png"] = lambda: curves_figure(runs, colors, best_trivial, "seconds", "training wall-clock seconds")
+    report.figures["psnr_vs_seconds.png"] = lambda: curves_figure(
+        runs, colors, best_trivial, "seconds", "training seconds (steps x clean cost per step)" if step_ms else
+        "training wall-clock seconds")
+    report.headlines += speedup_headlines(exp, final_table)
     if not summary.empty:
         report.figures["psnr_per_arm.png"] = lambda: per_arm_figure(summary, colors, best_trivial, exp.reference)
         if summary["gflops"].notna().any():
             report.figures["quality_vs_cost.png"] = lambda: cost_figure(summary, colors, device)
     return report, summary
+
+
+def seconds_notes(exp: ConvergenceExperiment, final_table: pd.DataFrame, step_costs: dict[str, Any] | None) -> list[str]:
+    if not step_costs:
+        return ["seconds: training wall-clock only (no clean step cost recorded); on a shared machine it includes other work"]
+    spread = ", ".join(f"{arm} {ms:.1f} ms (IQR {step_costs['step_iqr_ms'][arm]:.1f})" for arm, ms in step_costs["step_ms"].items())
+    notes = [f"clean cost per training step, every arm's step timed in turn on one batch of {exp.train.batch_size} after "
+             f"training ({step_costs['rounds']} rounds, {exp.train.threads or 'default'} thread(s), commit "
+             f"{step_costs.get('commit', 'n/a')}): {spread}" + (f"; timed under contention: {step_costs['contended']}"
+                                                                if step_costs.get("contended") else "")]
+    flagged = final_table[final_table["contended_intervals"] > 0] if "contended_intervals" in final_table else final_table.iloc[0:0]
+    if not flagged.empty:
+        notes.append("wall-clock under contention: " + ", ".join(f"{r.arm} seed {r.seed} ({r.contended_intervals} logging "
+                                                                 "intervals)" for r in flagged.itertuples()))
+    return notes
+
+
+def speedup_headlines(exp: ConvergenceExperiment, final_table: pd.DataFrame) -> list[str]:
+    """The claimed arm's speed-up over the other arm to each PSNR both reach, in steps and in clean seconds
+    (first seeds), beside the factor the paper claims."""
+    claim = exp.speedup_claim
+    if claim is None or final_table.empty:
+        return []
+    first = final_table.sort_values("seed").groupby("arm").first()
+    if not {claim.arm, claim.over} <= set(first.index):
+        return []
+    lines = []
+    for threshold in exp.reach_psnr:
+        name = f"{threshold:g}dB"
+        fast, slow = first.loc[claim.arm], first.loc[claim.over]
+        if fast.get(f"steps_to_{name}") is None or slow.get(f"steps_to_{name}") is None or \
+                pd.isna(fast[f"steps_to_{name}"]) or pd.isna(slow[f"steps_to_{name}"]):
+            lines.append(f"{claim.arm} vs {claim.over} to {name}: not both reached (published {claim.factor:g}x, {claim.source})")
+            continue
+        steps = slow[f"steps_to_{name}"] / fast[f"steps_to_{name}"]
+        seconds = (slow[f"seconds_to_{name}"] / fast[f"seconds_to_{name}"]
+                   if fast.get(f"seconds_to_{name}") and slow.get(f"seconds_to_{name}") else None)
+        lines.append(f"{claim.arm} reaches {name} {steps:.2f}x faster than {claim.over} in steps"
+                     + (f", {seconds:.2f}x in clean seconds" if seconds is not None else "")
+                     + f" (published {claim.factor:g}x, {claim.source}; validation every {exp.train.val_every} steps, so "
+                       f"steps are read to that resolution)")
+    return lines
 
 
 def arm_summary(exp: ConvergenceExperiment, final_table: pd.DataFrame, costs: dict[str, dict[str, Any]],
