@@ -7,7 +7,7 @@ PRESET ?=
 preset_flag = $(if $(PRESET),--preset $(PRESET),)
 
 .PHONY: help bench test models flops speed kv-cache one-more-target efficiency-table gpu-check eval table-re10k table-objects preview convergence \
-	depth-study view-generalization ablations paper site parity op-profile
+	depth-study view-generalization ablations paper site parity op-profile benchmarks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,8 +45,13 @@ kv-cache: $(STAMP)  ## adding one view to N: Efficient-LVSM KV cache vs decoder-
 one-more-target: $(STAMP)  ## one more target view given a scene state vs N, all variants: FLOPs (paper preset, meta) and latency -> results/render_one_more_target/
 	$(PY) -m harness run experiments/render_one_more_target.yaml $(preset_flag)
 
-efficiency-table: $(STAMP)  ## the published efficiency table with our numbers beside it -> results/efficiency_table/
+efficiency-table: $(STAMP)  ## the published efficiency table with ours beside it, at its inferred setting (N=6, M=7) and at N=2, M=1 -> results/efficiency_table*/
 	$(PY) -m harness run experiments/efficiency_table.yaml $(preset_flag)
+	$(PY) -m harness run experiments/efficiency_table_n2.yaml $(preset_flag)
+
+benchmarks: $(STAMP)  ## speed across commits (pytest-benchmark): each variant's forward, one more target, the KV-cache step; saved in .benchmarks/, compared with the last run
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-autosave --benchmark-compare --benchmark-sort=name \
+		--benchmark-columns=median,iqr,rounds
 
 gpu-check: $(STAMP)  ## CUDA machine only: CUDA tests + speed/efficiency/kv-cache at paper preset, bf16 -> $$OUT or results/gpu/
 	bash scripts/gpu_check.sh
