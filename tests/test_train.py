@@ -221,7 +221,8 @@ def test_convergence_study_end_to_end(tmp_path, capsys):
     assert table["step_ms"].gt(0).all() and (table["seconds"] == (2 * table["step_ms"] / 1e3).round(1)).all()
     notes = (out / "final.md").read_text()
     assert "clean cost per training step" in notes and "3 rounds" in notes
-    assert "efficient_lvsm reaches 5dB" in (out / "headlines.md").read_text() and "published 2x, test" in (out / "headlines.md").read_text()
+    headlines = (out / "headlines.md").read_text()
+    assert "speed-up of efficient_lvsm over lvsm_encoder_decoder to 5dB" in headlines and "published 2x (test)" in headlines
     log = [r for r in read_log(out / "runs" / "efficient_lvsm") if r.get("kind") == "train"]
     assert log and all(r["interval_wall_s"] > 0 and r["interval_cpu_s"] >= 0 and isinstance(r["contended"], bool) for r in log)
     assert list(table["variant"]) == ["lvsm_encoder_decoder", "efficient_lvsm"] and (table["steps"] == 2).all()

@@ -175,10 +175,10 @@ def speedup_headlines(exp: ConvergenceExperiment, final_table: pd.DataFrame) -> 
         steps = slow[f"steps_to_{name}"] / fast[f"steps_to_{name}"]
         seconds = (slow[f"seconds_to_{name}"] / fast[f"seconds_to_{name}"]
                    if fast.get(f"seconds_to_{name}") and slow.get(f"seconds_to_{name}") else None)
-        lines.append(f"{claim.arm} reaches {name} {steps:.2f}x faster than {claim.over} in steps"
-                     + (f", {seconds:.2f}x in clean seconds" if seconds is not None else "")
-                     + f" (published {claim.factor:g}x, {claim.source}; validation every {exp.train.val_every} steps, so "
-                       f"steps are read to that resolution)")
+        lines.append(f"speed-up of {claim.arm} over {claim.over} to {name} ({claim.over}'s cost / {claim.arm}'s): "
+                     f"{steps:.2f}x in steps" + (f", {seconds:.2f}x in clean seconds" if seconds is not None else "")
+                     + f"; published {claim.factor:g}x ({claim.source}); validation every {exp.train.val_every} steps, so "
+                       "steps are read to that resolution")
     return lines
 
 
