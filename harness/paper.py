@@ -76,14 +76,17 @@ def run_all(experiments_dir: str | Path = "experiments", progress: bool = True) 
 def status(spec: ExperimentBase, paper: PaperEntry) -> str:
     rows = RecordStore(spec.results_dir() / "rows.jsonl").rows()
     ok = [r for r in rows if r.get("status") == "ok"]
-    if ok:  # the rows the current tables show: those of the latest code version recorded
+    manifest_path = spec.results_dir() / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    shown = set(manifest.get("rows_shown") or ())
+    if shown:  # tables built from rows of several code versions (--from-records) name the rows they show
+        ok, rows = [r for r in ok if r.get("key") in shown], [r for r in rows if r.get("key") in shown]
+    elif ok:  # the rows the current tables show: those of the latest code version recorded
         ok = [r for r in ok if r.get("version") == ok[-1].get("version")]
         rows = [r for r in rows if r.get("version") == ok[-1].get("version")]
     if not ok:
         lacking = missing(paper)
         return lacking or f"not run yet (`make {paper.target}`)"
-    manifest_path = spec.results_dir() / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     # Rows that measure nothing on a device (e.g. a cost counted from shapes) do not name one.
     devices = sorted({str(r["device"]) for r in ok if r.get("device")}) or ([manifest["device"]] if manifest.get("device") else [])
     device = ", ".join(devices) or "a device not recorded"

@@ -247,6 +247,7 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
         left += [p for p in points if "step_cost" in p]
         sweep.run(left, measure, label_of, options.progress, unit="run")
         rows = kept + sweep.rows(left)
+        write_manifest(sweep.out_dir, exp, {"rows_shown": [r["key"] for r in rows]})
     else:
         sweep.run(points, measure, label_of, options.progress, unit="run")
         if not world.is_main:
