@@ -145,7 +145,8 @@ def seconds_notes(exp: ConvergenceExperiment, final_table: pd.DataFrame, step_co
         return ["seconds: training wall-clock only (no clean step cost recorded); on a shared machine it includes other work"]
     spread = ", ".join(f"{arm} {ms:.1f} ms (IQR {step_costs['step_iqr_ms'][arm]:.1f})" for arm, ms in step_costs["step_ms"].items())
     notes = [f"clean cost per training step, every arm's step timed in turn on one batch of {exp.train.batch_size} after "
-             f"training ({step_costs['rounds']} rounds, {exp.train.threads or 'default'} thread(s), commit "
+             f"training, on {step_costs.get('device', 'this machine')} ({step_costs['rounds']} rounds, "
+             f"{exp.train.threads or 'default'} thread(s), commit "
              f"{step_costs.get('commit', 'n/a')}): {spread}" + (f"; timed under contention: {step_costs['contended']}"
                                                                 if step_costs.get("contended") else "")]
     flagged = final_table[final_table["contended_intervals"] > 0] if "contended_intervals" in final_table else final_table.iloc[0:0]
