@@ -138,8 +138,8 @@ def test_a_convergence_study_trains_its_arms_one_after_another_with_every_rank(t
         "train": {"steps": 2, "batch_size": 2, "val_every": 2, "checkpoint_every": 2, "device": "cpu"}})
     done = torchrun(str(study))
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = by_key(out)  # the predictors, two trained arms and their costs, each recorded once, by rank 0
-    assert len(rows) == 1 + 2 + 2 and {(r["rank"], r["world_size"]) for r in rows.values()} == {(0, 2)}
+    rows = by_key(out)  # the predictors, two trained arms, their costs and the step cost, each recorded once, by rank 0
+    assert len(rows) == 1 + 2 + 2 + 1 and {(r["rank"], r["world_size"]) for r in rows.values()} == {(0, 2)}
     assert all(r["status"] == "ok" for r in rows.values())
     for arm in ("lvsm_decoder_only", "efficient_lvsm"):
         starts = [r for r in RecordStore(out / "runs" / arm / "metrics.jsonl").rows() if r["kind"] == "start"]

@@ -16,7 +16,7 @@ from conftest import load_fixture, random_views
 from harness.evaluate import inputs, scoring
 from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.cli import main
-from harness.errors import CheckpointError, ConfigError, DataError
+from harness.errors import MissingResource, CheckpointError, ConfigError, DataError
 from harness.records import RecordStore
 from harness.schema import RunOptions, load_experiment, run_spec
 from models import build_model
@@ -187,9 +187,10 @@ def test_missing_dataset_explains_what_it_needs(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("RE10K_DIR", raising=False)
     experiment = load_experiment(Path(__file__).parent.parent / "experiments" / "table_re10k.yaml",
                                  [f"output_dir={tmp_path / 'out'}"])
-    assert run_spec(experiment, RunOptions(progress=False)) is None
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "RE10K_DIR" in out[0] and "not set" in out[0]
+    with pytest.raises(MissingResource) as missing:  # nothing asked for was done: the CLI exits 2 with this line
+        run_spec(experiment, RunOptions(progress=False))
+    message = str(missing.value)
+    assert "\n" not in message and "RE10K_DIR" in message and "not set" in message
     assert not (tmp_path / "out").exists()
 
 

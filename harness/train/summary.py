@@ -173,6 +173,9 @@ def speedup_headlines(exp: ConvergenceExperiment, final_table: pd.DataFrame) -> 
                 pd.isna(fast[f"steps_to_{name}"]) or pd.isna(slow[f"steps_to_{name}"]):
             lines.append(f"{claim.arm} vs {claim.over} to {name}: not both reached (published {claim.factor:g}x, {claim.source})")
             continue
+        if fast[f"steps_to_{name}"] <= 0:  # above it before training: no ratio to read
+            lines.append(f"{claim.arm} is above {name} at step 0: no speed-up to read (published {claim.factor:g}x, {claim.source})")
+            continue
         steps = slow[f"steps_to_{name}"] / fast[f"steps_to_{name}"]
         seconds = (slow[f"seconds_to_{name}"] / fast[f"seconds_to_{name}"]
                    if fast.get(f"seconds_to_{name}") and slow.get(f"seconds_to_{name}") else None)
