@@ -222,7 +222,8 @@ def test_convergence_study_end_to_end(tmp_path, capsys):
     notes = (out / "final.md").read_text()
     assert "clean cost per training step" in notes and "3 rounds" in notes
     headlines = (out / "headlines.md").read_text()
-    assert ("speed-up of efficient_lvsm over lvsm_encoder_decoder to 5dB" in headlines or "at step 0" in headlines) and "published 2x" in headlines
+    read = "speed-up of efficient_lvsm over lvsm_encoder_decoder to 5dB" in headlines or "at step 0" in headlines
+    assert read and "published 2x" in headlines
     log = [r for r in read_log(out / "runs" / "efficient_lvsm") if r.get("kind") == "train"]
     assert log and all(r["interval_wall_s"] > 0 and r["interval_cpu_s"] >= 0 and isinstance(r["contended"], bool) for r in log)
     assert list(table["variant"]) == ["lvsm_encoder_decoder", "efficient_lvsm"] and (table["steps"] == 2).all()
