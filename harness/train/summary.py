@@ -59,9 +59,13 @@ def provenance(rows: list[dict[str, Any]], exp) -> list[str]:
             f"loss: {env['loss']}" + (f" ({env['loss_note']})" if env.get("loss_note") else "")]
 
 
-def contended_intervals(run_dir: Path) -> int:
-    """Logging intervals of a run during which other work shared the CPU (`IntervalClock`)."""
-    return sum(1 for r in read_log(run_dir) if r.get("kind") == "train" and r.get("contended"))
+def contended_intervals(run_dir: Path) -> int | None:
+    """Logging intervals of a run during which other work shared the CPU (`IntervalClock`); None for a run
+    logged before intervals were read (unknown, not zero)."""
+    logged = [r for r in read_log(run_dir) if r.get("kind") == "train"]
+    if not any("contended" in r for r in logged):
+        return None
+    return sum(1 for r in logged if r.get("contended"))
 
 
 def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]], trivial: dict[str, dict[str, float]],
@@ -149,10 +153,14 @@ def seconds_notes(exp: ConvergenceExperiment, final_table: pd.DataFrame, step_co
              f"{exp.train.threads or 'default'} thread(s), commit "
              f"{step_costs.get('commit', 'n/a')}): {spread}" + (f"; timed under contention: {step_costs['contended']}"
                                                                 if step_costs.get("contended") else "")]
-    flagged = final_table[final_table["contended_intervals"] > 0] if "contended_intervals" in final_table else final_table.iloc[0:0]
+    counts = final_table["contended_intervals"] if "contended_intervals" in final_table else pd.Series(dtype=object)
+    flagged = final_table[counts.fillna(0).astype(float) > 0]
     if not flagged.empty:
         notes.append("wall-clock under contention: " + ", ".join(f"{r.arm} seed {r.seed} ({r.contended_intervals} logging "
                                                                  "intervals)" for r in flagged.itertuples()))
+    if counts.isna().any():
+        notes.append("contended_intervals n/a: runs logged before each interval's CPU time was recorded, so whether "
+                     "their wall-clock was shared is unknown (compare the clean seconds)")
     return notes
 
 
