@@ -130,6 +130,19 @@ class DataRef(Spec):
     # resize nothing; the tables say which protocol applied.
     protocol: ProtocolName = "lvsm"
 
+    @model_validator(mode="after")
+    def _options_the_source_takes(self) -> "DataRef":
+        """An option the source does not take is refused when the experiment is read (and by `validate`),
+        not when the first point opens the source."""
+        from .data.registry import source_options
+        allowed = source_options(self.source)
+        for where, options in (("options", self.options), ("eval_options", getattr(self, "eval_options", {}))):
+            unknown = sorted(set(options) - set(allowed))
+            if unknown:
+                raise ValueError(f"{where}.{unknown[0]}: data source {self.source!r} takes no such option; it takes: "
+                                 f"{', '.join(allowed)}")
+        return self
+
 
 Row = TypeVar("Row", bound=Spec)
 

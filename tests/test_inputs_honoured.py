@@ -77,3 +77,19 @@ def test_table_objects_runs_on_every_documented_layout(tmp_path, monkeypatch, la
         "data.n_target=2", "grid_scenes=0", "models=[{name: lact, preset: tiny}]"])
     result = run_spec(experiment, RunOptions(progress=False))
     assert result.summary.loc[0, "scenes"] == 1 and result.summary.loc[0, "psnr"] > 0
+
+
+def test_a_parity_run_with_no_official_checkout_is_exit_2(tmp_path, monkeypatch, capsys):
+    for variable in ("OFFICIAL_LVSM", "OFFICIAL_EFFICIENT_LVSM", "OFFICIAL_LACT"):
+        monkeypatch.delenv(variable, raising=False)
+    assert main(["run", str(EXPERIMENTS / "parity.yaml"), "--set", f"output_dir={tmp_path / 'p'}"]) == 2
+    line = _error_line(capsys)
+    assert "OFFICIAL_LVSM=DIR" in line and "OFFICIAL_LACT=DIR (a checkout of a1600012888/LaCT)" in line
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_data_option_the_source_does_not_take_is_refused_by_validate(capsys):
+    assert main(["validate", str(EXPERIMENTS / "table_objects.yaml"), "--set", "data.source=opencv_cameras",
+                 "--set", "data.options.patch_size=8"]) == 2
+    line = _error_line(capsys)
+    assert "options.patch_size: data source 'opencv_cameras' takes no such option" in line

@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import build_model, label
 
+from ..errors import MissingResource
 from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_manifest, write_report
 from ..profile.measure import interleaved_ms, median_iqr, refuse_shared_cores, synthetic_views
 from ..provenance import environment
@@ -232,6 +233,10 @@ def run_parity(spec: ParitySpec, options: RunOptions) -> list[dict[str, Any]]:
     torch.set_num_threads(spec.threads)
     try:
         given = {repo: spec.checkout(repo) for repo in CHECKOUTS}
+        if not any(given[VARIANTS[m].repository] for m in spec.models):  # nothing asked for could be done
+            raise MissingResource(f"{spec.name}: no official checkout given for {', '.join(spec.models)}; give "
+                                  + " ".join(f"{CHECKOUTS[r][0]}=DIR (a checkout of {CHECKOUTS[r][1]})"
+                                             for r in dict.fromkeys(VARIANTS[m].repository for m in spec.models)))
         for repo, path in given.items():
             if path:
                 check_checkout(path, repo)  # before any work: a wrong folder is one line, not a failed row per point
