@@ -9,6 +9,7 @@ from .lact import LaCT, LaCTScene
 from .lvsm_decoder_only import LVSMDecoderOnly
 from .lvsm_encoder_decoder import LVSMEncoderDecoder
 from .official import load_official, unwrap_checkpoint
+from .prope import CameraTransforms, prope_attention
 from .rays import pixel_rays, plucker, plucker_rays
 
 __all__ = [
@@ -16,5 +17,5 @@ __all__ = [
     "model_class", "register", "NVSModel", "SceneState",
     "EfficientLVSM", "EfficientLVSMFinalContext", "IncrementalRenderer", "EfficientLVSMSharedWeights", "EfficientLVSMGlobalInput",
     "MMDiTJoint", "LVSMMasked", "LaCT", "LaCTScene", "LVSMDecoderOnly", "LVSMEncoderDecoder", "load_official",
-    "unwrap_checkpoint", "pixel_rays", "plucker", "plucker_rays",
+    "unwrap_checkpoint", "pixel_rays", "plucker", "plucker_rays", "CameraTransforms", "prope_attention",
 ]
