@@ -107,10 +107,13 @@ def _validate(args: argparse.Namespace, book) -> int:
     from .plugins import load_plugins
     from .schema import load_experiment
     load_plugins(args.plugin)
+    status = 0
     for path in args.experiments:
         spec = load_experiment(path, args.set)
-        print(f"{path}: ok (kind {spec.kind}, name {spec.name})")
-    return 0
+        missing = spec.missing_resources()
+        print(f"{path}: ok (kind {spec.kind}, name {spec.name})" + (f"; cannot run here: {'; '.join(missing)}" if missing else ""))
+        status = 2 if missing else status  # valid, but a run would stop at once: say so by the exit status too
+    return status
 
 
 def _preview(args: argparse.Namespace, book) -> int:

@@ -166,6 +166,15 @@ class PaperEntry(Spec):
     needs: str = ""  # how to provide what is missing, in words
 
 
+def missing_path(key: str, raw: str) -> str:
+    """Why a configured path ($ENV_VARS allowed) cannot be used here, or ''."""
+    import os
+    value = os.path.expandvars(raw)
+    if not value or "$" in value:
+        return f"{key} is not set ({raw!r})"
+    return "" if Path(value).exists() else f"{key} {value} does not exist"
+
+
 class ExperimentBase(Spec):
     """Keys every experiment has."""
     kind: str
@@ -183,6 +192,11 @@ class ExperimentBase(Spec):
         """The device the experiment's models run on, which an `auto` preset is resolved against
         ("meta": they are only counted)."""
         return "auto"
+
+    def missing_resources(self) -> list[str]:
+        """What this machine lacks to run the experiment (data folders, checkpoints, official checkouts),
+        one line each; `validate` reports them, and the kind refuses to start without them."""
+        return []
 
 
 # ------------------------------------------------------------------------------------- kinds

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..schema import DataRef, Dtype, ExperimentBase, ModelRef, NonNegative, Positive, Published, Spec
+from ..schema import DataRef, Dtype, ExperimentBase, ModelRef, NonNegative, Positive, Published, Spec, missing_path
 
 
 class EvalData(DataRef):
@@ -43,6 +43,14 @@ class EvaluateSpec(ExperimentBase):
 
     def preset_device(self) -> str:
         return self.device
+
+    def missing_resources(self) -> list[str]:
+        data = self.data
+        paths = [(f"data.options.{key}", value) for key, value in data.options.items()
+                 if isinstance(value, str) and ("$" in value or key in ("root", "path"))]
+        paths += [("data.index", data.index)] if data.index else []
+        paths += [(f"models.{i}.checkpoint", m.checkpoint) for i, m in enumerate(self.models) if m.checkpoint]
+        return [reason for key, raw in paths if (reason := missing_path(key, raw))]
 
     @model_validator(mode="after")
     def _distinct_labels(self) -> "EvaluateSpec":

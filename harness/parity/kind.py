@@ -73,6 +73,19 @@ class ParitySpec(ExperimentBase):
             raise ValueError(f"{unknown[0]!r} has no official counterpart; expected some of {', '.join(VARIANTS)}")
         return models
 
+    def missing_resources(self) -> list[str]:
+        given = {repo: self.checkout(repo) for repo in CHECKOUTS}
+        if not any(given[VARIANTS[m].repository] for m in self.models):
+            return [f"no official checkout given for {', '.join(self.models)}"]
+        missing = []
+        for repo, path in given.items():
+            try:
+                if path:
+                    check_checkout(path, repo)
+            except MissingResource as error:
+                missing.append(str(error))
+        return missing
+
     def scene_path(self) -> str:
         value = os.path.expandvars(self.scene)
         return "" if "$" in value else value
