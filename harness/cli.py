@@ -12,6 +12,7 @@ Exit status: 0 when every point, scene or run asked for is recorded `ok`; 1 when
 (each failure is a row with its reason, listed above the last line; a rerun retries it); 2 on a user
 mistake or a resource the run cannot do without (any HarnessError: one line `error: ...`, `--debug`
 shows its traceback; a full disk included); 130 on Ctrl-C (one line saying how much is recorded).
+`validate` exits 2 also for a valid experiment this machine cannot run (it names what is missing).
 Anything else is a bug and keeps its traceback.
 
 Every kind also runs under torchrun: `torchrun --nproc_per_node K [--nnodes ...] -m harness run FILE`
