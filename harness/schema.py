@@ -9,7 +9,6 @@ Any mistake becomes one `ConfigError` line: `FILE: dotted.key: message`.
 """
 from __future__ import annotations
 
-import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Annotated, Any, Callable, Generic, Literal, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models.registry import Registry
 
 from .errors import ConfigError
 
@@ -227,7 +228,8 @@ class Kind:
     reads: frozenset[str] = frozenset()  # RunOptions.given() names the kind honours; any other given is refused
 
 
-KINDS: dict[str, str | Kind] = {
+KINDS: Registry[Kind] = Registry("experiment kind", ConfigError, ConfigError)
+for _name, _address in {
     "profile": "harness.profile.kinds:PROFILE",
     "profile_flops": "harness.profile.kinds:FLOPS",
     "profile_kv_cache": "harness.profile.kinds:KV_CACHE",
@@ -239,24 +241,17 @@ KINDS: dict[str, str | Kind] = {
     "train": "harness.train.kinds:TRAIN",
     "convergence": "harness.train.kinds:CONVERGENCE",
     "view_generalization": "harness.train.view_generalization:VIEW_GENERALIZATION",
-}
+}.items():
+    KINDS.add(_name, _address)
 
 
 def register_kind(name: str, kind: str | Kind) -> None:
     """Add a kind (from a plugin): a `Kind` or its `"module:attr"` address. Names are never reused."""
-    if name in KINDS:
-        raise ConfigError(f"experiment kind {name!r} is registered twice")
-    KINDS[name] = kind
+    KINDS.add(name, kind)
 
 
 def get_kind(name: str) -> Kind:
-    if name not in KINDS:
-        raise ConfigError(f"unknown experiment kind {name!r}; registered: {', '.join(KINDS)}")
-    target = KINDS[name]
-    if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        target = KINDS[name] = getattr(importlib.import_module(module), attr)
-    return target
+    return KINDS.get(name)
 
 
 # ------------------------------------------------------------------------------------ loading

@@ -8,11 +8,54 @@ the repository registers a variant the same way and is loaded with `--plugin`.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Generic, Iterator, Mapping, TypeVar
 
 from .base import NVSModel
 from .config import ModelConfig, preset as named_preset
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Names -> entries, for everything the harness looks up by name (models, data sources, experiment
+    kinds). An entry may be a "module:attr" address, imported on first use. A taken name is refused with
+    `error` (a plugin must pick its own name; a silent replacement would mislabel every row), and an
+    unknown one names the registered ones."""
+
+    def __init__(self, what: str, error: type[Exception] = ValueError, missing: type[Exception] = KeyError):
+        self.what, self.error, self.missing = what, error, missing
+        self._entries: dict[str, T | str] = {}
+
+    def add(self, name: str, entry: T | str) -> None:
+        if name in self._entries:
+            raise self.error(f"{self.what} {name!r} is registered twice ({_origin(self._entries[name])} and {_origin(entry)})")
+        self._entries[name] = entry
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise self.missing(f"unknown {self.what} {name!r}; registered: {', '.join(self._entries)}")
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            module, _, attr = entry.partition(":")
+            entry = self._entries[name] = getattr(importlib.import_module(module), attr)
+        return entry
+
+    def names(self) -> list[str]:
+        """In registration order."""
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+
+def _origin(entry: Any) -> str:
+    return entry if isinstance(entry, str) else getattr(entry, "__module__", type(entry).__module__)
+
 
 # Config fields every variant reads (sizes of the tokenizers, blocks and head).
 SHARED_FIELDS = ("image_size", "patch_size", "dim", "head_dim", "mlp_ratio", "qk_norm", "depth_init")
@@ -45,17 +88,15 @@ class ModelCard:
         return SHARED_FIELDS + tuple(self.reads)
 
 
-_MODELS: dict[str, type[NVSModel]] = {}
+MODELS: Registry[type[NVSModel]] = Registry("model")
 _CARDS: dict[str, ModelCard] = {}
 
 
 def register(name: str, card: ModelCard | None = None):
     """Class decorator. Registering a taken name raises (a plugin must pick its own name)."""
     def add(cls: type[NVSModel]) -> type[NVSModel]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is registered twice ({_MODELS[name].__module__} and {cls.__module__})")
+        MODELS.add(name, cls)
         cls.name = name
-        _MODELS[name] = cls
         _CARDS[name] = card or ModelCard(label=name)
         return cls
     return add
@@ -63,14 +104,11 @@ def register(name: str, card: ModelCard | None = None):
 
 def list_models() -> list[str]:
     """Registered names in registration order: the released variants first, then ablations and plugins."""
-    return list(_MODELS)
+    return MODELS.names()
 
 
 def model_class(name: str) -> type[NVSModel]:
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; allowed: {list_models()}") from None
+    return MODELS.get(name)
 
 
 def model_card(name: str) -> ModelCard:

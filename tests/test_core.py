@@ -340,3 +340,20 @@ def test_the_paper_index_names_the_device_of_the_rows_that_have_one(tmp_path):
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     line = status(spec, PaperEntry(title="t", published="p", target="convergence"))
     assert line.startswith("measured here: 2 rows on cpu: X (1 thread)") and "commit abc" in line and "?" not in line
+
+
+def test_one_registry_for_models_sources_and_kinds():
+    """Models, data sources and experiment kinds share one Registry: a taken name is refused with each
+    one's error type, an unknown one names those registered, and "module:attr" entries load on first use."""
+    from harness.data.registry import SOURCES
+    from harness.errors import DataError
+    from models.registry import MODELS, Registry
+    for registry, error in ((MODELS, ValueError), (SOURCES, DataError), (KINDS, ConfigError)):
+        name = registry.names()[0]
+        with pytest.raises(error, match=f"{registry.what} '{name}' is registered twice"):
+            registry.add(name, object())
+        with pytest.raises(Exception, match=f"unknown {registry.what} 'nope'; registered: {name}"):
+            registry.get("nope")
+    lazy = Registry("thing")
+    lazy.add("path_join", "os.path:join")
+    assert lazy.get("path_join") is __import__("os").path.join and "path_join" in lazy and list(lazy) == ["path_join"]
