@@ -191,30 +191,40 @@ class Contention:
         self.columns: dict[str, Any] = {}
 
     @staticmethod
-    def _load() -> float | None:
+    def load() -> float | None:
         try:
             return os.getloadavg()[0]
         except OSError:  # not offered on this platform
             return None
 
+    @classmethod
+    def reading(cls, device: torch.device, wall: float, cpu: float, threads: int, loads: Sequence[float | None]) -> str:
+        """Why a span of `wall` seconds, in which this process used `cpu` seconds with `threads` threads,
+        was shared with other work ('' when it was not)."""
+        if device.type != "cpu":
+            return ""
+        cores = os.cpu_count() or 1
+        used = min(threads, cores)
+        reasons = []
+        if wall > 0.05 and cpu / wall < cls.CPU_SHARE * used:
+            reasons.append(f"process CPU time {cpu / wall:.2f}x wall with {threads} thread(s)")
+        load = max((v for v in loads if v is not None), default=None)
+        if load is not None and load - used > cores - used + 1:
+            reasons.append(f"load average {load:.1f} on {cores} cores with {threads} thread(s) of ours")
+        return "; ".join(reasons)
+
     def __enter__(self) -> "Contention":
-        self._load0, self._cpu0, self._wall0 = self._load(), time.process_time(), time.perf_counter()
+        self._load0, self._cpu0, self._wall0 = self.load(), time.process_time(), time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.device.type != "cpu":
             return
-        wall = time.perf_counter() - self._wall0
-        threads, cores = torch.get_num_threads(), os.cpu_count() or 1
-        cpu_share = (time.process_time() - self._cpu0) / wall if wall > 0 else None
-        loads = [v for v in (self._load0, self._load()) if v is not None]
-        load = max(loads) if loads else None
-        reasons = []
-        if cpu_share is not None and wall > 0.05 and cpu_share < self.CPU_SHARE * min(threads, cores):
-            reasons.append(f"process CPU time {cpu_share:.2f}x wall with {threads} thread(s)")
-        if load is not None and load - min(threads, cores) > cores - min(threads, cores) + 1:
-            reasons.append(f"load average {load:.1f} on {cores} cores with {threads} thread(s) of ours")
-        self.columns = {"load_avg": load, "cpu_per_wall": cpu_share, "contended": "; ".join(reasons)}
+        wall, cpu = time.perf_counter() - self._wall0, time.process_time() - self._cpu0
+        loads = [self._load0, self.load()]
+        self.columns = {"load_avg": max((v for v in loads if v is not None), default=None),
+                        "cpu_per_wall": cpu / wall if wall > 0 else None,
+                        "contended": self.reading(self.device, wall, cpu, torch.get_num_threads(), loads)}
 
 
 def mark_contention(columns: dict[str, Any], contention: Mapping[str, Any]) -> dict[str, Any]:

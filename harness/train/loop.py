@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -102,22 +101,20 @@ def training_step(wrapped, trained, batch, criterion, optimizer, scheduler, opti
 
 class IntervalClock:
     """Wall and process CPU seconds of each logging interval, and whether other work shared the CPU during
-    it: the process got less than `CPU_SHARE` of its threads' time (another run, or load, held the cores).
-    Such intervals are flagged `contended` in the log; their wall-clock is load, not cost."""
-
-    CPU_SHARE = 0.6
+    it, read as `Contention` reads a timed point: the process got less than its share of its threads' time,
+    or the load average exceeded the cores its threads leave free (another run, or load, held the cores).
+    Such intervals are flagged `contended` in the log, with the reason; their wall-clock is load, not cost."""
 
     def __init__(self, threads: int, device: torch.device):
         self.threads, self.device = threads, device
         self.wall, self.cpu = time.perf_counter(), time.process_time()
 
     def lap(self) -> dict[str, Any]:
+        from ..profile.measure import Contention
         wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
         self.wall, self.cpu = time.perf_counter(), time.process_time()
-        share = cpu / wall if wall > 0 else None
-        contended = (self.device.type == "cpu" and share is not None and wall > 0.05
-                     and share < self.CPU_SHARE * min(self.threads, os.cpu_count() or 1))
-        return {"interval_wall_s": wall, "interval_cpu_s": cpu, "contended": bool(contended)}
+        reason = Contention.reading(self.device, wall, cpu, self.threads, [Contention.load()]) if self.device.type == "cpu" else ""
+        return {"interval_wall_s": wall, "interval_cpu_s": cpu, "contended": bool(reason), "contended_reason": reason}
 
 
 def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: TrainSpec, out_dir: str | Path, *,
