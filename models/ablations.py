@@ -303,7 +303,9 @@ class LVSMMasked(LVSMDecoderOnly):
             renders.append(self.head(x, height, width).reshape(b, views, RGB_CHANNELS, height, width))
         return torch.cat(renders, dim=1)
 
-    def render_target_sequences(self, shared, targets, norm, blocks, targets_first, chunk, height, width):
+    def render_target_sequences(self, shared, targets, norm, blocks, targets_first, chunk, height, width, cameras=None):
+        if cameras is not None:  # its card does not read camera_encoding: never given
+            raise ValueError("lvsm_masked: cameras inside attention are not offered")
         if targets_first:
             raise ValueError("lvsm_masked: the mask is laid out for [inputs ; target] sequences")
         p = targets.shape[2]

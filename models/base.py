@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
-from .tokens import INPUT_CHANNELS, TARGET_CHANNELS, Tokenizer, input_view_features, target_view_features
+from .tokens import INPUT_CHANNELS, Tokenizer, input_view_features, raymaps, target_view_features, token_channels
 
 
 def _expect_shape(tensor: torch.Tensor, name: str, expected: tuple) -> None:
@@ -87,8 +87,9 @@ class NVSModel(nn.Module):
         self.config = config
         # Every variant tokenizes both kinds of view alike; built first, so that each variant's own
         # modules draw their initial weights after them.
-        self.input_tokenizer = Tokenizer(INPUT_CHANNELS, config.patch_size, config.dim)
-        self.target_tokenizer = Tokenizer(TARGET_CHANNELS, config.patch_size, config.dim)
+        inputs, targets = token_channels(config.camera_encoding)
+        self.input_tokenizer = Tokenizer(inputs, config.patch_size, config.dim)
+        self.target_tokenizer = Tokenizer(targets, config.patch_size, config.dim)
         self.gradient_checkpointing = False
         # How many input views (per batch element) have gone through the input encoder; lets tests
         # verify that incremental inference never re-encodes a view.
@@ -179,11 +180,13 @@ class NVSModel(nn.Module):
         return block(*args)
 
     def render_target_sequences(self, shared: torch.Tensor, targets: torch.Tensor, norm: nn.Module, blocks: nn.ModuleList,
-                                targets_first: bool, chunk: int | None, height: int, width: int) -> torch.Tensor:
+                                targets_first: bool, chunk: int | None, height: int, width: int,
+                                cameras: Callable[[int, int], Any] | None = None) -> torch.Tensor:
         """LVSM's per-target rendering: one sequence per target view, [shared ; target] (or
         [target ; shared]), batch-ordered (batch, target view), through `norm` and `blocks`, then
         the head on the target tokens. shared: [b, S, d]; targets: [b, m, P, d] -> [b, m, 3, h, w].
-        Chunks of `chunk` target views bound the memory; the result does not depend on it."""
+        Chunks of `chunk` target views bound the memory; the result does not depend on it. `cameras`
+        (start, views) -> the chunk's sequences' camera transforms, for attention with PRoPE / GTA."""
         b, m, p, d = targets.shape
         chunk = chunk or m
         renders = []
@@ -193,19 +196,20 @@ class NVSModel(nn.Module):
             context = shared.unsqueeze(1).expand(b, views, -1, d)
             seq = torch.cat([part, context] if targets_first else [context, part], dim=2).reshape(b * views, -1, d)
             seq = norm(seq)
+            transforms = (cameras(start, views),) if cameras is not None else ()
             for block in blocks:
-                seq = self.run_block(block, seq)
+                seq = self.run_block(block, seq, *transforms)
             out = seq[:, :p] if targets_first else seq[:, -p:]
             renders.append(self.head(out, height, width).reshape(b, views, 3, height, width))
         return torch.cat(renders, dim=1)
 
     def input_tokens(self, images: torch.Tensor, c2w: torch.Tensor, fxfycxcy: torch.Tensor) -> torch.Tensor:
         """Input views [b, n, ...] -> tokens [b*n, P, dim]."""
-        return self.input_tokenizer(input_view_features(images, c2w, fxfycxcy))
+        return self.input_tokenizer(input_view_features(images, c2w, fxfycxcy, raymaps(self.config.camera_encoding)))
 
     def target_tokens(self, c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Target cameras [b, m, ...] -> tokens [b*m, P, dim]."""
-        return self.target_tokenizer(target_view_features(c2w, fxfycxcy, height, width))
+        return self.target_tokenizer(target_view_features(c2w, fxfycxcy, height, width, raymaps(self.config.camera_encoding)))
 
     def sequence_tokens(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy
                         ) -> tuple[torch.Tensor, torch.Tensor, int, int]:

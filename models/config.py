@@ -17,6 +17,9 @@ class ModelConfig:
     `newton_schulz_dtype` (bfloat16, the official step; float32 for portable parity) and, on a CPU,
     `bfloat16_kernel` (`native`: PyTorch's bfloat16 matmul as the official code; `float32`: the same
     bfloat16 products summed by the float32 kernel; `auto`: native where the CPU has bfloat16 units).
+    `camera_encoding` says how cameras reach the network (for the variants that read it): `plucker`,
+    Plücker raymaps on the tokens (the official models); `prope` / `gta`, cameras inside attention
+    (models.prope), the tokens carrying only each pixel's direction in its own camera's frame; both.
     `latent_init_std` is the std of the encoder-decoder's latent tokens at initialisation: 0.02 as
     in the official code; small from-scratch runs may raise it (see experiments/convergence.yaml).
     `image_size` is only the resolution the preset is profiled and trained at: no weight depends on
@@ -40,11 +43,13 @@ class ModelConfig:
     fast_weight_heads: int = 1
     newton_schulz_dtype: str = "bfloat16"
     bfloat16_kernel: str = "auto"
+    camera_encoding: str = "plucker"
 
     # Fields that take one of a few names.
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "newton_schulz_dtype": ("bfloat16", "float32"),
         "bfloat16_kernel": ("auto", "native", "float32"),
+        "camera_encoding": ("plucker", "prope", "gta", "plucker+prope"),
     }
 
     def __post_init__(self) -> None:

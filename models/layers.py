@@ -113,13 +113,18 @@ class Attention(nn.Module):
         q, k = self._normed_queries_keys(qkv)
         return q, k, qkv[:, :, 2]
 
-    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None, values: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None, values: torch.Tensor | None = None,
+                cameras=None) -> torch.Tensor:
+        """`cameras` (models.prope.CameraTransforms of the tokens' views, self-attention only): PRoPE / GTA."""
         if self.cross:
             q = self.q_norm(self._heads(self.q(x), 1)[:, :, 0]).transpose(1, 2)
             k, v = keys, values
         else:
             qkv = self._heads(self.qkv(x), 3)
             q, k, v = self.q_norm(qkv[:, :, 0]).transpose(1, 2), self._keys(qkv[:, :, 1]), qkv[:, :, 2].transpose(1, 2)
+        if cameras is not None:
+            q, k, v = cameras.queries(q), cameras.keys_values(k), cameras.keys_values(v)
+            return self.proj(merge_heads(cameras.outputs(F.scaled_dot_product_attention(q, k, v))))
         return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
 
 
@@ -171,8 +176,8 @@ class SelfAttentionBlock(nn.Module):
         self.mlp_norm = layer_norm(dim, norm_affine)
         self.mlp = MLP(dim, mlp_ratio)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x: torch.Tensor, cameras=None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cameras=cameras)
         return x + self.mlp(self.mlp_norm(x))
 
 

@@ -2,14 +2,16 @@
 tokens] under full self-attention (Jin et al., ICLR 2025)."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from . import flops as F
 from .base import NVSModel
 from .config import ModelConfig
 from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
+from .prope import CameraTransforms, transform_macs, uses_prope, view_cameras
 from .registry import ModelCard, Published, register
-from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead
+from .tokens import RGB_CHANNELS, RenderHead, token_channels
 
 # Official LVSM key renames that every LVSM block shares.
 LVSM_BLOCK_KEYS = [
@@ -36,7 +38,7 @@ OBJECTS_SOURCE = "LVSM paper, object-level table (512 px)"
 
 
 @register("lvsm_decoder_only", card=ModelCard(
-    label="LVSM decoder-only", color="tab:red", reads=("depth",), paper=LVSM_PAPER,
+    label="LVSM decoder-only", color="tab:red", reads=("depth", "camera_encoding"), paper=LVSM_PAPER,
     code="github.com/Haian-Jin/LVSM (non-commercial licence)", official_params=170_795_520,
     published={
         "re10k": Published(LVSM_TABLE_1, {"psnr": 29.67, "ssim": 0.906, "lpips": 0.098}),
@@ -68,14 +70,34 @@ class LVSMDecoderOnly(NVSModel):
 
     def forward(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy, target_chunk: int | None = None):
         inputs, targets, h, w = self.sequence_tokens(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
+        cameras = None
+        if uses_prope(self.config.camera_encoding):
+            def cameras(start: int, views: int) -> CameraTransforms:
+                """Each sequence's cameras: the input views, then its target view."""
+                b, n = input_c2w.shape[:2]
+
+                def per_sequence(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+                    shape = inputs.shape[2:]
+                    return torch.cat([inputs[:, None].expand(b, views, n, *shape), targets[:, start:start + views, None]],
+                                     dim=2).reshape(b * views, n + 1, *shape)
+                viewmats, Ks = view_cameras(per_sequence(input_c2w, target_c2w), per_sequence(input_fxfycxcy, target_fxfycxcy),
+                                            self.config.camera_encoding)
+                p = self.config.patch_size
+                return CameraTransforms(viewmats, Ks, w // p, h // p, w, h, self.config.head_dim)
         return self.render_target_sequences(inputs, targets, self.input_norm, self.blocks, targets_first=False,
-                                            chunk=target_chunk or self.target_chunk, height=h, width=w)
+                                            chunk=target_chunk or self.target_chunk, height=h, width=w, cameras=cameras)
 
     def analytic_flops(self, n_input: int, n_target: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
         c, p = self.config, self.view_tokens(image_size)
         pp = c.patch_size ** 2
         sequences = batch * n_target
-        return (F.linear(batch * n_input * p, INPUT_CHANNELS * pp, c.dim)
-                + F.linear(sequences * p, TARGET_CHANNELS * pp, c.dim)
+        inputs, targets = token_channels(c.camera_encoding)
+        cost = (F.linear(batch * n_input * p, inputs * pp, c.dim)
+                + F.linear(sequences * p, targets * pp, c.dim)
                 + F.self_attention_block(sequences, (n_input + 1) * p, c.dim, c.mlp_ratio).scaled(c.depth)
                 + F.linear(sequences * p, c.dim, RGB_CHANNELS * pp))
+        if uses_prope(c.camera_encoding):  # the transforms in every layer, and P = K @ viewmat per camera (PRoPE)
+            cameras = sequences * (n_input + 1)
+            cost += F.FlopEstimate(0, transform_macs(cameras * p, c.dim) * c.depth
+                                   + (64 * cameras if c.camera_encoding != "gta" else 0))
+        return cost

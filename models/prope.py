@@ -104,6 +104,29 @@ class CameraTransforms:
         return self.apply(o, self.P, inverse_rope=True)
 
 
+def uses_prope(camera_encoding: str) -> bool:
+    """Whether cameras enter attention (PRoPE or GTA)."""
+    return camera_encoding in ("prope", "gta", "plucker+prope")
+
+
+def view_cameras(c2w: torch.Tensor, fxfycxcy: torch.Tensor, camera_encoding: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """World-to-camera matrices [..., 4, 4] and pixel intrinsics [..., 3, 3] (None for GTA) of views given
+    as OpenCV c2w and fx, fy, cx, cy."""
+    viewmats = torch.linalg.inv(c2w.float())
+    if camera_encoding == "gta":
+        return viewmats, None
+    fx, fy, cx, cy = fxfycxcy.float().unbind(-1)
+    zero, one = torch.zeros_like(fx), torch.ones_like(fx)
+    Ks = torch.stack([fx, zero, cx, zero, fy, cy, zero, zero, one], dim=-1).reshape(*fx.shape, 3, 3)
+    return viewmats, Ks
+
+
+def transform_macs(tokens: int, dim: int) -> int:
+    """Multiply-adds of PRoPE's projective blocks in one attention: queries, keys, values and output,
+    each a 4x4 product on every group of four of half the features (RoPE is elementwise)."""
+    return 4 * tokens * (dim // 2) * 4
+
+
 def prope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, viewmats: torch.Tensor, Ks: torch.Tensor | None,
                     patches_x: int, patches_y: int, image_width: int, image_height: int) -> torch.Tensor:
     """Self-attention over [b, heads, cameras * patches_y * patches_x, head_dim] tokens (camera-major, then

@@ -60,6 +60,14 @@ def plucker_rays_last(c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, wi
         return _rays(c2w, fxfycxcy, height, width, moments=True)
 
 
+def camera_frame_rays_last(fxfycxcy: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Unit ray directions in each view's own camera frame (from the intrinsics alone, so the same
+    wherever the world's origin is): fxfycxcy [..., 4] -> [..., h, w, 3]."""
+    with _full_precision(fxfycxcy.device):
+        eye = torch.eye(4, dtype=fxfycxcy.dtype, device=fxfycxcy.device).expand(*fxfycxcy.shape[:-1], 4, 4)
+        return _rays(eye, fxfycxcy.float(), height, width, moments=False)
+
+
 def plucker_rays(c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The Plücker embedding channel-first, [..., 6, h, w]: a permuted view of `plucker_rays_last`."""
     return plucker_rays_last(c2w, fxfycxcy, height, width).movedim(-1, -3)

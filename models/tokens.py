@@ -9,11 +9,27 @@ import torch
 from torch import nn
 
 from .layers import layer_norm
-from .rays import plucker_rays_last
+from .rays import camera_frame_rays_last, plucker_rays_last
 
 INPUT_CHANNELS = 9  # 2*rgb-1, o x d, d
 TARGET_CHANNELS = 6  # o x d, d
 RGB_CHANNELS = 3
+# With cameras inside attention alone (PRoPE, GTA), a token carries its pixels' directions in its own
+# camera's frame, nothing that depends on where the world's origin is.
+CAMERA_FRAME_INPUT_CHANNELS = 6  # 2*rgb-1, d in the camera frame
+CAMERA_FRAME_TARGET_CHANNELS = 3
+
+
+def raymaps(camera_encoding: str) -> bool:
+    """Whether tokens carry Plücker raymaps (else directions in the camera frame)."""
+    return camera_encoding in ("plucker", "plucker+prope")
+
+
+def token_channels(camera_encoding: str) -> tuple[int, int]:
+    """Channels per pixel of an input view's and a target view's token features."""
+    if raymaps(camera_encoding):
+        return INPUT_CHANNELS, TARGET_CHANNELS
+    return CAMERA_FRAME_INPUT_CHANNELS, CAMERA_FRAME_TARGET_CHANNELS
 
 
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -44,17 +60,21 @@ class Tokenizer(nn.Module):
         return self.proj(patchify(x.flatten(0, 1), self.patch))
 
 
-def input_view_features(images: torch.Tensor, c2w: torch.Tensor, fxfycxcy: torch.Tensor) -> torch.Tensor:
-    """The 9-channel input-view signal [2*rgb-1, o x d, d]: [b, n, 9, h, w], a view of [b, n, h, w, 9]."""
+def input_view_features(images: torch.Tensor, c2w: torch.Tensor, fxfycxcy: torch.Tensor, plucker: bool = True) -> torch.Tensor:
+    """The 9-channel input-view signal [2*rgb-1, o x d, d]: [b, n, 9, h, w], a view of [b, n, h, w, 9];
+    without `plucker`, [2*rgb-1, d in the camera frame] (6 channels)."""
     h, w = images.shape[-2:]
-    rays = plucker_rays_last(c2w.float(), fxfycxcy.float(), h, w).to(images.dtype)
+    rays = (plucker_rays_last(c2w.float(), fxfycxcy.float(), h, w) if plucker
+            else camera_frame_rays_last(fxfycxcy, h, w)).to(images.dtype)
     pixels = torch.add(images.new_full((), -1.0), images.movedim(2, -1), alpha=2.0)  # 2*rgb-1 in one op, exactly
     return torch.cat([pixels, rays], dim=-1).movedim(-1, 2)
 
 
-def target_view_features(c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The 6-channel target-view signal (Plücker rays only): [b, m, 6, h, w], a view of [b, m, h, w, 6]."""
-    return plucker_rays_last(c2w.float(), fxfycxcy.float(), height, width).movedim(-1, 2)
+def target_view_features(c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int, plucker: bool = True) -> torch.Tensor:
+    """The 6-channel target-view signal (Plücker rays only): [b, m, 6, h, w], a view of [b, m, h, w, 6];
+    without `plucker`, the 3 directions in the camera frame."""
+    rays = plucker_rays_last(c2w.float(), fxfycxcy.float(), height, width) if plucker else camera_frame_rays_last(fxfycxcy, height, width)
+    return rays.movedim(-1, 2)
 
 
 class RenderHead(nn.Module):

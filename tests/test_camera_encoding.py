@@ -1,0 +1,68 @@
+"""Camera conditioning as a config field: Plücker raymaps on the tokens (the official models), PRoPE or
+GTA inside attention, or both. With cameras inside attention alone, tokens carry only directions in their
+own camera's frame, so moving every camera (and the scene) by one rigid transform leaves the renders as
+they are; raymaps are not invariant. Analytic FLOPs count the transforms and equal FlopCounterMode's."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import random_views
+from harness.profile.measure import FlopCounter
+from models import PRESETS, build_model, model_card
+
+ENCODINGS = ["plucker", "prope", "gta", "plucker+prope"]
+READERS = ["lvsm_decoder_only"]  # the variants whose attention takes cameras so far
+
+
+def _rigid(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    rotation, _ = torch.linalg.qr(torch.randn(3, 3, generator=g))
+    transform = torch.eye(4)
+    transform[:3, :3], transform[:3, 3] = rotation * torch.sign(torch.linalg.det(rotation)), torch.randn(3, generator=g)
+    return transform
+
+
+@pytest.mark.parametrize("name", READERS)
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_renders_under_a_rigid_move_of_the_world(name, encoding):
+    torch.manual_seed(0)
+    model = build_model(name, "tiny", camera_encoding=encoding).eval()
+    images, ic, ik, tc, tk = random_views(2, 3, 2)
+    move = _rigid(1)
+    with torch.no_grad():
+        render, moved = model(images, ic, ik, tc, tk), model(images, move @ ic, ik, move @ tc, tk)
+    difference = (render - moved).abs().max().item()
+    if encoding in ("prope", "gta"):
+        assert difference <= 1e-4
+    else:  # raymaps depend on where the origin is
+        assert difference > 1e-3
+
+
+@pytest.mark.parametrize("name", READERS)
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_analytic_flops_count_the_camera_transforms(name, encoding):
+    count = FlopCounter(PRESETS["tiny"].with_overrides(camera_encoding=encoding)).forward(name, 3, 2, 2)
+    assert count.relative_difference == 0, (count.counted, count.analytic.flops)
+
+
+def test_cameras_enter_and_chunking_does_not_change_the_render():
+    torch.manual_seed(0)
+    model = build_model("lvsm_decoder_only", "tiny", camera_encoding="prope").eval()
+    images, ic, ik, tc, tk = random_views(1, 2, 3)
+    with torch.no_grad():
+        whole, chunked = model(images, ic, ik, tc, tk), model(images, ic, ik, tc, tk, target_chunk=1)
+        one_moved = ic.clone()
+        one_moved[:, 0] = _rigid(2) @ one_moved[:, 0]
+        moved = model(images, one_moved, ik, tc, tk)
+    assert torch.equal(whole, chunked) and (whole - moved).abs().max().item() > 1e-5  # rounding alone: 6e-8
+    assert model.input_tokenizer.proj.weight.shape[1] == 6 * 64 and model.target_tokenizer.proj.weight.shape[1] == 3 * 64
+
+
+def test_a_variant_that_does_not_read_it_refuses_it():
+    reader = [name for name in ("lvsm_encoder_decoder", "lact") if "camera_encoding" not in model_card(name).config_fields]
+    for name in reader:
+        with pytest.raises(ValueError, match=f"model '{name}' does not read config field 'camera_encoding'"):
+            build_model(name, "tiny", camera_encoding="prope")
+    with pytest.raises(ValueError, match="camera_encoding: expected one of plucker, prope, gta, plucker\\+prope"):
+        build_model("lvsm_decoder_only", "tiny", camera_encoding="rays")
