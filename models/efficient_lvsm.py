@@ -3,7 +3,7 @@ runs self-attention, then cross-attention to all input views' states at the same
 (layer-wise co-refinement), then an MLP (Jia et al., ICLR 2026)."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -13,8 +13,9 @@ from .base import NVSModel
 from .config import ModelConfig
 from .layers import SelfAttentionBlock, SelfCrossBlock, init_depth_scaled, init_weights
 from .lvsm_decoder_only import EFFICIENCY_SOURCE
+from .prope import CameraTransforms, transform_macs, uses_prope, view_cameras
 from .registry import ModelCard, Published, register
-from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead
+from .tokens import RGB_CHANNELS, RenderHead, token_channels
 
 KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [b, heads, n*P, head_dim]
 
@@ -25,7 +26,7 @@ OBJECTS_UNVERIFIED = "secondary summaries of the Efficient-LVSM paper (objects, 
 
 
 @register("efficient_lvsm", card=ModelCard(
-    label="Efficient-LVSM", color="tab:blue", reads=("stream_depth",), paper=EFFICIENT_LVSM_PAPER,
+    label="Efficient-LVSM", color="tab:blue", reads=("stream_depth", "camera_encoding"), paper=EFFICIENT_LVSM_PAPER,
     code=EFFICIENT_LVSM_CODE, official_params=199_070_208,
     published={
         "re10k": Published("Efficient-LVSM release README (256 checkpoint; RealEstate10K, 2 input views, 256x256)",
@@ -73,17 +74,34 @@ class EfficientLVSM(NVSModel):
         self.count_encoded_views(n)
         inputs = self.input_tokens(input_images, input_c2w, input_fxfycxcy)  # [b*n, P, d]
         targets = self.target_tokens(target_c2w, target_fxfycxcy, h, w)  # [b*m, P, d]
-        for target_block, context in zip(self.target_blocks, self.context_states(inputs)):
-            keys, values = target_block.context_keys_values(context.reshape(b, -1, context.shape[-1]))
-            targets = self.run_block(target_block, targets, keys, values, m)
+        per_view, context_cameras = self.cameras(input_c2w, input_fxfycxcy, h, w)
+        target_cameras = self.cameras(target_c2w, target_fxfycxcy, h, w)
+        for target_block, context in zip(self.target_blocks, self._context_states(inputs, per_view)):
+            keys, values = target_block.context_keys_values(context.reshape(b, -1, context.shape[-1]), context_cameras)
+            targets = self.run_block(target_block, targets, keys, values, m, *target_cameras)
         return self.head(targets, h, w).reshape(b, m, RGB_CHANNELS, h, w)
 
-    def context_states(self, tokens: torch.Tensor) -> Iterator[torch.Tensor]:
+    def cameras(self, c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> tuple[Any, Any]:
+        """With PRoPE / GTA, the CameraTransforms of views [b, v, ...] one view per row ([b*v] sequences of
+        P tokens) and of each batch element's v views together ([b] sequences of v*P tokens); else None, None."""
+        c = self.config
+        if not uses_prope(c.camera_encoding):
+            return None, None
+        b, v = c2w.shape[:2]
+        viewmats, Ks = view_cameras(c2w, fxfycxcy, c.camera_encoding)
+        grid = (width // c.patch_size, height // c.patch_size, width, height, c.head_dim)
+        return (CameraTransforms(viewmats.reshape(b * v, 1, 4, 4), None if Ks is None else Ks.reshape(b * v, 1, 3, 3), *grid),
+                CameraTransforms(viewmats, Ks, *grid))
+
+    def _context_states(self, tokens: torch.Tensor, per_view) -> Iterator[torch.Tensor]:
+        return self.context_states(tokens) if per_view is None else self.context_states(tokens, per_view)
+
+    def context_states(self, tokens: torch.Tensor, cameras=None) -> Iterator[torch.Tensor]:
         """The input-stream states that target block l reads: those right after input block l
         (layer-wise co-refinement). A generator, so the two streams run interleaved and only one
-        layer's input states are alive at a time."""
+        layer's input states are alive at a time. `cameras`: each input view's transforms (PRoPE / GTA)."""
         for input_block in self.input_blocks:
-            tokens = self.run_block(input_block, tokens)
+            tokens = self.run_block(input_block, tokens, *([cameras] if cameras is not None else []))
             yield tokens
 
     # --- encode once, render many; incremental inference -------------------------------------
@@ -93,8 +111,9 @@ class EfficientLVSM(NVSModel):
         b, k = images.shape[:2]
         self.count_encoded_views(k)
         tokens = self.input_tokens(images, c2w, fxfycxcy)
-        return [target_block.context_keys_values(context.reshape(b, -1, context.shape[-1]))
-                for target_block, context in zip(self.target_blocks, self.context_states(tokens))]
+        per_view, grouped = self.cameras(c2w, fxfycxcy, *images.shape[-2:])
+        return [target_block.context_keys_values(context.reshape(b, -1, context.shape[-1]), grouped)
+                for target_block, context in zip(self.target_blocks, self._context_states(tokens, per_view))]
 
     def encode_views(self, images, c2w, fxfycxcy) -> KeysValues:
         """New input views [b, k, ...] for the KV cache: exact only because views never attend to each other."""
@@ -110,8 +129,9 @@ class EfficientLVSM(NVSModel):
         """Render target views against per-layer keys and values; costs linear in the N*P cached keys."""
         b, m = target_c2w.shape[:2]
         targets = self.target_tokens(target_c2w, target_fxfycxcy, height, width)
+        target_cameras = self.cameras(target_c2w, target_fxfycxcy, height, width)
         for (keys, values), target_block in zip(cache, self.target_blocks):
-            targets = self.run_block(target_block, targets, keys, values, m)
+            targets = self.run_block(target_block, targets, keys, values, m, *target_cameras)
         return self.head(targets, height, width).reshape(b, m, RGB_CHANNELS, height, width)
 
     def incremental(self, target_c2w: torch.Tensor, target_fxfycxcy: torch.Tensor, height: int, width: int) -> "IncrementalRenderer":
@@ -122,9 +142,20 @@ class EfficientLVSM(NVSModel):
         """Tokenizing and encoding n input views, including their cross-attention K/V projections."""
         c, p = self.config, self.view_tokens(image_size)
         tokens = batch * n_input * p
-        return (F.linear(tokens, INPUT_CHANNELS * c.patch_size ** 2, c.dim)
+        return (F.linear(tokens, token_channels(c.camera_encoding)[0] * c.patch_size ** 2, c.dim)
                 + (F.self_attention_block(batch * n_input, p, c.dim, c.mlp_ratio)
-                   + F.linear(tokens, c.dim, 2 * c.dim)).scaled(c.stream_depth))
+                   + F.linear(tokens, c.dim, 2 * c.dim)).scaled(c.stream_depth)
+                + self._camera_flops(batch * n_input, tokens))
+
+    def _camera_flops(self, views: int, tokens: int) -> F.FlopEstimate:
+        """PRoPE / GTA on a stream: its attention's transforms (four roles) and the cross-attention's two per
+        layer (keys and values of input views, queries and output of target views), and P = K @ viewmat for
+        each view's two groupings (PRoPE)."""
+        c = self.config
+        if not uses_prope(c.camera_encoding):
+            return F.FlopEstimate(0, 0)
+        per_layer = transform_macs(tokens, c.dim) * 6 // 4
+        return F.FlopEstimate(0, per_layer * c.stream_depth + (2 * 64 * views if c.camera_encoding != "gta" else 0))
 
     def target_stream_flops(self, n_input: int, n_target: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
         """Rendering n_target views against the K/V of n_input views."""
@@ -134,8 +165,8 @@ class EfficientLVSM(NVSModel):
         per_layer = (F.self_attention_block(views, p, c.dim, c.mlp_ratio)
                      + F.linear(tokens, c.dim, c.dim) + F.linear(tokens, c.dim, c.dim)
                      + F.attention(p, n_input * p, c.dim).scaled(views))
-        return (F.linear(tokens, TARGET_CHANNELS * c.patch_size ** 2, c.dim) + per_layer.scaled(c.stream_depth)
-                + F.linear(tokens, c.dim, RGB_CHANNELS * c.patch_size ** 2))
+        return (F.linear(tokens, token_channels(c.camera_encoding)[1] * c.patch_size ** 2, c.dim) + per_layer.scaled(c.stream_depth)
+                + F.linear(tokens, c.dim, RGB_CHANNELS * c.patch_size ** 2) + self._camera_flops(views, tokens))
 
     def analytic_flops(self, n_input: int, n_target: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
         return (self.input_stream_flops(n_input, batch, image_size)

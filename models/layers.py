@@ -115,10 +115,12 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None, values: torch.Tensor | None = None,
                 cameras=None) -> torch.Tensor:
-        """`cameras` (models.prope.CameraTransforms of the tokens' views, self-attention only): PRoPE / GTA."""
-        if self.cross:
+        """`cameras`: models.prope.CameraTransforms of the tokens' views, for PRoPE / GTA."""
+        if self.cross:  # `cameras`: the query views' (keys and values come transformed by their own views')
             q = self.q_norm(self._heads(self.q(x), 1)[:, :, 0]).transpose(1, 2)
             k, v = keys, values
+            if cameras is not None:
+                return self.proj(merge_heads(cameras.outputs(F.scaled_dot_product_attention(cameras.queries(q), k, v))))
         else:
             qkv = self._heads(self.qkv(x), 3)
             q, k, v = self.q_norm(qkv[:, :, 0]).transpose(1, 2), self._keys(qkv[:, :, 1]), qkv[:, :, 2].transpose(1, 2)
@@ -195,18 +197,22 @@ class SelfCrossBlock(nn.Module):
         self.mlp_norm = layer_norm(dim, norm_affine)
         self.mlp = MLP(dim, mlp_ratio)
 
-    def context_keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the KV cache stores for this layer: keys/values of input tokens [B, S, dim]."""
-        return self.cross_attn.keys_values(self.context_norm(context))
+    def context_keys_values(self, context: torch.Tensor, cameras=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the KV cache stores for this layer: keys/values of input tokens [B, S, dim] (with `cameras`,
+        the input views' CameraTransforms, transformed by their views for PRoPE / GTA)."""
+        keys, values = self.cross_attn.keys_values(self.context_norm(context))
+        return (keys, values) if cameras is None else (cameras.keys_values(keys), cameras.keys_values(values))
 
-    def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, views_per_batch: int) -> torch.Tensor:
-        """x: [B*M, P, dim] target tokens; keys/values: [B, H, N*P, hd]."""
-        x = x + self.self_attn(self.self_norm(x))
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, views_per_batch: int,
+                view_cameras=None, query_cameras=None) -> torch.Tensor:
+        """x: [B*M, P, dim] target tokens; keys/values: [B, H, N*P, hd]. With PRoPE / GTA, `view_cameras`
+        holds each target view's transforms (rows of x), `query_cameras` a batch element's M views'."""
+        x = x + self.self_attn(self.self_norm(x), cameras=view_cameras)
         bm, p, d = x.shape
         # Queries of all M views of one batch element share one attention call against the same
         # keys; this does not couple target views because it is cross-attention only.
         grouped = x.reshape(bm // views_per_batch, views_per_batch * p, d)
-        grouped = grouped + self.cross_attn(self.query_norm(grouped), keys, values)
+        grouped = grouped + self.cross_attn(self.query_norm(grouped), keys, values, cameras=query_cameras)
         x = grouped.reshape(bm, p, d)
         return x + self.mlp(self.mlp_norm(x))
 

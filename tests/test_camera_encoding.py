@@ -12,7 +12,7 @@ from harness.profile.measure import FlopCounter
 from models import PRESETS, build_model, model_card
 
 ENCODINGS = ["plucker", "prope", "gta", "plucker+prope"]
-READERS = ["lvsm_decoder_only"]  # the variants whose attention takes cameras so far
+READERS = ["lvsm_decoder_only", "efficient_lvsm"]  # the variants whose attention takes cameras so far
 
 
 def _rigid(seed: int) -> torch.Tensor:
@@ -66,3 +66,20 @@ def test_a_variant_that_does_not_read_it_refuses_it():
             build_model(name, "tiny", camera_encoding="prope")
     with pytest.raises(ValueError, match="camera_encoding: expected one of plucker, prope, gta, plucker\\+prope"):
         build_model("lvsm_decoder_only", "tiny", camera_encoding="rays")
+
+
+@pytest.mark.parametrize("encoding", ["prope", "gta"])
+def test_efficient_lvsm_states_and_kv_cache_carry_the_cameras(encoding):
+    """The scene state and the KV cache hold keys and values already transformed by their input views,
+    so rendering from them, and adding views one at a time, equal the forward pass."""
+    torch.manual_seed(0)
+    model = build_model("efficient_lvsm", "tiny", camera_encoding=encoding).eval()
+    images, ic, ik, tc, tk = random_views(2, 3, 2)
+    with torch.no_grad():
+        full = model(images, ic, ik, tc, tk)
+        state = model.render_scene(model.encode_scene(images, ic, ik), tc, tk)
+        session = model.incremental(tc, tk, 32, 32)
+        for i in range(3):
+            session.add_views(images[:, i:i + 1], ic[:, i:i + 1], ik[:, i:i + 1])
+        incremental = session.render()
+    assert (state - full).abs().max().item() <= 1e-5 and (incremental - full).abs().max().item() <= 1e-5
