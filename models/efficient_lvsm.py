@@ -87,11 +87,9 @@ class EfficientLVSM(NVSModel):
         c = self.config
         if not uses_prope(c.camera_encoding):
             return None, None
-        b, v = c2w.shape[:2]
-        viewmats, Ks = view_cameras(c2w, fxfycxcy, c.camera_encoding)
-        grid = (width // c.patch_size, height // c.patch_size, width, height, c.head_dim)
-        return (CameraTransforms(viewmats.reshape(b * v, 1, 4, 4), None if Ks is None else Ks.reshape(b * v, 1, 3, 3), *grid),
-                CameraTransforms(viewmats, Ks, *grid))
+        grouped = CameraTransforms.of_views(*view_cameras(c2w, fxfycxcy, c.camera_encoding), width // c.patch_size,
+                                            height // c.patch_size, width, height, c.head_dim)
+        return grouped.regrouped(lambda matrices: matrices.reshape(-1, 1, 4, 4)), grouped
 
     def _context_states(self, tokens: torch.Tensor, per_view) -> Iterator[torch.Tensor]:
         return self.context_states(tokens) if per_view is None else self.context_states(tokens, per_view)
@@ -149,13 +147,13 @@ class EfficientLVSM(NVSModel):
 
     def _camera_flops(self, views: int, tokens: int) -> F.FlopEstimate:
         """PRoPE / GTA on a stream: its attention's transforms (four roles) and the cross-attention's two per
-        layer (keys and values of input views, queries and output of target views), and P = K @ viewmat for
-        each view's two groupings (PRoPE)."""
+        layer (keys and values of input views, queries and output of target views), and P = K @ viewmat once
+        per view (PRoPE)."""
         c = self.config
         if not uses_prope(c.camera_encoding):
             return F.FlopEstimate(0, 0)
         per_layer = transform_macs(tokens, c.dim) * 6 // 4
-        return F.FlopEstimate(0, per_layer * c.stream_depth + (2 * 64 * views if c.camera_encoding != "gta" else 0))
+        return F.FlopEstimate(0, per_layer * c.stream_depth + (64 * views if c.camera_encoding != "gta" else 0))
 
     def target_stream_flops(self, n_input: int, n_target: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
         """Rendering n_target views against the K/V of n_input views."""

@@ -72,18 +72,19 @@ class LVSMDecoderOnly(NVSModel):
         inputs, targets, h, w = self.sequence_tokens(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
         cameras = None
         if uses_prope(self.config.camera_encoding):
-            def cameras(start: int, views: int) -> CameraTransforms:
-                """Each sequence's cameras: the input views, then its target view."""
-                b, n = input_c2w.shape[:2]
+            b, n = input_c2w.shape[:2]
+            c, p = self.config, self.config.patch_size
+            views = [CameraTransforms.of_views(*view_cameras(c2w, k, c.camera_encoding), w // p, h // p, w, h, c.head_dim)
+                     for c2w, k in ((input_c2w, input_fxfycxcy), (target_c2w, target_fxfycxcy))]
 
-                def per_sequence(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-                    shape = inputs.shape[2:]
-                    return torch.cat([inputs[:, None].expand(b, views, n, *shape), targets[:, start:start + views, None]],
-                                     dim=2).reshape(b * views, n + 1, *shape)
-                viewmats, Ks = view_cameras(per_sequence(input_c2w, target_c2w), per_sequence(input_fxfycxcy, target_fxfycxcy),
-                                            self.config.camera_encoding)
-                p = self.config.patch_size
-                return CameraTransforms(viewmats, Ks, w // p, h // p, w, h, self.config.head_dim)
+            def cameras(start: int, chunk: int) -> CameraTransforms:
+                """Each sequence's cameras, the input views then its target view, from the views' own transforms."""
+                def per_sequence(matrices: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                    inputs, targets = matrices
+                    return torch.cat([inputs[:, None].expand(b, chunk, n, 4, 4), targets[:, start:start + chunk, None]],
+                                     dim=2).reshape(b * chunk, n + 1, 4, 4)
+                return CameraTransforms(per_sequence((views[0].P, views[1].P)), per_sequence((views[0].P_inverse, views[1].P_inverse)),
+                                        w // p, h // p, c.head_dim)
         return self.render_target_sequences(inputs, targets, self.input_norm, self.blocks, targets_first=False,
                                             chunk=target_chunk or self.target_chunk, height=h, width=w, cameras=cameras)
 
@@ -96,8 +97,7 @@ class LVSMDecoderOnly(NVSModel):
                 + F.linear(sequences * p, targets * pp, c.dim)
                 + F.self_attention_block(sequences, (n_input + 1) * p, c.dim, c.mlp_ratio).scaled(c.depth)
                 + F.linear(sequences * p, c.dim, RGB_CHANNELS * pp))
-        if uses_prope(c.camera_encoding):  # the transforms in every layer, and P = K @ viewmat per camera (PRoPE)
-            cameras = sequences * (n_input + 1)
-            cost += F.FlopEstimate(0, transform_macs(cameras * p, c.dim) * c.depth
-                                   + (64 * cameras if c.camera_encoding != "gta" else 0))
+        if uses_prope(c.camera_encoding):  # the transforms in every layer, and P = K @ viewmat once per view (PRoPE)
+            cost += F.FlopEstimate(0, transform_macs(sequences * (n_input + 1) * p, c.dim) * c.depth
+                                   + (64 * batch * (n_input + n_target) if c.camera_encoding != "gta" else 0))
         return cost

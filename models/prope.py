@@ -10,6 +10,8 @@ scene) by one rigid transform changes nothing.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch.nn import functional as F
 
@@ -59,21 +61,32 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool
 
 class CameraTransforms:
     """What PRoPE / GTA applies to the tokens of a set of views: per token its view's P (or P⁻¹ as the
-    role asks) and its patch's RoPE angles. Built once per set of views and reused by every layer (and
-    split between query and key views for cross-attention)."""
+    role asks) and its patch's RoPE angles. Built once per set of views and reused by every layer;
+    `regrouped` lays the same matrices out as other sequences (one view per row, the views of a batch
+    element together, input views repeated per target sequence) without computing them again."""
 
-    def __init__(self, viewmats: torch.Tensor, Ks: torch.Tensor | None, patches_x: int, patches_y: int,
-                 image_width: int, image_height: int, head_dim: int):
+    def __init__(self, P: torch.Tensor, P_inverse: torch.Tensor, patches_x: int, patches_y: int, head_dim: int):
+        """P, P_inverse [sequences, cameras, 4, 4]: each sequence's views, in token order."""
         if head_dim % 8:
             raise ValueError(f"PRoPE: head_dim must be divisible by 8 (half projective, two RoPE quarters), got {head_dim}")
-        self.head_dim, self.per_view = head_dim, patches_x * patches_y
-        P = projection(viewmats, Ks, image_width, image_height)  # [b, cameras, 4, 4]
-        self.P, self.P_inverse = P, torch.linalg.inv(P)
-        columns = torch.arange(patches_x, device=viewmats.device).repeat(patches_y)
-        rows = torch.arange(patches_y, device=viewmats.device).repeat_interleave(patches_x)
+        self.head_dim, self.per_view, self.grid = head_dim, patches_x * patches_y, (patches_x, patches_y)
+        self.P, self.P_inverse = P, P_inverse
+        columns = torch.arange(patches_x, device=P.device).repeat(patches_y)
+        rows = torch.arange(patches_y, device=P.device).repeat_interleave(patches_x)
         quarter = head_dim // 4
         self.rope_x = _rope_angles(columns, quarter)
         self.rope_y = _rope_angles(rows, quarter)
+
+    @classmethod
+    def of_views(cls, viewmats: torch.Tensor, Ks: torch.Tensor | None, patches_x: int, patches_y: int,
+                 image_width: int, image_height: int, head_dim: int) -> "CameraTransforms":
+        """From world-to-camera matrices [sequences, cameras, 4, 4] and pixel intrinsics (None: GTA)."""
+        P = projection(viewmats, Ks, image_width, image_height)
+        return cls(P, torch.linalg.inv(P), patches_x, patches_y, head_dim)
+
+    def regrouped(self, arrange: Callable[[torch.Tensor], torch.Tensor]) -> "CameraTransforms":
+        """The same views' transforms, laid out by `arrange` ([s, c, 4, 4] -> [s', c', 4, 4])."""
+        return CameraTransforms(arrange(self.P), arrange(self.P_inverse), *self.grid, self.head_dim)
 
     def _per_token(self, matrices: torch.Tensor, tokens: int) -> torch.Tensor:
         """[b, cameras, 4, 4] -> [b, 1, tokens, 4, 4], each view's matrix repeated over its tokens."""
@@ -132,6 +145,6 @@ def prope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, viewma
     """Self-attention over [b, heads, cameras * patches_y * patches_x, head_dim] tokens (camera-major, then
     row, then column), with each view's world-to-camera `viewmats` [b, cameras, 4, 4] and pixel intrinsics
     `Ks` [b, cameras, 3, 3] (None: GTA) inside attention."""
-    cameras = CameraTransforms(viewmats, Ks, patches_x, patches_y, image_width, image_height, q.shape[-1])
+    cameras = CameraTransforms.of_views(viewmats, Ks, patches_x, patches_y, image_width, image_height, q.shape[-1])
     out = F.scaled_dot_product_attention(cameras.queries(q), cameras.keys_values(k), cameras.keys_values(v))
     return cameras.outputs(out)
