@@ -191,13 +191,17 @@ class ConvergenceExperiment(ExperimentBase):
             return Path(self.ship_weights) / f"{arm}.pt"
         return self.run_dir(arm, self.run_seeds()[0]) / "checkpoint.pt"
 
+    def arm(self, arm: Arm | str) -> Arm:
+        """An arm, or the arm of that name."""
+        return arm if isinstance(arm, Arm) else next(a for a in self.study_arms() if a.name == arm)
+
     def model_spec(self, arm: Arm | str) -> ModelRef:
-        if isinstance(arm, str):
-            arm = next(a for a in self.study_arms() if a.name == arm)
+        arm = self.arm(arm)
         overrides = {**self.overrides, **self.variant_overrides.get(arm.model, {}), **arm.overrides}
         return ModelRef(name=arm.model, preset=self.preset, overrides=overrides)
 
-    def train_spec(self, arm: Arm, seed: int) -> TrainSpec:
+    def train_spec(self, arm: Arm | str, seed: int) -> TrainSpec:
+        arm = self.arm(arm)
         return TrainSpec.model_validate({**self.train.model_dump(), **arm.train, "seed": seed})
 
 

@@ -85,8 +85,7 @@ def measure_step_costs(exp: ConvergenceExperiment, arm_names: list[str]) -> dict
                                                                         data.image_size, data.image_size, device=device)}
         calls = []
         for name in arm_names:
-            arm = next(a for a in exp.study_arms() if a.name == name)
-            spec, train = exp.model_spec(arm), exp.train_spec(arm, exp.run_seeds()[0])
+            spec, train = exp.model_spec(name), exp.train_spec(name, exp.run_seeds()[0])
             torch.manual_seed(0)
             model = build_model(spec.name, spec.preset, **spec.overrides).to(device).train()
             optimizer = build_optimizer(model, exp.optim, device)
@@ -164,8 +163,7 @@ def recorded(exp: ConvergenceExperiment, sweep: Sweep, points: list[dict[str, An
             if not match:
                 raise ConfigError(f"{exp.name}: --from-records: no recorded run of {what} in {sweep.store.path}; "
                                   "run without --from-records to train it")
-            arm = next(a for a in exp.study_arms() if a.name == point["arm"])
-            spec, train = exp.model_spec(arm), exp.train_spec(arm, point["seed"])
+            spec, train = exp.model_spec(point["arm"]), exp.train_spec(point["arm"], point["seed"])
             try:
                 _same_settings(match[-1]["settings"], point["settings"], settings_defaults(spec, exp.data, exp.optim, train),
                                sweep.store.path)
