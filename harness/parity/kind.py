@@ -75,8 +75,10 @@ class ParitySpec(ExperimentBase):
 
     def missing_resources(self) -> list[str]:
         given = {repo: self.checkout(repo) for repo in CHECKOUTS}
-        if not any(given[VARIANTS[m].repository] for m in self.models):
-            return [f"no official checkout given for {', '.join(self.models)}"]
+        if not any(given[VARIANTS[m].repository] for m in self.models):  # nothing asked for could be done
+            return [f"no official checkout given for {', '.join(self.models)}; give "
+                    + " ".join(f"{CHECKOUTS[r][0]}=DIR (a checkout of {CHECKOUTS[r][1]})"
+                               for r in dict.fromkeys(VARIANTS[m].repository for m in self.models))]
         missing = []
         for repo, path in given.items():
             try:
@@ -245,14 +247,10 @@ def run_parity(spec: ParitySpec, options: RunOptions) -> list[dict[str, Any]]:
     threads = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
     try:
+        missing = spec.missing_resources()  # before any work: a wrong folder is one line, not a failed row per point
+        if missing:
+            raise MissingResource(f"{spec.name}: {missing[0]}")
         given = {repo: spec.checkout(repo) for repo in CHECKOUTS}
-        if not any(given[VARIANTS[m].repository] for m in spec.models):  # nothing asked for could be done
-            raise MissingResource(f"{spec.name}: no official checkout given for {', '.join(spec.models)}; give "
-                                  + " ".join(f"{CHECKOUTS[r][0]}=DIR (a checkout of {CHECKOUTS[r][1]})"
-                                             for r in dict.fromkeys(VARIANTS[m].repository for m in spec.models)))
-        for repo, path in given.items():
-            if path:
-                check_checkout(path, repo)  # before any work: a wrong folder is one line, not a failed row per point
         skipped_models = [m for m in spec.models if not given[VARIANTS[m].repository]]
         skipped = [f"skipped: {', '.join(skipped_models)} (no official checkout given: "
                    f"{' and '.join(sorted({CHECKOUTS[VARIANTS[m].repository][0] for m in skipped_models}))})"] if skipped_models else []
