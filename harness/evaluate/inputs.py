@@ -15,7 +15,7 @@ from models import build_model
 from ..checkpoint import load_checkpoint
 from ..errors import ConfigError, MissingResource
 from ..runtime import autocast
-from ..schema import ModelRef
+from ..schema import ModelRef, missing_path
 from ..weights import load_shipped, shipped_entry
 from .spec import EvalData
 
@@ -30,15 +30,10 @@ def expand(value: Any) -> Any:
 
 
 def _check_path(key: str, raw: str, spec: EvalData) -> str:
-    value = expand(raw)
-    reason = ""
-    if not value or "$" in value:
-        reason = f"{key} is not set ({raw!r})"
-    elif not Path(value).exists():
-        reason = f"{key} {value} does not exist"
+    reason = missing_path(key, raw)
     if reason:
         raise MissingResource(reason + (f". {' '.join(spec.requires.split())}" if spec.requires else ""))
-    return value
+    return expand(raw)
 
 
 def _file_sha1(path: str | Path) -> str:
