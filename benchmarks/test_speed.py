@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from harness.profile.measure import synthetic_views
-from models import PRESETS, build_model, list_models, model_card
+from models import SHARED_SIZES, build_model, released_models
 
-RELEASED = [name for name in list_models() if model_card(name).official_params]
+RELEASED = released_models()
 N_INPUT, N_TARGET = 2, 1
 
 
@@ -35,7 +35,7 @@ def _model(name: str, preset: str):
 @pytest.mark.parametrize("name", RELEASED)
 def test_forward(benchmark, name, preset):
     model = _model(name, preset)
-    views = synthetic_views(1, N_INPUT, N_TARGET, PRESETS[preset].image_size, "cpu")
+    views = synthetic_views(1, N_INPUT, N_TARGET, SHARED_SIZES[preset]['image_size'], "cpu")
     benchmark.extra_info.update(variant=name, preset=preset, n_input=N_INPUT, n_target=N_TARGET, threads=1)
     with torch.no_grad():
         benchmark(model, *views)
@@ -44,7 +44,7 @@ def test_forward(benchmark, name, preset):
 @pytest.mark.parametrize("name", RELEASED)
 def test_one_more_target(benchmark, name):
     model = _model(name, "small")
-    images, c2w, fxfycxcy, target_c2w, target_fxfycxcy = synthetic_views(1, N_INPUT, 1, PRESETS["small"].image_size, "cpu")
+    images, c2w, fxfycxcy, target_c2w, target_fxfycxcy = synthetic_views(1, N_INPUT, 1, SHARED_SIZES["small"]["image_size"], "cpu")
     with torch.no_grad():
         state = model.encode_scene(images, c2w, fxfycxcy)
         benchmark.extra_info.update(variant=name, preset="small", n_input=N_INPUT, scene_state=type(model).scene_state or "none")
@@ -54,7 +54,7 @@ def test_one_more_target(benchmark, name):
 def test_kv_cache_step(benchmark):
     """Efficient-LVSM: one more input view appended to a cache of N, then the targets rendered."""
     model = _model("efficient_lvsm", "small")
-    size = PRESETS["small"].image_size
+    size = SHARED_SIZES["small"]["image_size"]
     images, c2w, fxfycxcy, target_c2w, target_fxfycxcy = synthetic_views(1, N_INPUT + 1, N_TARGET, size, "cpu")
     benchmark.extra_info.update(variant="efficient_lvsm", preset="small", n_cached=N_INPUT)
 

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
-from models import ModelConfig, NVSModel, build_model, list_models, load_official
+from models import NVSModel, build_model, list_models, load_official, model_config
 from models.official import load_checked
 
 from .errors import CheckpointError, MissingResource
@@ -116,9 +116,9 @@ def _build(path: Path, obj: Any, model_name: str | None, strict: bool) -> tuple[
             if not isinstance(obj.get(key), Mapping):
                 raise CheckpointError(f"{path}: lvsm-bench checkpoint without its {key!r} dict (damaged or hand-edited)")
         try:
-            config = ModelConfig(**obj["config"])
-        except TypeError as error:
-            raise CheckpointError(f"{path}: config does not fit this code's ModelConfig ({error})") from None
+            config = model_config(name, obj["config"])
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{path}: config does not fit this code's {name} config ({error})") from None
         with torch.device("meta"):
             model = build_model(name, config)
         model = model.to_empty(device="cpu")

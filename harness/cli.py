@@ -60,20 +60,26 @@ def _run(args: argparse.Namespace, book) -> int:
 
 
 def models_table():
-    """Every registered variant: label, what it reads, parameters per preset and the official count."""
+    """Every registered variant: label, its own config fields, what it offers, parameters per preset and
+    the official count."""
     import pandas as pd
     import torch
 
-    from models import PRESETS, build_model, list_models, model_card
+    from models import build_model, config_class, list_models, model_card, model_class, preset_names, presets
     rows = []
     for name in list_models():
-        card = model_card(name)
+        card, cls = model_card(name), model_class(name)
         row = {"model": name, "label": card.label}
-        for preset in PRESETS:
-            with torch.device("meta"):
-                row[f"params {preset}"] = f"{build_model(name, preset).num_parameters():,}"
+        for preset in preset_names():
+            if preset in presets(name):
+                with torch.device("meta"):
+                    row[f"params {preset}"] = f"{build_model(name, preset).num_parameters():,}"
+            else:
+                row[f"params {preset}"] = "no such preset"
         row["official (paper)"] = f"{card.official_params:,}" if card.official_params else "n/a"
-        row["reads"] = ", ".join(card.reads)
+        row["own config fields"] = ", ".join(config_class(name).own_fields())
+        row["offers"] = ", ".join(c for c in ("scene_state", *sorted(cls.capabilities)) if cls.offers(c))
+        row["cameras"] = ", ".join(cls.camera_encodings)
         row["paper / ablation of"] = card.ablation_of or card.paper.split(",")[0]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -95,11 +101,14 @@ def _ls(args: argparse.Namespace, book) -> int:
         for name in list_sources():
             print(f"{name:20s} options: {', '.join(source_options(name))}")
     else:
-        from models import PRESETS
+        from models import label, list_models, preset_names, presets
 
         from .runtime import AUTO_PRESET, resolve_preset
-        for name, config in PRESETS.items():
-            print(f"{name:8s} {config}")
+        for preset in preset_names():
+            print(preset)
+            for name in list_models():
+                if preset in presets(name):
+                    print(f"  {label(name):40s} {presets(name)[preset].describe()}")
         print(f"{'auto':8s} by device: {', '.join(f'{k} -> {v}' for k, v in AUTO_PRESET.items())} (here: {resolve_preset('auto')})")
     return 0
 

@@ -32,9 +32,9 @@ def _registered_model(name: str) -> str:
 
 
 def _preset(name: str) -> str:
-    from models import PRESETS
-    if name != "auto" and name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; allowed: auto, {', '.join(PRESETS)}")
+    from models import preset_names
+    if name != "auto" and name not in preset_names():
+        raise ValueError(f"unknown preset {name!r}; allowed: auto, {', '.join(preset_names())}")
     return name
 
 
@@ -46,7 +46,7 @@ def _source(name: str) -> str:
 
 
 ModelName = Annotated[str, AfterValidator(_registered_model)]
-PresetName = Annotated[str, AfterValidator(_preset)]  # a preset of models.PRESETS, or auto (small on CPU, paper on CUDA)
+PresetName = Annotated[str, AfterValidator(_preset)]  # a preset some variant registers, or auto (small on CPU, paper on CUDA)
 def _protocol(name: str) -> str:
     from .data import PROTOCOLS
     if name not in PROTOCOLS:
@@ -111,10 +111,14 @@ class ModelRef(Spec):
 
     @model_validator(mode="after")
     def _overrides_fit(self) -> "ModelRef":
-        from models.registry import check_overrides, resolve_config
-        check_overrides(self.name, self.overrides)
-        resolve_config("paper" if self.preset == "auto" else self.preset, **self.overrides)
+        from models import model_config
+        model_config(self.name, "paper" if self.preset == "auto" else self.preset, **self.overrides)
         return self
+
+    def config(self):
+        """The variant's config this reference builds (`auto` must have been resolved to a preset)."""
+        from models import model_config
+        return model_config(self.name, self.preset, **self.overrides)
 
 
 class DataRef(Spec):

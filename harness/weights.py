@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import torch
 
-from models import ModelConfig, build_model
+from models import build_model, model_config
 from models.base import NVSModel
 from models.official import load_checked
 
@@ -84,7 +84,7 @@ def load_shipped(path: str | Path, model_name: str | None = None, device: torch.
     if model_name and model_name != entry["variant"]:
         raise CheckpointError(f"{path}: holds model {entry['variant']!r}, but {model_name!r} was asked for")
     with torch.device("meta"):
-        model = build_model(entry["variant"], ModelConfig(**entry["config"]))
+        model = build_model(entry["variant"], entry["config"])
     model = model.to_empty(device="cpu")
     state = torch.load(path, map_location="cpu", weights_only=True)
     load_checked(model, {k: v.float() for k, v in state.items()})
@@ -100,8 +100,9 @@ def check_replaceable(folder: Path, file: str, variant: str, config: Mapping[str
     entry = (manifest or {"models": {}})["models"].get(file)
     if entry is None:
         return
-    shipped = ModelConfig(**entry["config"]).to_dict()  # fields added since it shipped take their defaults
-    new = ModelConfig(**config).to_dict()
+    # Fields added since it shipped take their defaults; fields of other variants' configs are dropped.
+    shipped = model_config(entry["variant"], entry["config"]).to_dict() if entry["variant"] == variant else entry["config"]
+    new = model_config(variant, config).to_dict()
     differ = sorted(key for key in new if new[key] != shipped.get(key))
     if entry["variant"] != variant or differ:
         what = (f"variant {entry['variant']} -> {variant}" if entry["variant"] != variant else

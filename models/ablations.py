@@ -24,8 +24,8 @@ from torch.nn import functional as TF
 
 from . import flops as F
 from .base import NVSModel
-from .config import ModelConfig
-from .efficient_lvsm import EFFICIENT_LVSM_PAPER, EfficientLVSM
+from .config import VariantConfig
+from .efficient_lvsm import EFFICIENT_LVSM_PAPER, EFFICIENT_LVSM_PRESETS, EfficientLVSM, EfficientLVSMConfig
 from .layers import (HeadRMSNorm, SelfAttentionBlock, SelfCrossBlock, init_depth_scaled, init_weights, layer_norm,
                      merge_heads)
 from .lvsm_decoder_only import LVSM_PAPER, LVSMDecoderOnly
@@ -43,27 +43,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return merge_heads(TF.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask))
 
 
-class _NotOffered:
-    """Hides an inherited method: `hasattr(cls, name)` is False (so experiments that need it refuse
-    the variant at validation), and calling it on an instance raises TypeError with `why` (an
-    AttributeError there would be swallowed by nn.Module's own attribute lookup)."""
-
-    def __init__(self, why: str):
-        self.why = why
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.attr = name
-
-    def __get__(self, obj, owner=None):
-        message = f"{(owner or type(obj)).name}: `{self.attr}` is not offered: {self.why}"
-        if obj is None:
-            raise AttributeError(message)
-
-        def refuse(*_args, **_kwargs):
-            raise TypeError(message)
-        return refuse
-
-
 # ------------------------------------------------------------- Efficient-LVSM, shared weights
 
 
@@ -74,7 +53,7 @@ def shared_input_block(block: SelfCrossBlock, x: torch.Tensor) -> torch.Tensor:
 
 
 @register("efficient_lvsm_shared_weights", card=ModelCard(
-    label="Efficient-LVSM (shared weights)", color="tab:purple", reads=("stream_depth",), paper=EFFICIENT_LVSM_PAPER,
+    label="Efficient-LVSM (shared weights)", color="tab:purple", paper=EFFICIENT_LVSM_PAPER,
     ablation_of="efficient_lvsm"))
 class EfficientLVSMSharedWeights(EfficientLVSM):
     """Both streams run on one set of block weights: input block l is target block l's self-attention,
@@ -82,9 +61,11 @@ class EfficientLVSMSharedWeights(EfficientLVSM):
     Efficient-LVSM whose input block l holds target block l's self-attention and MLP weights. The
     connectivity (intra-view inputs, per-layer cross-attention) and the cost are Efficient-LVSM's, so
     the KV cache stays exact; only the parameter count drops (by the input blocks)."""
+    capabilities = frozenset({"incremental_views", "analytic_flops"})
+    camera_encodings = ("plucker",)
     depth_fields = {"stream_depth": "target_blocks"}
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: VariantConfig):
         super().__init__(config)
         del self.input_blocks
 
@@ -98,17 +79,18 @@ class EfficientLVSMSharedWeights(EfficientLVSM):
 
 
 @register("efficient_lvsm_global_input", card=ModelCard(
-    label="Efficient-LVSM (global input attention)", color="tab:olive", reads=("stream_depth",), paper=EFFICIENT_LVSM_PAPER,
+    label="Efficient-LVSM (global input attention)", color="tab:olive", paper=EFFICIENT_LVSM_PAPER,
     ablation_of="efficient_lvsm"))
 class EfficientLVSMGlobalInput(EfficientLVSM):
     """The input stream attends across all input views of a scene jointly (one sequence of n*P tokens
     per batch element) instead of within each view; the target stream is Efficient-LVSM's. Adding a
-    view changes every earlier view's states, so there is no exact KV cache: `incremental` and
-    `encode_views` are not offered; a scene state of all N views encoded together still is
-    (`encode_scene`). Input-stream attention costs O(n^2 P^2 d) instead of O(n P^2 d)."""
+    view changes every earlier view's states, so there is no exact KV cache: `incremental` is not
+    offered; a scene state of all N views encoded together still is (`encode_scene`). Input-stream
+    attention costs O(n^2 P^2 d) instead of O(n P^2 d)."""
     scene_state = "per-layer keys and values of the input stream, all views encoded jointly (adding a view rebuilds it)"
-    incremental = _NotOffered("input views attend to each other, so adding a view changes the cached states of the others")
-    encode_views = _NotOffered("input views attend to each other, so views cannot be encoded separately")
+    capabilities = frozenset({"analytic_flops"})
+    camera_encodings = ("plucker",)
+    not_offered = {"incremental_views": "input views attend to each other, so adding a view changes the cached states of the others"}
 
     def input_tokens(self, input_images, input_c2w, input_fxfycxcy) -> torch.Tensor:
         """[b, n*P, d]: one sequence per scene; the target blocks read it as they read [b*n, P, d]."""
@@ -179,8 +161,8 @@ class JointBlock(nn.Module):
         return torch.cat([_finish(source, inputs, attended[:, :split]), _finish(target, targets, attended[:, split:])], dim=1)
 
 
-@register("mmdit_joint", card=ModelCard(
-    label="MM-DiT joint attention", color="tab:brown", reads=("stream_depth",), paper=MMDIT_PAPER,
+@register("mmdit_joint", config=EfficientLVSMConfig, presets=EFFICIENT_LVSM_PRESETS, card=ModelCard(
+    label="MM-DiT joint attention", color="tab:brown", paper=MMDIT_PAPER,
     ablation_of="efficient_lvsm"))
 class MMDiTJoint(NVSModel):
     """Separate weights per stream (as Efficient-LVSM), joint attention (as LVSM): `stream_depth`
@@ -189,10 +171,11 @@ class MMDiTJoint(NVSModel):
     nothing can be cached. The last block's input stream only supplies keys and values. Parameter-free
     LayerNorms and no input LayerNorm, as in Efficient-LVSM; every linear starts at N(0, 0.02),
     depth-scaled per block with `depth_init`."""
+    capabilities = frozenset({"analytic_flops"})
     depth_fields = {"stream_depth": "blocks"}
     target_states = ("blocks", "last")  # sequences [all input tokens ; one target's tokens]
 
-    def __init__(self, config: ModelConfig, target_chunk: int | None = None):
+    def __init__(self, config: EfficientLVSMConfig, target_chunk: int | None = None):
         super().__init__(config)
         c = config
         self.blocks = nn.ModuleList(
@@ -248,7 +231,7 @@ class MaskedSelfAttentionBlock(SelfAttentionBlock):
 
 
 @register("lvsm_masked", card=ModelCard(
-    label="LVSM decoder-only (dual-stream mask)", color="tab:pink", reads=("depth",), paper=LVSM_PAPER,
+    label="LVSM decoder-only (dual-stream mask)", color="tab:pink", paper=LVSM_PAPER,
     ablation_of="lvsm_decoder_only"))
 class LVSMMasked(LVSMDecoderOnly):
     """LVSM decoder-only (same weights, names and initialisation) whose attention is masked to the
@@ -259,8 +242,10 @@ class LVSMMasked(LVSMDecoderOnly):
     also gives it a scene state (per-layer keys and values of the input tokens) that decoder-only
     cannot have."""
     scene_state = "per-layer keys and values of the input tokens (each attends only within its view)"
+    capabilities = frozenset({"analytic_flops"})
+    camera_encodings = ("plucker",)
 
-    def __init__(self, config: ModelConfig, target_chunk: int | None = None):
+    def __init__(self, config: VariantConfig, target_chunk: int | None = None):
         super().__init__(config, target_chunk)
         # Same parameters in the masked block class; assigned, not copied (no new draws from the RNG).
         with torch.device("meta"):
@@ -304,7 +289,7 @@ class LVSMMasked(LVSMDecoderOnly):
         return torch.cat(renders, dim=1)
 
     def render_target_sequences(self, shared, targets, norm, blocks, targets_first, chunk, height, width, cameras=None):
-        if cameras is not None:  # its card does not read camera_encoding: never given
+        if cameras is not None:  # camera_encodings refuses PRoPE at build: never given
             raise ValueError("lvsm_masked: cameras inside attention are not offered")
         if targets_first:
             raise ValueError("lvsm_masked: the mask is laid out for [inputs ; target] sequences")

@@ -1,14 +1,17 @@
 """What every variant shares: the call contract, its input checks and the bookkeeping around it."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, ContextManager, Literal
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import ModelConfig
+from .config import VariantConfig
+if TYPE_CHECKING:
+    from .official import OfficialCode
 from .tokens import INPUT_CHANNELS, Tokenizer, input_view_features, raymaps, target_view_features, token_channels
 
 
@@ -39,6 +42,16 @@ def expect_finite(tensor: torch.Tensor, name: str) -> None:
             raise ValueError(f"{message} (first at index {bad})")
     else:
         torch._assert_async(torch.isfinite(tensor).all(), message)
+
+
+# What a variant may offer beyond the call contract (NVSModel.capabilities), and what each means.
+CAPABILITIES = {
+    "scene_state": "a scene state that saves work (`encode_scene` once, `render_scene` per target)",
+    "incremental_views": "an exact cache that input views are added to one at a time (`incremental`)",
+    "extend_scene": "an approximate update of a scene state with more input views (`extend_scene`)",
+    "official_weights": "conversion of the official release's checkpoints (`load_official`)",
+    "analytic_flops": "a closed-form FLOP count (`analytic_flops`) equal to FlopCounterMode's",
+}
 
 
 @dataclass(frozen=True)
@@ -81,19 +94,57 @@ class NVSModel(nn.Module):
     target_states: ClassVar[tuple[str, Literal["all", "last", "first"]] | None] = None
     # What `encode_scene` keeps of the input views, in words; None: nothing (renders recompute everything).
     scene_state: ClassVar[str | None] = None
+    # What the variant offers beyond the call contract, declared here and read by the kinds (never
+    # probed with hasattr): names from CAPABILITIES. `not_offered`: capability -> why not, where a
+    # reader would expect it (an ablation of a variant that offers it).
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    not_offered: ClassVar[dict[str, str]] = {}
+    # The `camera_encoding` values the variant implements (config.CAMERA_ENCODINGS).
+    camera_encodings: ClassVar[tuple[str, ...]] = ("plucker",)
+    # Its official code, for the parity kind (with "official_weights"); None: no official release.
+    official_code: ClassVar["OfficialCode | None"] = None
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: VariantConfig):
         super().__init__()
         self.config = config
-        # Every variant tokenizes both kinds of view alike; built first, so that each variant's own
-        # modules draw their initial weights after them.
-        inputs, targets = token_channels(config.camera_encoding)
-        self.input_tokenizer = Tokenizer(inputs, config.patch_size, config.dim)
-        self.target_tokenizer = Tokenizer(targets, config.patch_size, config.dim)
+        # Built first, so that each variant's own modules draw their initial weights after them.
+        self.build_tokenizers(config)
         self.gradient_checkpointing = False
         # How many input views (per batch element) have gone through the input encoder; lets tests
         # verify that incremental inference never re-encodes a view.
         self.input_views_encoded = 0
+
+    @classmethod
+    def offers(cls, capability: str) -> bool:
+        if capability not in CAPABILITIES:
+            raise KeyError(f"unknown capability {capability!r}; known: {', '.join(CAPABILITIES)}")
+        return cls.scene_state is not None if capability == "scene_state" else capability in cls.capabilities
+
+    @classmethod
+    def require(cls, capability: str) -> None:
+        """Refuse, in one line, a use of a capability this variant does not offer."""
+        if not cls.offers(capability):
+            why = cls.not_offered.get(capability, "not implemented for this variant")
+            raise TypeError(f"{cls.name}: {CAPABILITIES[capability]} is not offered: {why}")
+
+    @classmethod
+    def check_config(cls, config: VariantConfig) -> None:
+        """Refuse a config this variant cannot honour (beyond the config class's own checks)."""
+        if config.camera_encoding not in cls.camera_encodings:
+            raise ValueError(f"model {cls.name!r}: camera_encoding {config.camera_encoding!r} is not implemented; "
+                             f"it offers {', '.join(cls.camera_encodings)}")
+
+    def build_tokenizers(self, config: VariantConfig) -> None:
+        """`input_tokenizer` (image and camera channels) and `target_tokenizer` (camera channels) per
+        patch, as the LVSM family tokenizes; a variant tokenizing otherwise overrides this."""
+        inputs, targets = token_channels(config.camera_encoding)
+        self.input_tokenizer = Tokenizer(inputs, config.patch_size, config.dim)
+        self.target_tokenizer = Tokenizer(targets, config.patch_size, config.dim)
+
+    def portable_numerics(self) -> ContextManager:
+        """A context in which this model computes with numerics every CPU reproduces (fixtures and parity
+        are compared there); most variants always do."""
+        return contextlib.nullcontext()
 
     def numerics(self, device: torch.device | str) -> dict[str, str]:
         """Precision choices that change this model's numbers on `device` beyond its dtype (recorded in
@@ -101,7 +152,7 @@ class NVSModel(nn.Module):
         return self.numerics_of(self.config, device)
 
     @classmethod
-    def numerics_of(cls, config: ModelConfig, device: torch.device | str) -> dict[str, str]:
+    def numerics_of(cls, config: VariantConfig, device: torch.device | str) -> dict[str, str]:
         """`numerics` of a model of this variant with `config`, without building it."""
         return {}
 
@@ -221,6 +272,10 @@ class NVSModel(nn.Module):
         d = self.config.dim
         inputs = self.input_tokens(input_images, input_c2w, input_fxfycxcy).reshape(b, -1, d)
         return inputs, self.target_tokens(target_c2w, target_fxfycxcy, h, w).reshape(b, m, -1, d), h, w
+
+    def analytic_flops(self, n_input: int, n_target: int, batch: int = 1, image_size: int | None = None):
+        """Forward FLOPs in closed form (models.flops.FlopEstimate); a variant offering "analytic_flops" overrides it."""
+        self.require("analytic_flops")
 
     def view_tokens(self, image_size: int | None) -> int:
         size = image_size or self.config.image_size

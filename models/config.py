@@ -1,84 +1,70 @@
-"""One dataclass describes every variant's size; presets name the sizes the harness uses."""
+"""What every variant's config shares, and the sizes its presets are built from.
+
+Each variant owns a frozen config: a subclass of `VariantConfig` adding its own fields (depths, latents,
+fast weights ...), registered with it together with its presets (models.registry). The base holds only
+what every variant reads: the image and token sizes, the blocks' width and head width, the MLP ratio,
+the attention's QK-norm, depth-scaled initialisation, and how cameras reach the network.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar
 
+# How cameras reach the network: `plucker`, Plücker raymaps on the tokens (the official models);
+# `prope` / `gta`, cameras inside attention (models.prope), the tokens carrying only each pixel's ray
+# direction in its own camera's frame; `plucker+prope`, both. A variant declares which it supports.
+CAMERA_ENCODINGS = ("plucker", "prope", "gta", "plucker+prope")
+
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Sizes of an LVSM-family model.
-
-    Each variant reads its own depth fields: decoder-only LVSM `depth`; the encoder-decoder
-    `encoder_depth`, `decoder_depth` and `n_latents`; Efficient-LVSM `stream_depth` blocks in each of
-    its two streams; LaCT `depth` blocks and `fast_weight_ratio`, the hidden width of its fast-weight
-    SwiGLU over each head's width (2 or 4 in the released scene models), `fast_weight_heads` fast-weight
-    heads splitting `dim` (one in every released model), and how its Newton-Schulz step computes:
-    `newton_schulz_dtype` (bfloat16, the official step; float32 for portable parity) and, on a CPU,
-    `bfloat16_kernel` (`native`: PyTorch's bfloat16 matmul as the official code; `float32`: the same
-    bfloat16 products summed by the float32 kernel; `auto`: native where the CPU has bfloat16 units).
-    `camera_encoding` says how cameras reach the network (for the variants that read it): `plucker`,
-    Plücker raymaps on the tokens (the official models); `prope` / `gta`, cameras inside attention
-    (models.prope), the tokens carrying only each pixel's direction in its own camera's frame; both.
-    `latent_init_std` is the std of the encoder-decoder's latent tokens at initialisation: 0.02 as
-    in the official code; small from-scratch runs may raise it (see experiments/convergence.yaml).
-    `image_size` is only the resolution the preset is profiled and trained at: no weight depends on
-    it, so a model renders any size divisible by `patch_size`.
-    """
+class VariantConfig:
+    """`image_size` is only the resolution a preset is profiled and trained at: no weight depends on
+    it, so a model renders any size divisible by `patch_size`."""
 
     image_size: int = 256
     patch_size: int = 8
     dim: int = 768
     head_dim: int = 64
     mlp_ratio: int = 4
-    depth: int = 24
-    encoder_depth: int = 12
-    decoder_depth: int = 12
-    n_latents: int = 3072
-    stream_depth: int = 12
     qk_norm: bool = True
     depth_init: bool = True
-    latent_init_std: float = 0.02
-    fast_weight_ratio: int = 2
-    fast_weight_heads: int = 1
-    newton_schulz_dtype: str = "bfloat16"
-    bfloat16_kernel: str = "auto"
     camera_encoding: str = "plucker"
 
-    # Fields that take one of a few names.
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "newton_schulz_dtype": ("bfloat16", "float32"),
-        "bfloat16_kernel": ("auto", "native", "float32"),
-        "camera_encoding": ("plucker", "prope", "gta", "plucker+prope"),
-    }
+    # Fields that take one of a few names; a subclass extends it with its own.
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"camera_encoding": CAMERA_ENCODINGS}
 
     def __post_init__(self) -> None:
+        name = type(self).__name__
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in self.CHOICES and value not in self.CHOICES[f.name]:
-                raise ValueError(f"ModelConfig.{f.name}: expected one of {', '.join(self.CHOICES[f.name])}, got {value!r}")
+                raise ValueError(f"{name}.{f.name}: expected one of {', '.join(self.CHOICES[f.name])}, got {value!r}")
+            if f.type in ("bool", bool) and not isinstance(value, bool):
+                raise TypeError(f"{name}.{f.name}: expected true or false, got {value!r}")
             if f.type in ("int", int) and (not isinstance(value, int) or isinstance(value, bool)):
-                raise TypeError(f"ModelConfig.{f.name}: expected an int, got {value!r}")
+                raise TypeError(f"{name}.{f.name}: expected an int, got {value!r}")
             if f.type in ("int", int) and value <= 0:
-                raise ValueError(f"ModelConfig.{f.name}: expected a positive int, got {value}")
+                raise ValueError(f"{name}.{f.name}: expected a positive int, got {value}")
             if f.type in ("float", float):
                 if not isinstance(value, (int, float)) or isinstance(value, bool):
-                    raise TypeError(f"ModelConfig.{f.name}: expected a number, got {value!r}")
+                    raise TypeError(f"{name}.{f.name}: expected a number, got {value!r}")
                 if not value > 0:
-                    raise ValueError(f"ModelConfig.{f.name}: expected a positive number, got {value}")
+                    raise ValueError(f"{name}.{f.name}: expected a positive number, got {value}")
                 object.__setattr__(self, f.name, float(value))
         if self.dim % self.head_dim:
-            raise ValueError(f"ModelConfig.dim={self.dim} is not divisible by head_dim={self.head_dim}")
-        if self.dim % self.fast_weight_heads:
-            raise ValueError(f"ModelConfig.dim={self.dim} is not divisible by fast_weight_heads={self.fast_weight_heads}")
+            raise ValueError(f"{name}.dim={self.dim} is not divisible by head_dim={self.head_dim}")
         if self.image_size % self.patch_size:
-            raise ValueError(
-                f"ModelConfig.image_size={self.image_size} is not divisible by patch_size={self.patch_size}"
-            )
+            raise ValueError(f"{name}.image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
 
-    @property
-    def n_heads(self) -> int:
-        return self.dim // self.head_dim
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def own_fields(cls) -> tuple[str, ...]:
+        """The fields this variant adds to the shared ones."""
+        shared = set(VariantConfig.field_names())
+        return tuple(f for f in cls.field_names() if f not in shared)
 
     @property
     def tokens_per_view(self) -> int:
@@ -87,28 +73,29 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def with_overrides(self, **overrides: Any) -> "ModelConfig":
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
+    def with_overrides(self, **overrides: Any) -> "VariantConfig":
+        unknown = sorted(set(overrides) - set(self.field_names()))
         if unknown:
-            raise KeyError(f"unknown model config key(s) {unknown}; allowed: {sorted(known)}")
+            raise KeyError(f"{type(self).__name__} has no field {unknown[0]!r}; its fields: {', '.join(self.field_names())}")
         return replace(self, **overrides)
 
+    def describe(self) -> str:
+        """The sizes that make this model what it is, in words, for notes and captions: the shared
+        width and resolution, then the variant's own fields (those differing from the shared defaults)."""
+        defaults = type(self)()
+        own = ", ".join(f"{f} {getattr(self, f)}" for f in self.own_fields()
+                        if isinstance(getattr(self, f), (int, float)) or getattr(self, f) != getattr(defaults, f))
+        camera = "" if self.camera_encoding == "plucker" else f", cameras {self.camera_encoding}"
+        return (f"dim {self.dim}, head dim {self.head_dim}{', ' + own if own else ''}, "
+                f"{self.image_size}x{self.image_size} px, patch {self.patch_size}{camera}")
 
-# `paper` matches the official models (LVSM ICLR 2025; Efficient-LVSM ICLR 2026; LaCT's released 24-block
-# scene model). `small` is sized so
-# that a 2-core CPU profiles a forward pass in well under a second at N=2; `tiny` is the fixtures' size.
-PRESETS: dict[str, ModelConfig] = {
-    "paper": ModelConfig(),
-    "small": ModelConfig(image_size=64, patch_size=8, dim=256, head_dim=64, depth=6,
-                         encoder_depth=3, decoder_depth=3, n_latents=256, stream_depth=3),
-    "tiny": ModelConfig(image_size=32, patch_size=8, dim=64, head_dim=16, depth=2,
-                        encoder_depth=1, decoder_depth=1, n_latents=16, stream_depth=2),
+
+# The widths and resolutions every variant's presets share: `paper` matches the official models (LVSM
+# ICLR 2025; Efficient-LVSM ICLR 2026; LaCT's released scene model); `small` is sized so that a 2-core
+# CPU profiles a forward pass in well under a second at N=2; `tiny` is the fixtures' size. A variant's
+# registration adds its own fields (depths ...) to each.
+SHARED_SIZES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "small": {"image_size": 64, "patch_size": 8, "dim": 256, "head_dim": 64},
+    "tiny": {"image_size": 32, "patch_size": 8, "dim": 64, "head_dim": 16},
 }
-
-
-def preset(name: str) -> ModelConfig:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise KeyError(f"unknown preset {name!r}; allowed: {sorted(PRESETS)}") from None

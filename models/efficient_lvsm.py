@@ -3,6 +3,7 @@ runs self-attention, then cross-attention to all input views' states at the same
 (layer-wise co-refinement), then an MLP (Jia et al., ICLR 2026)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -10,7 +11,8 @@ from torch import nn
 
 from . import flops as F
 from .base import NVSModel
-from .config import ModelConfig
+from .config import CAMERA_ENCODINGS, SHARED_SIZES, VariantConfig
+from .official import OfficialCode, lvsm_official_batch, lvsm_official_build, lvsm_official_yaml, lvsm_rays_bmm_flops
 from .layers import SelfAttentionBlock, SelfCrossBlock, init_depth_scaled, init_weights
 from .lvsm_decoder_only import EFFICIENCY_SOURCE
 from .prope import CameraTransforms, transform_macs, uses_prope, view_cameras
@@ -25,8 +27,30 @@ EFFICIENT_LVSM_CODE = "Efficient-LVSM release (non-commercial licence)"
 OBJECTS_UNVERIFIED = "secondary summaries of the Efficient-LVSM paper (objects, 512 px): unverified"
 
 
-@register("efficient_lvsm", card=ModelCard(
-    label="Efficient-LVSM", color="tab:blue", reads=("stream_depth", "camera_encoding"), paper=EFFICIENT_LVSM_PAPER,
+@dataclass(frozen=True)
+class EfficientLVSMConfig(VariantConfig):
+    stream_depth: int = 12  # blocks in each stream: intra-view input blocks, and per-target self+cross blocks
+
+
+EFFICIENT_LVSM_PRESETS = {
+    "paper": EfficientLVSMConfig(),
+    "small": EfficientLVSMConfig(**SHARED_SIZES["small"], stream_depth=3),
+    "tiny": EfficientLVSMConfig(**SHARED_SIZES["tiny"], stream_depth=2),
+}
+
+
+def official_render(model: nn.Module, views: tuple[torch.Tensor, ...]):
+    """Efficient-LVSM's release splits a batch into inputs and targets itself before rendering."""
+    batch = lvsm_official_batch(views)
+
+    def call() -> torch.Tensor:
+        inputs, targets = model.process_data(batch, has_target_image=False, target_has_input=False, compute_rays=True)
+        return model(inputs, targets, has_target_image=False, train=False).render
+    return call
+
+
+@register("efficient_lvsm", config=EfficientLVSMConfig, presets=EFFICIENT_LVSM_PRESETS, card=ModelCard(
+    label="Efficient-LVSM", color="tab:blue", paper=EFFICIENT_LVSM_PAPER,
     code=EFFICIENT_LVSM_CODE, official_params=199_070_208,
     published={
         "re10k": Published("Efficient-LVSM release README (256 checkpoint; RealEstate10K, 2 input views, 256x256)",
@@ -36,6 +60,12 @@ OBJECTS_UNVERIFIED = "secondary summaries of the Efficient-LVSM paper (objects, 
         "efficiency": Published(EFFICIENCY_SOURCE, {"params_m": 199, "latency_ms": 24.78, "gflops_thop": 1325}),
     }))
 class EfficientLVSM(NVSModel):
+    capabilities = frozenset({"incremental_views", "official_weights", "analytic_flops"})
+    camera_encodings = CAMERA_ENCODINGS
+    official_code = OfficialCode(
+        "Ayakaee/Efficient-LVSM", "OFFICIAL_EFFICIENT_LVSM", "configs/Efficient-LVSM.yaml",
+        yaml=lvsm_official_yaml(lambda c: {"n_layer": c.stream_depth}, dual_stream=True), build=lvsm_official_build,
+        render=official_render, extra_flops=lvsm_rays_bmm_flops)
     depth_fields = {"stream_depth": "input_blocks"}
     target_states = ("target_blocks", "all")
     scene_state = "per-layer keys and values of the input stream"
@@ -53,7 +83,7 @@ class EfficientLVSM(NVSModel):
         (r"\.mlp\.mlp\.2\.weight$", ".mlp.fc_out.weight"),
     ]
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: EfficientLVSMConfig):
         super().__init__(config)
         c = config
         self.input_blocks = nn.ModuleList(
@@ -103,9 +133,11 @@ class EfficientLVSM(NVSModel):
             yield tokens
 
     # --- encode once, render many; incremental inference -------------------------------------
-    def keys_values(self, images, c2w, fxfycxcy) -> KeysValues:
+    def encode_views(self, images, c2w, fxfycxcy) -> KeysValues:
         """Run input views [b, k, ...] through the input stream once; return, per layer, the
-        cross-attention keys and values that the target stream reads (the scene state, the KV cache)."""
+        cross-attention keys and values that the target stream reads: the scene state, and the KV
+        cache that `incremental` concatenates views into (exact only because views never attend to
+        each other)."""
         b, k = images.shape[:2]
         self.count_encoded_views(k)
         tokens = self.input_tokens(images, c2w, fxfycxcy)
@@ -113,17 +145,10 @@ class EfficientLVSM(NVSModel):
         return [target_block.context_keys_values(context.reshape(b, -1, context.shape[-1]), grouped)
                 for target_block, context in zip(self.target_blocks, self._context_states(tokens, per_view))]
 
-    def encode_views(self, images, c2w, fxfycxcy) -> KeysValues:
-        """New input views [b, k, ...] for the KV cache: exact only because views never attend to each other."""
-        return self.keys_values(images, c2w, fxfycxcy)
-
     def build_scene(self, input_images, input_c2w, input_fxfycxcy) -> KeysValues:
-        return self.keys_values(input_images, input_c2w, input_fxfycxcy)
+        return self.encode_views(input_images, input_c2w, input_fxfycxcy)
 
-    def render_from_scene(self, content: KeysValues, target_c2w, target_fxfycxcy, height: int, width: int) -> torch.Tensor:
-        return self.render_from_cache(content, target_c2w, target_fxfycxcy, height, width)
-
-    def render_from_cache(self, cache: KeysValues, target_c2w, target_fxfycxcy, height: int, width: int) -> torch.Tensor:
+    def render_from_scene(self, cache: KeysValues, target_c2w, target_fxfycxcy, height: int, width: int) -> torch.Tensor:
         """Render target views against per-layer keys and values; costs linear in the N*P cached keys."""
         b, m = target_c2w.shape[:2]
         targets = self.target_tokens(target_c2w, target_fxfycxcy, height, width)
@@ -133,9 +158,17 @@ class EfficientLVSM(NVSModel):
         return self.head(targets, height, width).reshape(b, m, RGB_CHANNELS, height, width)
 
     def incremental(self, target_c2w: torch.Tensor, target_fxfycxcy: torch.Tensor, height: int, width: int) -> "IncrementalRenderer":
+        self.require("incremental_views")
         return IncrementalRenderer(self, target_c2w, target_fxfycxcy, height, width)
 
     # --- cost ------------------------------------------------------------------------------
+    def incremental_flops(self, n_cached: int, n_new: int, n_target: int, batch: int = 1,
+                          image_size: int | None = None) -> F.FlopEstimate:
+        """Adding n_new views to a cache of n_cached, then rendering n_target views: the new views'
+        input stream, and the target stream against all n_cached + n_new cached views."""
+        return (self.input_stream_flops(n_new, batch, image_size)
+                + self.target_stream_flops(n_cached + n_new, n_target, batch, image_size))
+
     def input_stream_flops(self, n_input: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
         """Tokenizing and encoding n input views, including their cross-attention K/V projections."""
         c, p = self.config, self.view_tokens(image_size)
@@ -172,7 +205,7 @@ class EfficientLVSM(NVSModel):
 
 
 @register("efficient_lvsm_final_context", card=ModelCard(
-    label="Efficient-LVSM (final context)", color="tab:cyan", reads=("stream_depth",), paper=EFFICIENT_LVSM_PAPER,
+    label="Efficient-LVSM (final context)", color="tab:cyan", paper=EFFICIENT_LVSM_PAPER,
     ablation_of="efficient_lvsm",
     published={"co_refinement": Published("Efficient-LVSM paper, co-refinement ablation (small scale)",
                                           {"psnr_vs_reference_db": "-1.3 to -2"})}))
@@ -181,6 +214,8 @@ class EfficientLVSMFinalContext(EfficientLVSM):
     FINAL states (an encoder-decoder with per-layer K/V projections). Same weights and cost as
     Efficient-LVSM; the paper reports co-refinement ahead by about 1.3 to 2 dB."""
     scene_state = "per-layer keys and values of the input stream's final states"
+    capabilities = frozenset({"incremental_views", "official_weights", "analytic_flops"})  # Efficient-LVSM's weights
+    camera_encodings = ("plucker",)
 
     def context_states(self, tokens: torch.Tensor) -> Iterator[torch.Tensor]:
         for input_block in self.input_blocks:
@@ -234,4 +269,4 @@ class IncrementalRenderer:
     def render(self) -> torch.Tensor:
         if not self.cache:
             raise RuntimeError("incremental: add at least one input view before rendering")
-        return self.model.render_from_cache(self.cache, self.target_c2w, self.target_fxfycxcy, self.height, self.width)
+        return self.model.render_from_scene(self.cache, self.target_c2w, self.target_fxfycxcy, self.height, self.width)

@@ -11,12 +11,15 @@ linear in the number of input views, and one more target view costs the same wha
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import math
 import os
+import textwrap
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -24,8 +27,9 @@ from torch.nn import functional as F
 
 from . import flops as F_
 from .base import NVSModel, SceneState
-from .config import ModelConfig
+from .config import SHARED_SIZES, VariantConfig
 from .layers import MLP, layer_norm
+from .official import Loader, OfficialCode, Views
 from .registry import ModelCard, register
 from .tokens import RGB_CHANNELS, RenderHead, Tokenizer, patchify
 
@@ -262,7 +266,7 @@ class FastWeightLayer(nn.Module):
 class LaCTBlock(nn.Module):
     """x += attn(LN(x)) within each view; x += fast(LN(x)) over the scene; x += mlp(LN(x))."""
 
-    def __init__(self, c: ModelConfig):
+    def __init__(self, c: LaCTConfig):
         super().__init__()
         self.attn_norm = layer_norm(c.dim, affine=True)
         self.attn = ViewAttention(c.dim, c.head_dim, c.qk_norm)
@@ -296,12 +300,113 @@ class LaCTBlock(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), weights, gradients
 
 
-@register("lact", card=ModelCard(
-    label="LaCT", color="tab:green", paper=LACT_PAPER, code=LACT_CODE,
-    reads=("depth", "fast_weight_ratio", "fast_weight_heads", "newton_schulz_dtype", "bfloat16_kernel"),
-    official_params=312_298_056))
+@dataclass(frozen=True)
+class LaCTConfig(VariantConfig):
+    """`fast_weight_ratio`: the hidden width of the fast-weight SwiGLU over each head's width (2 or 4 in
+    the released scene models); `fast_weight_heads` split `dim` (one in every released model). How the
+    Newton-Schulz step computes: `newton_schulz_dtype` bfloat16 (the official step) or float32 (portable
+    parity); on a CPU, `bfloat16_kernel` `native` (PyTorch's bfloat16 matmul, as the official code),
+    `float32` (the same bfloat16 products summed by the float32 kernel) or `auto` (native where the CPU
+    has bfloat16 units)."""
+    depth: int = 24
+    fast_weight_ratio: int = 2
+    fast_weight_heads: int = 1
+    newton_schulz_dtype: str = "bfloat16"
+    bfloat16_kernel: str = "auto"
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        **VariantConfig.CHOICES,
+        "newton_schulz_dtype": ("bfloat16", "float32"),
+        "bfloat16_kernel": ("auto", "native", "float32"),
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dim % self.fast_weight_heads:
+            raise ValueError(f"LaCTConfig.dim={self.dim} is not divisible by fast_weight_heads={self.fast_weight_heads}")
+
+
+LACT_PRESETS = {
+    "paper": LaCTConfig(),
+    "small": LaCTConfig(**SHARED_SIZES["small"], depth=6),
+    "tiny": LaCTConfig(**SHARED_SIZES["tiny"], depth=2),
+}
+
+
+# --------------------------------------------------------------------- the official code, for parity
+
+
+def official_yaml(data: dict, config: LaCTConfig, n_input: int, n_target: int) -> dict:
+    """LaCT's flat YAML (patch_size, dim, layers, block_config: attention, fast weights, MLP) with our sizes."""
+    data.update(patch_size=config.patch_size, dim=config.dim, layers=config.depth)
+    for module in data["block_config"]:
+        params = module["params"]
+        if "use_qk_norm" in params:
+            params.update(head_dim=config.head_dim, use_qk_norm=config.qk_norm)
+        elif "muon_update_steps" in params:
+            params.update(head_dim=config.dim // config.fast_weight_heads, inter_multi=config.fast_weight_ratio)
+        else:
+            params.update(inter_multi=config.mlp_ratio)
+    return {"model": data}
+
+
+def official_build(load: Loader, data: dict) -> nn.Module:
+    load("lact_ttt")  # its block list names classes by module: loaded (and made eager) before the model
+    model = data["model"]
+    return load("model").LaCTLVSM(model["patch_size"], model["dim"], model["layers"], model["block_config"])
+
+
+def official_render(model: nn.Module, views: Views):
+    images, in_c2w, in_k, tgt_c2w, tgt_k = views
+    # It writes its rays into the dicts: fresh ones per call.
+    return lambda: model({"image": images, "c2w": in_c2w, "fxfycxcy": in_k}, {"c2w": tgt_c2w, "fxfycxcy": tgt_k})
+
+
+def official_extra_flops(model: "LaCT", n: int, m: int, batch: int, image_size: int) -> int:
+    """What the official LaCT forward executes beyond ours (its rays are a bmm in both): it tokenizes target
+    views with all 12 channels (the image ones zero) where ours reads the 9 pose columns; computes keys,
+    values and learning rates for target tokens, which need only queries; and in its last block applies the
+    fast weights, output projection and MLP to the input tokens, whose outputs nothing reads."""
+    c = model.config
+    p = model.view_tokens(image_size)
+    targets, inputs = batch * m * p, batch * n * p
+    tokenizer = targets * 3 * c.patch_size ** 2 * c.dim
+    target_keys_values_rates = c.depth * targets * (2 * c.dim * c.dim + 3 * c.fast_weight_heads * c.dim)
+    return 2 * (tokenizer + target_keys_values_rates + model._apply_flops(inputs).macs)
+
+
+NEWTON_SCHULZ_FUNCTION, BFLOAT16_CAST = "zeropower_via_newtonschulz5", "G.bfloat16()"
+
+
+@contextlib.contextmanager
+def official_float32_step(load: Loader) -> Iterator[None]:
+    """The official Newton-Schulz step in float32 for the block: their own function's source with
+    `G.float()` in place of `G.bfloat16()` (the reference fixtures' `render_ns_float32` were made the same way)."""
+    module = load("lact_ttt")
+    original = getattr(module, NEWTON_SCHULZ_FUNCTION)
+    source = textwrap.dedent(inspect.getsource(original))
+    if BFLOAT16_CAST not in source:
+        raise FileNotFoundError(f"{module.__file__}: {NEWTON_SCHULZ_FUNCTION} no longer casts with {BFLOAT16_CAST}; "
+                                "this checkout is not the LaCT code the float32 step was defined for")
+    source = "\n".join(line for line in source.replace(BFLOAT16_CAST, "G.float()").splitlines() if not line.startswith("@"))
+    namespace: dict[str, Any] = dict(vars(module))
+    exec(compile(source, module.__file__, "exec"), namespace)  # noqa: S102  (their function, one cast changed)
+    setattr(module, NEWTON_SCHULZ_FUNCTION, namespace[NEWTON_SCHULZ_FUNCTION])
+    try:
+        yield
+    finally:
+        setattr(module, NEWTON_SCHULZ_FUNCTION, original)
+
+
+@register("lact", config=LaCTConfig, presets=LACT_PRESETS, card=ModelCard(
+    label="LaCT", color="tab:green", paper=LACT_PAPER, code=LACT_CODE, official_params=312_298_056))
 class LaCT(NVSModel):
     scene_state: ClassVar[str] = "fast weights"
+    capabilities = frozenset({"extend_scene", "official_weights", "analytic_flops"})
+    official_code = OfficialCode(
+        "a1600012888/LaCT", "OFFICIAL_LACT", "lact_nvs/config/lact_l24_d768_ttt2x.yaml", yaml=official_yaml,
+        build=official_build, render=official_render, extra_flops=official_extra_flops, root="lact_nvs",
+        marker="model.py", compiled=True, config_from_yaml=False, portable=official_float32_step)
     depth_fields = {"depth": "blocks"}
     input_channels = LACT_CHANNELS
     official_key_map = [
@@ -324,17 +429,18 @@ class LaCT(NVSModel):
         (r"\.module_list\.2\.f\.c_proj\.", ".mlp.fc_out."),
     ]
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: LaCTConfig):
         super().__init__(config)
         c = config
-        # One tokenizer for both kinds of view (targets leave the image channels at zero).
-        del self.target_tokenizer
-        self.input_tokenizer = Tokenizer(LACT_CHANNELS, c.patch_size, c.dim)
         self.input_norm = layer_norm(c.dim, affine=True)
         self.blocks = nn.ModuleList(LaCTBlock(c) for _ in range(c.depth))
         self.head = RenderHead(c.dim, c.patch_size, norm_affine=True)
         self._init_weights()
         self._apply_numerics()
+
+    def build_tokenizers(self, config: LaCTConfig) -> None:
+        """One tokenizer for both kinds of view (targets leave the image channels at zero)."""
+        self.input_tokenizer = Tokenizer(LACT_CHANNELS, config.patch_size, config.dim)
 
     def _init_weights(self) -> None:
         """Official init: linears N(0, 0.02) with zero biases; the three residual output projections
@@ -366,6 +472,16 @@ class LaCT(NVSModel):
         self._apply_numerics()
         return self
 
+    @contextlib.contextmanager
+    def portable_numerics(self) -> Iterator[None]:
+        """The float32 Newton-Schulz step for the block: renders then do not depend on the CPU's bfloat16 kernel."""
+        step = self.config.newton_schulz_dtype
+        self.with_newton_schulz(torch.float32)
+        try:
+            yield
+        finally:
+            self.with_newton_schulz(getattr(torch, step))
+
     def with_bfloat16_kernel(self, kernel: str) -> "LaCT":
         """Which kernel sums the bfloat16 step's products on a CPU: `native` (PyTorch's bfloat16 matmul, as
         the official code), `float32`, or `auto` (see `bfloat16_matmul`). Accelerators always run native."""
@@ -374,7 +490,7 @@ class LaCT(NVSModel):
         return self
 
     @classmethod
-    def numerics_of(cls, config: ModelConfig, device: torch.device | str) -> dict[str, str]:
+    def numerics_of(cls, config: LaCTConfig, device: torch.device | str) -> dict[str, str]:
         step = config.newton_schulz_dtype
         if step == "bfloat16":  # only the bfloat16 step's products have a kernel to choose
             step += f" ({resolved_bfloat16_kernel(config.bfloat16_kernel, torch.device(device))} kernel)"

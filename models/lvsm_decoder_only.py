@@ -2,12 +2,15 @@
 tokens] under full self-attention (Jin et al., ICLR 2025)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from . import flops as F
 from .base import NVSModel
-from .config import ModelConfig
+from .config import CAMERA_ENCODINGS, SHARED_SIZES, VariantConfig
+from .official import OfficialCode, lvsm_official_build, lvsm_official_render, lvsm_official_yaml, lvsm_rays_bmm_flops
 from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
 from .prope import CameraTransforms, transform_macs, uses_prope, view_cameras
 from .registry import ModelCard, Published, register
@@ -37,8 +40,20 @@ EFFICIENCY_SOURCE = ("Efficient-LVSM release README, efficiency table (GPU, view
 OBJECTS_SOURCE = "LVSM paper, object-level table (512 px)"
 
 
-@register("lvsm_decoder_only", card=ModelCard(
-    label="LVSM decoder-only", color="tab:red", reads=("depth", "camera_encoding"), paper=LVSM_PAPER,
+@dataclass(frozen=True)
+class DecoderOnlyConfig(VariantConfig):
+    depth: int = 24  # self-attention blocks over [input tokens ; one target view's tokens]
+
+
+DECODER_ONLY_PRESETS = {
+    "paper": DecoderOnlyConfig(),
+    "small": DecoderOnlyConfig(**SHARED_SIZES["small"], depth=6),
+    "tiny": DecoderOnlyConfig(**SHARED_SIZES["tiny"], depth=2),
+}
+
+
+@register("lvsm_decoder_only", config=DecoderOnlyConfig, presets=DECODER_ONLY_PRESETS, card=ModelCard(
+    label="LVSM decoder-only", color="tab:red", paper=LVSM_PAPER,
     code="github.com/Haian-Jin/LVSM (non-commercial licence)", official_params=170_795_520,
     published={
         "re10k": Published(LVSM_TABLE_1, {"psnr": 29.67, "ssim": 0.906, "lpips": 0.098}),
@@ -47,6 +62,12 @@ OBJECTS_SOURCE = "LVSM paper, object-level table (512 px)"
         "efficiency": Published(EFFICIENCY_SOURCE, {"params_m": 177, "latency_ms": 109.37, "gflops_thop": 8523}),
     }))
 class LVSMDecoderOnly(NVSModel):
+    capabilities = frozenset({"official_weights", "analytic_flops"})
+    official_code = OfficialCode(
+        "Haian-Jin/LVSM", "OFFICIAL_LVSM", "configs/LVSM_scene_decoder_only.yaml",
+        yaml=lvsm_official_yaml(lambda c: {"n_layer": c.depth}), build=lvsm_official_build,
+        render=lvsm_official_render, extra_flops=lvsm_rays_bmm_flops)
+    camera_encodings = CAMERA_ENCODINGS
     depth_fields = {"depth": "blocks"}
     target_states = ("blocks", "last")  # sequences [inputs ; target]
     official_key_map = LVSM_TOKEN_KEYS + [
@@ -54,7 +75,7 @@ class LVSMDecoderOnly(NVSModel):
         (r"^transformer_blocks\.", "blocks."),
     ] + LVSM_BLOCK_KEYS
 
-    def __init__(self, config: ModelConfig, target_chunk: int | None = None):
+    def __init__(self, config: DecoderOnlyConfig, target_chunk: int | None = None):
         super().__init__(config)
         c = config
         self.input_norm = layer_norm(c.dim, affine=True)

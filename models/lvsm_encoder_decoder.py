@@ -2,21 +2,40 @@
 decoder reads them once per target view (Jin et al., ICLR 2025)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from . import flops as F
 from .base import NVSModel
-from .config import ModelConfig
+from .config import SHARED_SIZES, VariantConfig
+from .official import OfficialCode, lvsm_official_build, lvsm_official_render, lvsm_official_yaml, lvsm_rays_bmm_flops
 from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
 from .lvsm_decoder_only import LVSM_BLOCK_KEYS, LVSM_PAPER, LVSM_TABLE_1, LVSM_TOKEN_KEYS, OBJECTS_SOURCE
 from .registry import ModelCard, Published, register
 from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead
 
 
-@register("lvsm_encoder_decoder", card=ModelCard(
-    label="LVSM encoder-decoder", color="tab:orange",
-    reads=("encoder_depth", "decoder_depth", "n_latents", "latent_init_std"), paper=LVSM_PAPER,
+@dataclass(frozen=True)
+class EncoderDecoderConfig(VariantConfig):
+    encoder_depth: int = 12  # blocks over [latents ; input tokens]
+    decoder_depth: int = 12  # blocks over [latents ; one target view's tokens]
+    n_latents: int = 3072
+    # Std of the latent tokens at initialisation: 0.02 as in the official code; small from-scratch runs
+    # may raise it (see experiments/convergence.yaml).
+    latent_init_std: float = 0.02
+
+
+ENCODER_DECODER_PRESETS = {
+    "paper": EncoderDecoderConfig(),
+    "small": EncoderDecoderConfig(**SHARED_SIZES["small"], encoder_depth=3, decoder_depth=3, n_latents=256),
+    "tiny": EncoderDecoderConfig(**SHARED_SIZES["tiny"], encoder_depth=1, decoder_depth=1, n_latents=16),
+}
+
+
+@register("lvsm_encoder_decoder", config=EncoderDecoderConfig, presets=ENCODER_DECODER_PRESETS, card=ModelCard(
+    label="LVSM encoder-decoder", color="tab:orange", paper=LVSM_PAPER,
     code="github.com/Haian-Jin/LVSM (non-commercial licence)", official_params=173_154_816,
     published={
         "re10k": Published(LVSM_TABLE_1, {"psnr": 28.58, "ssim": 0.893, "lpips": 0.114}),
@@ -24,6 +43,12 @@ from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead
         "objects_gso": Published(OBJECTS_SOURCE, {"psnr": 29.32, "ssim": 0.933, "lpips": 0.052}),
     }))
 class LVSMEncoderDecoder(NVSModel):
+    capabilities = frozenset({"official_weights", "analytic_flops"})
+    official_code = OfficialCode(
+        "Haian-Jin/LVSM", "OFFICIAL_LVSM", "configs/LVSM_scene_encoder_decoder.yaml",
+        yaml=lvsm_official_yaml(lambda c: {"encoder_n_layer": c.encoder_depth, "decoder_n_layer": c.decoder_depth,
+                                           "n_latent_vectors": c.n_latents}),
+        build=lvsm_official_build, render=lvsm_official_render, extra_flops=lvsm_rays_bmm_flops)
     depth_fields = {"encoder_depth": "encoder", "decoder_depth": "decoder"}
     target_states = ("decoder", "first")  # decoder sequences [target ; latents]
     scene_state = "latent tokens after the encoder"
@@ -34,7 +59,7 @@ class LVSMEncoderDecoder(NVSModel):
         (r"^transformer_decoder\.", "decoder."),
     ] + LVSM_BLOCK_KEYS
 
-    def __init__(self, config: ModelConfig, target_chunk: int | None = None):
+    def __init__(self, config: EncoderDecoderConfig, target_chunk: int | None = None):
         super().__init__(config)
         c = config
         self.latents = nn.Parameter(torch.randn(c.n_latents, c.dim) * c.latent_init_std)

@@ -3,17 +3,117 @@ the weights' shapes, and refuse anything that does not fit (nanoGPT's `from_pret
 checkpoint filters)."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, ContextManager, Mapping
 
 import torch
 
 from .base import NVSModel
-from .config import PRESETS, ModelConfig
-from .registry import list_models, model_class
+from .registry import list_models, model_class, model_config, presets
+
+Loader = Callable[[str], Any]  # imports one of the official code's modules by name (harness.parity.official_code)
+Views = tuple[torch.Tensor, ...]  # input images, input c2w, input fxfycxcy, target c2w, target fxfycxcy
+
+
+@dataclass(frozen=True)
+class OfficialCode:
+    """Where a variant lives in its official repository and how that code is run beside ours (by the
+    parity kind, which knows no variant): the repository and the variable `make parity` names its
+    checkout with, the YAML its model is built from, and four hooks. `yaml(data, config, n_input,
+    n_target)`: their YAML with our sizes, rendering only. `build(load, yaml)`: their model. `render(model,
+    views)`: a call rendering the target views. `extra_flops(ours, n, m, batch, image_size)`: what their
+    forward executes beyond ours by design. `portable(load)`: a context in which their code computes
+    with the numerics of our `portable_numerics()` (None: it always does)."""
+    repository: str
+    variable: str
+    config: str
+    yaml: Callable[[dict, Any, int, int], dict]
+    build: Callable[[Loader, dict], torch.nn.Module]
+    render: Callable[[torch.nn.Module, Views], Callable[[], torch.Tensor]]
+    extra_flops: Callable[[NVSModel, int, int, int, int], int]
+    root: str = ""  # the folder of the checkout its modules import from
+    marker: str = "model"  # what that folder holds (a package or a module)
+    compiled: bool = False  # it wraps functions in @torch.compile, which the parity kind takes off (eager, as ours)
+    config_from_yaml: bool = True  # its YAML's sizes go to load_official (False: the weights alone say them)
+    portable: Callable[[Loader], ContextManager] | None = None
+
+    def portable_context(self, load: Loader) -> ContextManager:
+        return self.portable(load) if self.portable else contextlib.nullcontext()
+
+
+class AttrDict(dict):
+    """The official LVSM-family code reads its config by attribute (EasyDict-style)."""
+
+    def __init__(self, data: dict[str, Any]):
+        super().__init__({k: AttrDict(v) if isinstance(v, dict) else v for k, v in data.items()})
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+
+def lvsm_rays_bmm_flops(model: NVSModel, n: int, m: int, batch: int, image_size: int) -> int:
+    """The official LVSM-family code rotates each pixel's ray direction with a batched 3x3 matmul (18 FLOPs
+    per pixel per view, which FlopCounterMode counts); ours rotates them elementwise (which it does not)."""
+    return 18 * batch * (n + m) * image_size ** 2
+
+
+def lvsm_official_yaml(transformer_sizes: Callable[[Any], dict], dual_stream: bool = False):
+    """The `yaml` hook of an LVSM-family release: their YAML with our sizes, rendering only (no loss
+    networks, no REPA, no gradient checkpoints). `transformer_sizes(config)`: the depth keys of their
+    `transformer` section; `dual_stream`: Efficient-LVSM's layout (no separate image tokenizer, REPA off)."""
+    def yaml(data: dict, config: Any, n_input: int, n_target: int) -> dict:
+        model, training = data["model"], data["training"]
+        for tokenizer in ("image_tokenizer", "target_pose_tokenizer"):
+            model[tokenizer].update(image_size=config.image_size, patch_size=config.patch_size)
+        model["transformer"].update(d=config.dim, d_head=config.head_dim, use_qk_norm=config.qk_norm, **transformer_sizes(config))
+        if dual_stream:
+            model["image_tokenizer"]["type"] = "none"
+            training["enable_repa"] = False
+        training.update(lpips_loss_weight=0.0, perceptual_loss_weight=0.0, num_input_views=n_input, num_target_views=n_target,
+                        num_views=n_input + n_target, target_has_input=False, grad_checkpoint_every=1)
+        data.setdefault("inference", {})["if_inference"] = False
+        return data
+    return yaml
+
+
+def lvsm_official_build(load: Loader, data: dict) -> torch.nn.Module:
+    """An LVSM-family model from the class its YAML names."""
+    module_name, _, class_name = data["model"]["class_name"].rpartition(".")
+    return getattr(load(module_name), class_name)(attribute_config(data))
+
+
+def attribute_config(data: dict[str, Any]) -> Any:
+    """A copy of `data` read by attribute, as the official LVSM-family code reads its config (EasyDict
+    where installed, as theirs)."""
+    try:
+        from easydict import EasyDict
+    except ImportError:
+        return AttrDict(copy.deepcopy(data))
+    return EasyDict(copy.deepcopy(data))
+
+
+def lvsm_official_batch(views: Views) -> dict[str, torch.Tensor]:
+    """The official LVSM-family batch: every view's camera in one tensor, input views first."""
+    images, in_c2w, in_k, tgt_c2w, tgt_k = views
+    return {"image": images, "c2w": torch.cat([in_c2w, tgt_c2w], 1), "fxfycxcy": torch.cat([in_k, tgt_k], 1)}
+
+
+def lvsm_official_render(model: torch.nn.Module, views: Views) -> Callable[[], torch.Tensor]:
+    batch = lvsm_official_batch(views)
+    return lambda: model(batch, has_target_image=False).render
+
 
 # Training-only parts of official checkpoints; they carry no rendering weights.
 TRAINING_ONLY_PREFIXES = ("loss_computer.", "repa", "dino", "projector")
@@ -107,7 +207,7 @@ def _skeleton(cls: type[NVSModel]) -> tuple[frozenset[str], frozenset[str]]:
     """`cls`'s top-level state-dict names and block-list prefixes, from a tiny model on the meta
     device (no memory, no init)."""
     with torch.device("meta"):
-        keys = list(cls(PRESETS["tiny"]).state_dict())
+        keys = list(cls(presets(cls.name)["tiny"]).state_dict())
     return frozenset(_top_names(keys)), frozenset(_numbered_lists(keys))
 
 
@@ -222,6 +322,7 @@ def load_official(name: str, config: Mapping[str, Any] | str | Path | None = Non
     size; where it is given, it must agree with them.
     """
     cls = model_class(name)
+    cls.require("official_weights")
     if weights is None and config is not None and (isinstance(config, (str, Path)) or any(
             isinstance(v, torch.Tensor) or k in WRAPPER_KEYS for k, v in config.items())):
         config, weights = None, config
@@ -239,7 +340,7 @@ def load_official(name: str, config: Mapping[str, Any] | str | Path | None = Non
             raise ValueError(f"load_official: config says {key}={value!r} but the weights imply {from_weights[key]!r}")
     if not config:
         _check_paper_depth(cls, from_weights, origin)
-    model = cls(ModelConfig(**{**from_config, **from_weights}))
+    model = cls(model_config(name, {**from_config, **from_weights}))
     _check_block_counts(model, state, origin)
     load_checked(model, state, strict=strict)
     return model.eval()
@@ -249,7 +350,9 @@ def _check_paper_depth(cls: type[NVSModel], sizes: Mapping[str, Any], origin: Ma
     """Weights of the paper's width with fewer blocks than the paper's model are, without a config
     to say otherwise, far more likely a checkpoint that lost its last blocks than a shallower model:
     trailing blocks leave no other trace in the weights."""
-    paper = PRESETS["paper"]
+    paper = presets(cls.name).get("paper")
+    if paper is None:
+        return
     if any(sizes.get(key) != getattr(paper, key) for key in ("dim", "head_dim", "patch_size")):
         return
     for field, prefix in cls.depth_fields.items():

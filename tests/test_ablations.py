@@ -16,7 +16,7 @@ from harness.train import OptimSpec, TrainData, TrainSpec, read_log, train_model
 from harness.train.config import RepaSpec
 from harness.train.repa import RepaTerm, default_layer, repa_tap
 from harness.schema import ModelRef
-from models import PRESETS, build_model, list_models, model_card, model_class
+from models import build_model, list_models, model_card, model_class, presets
 from models.tokens import input_view_features, target_view_features
 
 ARMS = ["efficient_lvsm_shared_weights", "efficient_lvsm_global_input", "mmdit_joint", "lvsm_masked"]
@@ -169,11 +169,12 @@ def test_global_input_equals_efficient_lvsm_with_one_view_only():
 
 
 def test_global_input_offers_no_kv_cache():
-    assert not hasattr(model_class("efficient_lvsm_global_input"), "incremental")
-    assert hasattr(model_class("efficient_lvsm_shared_weights"), "incremental")
+    assert not model_class("efficient_lvsm_global_input").offers("incremental_views")
+    assert model_class("efficient_lvsm_shared_weights").offers("incremental_views")
     model = build_model("efficient_lvsm_global_input", "tiny")
     _, _, _, tc, tk = random_views(1, 1, 1)
-    with pytest.raises(TypeError, match="efficient_lvsm_global_input: `incremental` is not offered: input views attend"):
+    refusal = r"efficient_lvsm_global_input: an exact cache .*\(`incremental`\) is not offered: input views attend"
+    with pytest.raises(TypeError, match=refusal):
         model.incremental(tc, tk, 32, 32)
 
 
@@ -397,7 +398,7 @@ def test_repa_reads_the_hidden_states_a_variant_declares():
     class Plugin(LVSMDecoderOnly):
         target_states = ("blocks", "first")
 
-    model = Plugin(PRESETS["tiny"])
+    model = Plugin(presets("lvsm_decoder_only")["tiny"])
     blocks, position = repa_tap(model)
     assert blocks is model.blocks and position == "first"
 

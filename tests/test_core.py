@@ -2,6 +2,7 @@
 extends, --set), the registry's cards, plugins, the CLI's one-line errors and the package layering."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from conftest import ALL_VARIANTS
 from harness.cli import main
@@ -17,7 +19,7 @@ from harness.records import RecordStore, point_key, write_atomic
 from harness.runtime import AUTO_PRESET, resolve_device
 from harness.schema import KINDS, apply_overrides, load_experiment, with_preset
 from harness.tables import write_tables
-from models import ModelConfig, build_model, list_models, model_card
+from models import build_model, config_class, list_models, model_card
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -118,7 +120,7 @@ def test_one_preset_rule_for_every_kind():
     assert with_preset(load_experiment(ROOT / "experiments" / "flops.yaml"), "auto").preset == "paper"
     assert with_preset(load_experiment(ROOT / "experiments" / "convergence.yaml"), "auto").preset == here
     from harness.train import TrainExperiment
-    train = TrainExperiment(kind="train", name="t")
+    train = TrainExperiment.model_validate({"kind": "train", "name": "t", "model": {"name": "lvsm_decoder_only", "preset": "tiny"}})
     assert (with_preset(train).model.preset, with_preset(train, "auto").model.preset) == ("tiny", here)
     with pytest.raises(ConfigError, match="view_generalization.*comes from a checkpoint"):
         with_preset(load_experiment(ROOT / "experiments" / "view_generalization.yaml"), "tiny")
@@ -134,14 +136,14 @@ def test_experiments_are_frozen():
 
 
 @pytest.mark.parametrize("name", ALL_VARIANTS)
-def test_every_variant_has_a_card_and_refuses_fields_it_does_not_read(name):
-    card = model_card(name)
-    assert card.label and card.color and set(card.reads) <= set(build_model(name, "tiny").config.to_dict())
-    foreign = next(f for f in ("depth", "stream_depth", "n_latents") if f not in card.config_fields)
-    with pytest.raises(ValueError, match=f"does not read config field '{foreign}'"):
+def test_every_variant_has_a_card_and_refuses_fields_its_config_lacks(name):
+    card, config = model_card(name), config_class(name)
+    assert card.label and card.color and isinstance(build_model(name, "tiny").config, config)
+    foreign = next(f for f in ("depth", "stream_depth", "n_latents") if f not in config.field_names())
+    with pytest.raises(ValueError, match=f"model '{name}' has no config field '{foreign}'; its fields: image_size"):
         build_model(name, "tiny", **{foreign: 3})
-    for field in card.reads:  # a field it reads changes the model it builds
-        choices = ModelConfig.CHOICES.get(field)
+    for field in config.own_fields():  # each of its own fields reaches the model it builds
+        choices = config.CHOICES.get(field)
         value = choices[-1] if choices else 2 if field != "latent_init_std" else 1.0
         assert build_model(name, "tiny", **{field: value}).config.to_dict()[field] == value
 
@@ -154,38 +156,70 @@ def test_official_parameter_counts_live_on_the_cards():
                 assert build_model(name, "paper").num_parameters() == official, name
 
 
-PLUGIN = '''
-from models import ModelCard, register
-from models.efficient_lvsm import EfficientLVSM
-
-
-@register("plugin_lvsm", card=ModelCard(label="Plugin LVSM", color="tab:green", reads=("stream_depth",)))
-class PluginLVSM(EfficientLVSM):
-    """A variant written outside the repository: Efficient-LVSM under another name."""
-'''
-
-
-def test_a_plugin_variant_runs_through_ls_and_a_profile_experiment(tmp_path, capsys):
-    plugin = tmp_path / "my_variant.py"
-    plugin.write_text(PLUGIN)
-    script = f"""
+WINDOWED = ROOT / "tests" / "plugins" / "windowed.py"
+PLUGIN_RUNS = """
 import sys
 from harness.cli import main
-code = main(["ls", "models", "--plugin", {str(plugin)!r}])
-assert code == 0, code
-code = main(["run", {str(ROOT / 'experiments' / 'bench.yaml')!r}, "--plugin", {str(plugin)!r}, "--no-progress",
-             "--preset", "tiny", "--set", "models=[efficient_lvsm, plugin_lvsm]", "--set", "n_inputs=[1, 2]",
-             "--set", "n_targets=[1]", "--set", "measure.runs=2", "--set", "measure.warmup=0",
-             "--set", "output_dir={tmp_path / 'out'}"])
-sys.exit(code)
+out, plugin = sys.argv[1], sys.argv[2]
+tiny = ["--plugin", plugin, "--no-progress", "--preset", "tiny", "--set", "measure.runs=2", "--set", "measure.warmup=0"]
+steps = [
+    ["ls", "models", "--plugin", plugin],
+    ["run", "experiments/bench.yaml", *tiny, "--set", "models=[efficient_lvsm, windowed]", "--set", "n_inputs=[1, 2, 3]",
+     "--set", "n_targets=[1]", "--set", "ratio=[windowed, efficient_lvsm]", "--set", f"output_dir={out}/bench"],
+    ["run", "experiments/flops.yaml", "--plugin", plugin, "--no-progress", "--preset", "tiny", "--set", "models=[windowed]",
+     "--set", "n_inputs=[1, 2, 4]", "--set", "n_targets=[1]", "--set", f"output_dir={out}/flops"],
+    ["run", "experiments/render_one_more_target.yaml", *tiny, "--set", "models=[windowed, efficient_lvsm]",
+     "--set", "n_inputs=[1, 2, 4]", "--set", "headline_n=[2]", "--set", "fit_min_n=1", "--set", f"output_dir={out}/one_more_target"],
+    ["run", f"{out}/eval.yaml", "--plugin", plugin, "--no-progress"],
+    ["site", "--experiments", f"{out}/experiments", "--results", out, "--out", f"{out}/site", "--plugin", plugin],
+]
+for step in steps:
+    print("step:", " ".join(step[:2]), flush=True)
+    code = main(step)
+    if code:
+        sys.exit(f"{step[:2]} exited {code}")
 """
+
+
+def test_a_variant_outside_the_repository_runs_through_every_kind(tmp_path):
+    """A variant with its own config field, presets and scene state, registered from a file outside the
+    `models` package, runs through `ls models`, a profile sweep, FLOPs, one more target, an evaluation
+    and the site, with no edit to the repository."""
+    evaluation = {"kind": "evaluate", "name": "eval", "output_dir": str(tmp_path / "eval"), "plugins": [str(WINDOWED)],
+                  "models": [{"name": "windowed", "preset": "tiny", "overrides": {"window": 3}}],
+                  "data": {"source": "synthetic_object", "options": {"count": 2, "views": 8, "image_size": 32},
+                           "n_input": 3, "n_target": 2}, "batch_size": 2, "grid_scenes": 1}
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(evaluation))
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "eval.yaml").write_text(yaml.safe_dump(evaluation))
+    before = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
     # A fresh process: the plugin's registration must not leak into the other tests.
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "plugin_lvsm" in result.stdout and "Plugin LVSM" in result.stdout
-    table = (tmp_path / "out" / "bench.md").read_text()
-    assert "Plugin LVSM" in table and "Efficient-LVSM" in table
-    assert (tmp_path / "out" / "rows.jsonl").is_file() and (tmp_path / "out" / "cost_vs_views.png").is_file()
+    result = subprocess.run([sys.executable, "-c", PLUGIN_RUNS, str(tmp_path), str(WINDOWED)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Windowed LVSM" in result.stdout and "window" in result.stdout  # ls models: its label and its own field
+    assert "Windowed LVSM" in (tmp_path / "bench" / "bench.md").read_text()
+    flops = (tmp_path / "flops" / "flops.md").read_text()
+    assert "Windowed LVSM" in flops
+    assert "Windowed LVSM" in next((tmp_path / "one_more_target").glob("*.md")).read_text()
+    scores = (tmp_path / "eval" / "summary.md").read_text()
+    assert "| windowed " in scores and "window 3" in scores  # its own field, from its config's describe()
+    assert any("Windowed LVSM" in page.read_text() for page in (tmp_path / "site").rglob("*.html"))
+    after = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert after == before
+
+
+def test_nothing_outside_models_names_a_variant_or_its_own_fields():
+    """Variants are interchangeable only if the harness never spells one out: it reads what a variant
+    declares (card, config, capabilities). Experiment YAMLs and published numbers may name them. Own
+    fields that are ordinary words (`depth`) name other things too and are left out of the search."""
+    names = set(list_models())
+    fields = {f for name in names for f in config_class(name).own_fields() if "_" in f}
+    pattern = re.compile(r"\b(" + "|".join(sorted(names | fields)) + r")\b")
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+             for path in [*sorted((ROOT / "harness").rglob("*.py")), ROOT / "Makefile"]
+             for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not found, "\n".join(found)
 
 
 def test_a_plugin_that_fails_to_import_is_one_line(tmp_path, capsys):

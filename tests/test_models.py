@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import VARIANTS, load_fixture, portable, random_views
-from models import build_model, list_models, load_official, model_card, model_class, pixel_rays, preset
+from models import build_model, list_models, load_official, model_card, model_class, pixel_rays, presets
 from models.official import convert_official_state_dict, unwrap_checkpoint
 
 # Compared with official fixtures: `make test` runs these again on a second CPU kernel path.
@@ -160,14 +160,14 @@ def test_load_official_names_problems():
 
 
 def test_presets_and_overrides():
-    assert preset("paper").tokens_per_view == 1024
+    assert presets("lvsm_decoder_only")["paper"].tokens_per_view == 1024
     model = build_model("efficient_lvsm", "tiny", stream_depth=3)
     assert len(model.input_blocks) == 3 and len(model.target_blocks) == 3
-    with pytest.raises(ValueError, match="'efficient_lvsm' does not read config field 'layers'"):
+    with pytest.raises(ValueError, match="'efficient_lvsm' has no config field 'layers'"):
         build_model("efficient_lvsm", "tiny", layers=3)
-    with pytest.raises(ValueError, match="'efficient_lvsm' does not read config field 'depth'"):
+    with pytest.raises(ValueError, match="'efficient_lvsm' has no config field 'depth'"):
         build_model("efficient_lvsm", "tiny", depth=3)       # would be ignored silently
-    with pytest.raises(KeyError, match="unknown preset 'huge'"):
+    with pytest.raises(KeyError, match="has no preset 'huge'"):
         build_model("efficient_lvsm", "huge")
 
 

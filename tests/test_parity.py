@@ -15,7 +15,7 @@ from harness.schema import RunOptions, load_experiment, run_spec
 
 MODEL = '''
 import torch
-from models import ModelConfig
+from models import DecoderOnlyConfig
 from models.lvsm_decoder_only import LVSMDecoderOnly
 
 
@@ -28,9 +28,9 @@ class Images2LatentScene(LVSMDecoderOnly):
 
     def __init__(self, config):
         t = config.model.transformer
-        super().__init__(ModelConfig(image_size=config.model.image_tokenizer.image_size, dim=t.d, head_dim=t.d_head,
-                                     depth=t.n_layer, patch_size=config.model.image_tokenizer.patch_size))
-        self.official_config = config  # `config` is our ModelConfig
+        super().__init__(DecoderOnlyConfig(image_size=config.model.image_tokenizer.image_size, dim=t.d, head_dim=t.d_head,
+                                           depth=t.n_layer, patch_size=config.model.image_tokenizer.patch_size))
+        self.official_config = config  # their config, read by attribute
 
     def train(self, mode=True):  # the official override returns None
         super().train(mode)
@@ -130,10 +130,10 @@ def test_a_directory_that_is_no_official_checkout_is_one_line(tmp_path):
     from harness.errors import MissingResource
     from harness.parity.official import official_code
     with pytest.raises(MissingResource, match="OFFICIAL_LVSM=.*: not a checkout of Haian-Jin/LVSM"):
-        with official_code(tmp_path):
+        with official_code(tmp_path, "Haian-Jin/LVSM"):
             pass
     with pytest.raises(MissingResource, match=r"OFFICIAL_LACT=.*: not a checkout of a1600012888/LaCT \(no lact_nvs/model.py\)"):
-        with official_code(tmp_path, "lact"):
+        with official_code(tmp_path, "a1600012888/LaCT"):
             pass
 
 

@@ -197,5 +197,5 @@ def test_model_errors_while_loading_are_checkpoint_errors_naming_the_file(tmp_pa
     torch.save(payload, broken)
     with pytest.raises(CheckpointError) as error:     # a ValueError inside models, named by file
         load_checkpoint(broken)
-    one_line(error, str(broken), "ModelConfig.dim")
+    one_line(error, str(broken), "DecoderOnlyConfig.dim")
     assert isinstance(error.value, HarnessError)

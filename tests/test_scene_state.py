@@ -8,9 +8,9 @@ from torch import nn
 
 from conftest import ALL_VARIANTS, assert_one_line, random_views
 from harness.errors import ConfigError
-from harness.profile.measure import FlopCounter
+from harness.profile.measure import FlopCounter, Sizes
 from harness.schema import load_experiment, run_experiment, with_preset
-from models import PRESETS, SceneState, build_model, list_models, model_class
+from models import SceneState, build_model, list_models, model_class, model_config
 
 # Compared with official fixtures: `make test` runs these again on a second CPU kernel path.
 pytestmark = pytest.mark.parity
@@ -67,7 +67,7 @@ def test_more_targets_from_one_state_never_run_the_input_views_again(name):
 def test_render_cost_given_a_state(name):
     """With a state, M targets cost M times one (nothing shared is recomputed) and less than a
     forward pass; without one, a render is the forward pass itself and building the "state" costs nothing."""
-    counter = FlopCounter(PRESETS["tiny"])
+    counter = FlopCounter(Sizes("tiny"))
     encode, one, _ = counter.scene(name, 4, 1)
     _, four, _ = counter.scene(name, 4, 4)
     forward = counter.forward(name, 4, 1).counted
@@ -83,7 +83,7 @@ def test_render_cost_given_a_state(name):
 
 
 def test_encoder_decoder_one_more_target_costs_the_same_at_every_n():
-    counter = FlopCounter(PRESETS["tiny"])
+    counter = FlopCounter(Sizes("tiny"))
     encode, one, _ = counter.scene("lvsm_encoder_decoder", 4)
     assert encode + one == counter.forward("lvsm_encoder_decoder", 4, 1).counted
     costs = [counter.scene("lvsm_encoder_decoder", n)[1] for n in (1, 2, 4, 8, 16)]
@@ -95,8 +95,8 @@ def test_encoder_decoder_one_more_target_costs_the_same_at_every_n():
 @pytest.mark.parametrize("name", ["efficient_lvsm", "lvsm_masked"])
 def test_one_more_target_is_linear_in_n_with_the_cross_attention_slope(name):
     """Cross-attention of P target queries to N*P cached keys: 2 matmuls x P x NP x dim MACs per layer."""
-    config = PRESETS["tiny"]
-    counter, p, d = FlopCounter(config), config.tokens_per_view, config.dim
+    config = model_config(name, "tiny")
+    counter, p, d = FlopCounter(Sizes("tiny")), config.tokens_per_view, config.dim
     ns = [1, 2, 4, 8, 16]
     costs = [counter.scene(name, n)[1] for n in ns]
     depth = config.stream_depth if name == "efficient_lvsm" else config.depth
@@ -106,7 +106,7 @@ def test_one_more_target_is_linear_in_n_with_the_cross_attention_slope(name):
 
 
 def test_efficient_lvsm_one_more_target_is_its_analytic_target_stream():
-    counter = FlopCounter(PRESETS["tiny"])
+    counter = FlopCounter(Sizes("tiny"))
     model = counter.model("efficient_lvsm")
     for n in (1, 5, 32):
         assert counter.scene("efficient_lvsm", n)[1] == model.target_stream_flops(n, 1).flops
@@ -114,7 +114,7 @@ def test_efficient_lvsm_one_more_target_is_its_analytic_target_stream():
 
 
 def test_decoder_only_one_more_target_is_a_full_forward_with_one_target():
-    counter = FlopCounter(PRESETS["tiny"])
+    counter = FlopCounter(Sizes("tiny"))
     for n in (1, 8, 32):
         assert counter.scene("lvsm_decoder_only", n)[1] == counter.forward("lvsm_decoder_only", n, 1).counted
         assert counter.scene("lvsm_decoder_only", n)[1] == counter.model("lvsm_decoder_only").analytic_flops(n, 1).flops
@@ -154,7 +154,7 @@ def test_global_input_has_a_scene_state_but_no_incremental_cache():
         state = model.encode_scene(images, ic, ik)
         assert (model.render_scene(state, tc, tk) - model(images, ic, ik, tc, tk)).abs().max().item() <= 1e-5
     with pytest.raises(TypeError, match="not offered"):
-        model.encode_views(images, ic, ik)
+        model.incremental(tc, tk, 32, 32)
 
 
 def test_every_variant_says_what_its_state_holds():

@@ -118,7 +118,8 @@ def load_model(spec: ModelRef, label: str, device: torch.device, seed: int) -> L
         model = build_model(spec.name, spec.preset, **spec.overrides).to(device).eval()
         weights, preset, checkpoint = RANDOM_INIT, spec.preset, ""
         identity = {"random_init_seed": seed, "preset": spec.preset, **({"overrides": spec.overrides} if spec.overrides else {})}
-    info = {"model": label, "variant": spec.name, "preset": preset, "weights": weights, "checkpoint": checkpoint}
+    info = {"model": label, "variant": spec.name, "preset": preset, "weights": weights, "checkpoint": checkpoint,
+            "size": f"{model.num_parameters() / 1e6:.2f} M parameters; {model.config.describe()}"}
     numerics = model.numerics(device)  # e.g. which kernel LaCT's bfloat16 step ran on: it changes the scores
     if numerics:
         info["numerics"] = identity["numerics"] = numerics

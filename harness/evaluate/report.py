@@ -37,12 +37,12 @@ def tables(rows: list[dict[str, Any]], labels: list[str]) -> tuple[pd.DataFrame,
             continue
         base = info[label]
         sums = summary[summary["model"] == label].iloc[0]
-        out.append({"model": label, "weights": base["weights"], "preset": base["preset"],
+        out.append({"model": label, "weights": base["weights"], "preset": base["preset"], "size": base.get("size", "n/a"),
                     **{m: none_if_nan(sums[m]) for m in METRICS}, "scenes": int(sums["scenes"]),
                     "flagged": sum(1 for r in ok if r["model"] == label and r.get("flag")),
                     "failed": int(failed.get(label, 0)),
                     "source": f"measured: {base['device']}, {base['dtype']}, commit {base['commit']}"})
-    columns = ["model", "weights", "preset", *METRICS, "scenes", "flagged", "failed", "source"]
+    columns = ["model", "weights", "preset", "size", *METRICS, "scenes", "flagged", "failed", "source"]
     return per_scene, pd.DataFrame(out, columns=columns), failures
 
 

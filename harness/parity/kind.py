@@ -34,7 +34,7 @@ from ..profile.measure import interleaved_ms, median_iqr, refuse_shared_cores, s
 from ..provenance import environment
 from ..schema import ExperimentBase, Kind, PositiveFloat, Positive, PresetName, RunOptions, Spec
 from .loader import LOADER_REPOSITORIES, loader_parity
-from .official import CHECKOUTS, VARIANTS, build_pair, check_checkout, official_code, official_step, stand_ins
+from .official import build_pair, check_checkout, official_code, official_variants, repositories, stand_ins
 
 
 class ViewPoint(Spec):
@@ -44,7 +44,7 @@ class ViewPoint(Spec):
 
 class ParitySpec(ExperimentBase):
     kind: Literal["parity"]
-    models: list[str] = Field(default_factory=lambda: list(VARIANTS), min_length=1)  # variants with an official counterpart
+    models: list[str] = Field(default_factory=lambda: list(official_variants()), min_length=1)  # variants with an official counterpart
     preset: PresetName = "small"
     overrides: dict[str, Any] = {}
     points: list[ViewPoint] = Field(default=[ViewPoint(n_input=2, n_target=1)], min_length=1)
@@ -68,17 +68,18 @@ class ParitySpec(ExperimentBase):
     @field_validator("models")
     @classmethod
     def _official_counterparts(cls, models: list[str]) -> list[str]:
-        unknown = [m for m in models if m not in VARIANTS]
+        unknown = [m for m in models if m not in official_variants()]
         if unknown:
-            raise ValueError(f"{unknown[0]!r} has no official counterpart; expected some of {', '.join(VARIANTS)}")
+            raise ValueError(f"{unknown[0]!r} has no official counterpart; expected some of {', '.join(official_variants())}")
         return models
 
     def missing_resources(self) -> list[str]:
-        given = {repo: self.checkout(repo) for repo in CHECKOUTS}
-        if not any(given[VARIANTS[m].repository] for m in self.models):  # nothing asked for could be done
+        given = self.checkouts()
+        codes = official_variants()
+        if not any(given[codes[m].repository] for m in self.models):  # nothing asked for could be done
             return [f"no official checkout given for {', '.join(self.models)}; give "
-                    + " ".join(f"{CHECKOUTS[r][0]}=DIR (a checkout of {CHECKOUTS[r][1]})"
-                               for r in dict.fromkeys(VARIANTS[m].repository for m in self.models))]
+                    + " ".join(dict.fromkeys(f"{codes[m].variable}=DIR (a checkout of {codes[m].repository})"
+                                             for m in self.models))]
         missing = []
         for repo, path in given.items():
             try:
@@ -92,9 +93,14 @@ class ParitySpec(ExperimentBase):
         value = os.path.expandvars(self.scene)
         return "" if "$" in value else value
 
-    def checkout(self, repository: str) -> str:
-        raw = getattr(self, f"official_{repository}")
-        return os.path.expandvars(raw) if raw and "$" not in os.path.expandvars(raw) else ""
+    def checkouts(self) -> dict[str, str]:
+        """Each official repository -> the checkout given for it ('' where none): the field named after
+        its `make parity` variable (OFFICIAL_LVSM -> official_lvsm)."""
+        given = {}
+        for repository, code in repositories().items():
+            raw = getattr(self, code.variable.lower(), "")
+            given[repository] = os.path.expandvars(raw) if raw and "$" not in os.path.expandvars(raw) else ""
+        return given
 
 
 def source_digest(checkout: Path) -> str:
@@ -116,20 +122,19 @@ def measure_model(spec: ParitySpec, point: Mapping[str, Any]) -> dict[str, Any]:
     checkout = Path(point["checkout"])
     n, m, b = point["n_input"], point["n_target"], spec.batch
     config = build_model(point["model"], spec.preset, **spec.overrides).config
-    repository = VARIANTS[point["model"]].repository
-    with official_code(checkout, repository) as load:
+    code = official_variants()[point["model"]]
+    with official_code(checkout, code.repository) as load:
         pair = build_pair(load, checkout, point["model"], config, n, m, spec.seed)
         views = synthetic_views(b, n, m, config.image_size, "cpu", seed=spec.seed)
         official, ours = pair.official_call(views), pair.our_call(views)
         extra: dict[str, Any] = {}
         with torch.no_grad():
             difference = (official() - ours()).abs().max().item()
-            if repository == "lact":  # the tolerance holds for the float32 step; the released bfloat16 one is reported
-                extra = {"max_render_diff_bfloat16": difference, "numerics_ours": pair.ours.numerics("cpu")["newton_schulz"]}
-                with official_step(load, torch.float32):
-                    pair.ours.with_newton_schulz(torch.float32)
+            if code.portable:  # the tolerance holds for portable numerics; the released ones are reported
+                extra = {"max_render_diff_bfloat16": difference,
+                         "numerics_ours": "; ".join(f"{k} {v}" for k, v in pair.ours.numerics("cpu").items())}
+                with code.portable_context(load), pair.ours.portable_numerics():
                     difference = (official() - ours()).abs().max().item()
-                    pair.ours.with_newton_schulz(torch.bfloat16)
         flops_official, flops_ours = counted_flops(official), counted_flops(ours)
 
         def timed(call):
@@ -144,7 +149,7 @@ def measure_model(spec: ParitySpec, point: Mapping[str, Any]) -> dict[str, Any]:
     return {"max_render_diff": difference, "gflops_official": flops_official / 1e9, "gflops_ours": flops_ours / 1e9,
             "flops_equal": flops_official == flops_ours, "image_px": config.image_size ** 2, "official_ms": median_iqr(times[0])[0],
             "ours_ms": median_iqr(times[1])[0], "ratio_official_over_ours": ratio, "ratio_iqr": iqr, "rounds": len(ratios),
-            "official_extra_flops": VARIANTS[point["model"]].extra_flops(pair.ours, n, m, b, config.image_size), **extra}
+            "official_extra_flops": code.extra_flops(pair.ours, n, m, b, config.image_size), **extra}
 
 
 def measure_loader(spec: ParitySpec, point: Mapping[str, Any]) -> dict[str, Any]:
@@ -250,10 +255,10 @@ def run_parity(spec: ParitySpec, options: RunOptions) -> list[dict[str, Any]]:
         missing = spec.missing_resources()  # before any work: a wrong folder is one line, not a failed row per point
         if missing:
             raise MissingResource(f"{spec.name}: {missing[0]}")
-        given = {repo: spec.checkout(repo) for repo in CHECKOUTS}
-        skipped_models = [m for m in spec.models if not given[VARIANTS[m].repository]]
+        given, codes = spec.checkouts(), official_variants()
+        skipped_models = [m for m in spec.models if not given[codes[m].repository]]
         skipped = [f"skipped: {', '.join(skipped_models)} (no official checkout given: "
-                   f"{' and '.join(sorted({CHECKOUTS[VARIANTS[m].repository][0] for m in skipped_models}))})"] if skipped_models else []
+                   f"{' and '.join(sorted({codes[m].variable for m in skipped_models}))})"] if skipped_models else []
         if skipped:
             print(f"{spec.name}: {skipped[0]}")
         env = environment("cpu")
@@ -261,10 +266,10 @@ def run_parity(spec: ParitySpec, options: RunOptions) -> list[dict[str, Any]]:
         write_manifest(sweep.out_dir, spec, {"device": env["device"], "preset": spec.preset})
         digests = {repo: source_digest(Path(path)) for repo, path in given.items() if path}
         common = {"preset": spec.preset, "overrides": spec.overrides, "threads": spec.threads, "seed": spec.seed}
-        points = [{"part": "model", "model": name, "repository": VARIANTS[name].repository,
-                   "checkout": given[VARIANTS[name].repository], "official_sources": digests[VARIANTS[name].repository],
+        points = [{"part": "model", "model": name, "repository": codes[name].repository,
+                   "checkout": given[codes[name].repository], "official_sources": digests[codes[name].repository],
                    "n_input": p.n_input, "n_target": p.n_target, "batch": spec.batch, "rounds": spec.rounds, **common}
-                  for name in spec.models if given[VARIANTS[name].repository] for p in spec.points]
+                  for name in spec.models if given[codes[name].repository] for p in spec.points]
         points += [{"part": "loader", "model": None, "repository": repo, "checkout": path, "official_sources": digests[repo],
                     "scene": spec.scene_path(), "image_size": spec.loader_image_size, "patch_size": spec.loader_patch_size}
                    for repo, path in given.items() if path and repo in LOADER_REPOSITORIES]

@@ -24,9 +24,9 @@ from PIL import Image
 from ..data import make_example, open_source
 from ..errors import MissingResource
 from ..metrics import psnr, ssim
-from .official import config_dict
+from models.official import attribute_config
 
-LOADER_REPOSITORIES = ("lvsm", "efficient_lvsm")  # the official repositories whose data loader is checked
+LOADER_REPOSITORIES = ("Haian-Jin/LVSM", "Ayakaee/Efficient-LVSM")  # the official repositories whose data loader is checked
 FRAMES, WIDTH, HEIGHT = 8, 640, 360
 BUILTIN_VIEWS = {"context": [0, 7], "target": [2, 4, 5]}
 SCENE_NAME = "builtin_640x360"
@@ -102,7 +102,7 @@ def official_views(load: Callable[[str], types.ModuleType], metadata: Path, scen
     """The official Dataset's item for `scene` with these context and target views."""
     (work / "list.txt").write_text(f"{metadata}\n")
     (work / "views.json").write_text(json.dumps({scene: views}))
-    config = config_dict({
+    config = attribute_config({
         "model": {"image_tokenizer": {"image_size": image_size, "patch_size": patch_size}},
         "training": {"dataset_path": str(work / "list.txt"), "square_crop": True, "scene_scale_factor": 1.35,
                      "num_views": len(views["context"]) + len(views["target"]), "view_selector": {},

@@ -25,20 +25,34 @@ from typing import Any, Callable, Literal, Mapping
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from models import PRESETS, build_model, label, list_models, model_card, model_class
+from models import build_model, label, model_class, released_models
 
 from ..pipeline import Sweep, write_manifest, write_report
 from ..runtime import autocast
 from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, RunOptions, Spec)
 from . import report
-from .measure import (FlopCounter, ModelCache, RunContext, alternating_ratio, compiled, first_call, input_views,
+from .measure import (FlopCounter, ModelCache, RunContext, Sizes, alternating_ratio, compiled, first_call, input_views,
                       mark_shared_cores, matmul_peak_tflops, measure_call, refuse_shared_cores, resolve_context,
                       sdpa_backend, sdpa_backend_used, synthetic_views, target_views)
 
 
 def released_variants() -> list[str]:
-    """The variants with an official release: the default model list of every profiling experiment."""
-    return [name for name in list_models() if model_card(name).official_params]
+    """The variants that are not an ablation of another: the default model list of every profiling experiment."""
+    return released_models()
+
+
+def baseline_variant() -> str:
+    """The default baseline of a ratio: the first released variant (full attention over every view)."""
+    return released_models()[0]
+
+
+def cached_variant() -> str:
+    """The default other side of a ratio: the first released variant with an exact cache of input views."""
+    return next((name for name in released_models() if model_class(name).offers("incremental_views")), baseline_variant())
+
+
+def default_ratio() -> list[str]:
+    return [cached_variant(), baseline_variant()]
 
 
 # ---------------------------------------------------------------------------------------- specs
@@ -72,7 +86,7 @@ class ProfileSpec(ViewGridSpec, SharedCores):
     kind: Literal["profile"]
     measure: Measurement = Measurement()
     # The pair whose ratios (first / second, same N and M) are tabulated, and the headline point.
-    ratio: list[ModelName] = Field(default=["efficient_lvsm", "lvsm_decoder_only"], min_length=2, max_length=2)
+    ratio: list[ModelName] = Field(default_factory=default_ratio, min_length=2, max_length=2)
     headline_n: Positive = 2
     headline_m: Positive = 1
 
@@ -91,8 +105,8 @@ class KVCacheRow(Spec):
 class KVCacheSpec(CostSpec, SharedCores):
     kind: Literal["profile_kv_cache"]
     measure: Measurement = Measurement()
-    cached_model: ModelName = "efficient_lvsm"
-    baseline_model: ModelName = "lvsm_decoder_only"
+    cached_model: ModelName = Field(default_factory=cached_variant)
+    baseline_model: ModelName = Field(default_factory=baseline_variant)
     n_cached: list[Positive] = Field(default=[4, 8, 16, 32, 48, 64], min_length=1)
     n_new: Positive = 1
     n_targets: Positive = 8
@@ -106,14 +120,14 @@ class KVCacheSpec(CostSpec, SharedCores):
     @classmethod
     def _has_extension(cls, names: list[str]) -> list[str]:
         for name in names:
-            if not hasattr(model_class(name), "extend_scene"):
+            if not model_class(name).offers("extend_scene"):
                 raise ValueError(f"{name!r} has no approximate incremental update (`extend_scene`) to compare its rebuild with")
         return names
 
     @field_validator("cached_model")
     @classmethod
     def _has_cache(cls, name: str) -> str:
-        if not hasattr(model_class(name), "incremental"):
+        if not model_class(name).offers("incremental_views"):
             raise ValueError(f"{name!r} has no KV-cache renderer (`incremental`)")
         return name
 
@@ -145,12 +159,12 @@ class EfficiencySpec(CostSpec, SharedCores):
     kind: Literal["profile_efficiency"]
     setting_search: SettingSearch = SettingSearch()
     measure: Measurement = Measurement()
-    models: list[ModelName] = Field(default=["lvsm_decoder_only", "efficient_lvsm"], min_length=1)
+    models: list[ModelName] = Field(default_factory=released_variants, min_length=1)
     n_input: Positive = 2
     n_target: Positive = 1
     # The pair whose latency and FLOPs ratio is compared with the published one.
-    baseline_model: ModelName = "lvsm_decoder_only"
-    fast_model: ModelName = "efficient_lvsm"
+    baseline_model: ModelName = Field(default_factory=baseline_variant)
+    fast_model: ModelName = Field(default_factory=cached_variant)
     published: Published[EfficiencyRow] | None = None
 
     @model_validator(mode="after")
@@ -191,7 +205,7 @@ def _sweep_and_report(spec: CostSpec, ctx: RunContext, points: list[dict[str, An
 def forward_measure(ctx: RunContext, settings: Measurement):
     """The sweep's `measure` for forward points, and for a `pair` point (two models timed in
     alternation at one N, M); each model is built (and compiled) once."""
-    counter, cache, fns = FlopCounter(ctx.config), ModelCache(ctx.config, ctx.device), {}
+    counter, cache, fns = FlopCounter(ctx.sizes), ModelCache(ctx.sizes, ctx.device), {}
 
     def callable_for(name: str, views) -> tuple[Callable, float | None]:
         if name not in fns:
@@ -242,7 +256,7 @@ def run_flops(spec: FlopsSpec, options: RunOptions) -> list[dict[str, Any]]:
     spec, ctx = _context(spec, options, measured=False)
     points = [ctx.point(model=model, n_input=n, n_target=m, batch=spec.batch)
               for model in spec.models for m in spec.n_targets for n in sorted(spec.n_inputs)]
-    counter = FlopCounter(ctx.config)
+    counter = FlopCounter(ctx.sizes)
 
     def measure(point: Mapping[str, Any]) -> dict[str, Any]:
         count = counter.forward(point["model"], point["n_input"], point["n_target"], point["batch"])
@@ -262,7 +276,7 @@ def run_kv_cache(spec: KVCacheSpec, options: RunOptions) -> list[dict[str, Any]]
     common = dict(n_new=spec.n_new, n_target=spec.n_targets, batch=spec.batch, measure=settings.key())
     arms = [(spec.cached_model, "kv_cache"), (spec.baseline_model, "recompute")] + [(name, "rebuild") for name in spec.rebuild_models]
     points = [ctx.point(model=model, mode=mode, n_cached=n, **common) for n in sorted(spec.n_cached) for model, mode in arms]
-    counter, models = FlopCounter(ctx.config), ModelCache(ctx.config, ctx.device)
+    counter, models = FlopCounter(ctx.sizes), ModelCache(ctx.sizes, ctx.device)
     size, dev = ctx.image_size, ctx.device
 
     def measure(point: Mapping[str, Any]) -> dict[str, Any]:
@@ -334,7 +348,7 @@ def published_setting_search(spec: EfficiencySpec) -> tuple[list[dict[str, Any]]
     counted = []
     if found:
         best = found[0]
-        counter = FlopCounter(PRESETS["paper"].with_overrides(image_size=best["px"]))
+        counter = FlopCounter(Sizes("paper", {"image_size": best["px"]}))
         for name in published:
             count = counter.forward(name, best["N"], best["M"])
             counted.append({"model": name, "N": best["N"], "M": best["M"], "px": best["px"],

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import PRESETS, ModelConfig, build_model, label, model_class
+from models import SHARED_SIZES, VariantConfig, build_model, label, model_class, model_config, preset_names
 from models.base import NVSModel
 from models.flops import FlopEstimate
 
@@ -95,41 +95,62 @@ def _count(fn: Callable[[], Any]) -> int:
     return counter.get_total_flops()
 
 
-class FlopCounter:
-    """Counts the forward FLOPs of the variants at one model config; models are built once, on meta."""
+@dataclass(frozen=True)
+class Sizes:
+    """The models of a run: one preset name, with overrides of fields every variant shares (image_size
+    ...); each variant's config is its own preset of that name with them."""
+    preset: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
-    def __init__(self, config: ModelConfig):
-        self.config = config
+    def config(self, name: str) -> VariantConfig:
+        return model_config(name, self.preset, **self.overrides)
+
+    @property
+    def image_size(self) -> int:
+        if "image_size" in self.overrides:
+            return int(self.overrides["image_size"])
+        return VariantConfig(**SHARED_SIZES.get(self.preset, {})).image_size
+
+    def with_image_size(self, image_size: int) -> "Sizes":
+        return Sizes(self.preset, {**self.overrides, "image_size": image_size})
+
+
+class FlopCounter:
+    """Counts the forward FLOPs of the variants at one preset; models are built once, on meta."""
+
+    def __init__(self, sizes: Sizes):
+        self.sizes = sizes
         self._models: dict[str, NVSModel] = {}
 
     def model(self, name: str) -> NVSModel:
         if name not in self._models:
             with torch.device("meta"):
-                self._models[name] = build_model(name, self.config).eval()
+                self._models[name] = build_model(name, self.sizes.config(name)).eval()
         return self._models[name]
 
     def forward(self, name: str, n_input: int, n_target: int, batch: int = 1) -> FlopCount:
-        model, size = self.model(name), self.config.image_size
+        model = self.model(name)
+        size = model.config.image_size
         views = synthetic_views(batch, n_input, n_target, size, "meta")
         return FlopCount(_count(lambda: model(*views)), model.analytic_flops(n_input, n_target, batch, size))
 
     def incremental(self, name: str, n_cached: int, n_new: int, n_target: int, batch: int = 1) -> FlopCount:
         """Adding `n_new` views to a KV cache of `n_cached` views, then rendering `n_target` views."""
-        model, size = self.model(name), self.config.image_size
+        model = self.model(name)
+        size = model.config.image_size
         renderer = model.incremental(*target_views(batch, n_target, size, "meta"), size, size)
         with torch.no_grad():
             renderer.add_views(*input_views(batch, n_cached, size, "meta"))
         new = input_views(batch, n_new, size, "meta", seed=7)
         counted = _count(lambda: renderer.add_views(*new).render())
-        analytic = (model.input_stream_flops(n_new, batch, size)
-                    + model.target_stream_flops(n_cached + n_new, n_target, batch, size))
-        return FlopCount(counted, analytic)
+        return FlopCount(counted, model.incremental_flops(n_cached, n_new, n_target, batch, size))
 
 
     def scene(self, name: str, n_input: int, n_target: int = 1, batch: int = 1) -> tuple[int, int, Any]:
         """Encode once, render many: FLOPs of `encode_scene` on n_input views and of `render_scene`
         of n_target more views from that state, and the state (meta tensors: shapes only)."""
-        model, size = self.model(name), self.config.image_size
+        model = self.model(name)
+        size = model.config.image_size
         images, c2w, fxfycxcy, target_c2w, target_fxfycxcy = synthetic_views(batch, n_input, n_target, size, "meta")
         built: list[Any] = []
         encode = _count(lambda: built.append(model.encode_scene(images, c2w, fxfycxcy)))
@@ -524,34 +545,37 @@ class RunContext:
     """What a profiling experiment resolves to on this machine: device, dtype, preset and model config."""
     device: torch.device
     dtype: str
-    preset: str
-    config: ModelConfig
+    sizes: Sizes
     batch: int
     version: str
     env: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def preset(self) -> str:
+        return self.sizes.preset
+
+    @property
     def image_size(self) -> int:
-        return self.config.image_size
+        return self.sizes.image_size
 
     def point(self, **values: Any) -> dict[str, Any]:
         """A point's identity: the swept values plus everything that changes what is measured."""
         measured = {} if self.device.type == "meta" else {"threads": self.env["threads"]}
         names = values.get("pair") or ([values["model"]] if "model" in values else [])
-        numerics = {name: n for name in names if (n := model_class(name).numerics_of(self.config, self.device))}
-        if numerics and self.device.type != "meta":  # what ran changes the time (LaCT's bfloat16 kernel)
+        numerics = {name: n for name in names if (n := model_class(name).numerics_of(self.sizes.config(name), self.device))}
+        if numerics and self.device.type != "meta":  # what ran changes the time (a variant's kernel choice)
             measured["numerics"] = numerics
-        return {"preset": self.preset, "config": self.config.to_dict(), "device": self.env["device"],
+        configs = {name: self.sizes.config(name).to_dict() for name in names}
+        return {"preset": self.preset, "config": configs, "device": self.env["device"],
                 "dtype": self.dtype, **measured, **values}
 
     def notes(self, rows: Sequence[Mapping[str, Any]] = ()) -> list[str]:
         """Provenance lines; the commit is the one the `rows` were measured at (a rerun that only
         rebuilds the tables from recorded rows must not relabel them with the current commit)."""
-        c = self.config
-        size = (f"preset `{self.preset}` (dim {c.dim}, head dim {c.head_dim}, decoder-only and LaCT depth {c.depth}, "
-                f"enc-dec {c.encoder_depth}+{c.decoder_depth} with {c.n_latents} latents, Efficient-LVSM "
-                f"{c.stream_depth}+{c.stream_depth}, LaCT fast weights {c.fast_weight_ratio}x), {c.image_size}x{c.image_size} px, "
-                f"patch {c.patch_size}, batch {self.batch}")
+        names = dict.fromkeys(name for r in rows for name in (r.get("pair") or [r.get("model")]) if name)
+        described = "; ".join(f"{label(name)}: {self.sizes.config(name).describe()}" for name in names)
+        size = f"preset `{self.preset}`, batch {self.batch}"
+        size += f" ({described})" if described else f", {self.image_size}x{self.image_size} px"
         if self.device.type == "meta":
             where = "counted: FlopCounterMode on the meta device (shapes only), forward pass, attention included"
         else:
@@ -600,12 +624,12 @@ def resolve_context(preset: str, batch: int, image_size: int | None, measurement
     """`measurement` None: FLOPs only, counted on the meta device."""
     dev = torch.device("meta") if measurement is None else resolve_device(measurement.device)
     name = resolve_preset(preset, dev)
-    if name not in PRESETS:
-        raise ConfigError(f"preset: unknown value {name!r}; allowed: auto, {', '.join(PRESETS)}")
-    config = PRESETS[name]
+    if name not in preset_names():
+        raise ConfigError(f"preset: unknown value {name!r}; allowed: auto, {', '.join(preset_names())}")
+    sizes = Sizes(name) if image_size is None else Sizes(name).with_image_size(image_size)
     if image_size is not None:
         try:
-            config = config.with_overrides(image_size=image_size)
+            VariantConfig(**{**SHARED_SIZES.get(name, {}), "image_size": image_size})
         except ValueError as error:
             raise ConfigError(f"image_size: {error}") from None
     if measurement is not None and measurement.threads:
@@ -616,20 +640,20 @@ def resolve_context(preset: str, batch: int, image_size: int | None, measurement
     env = environment("cpu" if dev.type == "meta" else dev)
     if dev.type == "meta":
         env["device"] = "meta (counted, not run)"
-    return RunContext(dev, dtype, name, config, batch, code_version(), env)
+    return RunContext(dev, dtype, sizes, batch, code_version(), env)
 
 
 class ModelCache:
     """Builds each variant once on the measuring device, so that points of different variants can
     alternate (a burst of load from other processes then hits neighbours alike)."""
 
-    def __init__(self, config: ModelConfig, device: torch.device):
-        self.config, self.device = config, device
+    def __init__(self, sizes: Sizes, device: torch.device):
+        self.sizes, self.device = sizes, device
         self.models: dict[str, NVSModel] = {}
 
     def get(self, name: str) -> NVSModel:
         if name not in self.models:
             torch.manual_seed(0)
             with torch.device(self.device):
-                self.models[name] = build_model(name, self.config).eval().requires_grad_(False)
+                self.models[name] = build_model(name, self.sizes.config(name)).eval().requires_grad_(False)
         return self.models[name]

@@ -92,8 +92,8 @@ def run_one_more_target(spec: OneMoreTargetSpec, options: RunOptions) -> list[di
               for n in sorted(spec.n_inputs) for name in spec.models]
     points += [timed.point(part="latency", model=name, n_input=n, batch=b, measure=spec.measure.key())
                for n in sorted(spec.timed_n_inputs or spec.n_inputs) for name in spec.models]
-    counter_at = {"flops": FlopCounter(counted.config), "latency": FlopCounter(timed.config)}
-    models = ModelCache(timed.config, timed.device)
+    counter_at = {"flops": FlopCounter(counted.sizes), "latency": FlopCounter(timed.sizes)}
+    models = ModelCache(timed.sizes, timed.device)
 
     def measure(point: Mapping[str, Any]) -> dict[str, Any]:
         name, n = point["model"], point["n_input"]

@@ -49,12 +49,12 @@ def variants() -> list[Variant]:
     import torch
     from matplotlib.colors import to_hex
 
-    from models import PRESETS, build_model, list_models, model_card
+    from models import build_model, config_class, list_models, model_card, presets
     out = []
     for name in list_models():
         card = model_card(name)
         params = {}
-        for preset in PRESETS:
+        for preset in presets(name):
             try:
                 with torch.device("meta"):
                     params[preset] = f"{build_model(name, preset).num_parameters():,}"
@@ -71,7 +71,7 @@ def variants() -> list[Variant]:
                       "numbers": ", ".join(f"{k} {v}" for k, v in entry.values.items())} for table, entry in card.published.items()]
         out.append(Variant(name, card.label, color, card.paper, code, _licence(card),
                            f"{card.official_params:,}" if card.official_params else "n/a", params,
-                           ", ".join(card.reads), card.ablation_of, published))
+                           ", ".join(config_class(name).own_fields()), card.ablation_of, published))
     return out
 
 

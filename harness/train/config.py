@@ -80,7 +80,7 @@ class TrainSpec(Spec):
 class TrainExperiment(ExperimentBase):
     """kind: train -- one model, one run, resumable from its checkpoint."""
     kind: Literal["train"]
-    model: ModelRef = ModelRef(name="lvsm_decoder_only", preset="tiny")
+    model: ModelRef
     data: TrainData = TrainData()
     optim: OptimSpec = OptimSpec()
     train: TrainSpec = TrainSpec()
@@ -90,8 +90,8 @@ class TrainExperiment(ExperimentBase):
 
 
 def _released() -> list[str]:
-    from models import list_models, model_card
-    return [name for name in list_models() if model_card(name).official_params]
+    from models import released_models
+    return released_models()
 
 
 class Arm(Spec):
@@ -134,7 +134,7 @@ class ConvergenceExperiment(ExperimentBase):
     reference: str = ""  # the arm every other is compared with
     preset: PresetName = "tiny"
     overrides: dict[str, Any] = {}
-    # Per-variant config fields (each variant reads its own depth fields: `depth`, `encoder_depth` ...).
+    # Fields of one variant's own config (its depths ...), applied to its arms only.
     variant_overrides: dict[ModelName, dict[str, Any]] = {}
     data: TrainData = TrainData()
     optim: OptimSpec = OptimSpec()

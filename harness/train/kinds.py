@@ -18,7 +18,6 @@ from typing import Any
 import pandas as pd
 
 from models import label
-from models.registry import resolve_config
 
 from ..pipeline import Report, Sweep, Table, write_manifest, write_report
 from ..provenance import environment
@@ -143,7 +142,7 @@ def check_shippable(exp: ConvergenceExperiment, options: RunOptions) -> None:
     if not options.force_ship:
         for arm in exp.study_arms():
             spec = exp.model_spec(arm)
-            check_replaceable(Path(exp.ship_weights), f"{arm.name}.pt", spec.name, resolve_config(spec.preset, **spec.overrides).to_dict())
+            check_replaceable(Path(exp.ship_weights), f"{arm.name}.pt", spec.name, spec.config().to_dict())
 
 
 def recorded(exp: ConvergenceExperiment, sweep: Sweep, points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -33,8 +33,8 @@ Which hidden states (`layers`, 0-based block indices, negative counting from the
 projector per layer, their losses averaged), as each variant declares them (`target_states`, beside
 `depth_fields`), so a plugin variant can be aligned too:
 - Efficient-LVSM and its ablations (`target_blocks`): the output of target block i, [b*m, P, d].
-- LVSM decoder-only, `lvsm_masked`, `mmdit_joint` (`blocks`, sequences [inputs ; target]): the
-  target tokens of block i's output.
+- LVSM decoder-only and the ablations built on it or on joint attention (`blocks`, sequences
+  [inputs ; target]): the target tokens of block i's output.
 - LVSM encoder-decoder (`decoder`, sequences [target ; latents]): the target tokens of decoder block i.
 A variant that declares none is refused with a ConfigError. The default (`layers: []`) is the single block at
 one third of that depth, index max(depth // 3 - 1, 0): block 3 of Efficient-LVSM's 12 target

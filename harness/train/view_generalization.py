@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-from models import label, model_card
+from models import label, list_models, model_card, model_class
 
 from .. import metrics
 from ..errors import ConfigError, MissingResource
@@ -40,7 +40,9 @@ class ViewGeneralizationSpec(ExperimentBase):
     trained: str = "convergence.yaml"  # the convergence experiment whose checkpoints are evaluated (relative to this file)
     variants: list[ModelName] = Field(min_length=1)
     n_inputs: list[Positive] = Field(default=list(range(1, 13)), min_length=1)
-    kv_cache: list[ModelName] = ["efficient_lvsm"]  # also evaluated by adding views one at a time
+    # Also evaluated by adding views one at a time (default: every variant offering an exact input cache).
+    kv_cache: list[ModelName] = Field(default_factory=lambda: [name for name in list_models()
+                                                               if model_class(name).offers("incremental_views")])
     batch_size: Positive = 8
 
 
