@@ -3,6 +3,7 @@ runs self-attention, then cross-attention to all input views' states at the same
 (layer-wise co-refinement), then an MLP (Jia et al., ICLR 2026)."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -265,6 +266,11 @@ class IncrementalRenderer:
             self.cache = new
         self.num_views += k
         return self
+
+    def fork(self) -> "IncrementalRenderer":
+        """A renderer holding the same views: adding views to it leaves this one as it is (the cache's
+        tensors are never written in place, only replaced by longer ones)."""
+        return copy.copy(self)
 
     def render(self) -> torch.Tensor:
         if not self.cache:

@@ -295,14 +295,12 @@ def run_kv_cache(spec: KVCacheSpec, options: RunOptions) -> list[dict[str, Any]]
         renderer = model.incremental(*target_views(b, m, size, dev), size, size)
         with torch.no_grad(), autocast(dev, ctx.dtype):
             renderer.add_views(*input_views(b, n, size, dev))
-        base, added = renderer.cache, input_views(b, new, size, dev, seed=7)
+        added = input_views(b, new, size, dev, seed=7)
 
         def step():
-            # Each timed run starts again from the same N cached views.
-            renderer.cache, renderer.num_views = base, n
-            return renderer.add_views(*added).render()
+            return renderer.fork().add_views(*added).render()  # each timed run starts again from the same N views
 
-        return {**flops.columns(), "kv_cache_mb": _cache_mib(base), **measure_call(step, dev, ctx.dtype, settings)}
+        return {**flops.columns(), "kv_cache_mb": _cache_mib(renderer.cache), **measure_call(step, dev, ctx.dtype, settings)}
 
     return _sweep_and_report(spec, ctx, points, measure, lambda p: f"{p['mode']} N={p['n_cached']}", options,
                              lambda rows, expected: report.kv_cache_report(spec, ctx, rows, expected))
