@@ -192,6 +192,11 @@ def image_metrics(pred: torch.Tensor, target: torch.Tensor, lpips_metric: LPIPSM
 
 # ---------------------------------------------------------------------------------------- aggregation
 
+def none_if_nan(value: Any) -> Any:
+    """A number as a row records it: NaN (a metric not computed) as None."""
+    return None if value is None or (isinstance(value, float) and value != value) else float(value)
+
+
 def _mean(values: Iterable[Any]) -> float | None:
     """Mean of the present values; None (n/a) if any is missing, so a partial column never masquerades
     as a complete one."""

@@ -19,7 +19,7 @@ import torch
 
 from .errors import HarnessError
 from .provenance import clean_commit
-from .records import RecordStore, write_atomic
+from .records import RecordStore, current_rows, write_atomic
 from .schema import ExperimentBase, PaperEntry, RunOptions, load_experiment, run_spec
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ def status(spec: ExperimentBase, paper: PaperEntry) -> str:
     shown = set(manifest.get("rows_shown") or ())
     if shown:  # tables built from rows of several code versions (--from-records) name the rows they show
         ok, rows = [r for r in ok if r.get("key") in shown], [r for r in rows if r.get("key") in shown]
-    elif ok:  # the rows the current tables show: those of the latest code version recorded
-        ok = [r for r in ok if r.get("version") == ok[-1].get("version")]
-        rows = [r for r in rows if r.get("version") == ok[-1].get("version")]
+    else:  # the rows the current tables show: the latest of each point
+        rows = current_rows(rows)
+        ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
         lacking = missing(paper)
         return lacking or f"not run yet (`make {paper.target}`)"
@@ -91,7 +91,8 @@ def status(spec: ExperimentBase, paper: PaperEntry) -> str:
     devices = sorted({str(r["device"]) for r in ok if r.get("device")}) or ([manifest["device"]] if manifest.get("device") else [])
     device = ", ".join(devices) or "a device not recorded"
     # A row measured in a tree with uncommitted changes is named by the commit that holds its code.
-    commits = sorted({clean_commit(str(r["commit"]), str(r.get("version", ""))) for r in ok if r.get("commit")})
+    commits = sorted({clean_commit(str(r["commit"]), str(r.get("version", "")), tuple(r.get("code_modules") or ()))
+                      for r in ok if r.get("commit")})
     preset = manifest.get("preset") or manifest.get("experiment", {}).get("preset")
     scale = f", preset {preset}" if preset else ""
     failed = len(rows) - len(ok)
@@ -106,7 +107,7 @@ def write_index(experiments_dir: str | Path = "experiments", out: str | Path = "
              "(Jia et al., ICLR 2026) that the harness covers: its make target, its status here, and our headline "
              "numbers beside the published ones (each table states where every number came from). A commit names the "
              "code the rows were measured with: a row measured with uncommitted changes records `<commit>-dirty` and "
-             "a hash of models/ and harness/; the index names the first later commit that holds exactly that code.", ""]
+             "a hash of the code that measured it; the index names the first later commit that holds exactly that code.", ""]
     for number, entry in enumerate(entries(experiments_dir), 1):
         spec, paper = entry.spec, entry.paper
         results = spec.results_dir()

@@ -5,7 +5,9 @@ A kind lists its points (plain dicts: what is measured and everything that chang
 it exists; a point that raises is recorded with status `oom` / `error` and its reason, and the sweep
 goes on. A rerun skips points recorded `ok` or `oom` for the same experiment, point and code version
 (an OOM would only repeat; an evaluation retries it too, since its table must be complete) and retries
-the failed ones. The kind then builds a `Report` from the
+the failed ones. A point's code version covers the code that measures it (`code`: the kind's measuring
+module and the variants it measures, see `provenance.code_version`), so an edit elsewhere (another
+variant, the site, a docstring) re-measures nothing. The kind then builds a `Report` from the
 recorded rows alone (never from memory); `write_report` renders it once to Markdown, CSV, LaTeX and
 the console, with its figures, beside one `manifest.json` (resolved config, environment, commit).
 
@@ -36,7 +38,7 @@ from .distributed import World, current_world
 from .errors import OutputError
 from .outputs import ROWS, check_owner, current_ledger, ensure_writable, lock, rank_rows
 from .provenance import code_version, git_commit
-from .records import RecordStore, point_key, write_atomic
+from .records import RecordStore, point_id, point_key, write_atomic
 from .tables import markdown, write_tables
 
 log = logging.getLogger(__name__)
@@ -91,12 +93,16 @@ class Sweep:
     out_dir: Path
     experiment: str
     context: Mapping[str, Any] = field(default_factory=dict)  # columns added to every row (device, commit ...)
-    version: str = field(default_factory=code_version)
+    version: str | None = None  # one code version for every point, instead of the version of its `code`
     skip: tuple[str, ...] = SKIP_STATUSES  # statuses a rerun does not measure again
     # True: every rank measures every point together (DDP training) and rank 0 records it; False: the
     # points are shared out across the ranks, each measured by one.
     together: bool = False
     world: World = field(default_factory=current_world)
+    # The modules whose code measures a point (`provenance.measured_by`): its rows are keyed by their code
+    # version. None: every module of models/ and harness/, so that no point resumes across an edit of
+    # code that may have measured it.
+    code: Callable[[Point], Sequence[str]] | None = None
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -126,8 +132,14 @@ class Sweep:
         self.world.barrier()
         self.world.agree(self._absorb_rank_files)
 
+    def modules(self, point: Point) -> tuple[str, ...]:
+        return tuple(self.code(point)) if self.code and self.version is None else ()
+
+    def version_of(self, point: Point) -> str:
+        return self.version if self.version is not None else code_version(*self.modules(point))
+
     def key(self, point: Point) -> str:
-        return point_key(self.experiment, point, self.version)
+        return point_key(self.experiment, point, self.version_of(point))
 
     def _track(self, points: Sequence[Point], label: Callable[[Point], str] | None = None) -> None:
         book = current_ledger()
@@ -147,7 +159,10 @@ class Sweep:
 
     def record(self, point: Point, result: Mapping[str, Any], status: str = "ok", error: str | None = None) -> dict[str, Any]:
         world = {"rank": self.world.rank, "world_size": self.world.size} if self.world.distributed else {}
-        row = {"key": self.key(point), "experiment": self.experiment, "version": self.version, "status": status,
+        # `code_modules` lets the paper index find the commit that holds a version measured with uncommitted
+        # changes; `point_id` lets readers take a point's latest row whatever code version measured it.
+        row = {"key": self.key(point), "point_id": point_id(self.experiment, point), "experiment": self.experiment,
+               "version": self.version_of(point), "code_modules": list(self.modules(point)), "status": status,
                "error": error, **self.context, **world, **point, **result}
         if self.world.is_main or not self.together:
             self._mine.append(row)
@@ -282,8 +297,9 @@ def write_manifest(out_dir: str | Path, spec: Any, extra: Mapping[str, Any] | No
     path = Path(out_dir) / "manifest.json"
     if not world.is_main:
         return path
+    # No code version here: each row carries the version of the code that measured it.
     manifest = {"experiment": spec.model_dump(mode="json"), "command": sys.argv, "commit": git_commit(),
-                "code_version": code_version(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "world_size": world.size, "world": world.describe(), **(extra or {}), **environment_report()}
     write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     return path

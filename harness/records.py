@@ -27,6 +27,31 @@ def point_key(experiment: str, point: Mapping[str, Any], version: str) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+def point_id(experiment: str, point: Mapping[str, Any]) -> str:
+    """A point whatever code measured it: the rows of one point under several code versions share it."""
+    blob = json.dumps({"experiment": experiment, "point": point}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def current_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows the tables show: the latest row of each point, whichever code version measured it (one
+    variant's rows may be newer than another's). Rows written before rows named their point (no `point_id`)
+    count only while no row does, and then those of the latest code version recorded."""
+    rows = [dict(r) for r in rows if "key" in r]
+    if any(r.get("point_id") for r in rows):
+        latest: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            if row.get("point_id"):
+                latest[row["point_id"]] = row
+        return list(latest.values())
+    by_key: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        by_key[row["key"]] = row
+    rows = list(by_key.values())
+    ok = [r for r in rows if r.get("status", "ok") == "ok" and r.get("version")]
+    return [r for r in rows if r.get("version") == ok[-1]["version"]] if ok else rows
+
+
 class RecordStore:
     """One JSON-lines file. A row is appended whole or not at all: an append that fails (no space,
     an I/O error, an interrupt) cuts the file back to its size before the append and stops with

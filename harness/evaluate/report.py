@@ -10,14 +10,10 @@ import torch
 
 from models import label as variant_label, list_models, model_card
 
-from ..metrics import METRICS, mean_over_scenes
+from ..metrics import METRICS, mean_over_scenes, none_if_nan
 from ..pipeline import Report, Table
 from .inputs import RANDOM_INIT, ResolvedData
 from .spec import EvaluateSpec
-
-
-def none_if_nan(value: Any) -> Any:
-    return None if value is None or (isinstance(value, float) and value != value) else float(value)
 
 
 def tables(rows: list[dict[str, Any]], labels: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:

@@ -19,9 +19,9 @@ import torch
 from tqdm import tqdm
 
 from ..errors import MissingResource, OutputError
-from ..metrics import METRICS, LPIPSMetric, image_metrics, scene_means
+from ..metrics import METRICS, LPIPSMetric, image_metrics, none_if_nan, scene_means
 from ..pipeline import Sweep, failure_status, one_line, release_memory, write_manifest, write_report
-from ..provenance import environment
+from ..provenance import environment, measured_by
 from ..records import write_atomic
 from ..runtime import default_dtype, resolve_device
 from . import report
@@ -57,7 +57,8 @@ class Evaluation:
                 raise MissingResource(f"{spec.name}: checkpoint {expand(model.checkpoint)} of {model.label or model.name} not found"
                                       + (f"; {' '.join(spec.requires.split())}" if spec.requires else ""))
         self.data = resolve_data(spec.data)  # before the output directory exists: missing data writes nothing
-        self.sweep = Sweep(spec.results_dir(), spec.name, context=self.environment, skip=("ok",))
+        self.sweep = Sweep(spec.results_dir(), spec.name, context=self.environment, skip=("ok",),
+                           code=lambda p: measured_by(__name__, p["variant"], sources=[p["data"]["source"]]))
         self.index = self.data.index
         self.lpips = LPIPSMetric(spec.lpips_net, self.device, spec.lpips_backbone or None)
         self.labels = [label_of(m, spec.models) for m in spec.models]
@@ -162,7 +163,7 @@ class Evaluation:
         # A scene its protocol scores at another size (a portrait frame under `lvsm`) says so in its row.
         flag = f"scored at {width}x{height}" if size is not None and (height, width) != (size, size) else ""
         self.sweep.record(point, {**self._columns(loaded, ex.scene), "per_view": view_rows, "targets": int(means["targets"]),
-                                  **{m: report.none_if_nan(means[m]) for m in METRICS}, "data_notes": list(ex.notes),
+                                  **{m: none_if_nan(means[m]) for m in METRICS}, "data_notes": list(ex.notes),
                                   "scored_px": f"{width}x{height}", "flag": flag})
 
     def _grid_scenes(self) -> list[str]:

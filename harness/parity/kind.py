@@ -31,9 +31,9 @@ from models import build_model, label
 from ..errors import MissingResource
 from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_manifest, write_report
 from ..profile.measure import interleaved_ms, median_iqr, refuse_shared_cores, synthetic_views
-from ..provenance import environment
+from ..provenance import environment, measured_by
 from ..schema import ExperimentBase, Kind, PositiveFloat, Positive, PresetName, RunOptions, Spec
-from .loader import LOADER_REPOSITORIES, loader_parity
+from .loader import LOADER_REPOSITORIES, LOADER_SOURCES, loader_parity
 from .official import build_pair, check_checkout, official_code, official_variants, repositories, stand_ins
 
 
@@ -262,7 +262,8 @@ def run_parity(spec: ParitySpec, options: RunOptions) -> list[dict[str, Any]]:
         if skipped:
             print(f"{spec.name}: {skipped[0]}")
         env = environment("cpu")
-        sweep = Sweep(spec.results_dir(), spec.name, context=env)
+        sweep = Sweep(spec.results_dir(), spec.name, context=env, code=lambda p: (
+            measured_by(__name__, p["model"]) if p["part"] == "model" else measured_by(__name__, sources=LOADER_SOURCES)))
         write_manifest(sweep.out_dir, spec, {"device": env["device"], "preset": spec.preset})
         digests = {repo: source_digest(Path(path)) for repo, path in given.items() if path}
         common = {"preset": spec.preset, "overrides": spec.overrides, "threads": spec.threads, "seed": spec.seed}

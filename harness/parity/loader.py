@@ -27,6 +27,7 @@ from ..metrics import psnr, ssim
 from models.official import attribute_config
 
 LOADER_REPOSITORIES = ("Haian-Jin/LVSM", "Ayakaee/Efficient-LVSM")  # the official repositories whose data loader is checked
+LOADER_SOURCES = ("lvsm_json", "re10k")  # our data sources `loader_parity` reads a scene through
 FRAMES, WIDTH, HEIGHT = 8, 640, 360
 BUILTIN_VIEWS = {"context": [0, 7], "target": [2, 4, 5]}
 SCENE_NAME = "builtin_640x360"

@@ -28,6 +28,7 @@ from pydantic import Field, field_validator, model_validator
 from models import build_model, label, model_class, released_models
 
 from ..pipeline import Sweep, write_manifest, write_report
+from ..provenance import measured_by
 from ..runtime import autocast
 from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, RunOptions, Spec)
 from . import report
@@ -188,7 +189,7 @@ def _context(spec: CostSpec, options: RunOptions, measured: bool = True) -> tupl
 
 def _sweep_and_report(spec: CostSpec, ctx: RunContext, points: list[dict[str, Any]], measure, label_of, options: RunOptions,
                       build) -> list[dict[str, Any]]:
-    sweep = Sweep(spec.results_dir(), spec.name, context=ctx.env, version=ctx.version)
+    sweep = Sweep(spec.results_dir(), spec.name, context=ctx.env, code=lambda p: measured_by(__name__, *_variants(p)))
     write_manifest(sweep.out_dir, spec, {"device": ctx.env["device"], "preset": ctx.preset, "dtype": ctx.dtype})
     summary = sweep.run(points, measure, label_of, options.progress,
                         deadline_s=getattr(getattr(spec, "measure", None), "deadline_s", None))
@@ -234,6 +235,10 @@ def forward_measure(ctx: RunContext, settings: Measurement):
                 "matmul_peak_tflops": peak, "mfu": achieved / peak, "sdpa_backend_used": used}
 
     return measure
+
+
+def _variants(point: Mapping[str, Any]) -> list[str]:
+    return point.get("pair") or [point["model"]]
 
 
 def _point_label(point: Mapping[str, Any]) -> str:

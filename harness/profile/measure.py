@@ -30,7 +30,7 @@ from models.flops import FlopEstimate
 from ..distributed import current_world
 from ..errors import ConfigError
 from ..pipeline import measured_commits
-from ..provenance import code_version, environment
+from ..provenance import environment
 from ..runtime import autocast, default_dtype, resolve_device, resolve_preset
 from ..schema import Measurement
 
@@ -547,7 +547,6 @@ class RunContext:
     dtype: str
     sizes: Sizes
     batch: int
-    version: str
     env: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -586,7 +585,8 @@ class RunContext:
         numerics = [f"numerics: {'; '.join(ran)}"] if ran else []
         return [where, size, *numerics, "inputs: synthetic random views; weights: random init (cost does not depend on values)",
                 f"code: commit {', '.join(measured_commits(rows) or [self.env['commit']])}, "
-                f"records keyed by code version {self.version}"]
+                f"records keyed by the version of the code that measures each point "
+                f"({', '.join(sorted({str(r['version']) for r in rows if r.get('version')})) or 'none recorded yet'})"]
 
 
 def refuse_shared_cores(name: str, device: torch.device, allowed: bool) -> None:
@@ -640,7 +640,7 @@ def resolve_context(preset: str, batch: int, image_size: int | None, measurement
     env = environment("cpu" if dev.type == "meta" else dev)
     if dev.type == "meta":
         env["device"] = "meta (counted, not run)"
-    return RunContext(dev, dtype, sizes, batch, code_version(), env)
+    return RunContext(dev, dtype, sizes, batch, env)
 
 
 class ModelCache:

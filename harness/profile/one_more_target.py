@@ -26,6 +26,7 @@ from models import label, list_models, model_card, model_class
 
 from ..plots import plt
 from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_manifest, write_report
+from ..provenance import measured_by
 from ..runtime import autocast
 from ..schema import Kind, Measurement, ModelName, Positive, PresetName, RunOptions, Spec
 from .kinds import CostSpec, SharedCores
@@ -111,7 +112,7 @@ def run_one_more_target(spec: OneMoreTargetSpec, options: RunOptions) -> list[di
                               spec.measure)
         return {**columns, **_state_columns(name, state), **timing}  # the state as built here (bf16 under autocast)
 
-    sweep = Sweep(spec.results_dir(), spec.name, context=timed.env, version=timed.version)
+    sweep = Sweep(spec.results_dir(), spec.name, context=timed.env, code=lambda p: measured_by(__name__, p["model"]))
     write_manifest(sweep.out_dir, spec, {"device": timed.env["device"], "preset": timed.preset,
                                          "flops_preset": counted.preset, "dtype": timed.dtype})
     summary = sweep.run(points, measure, lambda p: f"{p['model']} {p['part']} N={p['n_input']}", options.progress,

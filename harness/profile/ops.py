@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 from models import build_model, label
 
 from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_manifest, write_report
-from ..provenance import environment
+from ..provenance import environment, measured_by
 from ..schema import ExperimentBase, Kind, ModelName, ModelRef, Positive, PositiveFloat, PresetName, Published, RunOptions, Spec
 from .kinds import SharedCores, released_variants
 from .measure import mark_shared_cores, refuse_shared_cores, synthetic_views
@@ -169,7 +169,7 @@ def run_op_profile(spec: OpProfileSpec, options: RunOptions) -> list[dict[str, A
     torch.set_num_threads(spec.threads)
     try:
         env = environment("cpu")
-        sweep = Sweep(spec.results_dir(), spec.name, context=env)
+        sweep = Sweep(spec.results_dir(), spec.name, context=env, code=lambda p: measured_by(__name__, p["model"]))
         write_manifest(sweep.out_dir, spec, {"device": env["device"], "preset": spec.preset})
         points = [{"model": name, "preset": spec.preset, "overrides": spec.overrides, "n_input": n, "n_target": m,
                    "threads": spec.threads, "top": spec.top}

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import HarnessError
 from ..paper import ORDER, status as paper_status
-from ..records import RecordStore
+from ..records import RecordStore, current_rows as shown_rows
 from ..schema import ExperimentBase, load_experiment
 from .scenes import strips_from_grid
 from .tables import TableView, table_view
@@ -136,14 +136,9 @@ def rebase(spec: ExperimentBase, results_root: Path) -> ExperimentBase:
 
 
 def current_rows(results: Path) -> list[dict[str, Any]]:
-    """The rows the current tables show: the latest row per point of the latest code version recorded."""
+    """The rows the current tables show: the latest row of each point (`records.current_rows`)."""
     store = RecordStore(results / "rows.jsonl")
-    rows = list(store.latest_by_key().values()) if store.path.is_file() else []
-    ok = [r for r in rows if r.get("status", "ok") == "ok" and r.get("version")]
-    if ok:
-        version = ok[-1]["version"]
-        rows = [r for r in rows if r.get("version") == version]
-    return rows
+    return shown_rows(store.rows()) if store.path.is_file() else []
 
 
 def manifest_of(results: Path) -> dict[str, Any]:
@@ -201,7 +196,7 @@ def provenance(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], n
     world = manifest.get("world_size") or ", ".join(_values(ok, "world_size"))
     items = [("device", device), ("dtype", dtype), ("preset", preset), ("data", data_text), ("protocol", protocol),
              ("commit", commit), ("world size", str(world) if world else ""),
-             ("code version", manifest.get("code_version") or ", ".join(_values(ok, "version"))),
+             ("code version", ", ".join(_values(ok, "version")) or manifest.get("code_version")),
              ("torch", (manifest.get("packages") or {}).get("torch") or ", ".join(_values(ok, "torch"))),
              ("written", manifest.get("written") or "")]
     return [(label, str(value) if value else "not recorded") for label, value in items]

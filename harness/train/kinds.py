@@ -20,7 +20,7 @@ import pandas as pd
 from models import label
 
 from ..pipeline import Report, Sweep, Table, write_manifest, write_report
-from ..provenance import environment
+from ..provenance import environment, measured_by
 from ..runtime import resolve_device
 from ..errors import ConfigError
 from ..schema import Kind, RunOptions, load_experiment, with_preset
@@ -177,12 +177,25 @@ def recorded(exp: ConvergenceExperiment, sweep: Sweep, points: list[dict[str, An
     return found, missing
 
 
+def convergence_code(exp: ConvergenceExperiment, point: dict[str, Any]) -> tuple[str, ...]:
+    """The modules whose code makes a convergence point's numbers: a trained run reads the data and trains
+    its variant, the predictors read the data alone, the costs time their variants on synthetic views."""
+    if "trivial" in point:
+        return measured_by(__name__, sources=[exp.data.source])
+    if "step_cost" in point:
+        return measured_by(__name__, *(spec["name"] for spec in point["models"].values()))
+    if "cost" in point:
+        return measured_by(__name__, point["model"])
+    return measured_by(__name__, point["model"], sources=[exp.data.source])
+
+
 def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataFrame | None:
     world = current_world()
     if options.ship_weights:
         check_shippable(exp, options)
     # Every row names the machine, also those of the predictors and costs (not only the trained runs).
-    sweep = Sweep(exp.results_dir(), exp.name, together=True, context=environment(resolve_device(exp.train.device)))
+    sweep = Sweep(exp.results_dir(), exp.name, together=True, context=environment(resolve_device(exp.train.device)),
+                  code=lambda p: convergence_code(exp, p))
     skipped = [reason for reason in map(unavailable, exp.study_arms()) if reason]
     for reason in skipped if world.is_main else ():
         print(f"{exp.name}: {reason}")
@@ -285,7 +298,8 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
 
 def run_train(exp: TrainExperiment, options: RunOptions) -> dict[str, Any] | None:
     world = current_world()
-    sweep = Sweep(exp.results_dir(), exp.name, together=True)
+    sweep = Sweep(exp.results_dir(), exp.name, together=True,
+                  code=lambda p: measured_by(__name__, p["variant"], sources=[exp.data.source]))
     name = exp.model.name
     point = {"variant": name, "settings": settings_dict(exp.model, exp.data, exp.optim, exp.train)}
     write_manifest(sweep.out_dir, exp)

@@ -26,7 +26,7 @@ from .. import metrics
 from ..errors import ConfigError, MissingResource
 from ..pipeline import Report, Sweep, Table, failure_notes, write_manifest, write_report
 from ..plots import legend_outside, plt
-from ..provenance import environment
+from ..provenance import environment, measured_by
 from ..runtime import autocast, resolve_device
 from ..schema import ExperimentBase, Kind, ModelName, Positive, RunOptions, load_experiment
 from ..weights import load_shipped, shipped_entry
@@ -118,7 +118,8 @@ def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -
                               f"(python -m harness run {trained_path}, or make convergence)")
     shipped = {v: shipped_entry(p) for v, p in checkpoints.items()}
     device = resolve_device(trained.train.device)
-    sweep = Sweep(spec.results_dir(), spec.name, context=environment(device))
+    sweep = Sweep(spec.results_dir(), spec.name, context=environment(device),
+                  code=lambda p: measured_by(__name__, p["variant"], sources=[trained.data.source]))
     write_manifest(sweep.out_dir, spec, {"trained": trained.model_dump(mode="json")})
     source = open_sources(trained.data)[1]
     index = view_index(source, trained, spec.n_inputs)
