@@ -100,6 +100,16 @@ class Measurement(Spec):
         return self
 
 
+class Ratio(Spec):
+    """The pair of a ratio: `model`'s number over `baseline`'s, at the same point."""
+    model: ModelName
+    baseline: ModelName
+
+    @property
+    def names(self) -> list[str]:
+        return [self.model, self.baseline]
+
+
 class ModelRef(Spec):
     """A registered variant at a preset with config overrides, or a checkpoint (ours, or an official
     one of `name`'s variant)."""

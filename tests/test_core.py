@@ -165,7 +165,7 @@ tiny = ["--plugin", plugin, "--no-progress", "--preset", "tiny", "--set", "measu
 steps = [
     ["ls", "models", "--plugin", plugin],
     ["run", "experiments/bench.yaml", *tiny, "--set", "models=[efficient_lvsm, windowed]", "--set", "n_inputs=[1, 2, 3]",
-     "--set", "n_targets=[1]", "--set", "ratio=[windowed, efficient_lvsm]", "--set", f"output_dir={out}/bench"],
+     "--set", "n_targets=[1]", "--set", "ratio={model: windowed, baseline: efficient_lvsm}", "--set", f"output_dir={out}/bench"],
     ["run", "experiments/flops.yaml", "--plugin", plugin, "--no-progress", "--preset", "tiny", "--set", "models=[windowed]",
      "--set", "n_inputs=[1, 2, 4]", "--set", "n_targets=[1]", "--set", f"output_dir={out}/flops"],
     ["run", "experiments/render_one_more_target.yaml", *tiny, "--set", "models=[windowed, efficient_lvsm]",

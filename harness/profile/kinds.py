@@ -30,7 +30,7 @@ from models import build_model, label, model_class, released_models
 from ..pipeline import Sweep, write_manifest, write_report
 from ..provenance import measured_by
 from ..runtime import autocast
-from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, RunOptions, Spec)
+from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, Ratio, RunOptions, Spec)
 from . import report
 from .measure import (FlopCounter, ModelCache, RunContext, Sizes, alternating_ratio, compiled, first_call, input_views,
                       mark_shared_cores, matmul_peak_tflops, measure_call, refuse_shared_cores, resolve_context,
@@ -52,8 +52,8 @@ def cached_variant() -> str:
     return next((name for name in released_models() if model_class(name).offers("incremental_views")), baseline_variant())
 
 
-def default_ratio() -> list[str]:
-    return [cached_variant(), baseline_variant()]
+def default_ratio() -> Ratio:
+    return Ratio(model=cached_variant(), baseline=baseline_variant())
 
 
 # ---------------------------------------------------------------------------------------- specs
@@ -87,7 +87,7 @@ class ProfileSpec(ViewGridSpec, SharedCores):
     kind: Literal["profile"]
     measure: Measurement = Measurement()
     # The pair whose ratios (first / second, same N and M) are tabulated, and the headline point.
-    ratio: list[ModelName] = Field(default_factory=default_ratio, min_length=2, max_length=2)
+    ratio: Ratio = Field(default_factory=default_ratio)
     headline_n: Positive = 2
     headline_m: Positive = 1
 
@@ -106,8 +106,8 @@ class KVCacheRow(Spec):
 class KVCacheSpec(CostSpec, SharedCores):
     kind: Literal["profile_kv_cache"]
     measure: Measurement = Measurement()
-    cached_model: ModelName = Field(default_factory=cached_variant)
-    baseline_model: ModelName = Field(default_factory=baseline_variant)
+    # model: the variant adding views to its cache; baseline: the one recomputing from all views.
+    ratio: Ratio = Field(default_factory=default_ratio)
     n_cached: list[Positive] = Field(default=[4, 8, 16, 32, 48, 64], min_length=1)
     n_new: Positive = 1
     n_targets: Positive = 8
@@ -125,12 +125,12 @@ class KVCacheSpec(CostSpec, SharedCores):
                 raise ValueError(f"{name!r} has no approximate incremental update (`extend_scene`) to compare its rebuild with")
         return names
 
-    @field_validator("cached_model")
+    @field_validator("ratio")
     @classmethod
-    def _has_cache(cls, name: str) -> str:
-        if not model_class(name).offers("incremental_views"):
-            raise ValueError(f"{name!r} has no KV-cache renderer (`incremental`)")
-        return name
+    def _has_cache(cls, ratio: Ratio) -> Ratio:
+        if not model_class(ratio.model).offers("incremental_views"):
+            raise ValueError(f"{ratio.model!r} has no KV-cache renderer (`incremental`)")
+        return ratio
 
     @field_validator("measure")
     @classmethod
@@ -164,15 +164,14 @@ class EfficiencySpec(CostSpec, SharedCores):
     n_input: Positive = 2
     n_target: Positive = 1
     # The pair whose latency and FLOPs ratio is compared with the published one.
-    baseline_model: ModelName = Field(default_factory=baseline_variant)
-    fast_model: ModelName = Field(default_factory=cached_variant)
+    ratio: Ratio = Field(default_factory=default_ratio)
     published: Published[EfficiencyRow] | None = None
 
     @model_validator(mode="after")
     def _pair_measured(self) -> "EfficiencySpec":
-        missing = [m for m in (self.baseline_model, self.fast_model) if m not in self.models]
+        missing = [m for m in self.ratio.names if m not in self.models]
         if missing:
-            raise ValueError(f"baseline_model/fast_model {missing[0]!r} is not in models {self.models}")
+            raise ValueError(f"ratio: {missing[0]!r} is not in models {self.models}")
         return self
 
 
@@ -249,8 +248,8 @@ def run_profile(spec: ProfileSpec, options: RunOptions) -> list[dict[str, Any]]:
     spec, ctx = _context(spec, options)
     points = [ctx.point(model=model, n_input=n, n_target=m, batch=spec.batch, measure=spec.measure.key())
               for m in spec.n_targets for n in sorted(spec.n_inputs) for model in spec.models]
-    if all(name in spec.models for name in spec.ratio):  # the headline ratio, timed in alternation
-        points.append(ctx.point(pair=list(spec.ratio), n_input=spec.headline_n, n_target=spec.headline_m,
+    if all(name in spec.models for name in spec.ratio.names):  # the headline ratio, timed in alternation
+        points.append(ctx.point(pair=spec.ratio.names, n_input=spec.headline_n, n_target=spec.headline_m,
                                 batch=spec.batch, measure=spec.measure.key()))
     return _sweep_and_report(spec, ctx, points, forward_measure(ctx, spec.measure),
                              lambda p: f"{_point_label(p)} N={p['n_input']} M={p['n_target']}", options,
@@ -279,7 +278,7 @@ def run_kv_cache(spec: KVCacheSpec, options: RunOptions) -> list[dict[str, Any]]
     spec, ctx = _context(spec, options)
     settings = spec.measure
     common = dict(n_new=spec.n_new, n_target=spec.n_targets, batch=spec.batch, measure=settings.key())
-    arms = [(spec.cached_model, "kv_cache"), (spec.baseline_model, "recompute")] + [(name, "rebuild") for name in spec.rebuild_models]
+    arms = [(spec.ratio.model, "kv_cache"), (spec.ratio.baseline, "recompute")] + [(name, "rebuild") for name in spec.rebuild_models]
     points = [ctx.point(model=model, mode=mode, n_cached=n, **common) for n in sorted(spec.n_cached) for model, mode in arms]
     counter, models = FlopCounter(ctx.sizes), ModelCache(ctx.sizes, ctx.device)
     size, dev = ctx.image_size, ctx.device
@@ -366,7 +365,7 @@ def run_efficiency(spec: EfficiencySpec, options: RunOptions) -> list[dict[str, 
     search = published_setting_search(spec)
     points = [ctx.point(model=model, n_input=spec.n_input, n_target=spec.n_target, batch=spec.batch,
                         measure=spec.measure.key()) for model in spec.models]
-    points.append(ctx.point(pair=[spec.baseline_model, spec.fast_model], n_input=spec.n_input, n_target=spec.n_target,
+    points.append(ctx.point(pair=[spec.ratio.baseline, spec.ratio.model], n_input=spec.n_input, n_target=spec.n_target,
                             batch=spec.batch, measure=spec.measure.key()))
     return _sweep_and_report(spec, ctx, points, forward_measure(ctx, spec.measure), _point_label, options,
                              lambda rows, expected: report.efficiency_report(spec, ctx, rows, search))

@@ -181,7 +181,7 @@ def _alternating_headline(pair: str, spec, rows: list[dict[str, Any]]) -> list[s
 def profile_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Report:
     pair_rows = [r for r in rows if "pair" in r]
     rows = [r for r in rows if "pair" not in r]
-    expected -= int(all(name in spec.models for name in spec.ratio))
+    expected -= int(all(name in spec.models for name in spec.ratio.names))
     notes = ctx.notes(rows) + [
         f"latency: median and IQR of the timed runs after warm-up ({'CUDA events' if ctx.device.type == 'cuda' else 'time.perf_counter'}); "
         f"SDPA backend {spec.measure.sdpa_backend}; torch.compile {'on (compile time apart)' if spec.measure.compile else 'off'}",
@@ -203,16 +203,16 @@ def profile_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Repo
     notes += noisy_note(frame, spec.measure.noisy_iqr)
     result.tables.append(Table(spec.name, f"{spec.name}: cost against the number of input views", profile_table(frame), notes))
 
-    numerator, denominator = spec.ratio
+    numerator, denominator = spec.ratio.names
     ratios = ratio_table(frame.rename(columns={"n_input": "N", "n_target": "M"}), numerator, denominator, ["N", "M"],
                          {"latency_ms": "latency ratio", "gflops": "FLOPs ratio", "gmacs_linear_thop": "thop MACs ratio"})
     if not ratios.empty:
         pair = f"{label(numerator)} / {label(denominator)}"
         alternating = _alternating_headline(pair, spec, pair_rows)
         published_line = []
-        published = card_published(spec.card_table, spec.ratio)
+        published = card_published(spec.card_table, spec.ratio.names)
         if len(published) == 2 and all("latency_ms" in p for p in published.values()):
-            a, b = (published[m] for m in spec.ratio)
+            a, b = (published[m] for m in spec.ratio.names)
             published_line = [f"published latency ratio {a['latency_ms'] / b['latency_ms']:.3f} "
                               f"({b['latency_ms'] / a['latency_ms']:.1f}x; source: {a['source']})"]
         ratio_notes = [f"ratios = {pair} at the same N, M, each from its own point ({notes[1]})", *alternating, *published_line]
@@ -310,8 +310,8 @@ def flops_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Report
 def kv_cache_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Report:
     frame = ok_frame(rows)
     notes = ctx.notes(rows) + [
-        f"cached: {label(spec.cached_model)} adds {spec.n_new} view(s) to a KV cache of N views, then renders "
-        f"{spec.n_targets} targets; recompute: {label(spec.baseline_model)} renders the {spec.n_targets} targets "
+        f"cached: {label(spec.ratio.model)} adds {spec.n_new} view(s) to a KV cache of N views, then renders "
+        f"{spec.n_targets} targets; recompute: {label(spec.ratio.baseline)} renders the {spec.n_targets} targets "
         f"from all N+{spec.n_new} views",
     ] + [
         f"rebuild: {label(name)} keeps no cache that a view can be added to: its {model_class(name).scene_state} are "
@@ -419,7 +419,7 @@ def efficiency_report(spec, ctx, rows: list[dict[str, Any]], search: tuple[list,
             "peak mem MiB (ours)": ours.loc[name, "peak_mem_mb"] if have else None,
         })
     result = Report(spec.name, notes)
-    slow, fast = spec.baseline_model, spec.fast_model
+    slow, fast = spec.ratio.baseline, spec.ratio.model
     for r in pair_rows:
         result.headlines.append(
             f"ours, timed in alternation ({r['rounds']} rounds): {label(slow)} / {label(fast)} latency "
