@@ -31,7 +31,7 @@ from ..pipeline import Sweep, write_manifest, write_report
 from ..runtime import autocast
 from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, RunOptions, Spec)
 from . import report
-from .measure import (FlopCounter, ModelCache, RunContext, alternating_ratio, compiled, first_call, input_views,
+from .measure import (MIB, FlopCounter, ModelCache, RunContext, alternating_ratio, compiled, first_call, input_views,
                       mark_shared_cores, matmul_peak_tflops, measure_call, refuse_shared_cores, resolve_context,
                       sdpa_backend, sdpa_backend_used, synthetic_views, target_views)
 
@@ -253,7 +253,7 @@ def run_flops(spec: FlopsSpec, options: RunOptions) -> list[dict[str, Any]]:
 
 
 def _cache_mib(cache) -> float:
-    return sum(t.numel() * t.element_size() for kv in cache for t in kv) / 2 ** 20
+    return sum(t.numel() * t.element_size() for kv in cache for t in kv) / MIB
 
 
 def run_kv_cache(spec: KVCacheSpec, options: RunOptions) -> list[dict[str, Any]]:

@@ -28,11 +28,11 @@ from ..plots import plt
 from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_manifest, write_report
 from ..runtime import autocast
 from ..schema import Kind, Measurement, ModelName, Positive, PresetName, RunOptions, Spec
+from ..tables import missing_as_none
 from .kinds import CostSpec, SharedCores
-from .measure import FlopCounter, ModelCache, RunContext, measure_call, refuse_shared_cores, resolve_context, synthetic_views
-from .report import blank_missing, exponents, growth_exponent, noisy_note
+from .measure import MIB, FlopCounter, ModelCache, RunContext, measure_call, refuse_shared_cores, resolve_context, synthetic_views
+from .report import exponents, growth_exponent, noisy_note
 
-MIB = 2 ** 20
 NO_STATE = "none: recomputes the whole forward pass over the N input views"
 
 
@@ -218,7 +218,7 @@ def one_more_target_report(spec: OneMoreTargetSpec, counted: RunContext, timed: 
             "state MiB (float32)": flops["state_mib"],
         })
         title = f"One more target view given a scene state: FLOPs (counted, preset {counted.preset})"
-        result.tables.append(Table(spec.name, title, blank_missing(table), notes, console=False))
+        result.tables.append(Table(spec.name, title, missing_as_none(table), notes, console=False))
         wide = flops.assign(series=flops["model"].map(shown)).pivot_table(
             index="n_input", columns="series", values="gflops", sort=False).reset_index()
         wide["n_input"] = wide["n_input"].astype(int).astype(object)
@@ -233,7 +233,7 @@ def one_more_target_report(spec: OneMoreTargetSpec, counted: RunContext, timed: 
             "GFLOPs": latency["gflops"], "state MiB": latency["state_mib"], "peak mem MiB": latency["peak_mem_mb"],
         })
         title = f"One more target view given a scene state: latency ({timed.env['device']}, {timed.dtype}, preset {timed.preset})"
-        result.tables.append(Table("latency", title, blank_missing(table), notes))
+        result.tables.append(Table("latency", title, missing_as_none(table), notes))
 
     both = pd.concat([flops[["model", "n_input", "gflops"]] if not flops.empty else pd.DataFrame(),
                       latency[["model", "n_input", "latency_ms"]] if not latency.empty else pd.DataFrame()])

@@ -12,6 +12,7 @@ from models import label, list_models, model_card, model_class
 
 from ..pipeline import Report, Table, failure_notes, ok_frame
 from ..plots import legend_outside, plt
+from ..tables import missing_as_none
 
 AXIS_NAMES = {"n_input": "N input views", "n_cached": "N cached input views", "n_target": "M target views"}
 
@@ -44,11 +45,6 @@ def published_notes(table: str, models: Sequence[str], keys: Sequence[str]) -> l
     rows = card_published(table, models)
     return [f"published ({label(name)}): " + ", ".join(f"{k}={row[k]}" for k in keys if k in row) + f" (source: {row['source']})"
             for name, row in rows.items()]
-
-
-def blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
-    """NaN -> None, which the table writers print as n/a."""
-    return frame.astype(object).where(frame.notna(), None)
 
 
 def noisy_note(frame: pd.DataFrame, threshold: float, what: str = "latency") -> list[str]:
@@ -357,7 +353,7 @@ def kv_cache_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Rep
     table["KV cache MiB"] = [cached["kv_cache_mb"].get(n) for n in ns]
     table["cached peak MiB"] = [cached["peak_mem_mb"].get(n) for n in ns]
     table["recompute peak MiB"] = [full["peak_mem_mb"].get(n) for n in ns]
-    result.tables.append(Table(spec.name, "Adding one input view: KV cache vs recomputing", blank_missing(table), notes))
+    result.tables.append(Table(spec.name, "Adding one input view: KV cache vs recomputing", missing_as_none(table), notes))
     measured = table.dropna(subset=["speed-up"])
     if not measured.empty:
         last = measured.iloc[-1]
@@ -435,7 +431,7 @@ def efficiency_report(spec, ctx, rows: list[dict[str, Any]], search: tuple[list,
         a, b = from_cards[slow], from_cards[fast]
         result.headlines.append(f"published: latency {a['latency_ms'] / b['latency_ms']:.2f}x, "
                                 f"GFLOPs (thop) {a['gflops_thop'] / b['gflops_thop']:.2f}x")
-    result.tables.append(Table(spec.name, "Efficiency: ours beside the published table", blank_missing(pd.DataFrame(table_rows)),
+    result.tables.append(Table(spec.name, "Efficiency: ours beside the published table", missing_as_none(pd.DataFrame(table_rows)),
                                notes + result.headlines))
     found, counted = search
     s = spec.setting_search
