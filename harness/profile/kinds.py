@@ -164,12 +164,12 @@ class EfficiencySpec(CostSpec, SharedCores):
 # ------------------------------------------------------------------------------------ running
 
 
-def _context(spec: CostSpec, options: RunOptions, measured: bool = True) -> tuple[CostSpec, RunContext]:
+def _context(spec: CostSpec, measured: bool = True) -> RunContext:
     measurement = spec.measure if measured else None
     ctx = resolve_context(spec.preset, spec.batch, spec.image_size, measurement)
     if measured:
         refuse_shared_cores(spec.name, ctx.device, getattr(spec, "allow_cpu_multirank", False))
-    return spec, ctx
+    return ctx
 
 
 def _sweep_and_report(spec: CostSpec, ctx: RunContext, points: list[dict[str, Any]], measure, label_of, options: RunOptions,
@@ -227,7 +227,7 @@ def _point_label(point: Mapping[str, Any]) -> str:
 
 
 def run_profile(spec: ProfileSpec, options: RunOptions) -> list[dict[str, Any]]:
-    spec, ctx = _context(spec, options)
+    ctx = _context(spec)
     points = [ctx.point(model=model, n_input=n, n_target=m, batch=spec.batch, measure=spec.measure.key())
               for m in spec.n_targets for n in sorted(spec.n_inputs) for model in spec.models]
     if all(name in spec.models for name in spec.ratio):  # the headline ratio, timed in alternation
@@ -239,7 +239,7 @@ def run_profile(spec: ProfileSpec, options: RunOptions) -> list[dict[str, Any]]:
 
 
 def run_flops(spec: FlopsSpec, options: RunOptions) -> list[dict[str, Any]]:
-    spec, ctx = _context(spec, options, measured=False)
+    ctx = _context(spec, measured=False)
     points = [ctx.point(model=model, n_input=n, n_target=m, batch=spec.batch)
               for model in spec.models for m in spec.n_targets for n in sorted(spec.n_inputs)]
     counter = FlopCounter(ctx.config)
@@ -257,7 +257,7 @@ def _cache_mib(cache) -> float:
 
 
 def run_kv_cache(spec: KVCacheSpec, options: RunOptions) -> list[dict[str, Any]]:
-    spec, ctx = _context(spec, options)
+    ctx = _context(spec)
     settings = spec.measure
     common = dict(n_new=spec.n_new, n_target=spec.n_targets, batch=spec.batch, measure=settings.key())
     arms = [(spec.cached_model, "kv_cache"), (spec.baseline_model, "recompute")] + [(name, "rebuild") for name in spec.rebuild_models]
@@ -345,7 +345,7 @@ def published_setting_search(spec: EfficiencySpec) -> tuple[list[dict[str, Any]]
 
 
 def run_efficiency(spec: EfficiencySpec, options: RunOptions) -> list[dict[str, Any]]:
-    spec, ctx = _context(spec, options)
+    ctx = _context(spec)
     search = published_setting_search(spec)
     points = [ctx.point(model=model, n_input=spec.n_input, n_target=spec.n_target, batch=spec.batch,
                         measure=spec.measure.key()) for model in spec.models]

@@ -477,7 +477,8 @@ MATMUL_SIZE = {"cuda": 8192, "cpu": 2048}
 
 @functools.lru_cache(maxsize=8)
 def matmul_peak_tflops(device_type: str, dtype: str, threads: int) -> float:
-    """Median TFLOP/s of an n^3 matmul in `dtype` (bf16 on CUDA, as the profiled models run)."""
+    """Median TFLOP/s of an n^3 matmul in `dtype` (bf16 on CUDA, as the profiled models run). `threads`
+    is not read here: it keys the cache, since a CPU peak measured with other thread counts does not hold."""
     device = torch.device(device_type)
     n = MATMUL_SIZE.get(device_type, 2048)
     torch_dtype = DTYPES[dtype]
