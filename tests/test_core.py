@@ -152,6 +152,7 @@ class PluginLVSM(EfficientLVSM):
 '''
 
 
+@pytest.mark.slow
 def test_a_plugin_variant_runs_through_ls_and_a_profile_experiment(tmp_path, capsys):
     plugin = tmp_path / "my_variant.py"
     plugin.write_text(PLUGIN)

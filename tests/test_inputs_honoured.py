@@ -59,6 +59,7 @@ def test_missing_data_is_exit_2_with_what_is_missing_and_how_to_provide_it(tmp_p
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout, write", [("lvsm_json", write_lvsm), ("transforms_json", write_transforms),
                                            ("opencv_cameras", write_opencv_cameras)])
 def test_table_objects_runs_on_every_documented_layout(tmp_path, monkeypatch, layout, write):

@@ -163,6 +163,7 @@ def _write(tmp_path, text, name="exp.yaml"):
 MEASURE = "measure: {device: cpu, warmup: 1, runs: 3}"
 
 
+@pytest.mark.slow
 def test_profile_experiment_end_to_end_and_resume(tmp_path, capsys):
     path = _write(tmp_path, f"""
 kind: profile
@@ -203,6 +204,7 @@ output_dir: {tmp_path / 'out'}
     assert "code: commit abc1234," in (out / "exp.md").read_text()
 
 
+@pytest.mark.slow
 def test_kv_cache_and_efficiency_experiments_run(tmp_path):
     kv = _write(tmp_path, f"""
 kind: profile_kv_cache
@@ -249,6 +251,7 @@ published:
     assert "ours, from the rows: LVSM decoder-only / Efficient-LVSM latency" in text
 
 
+@pytest.mark.slow
 def test_op_profile_counts_the_bytes_a_forward_copies_and_resumes_from_its_rows(tmp_path):
     path = _write(tmp_path, f"""
 kind: op_profile
@@ -358,6 +361,7 @@ def test_attention_backend_is_read_off_kernel_names():
     assert attention_backends(["elementwise_kernel"]) == []
 
 
+@pytest.mark.slow
 def test_profile_rows_carry_the_sdpa_axis_and_mfu_against_a_matmul_measured_in_the_same_run(tmp_path):
     path = _write(tmp_path, f"""
 kind: profile
@@ -376,6 +380,7 @@ output_dir: {tmp_path / 'out'}
     assert "MFU" in (tmp_path / "out" / "exp.md").read_text()
 
 
+@pytest.mark.slow
 def test_compiled_points_compile_outside_the_timing_and_a_timed_call_may_not_recompile(tmp_path, monkeypatch):
     """Each point's first call compiles for its shapes (compile_s); the timed calls would fail
     rather than recompile (and be timed compiling) or silently run eagerly."""

@@ -277,6 +277,7 @@ def test_published_ranges_and_column_conventions():
 # ------------------------------------------------------------------------------------ browser
 
 
+@pytest.mark.slow
 def test_in_headless_chromium_sorting_links_images_and_a_screenshot(site, tmp_path):
     from harness.site.browser import broken_references, chromium, missing, screenshot
     if missing():
@@ -302,6 +303,7 @@ def test_in_headless_chromium_sorting_links_images_and_a_screenshot(site, tmp_pa
         assert Image.open(shot).size[0] >= 1000
 
 
+@pytest.mark.slow
 def test_the_committed_results_build(tmp_path, capsys):
     from harness.cli import main
     out = tmp_path / "site"
