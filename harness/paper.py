@@ -36,10 +36,14 @@ class Entry:
     paper: PaperEntry
 
 
+def in_paper_order(specs: list[ExperimentBase]) -> list[ExperimentBase]:
+    """The experiments in ORDER; those it does not name last, in the order given."""
+    return sorted(specs, key=lambda s: ORDER.index(s.name) if s.name in ORDER else len(ORDER))
+
+
 def entries(experiments_dir: str | Path = "experiments") -> list[Entry]:
     specs = [load_experiment(path) for path in sorted(Path(experiments_dir).glob("*.yaml"))]
-    specs.sort(key=lambda s: ORDER.index(s.name) if s.name in ORDER else len(ORDER))
-    return [Entry(spec, paper) for spec in specs for paper in spec.paper]
+    return [Entry(spec, paper) for spec in in_paper_order(specs) for paper in spec.paper]
 
 
 def missing(paper: PaperEntry) -> str:

@@ -10,13 +10,13 @@ from tabulate import tabulate
 from .records import write_atomic
 
 
-def _missing_as_none(df: pd.DataFrame) -> pd.DataFrame:
-    # tabulate's missingval only replaces None; NaN would print as "nan" while the CSV says "n/a".
+def missing_as_none(df: pd.DataFrame) -> pd.DataFrame:
+    """NaN -> None: tabulate's missingval only replaces None, so NaN would print as "nan" while the CSV says "n/a"."""
     return df.astype(object).where(df.notna(), None)
 
 
 def markdown(df: pd.DataFrame, floatfmt: str = ".4g", intfmt: str = "") -> str:
-    return tabulate(_missing_as_none(df), headers="keys", tablefmt="pipe", showindex=False, floatfmt=floatfmt,
+    return tabulate(missing_as_none(df), headers="keys", tablefmt="pipe", showindex=False, floatfmt=floatfmt,
                     intfmt=intfmt, missingval="n/a")
 
 
@@ -27,7 +27,7 @@ def write_tables(df: pd.DataFrame, out_dir: str | Path, stem: str, title: str, n
     out_dir = Path(out_dir)
     notes = list(notes)
     md = f"# {title}\n\n" + "".join(f"- {n}\n" for n in notes) + ("\n" if notes else "") + markdown(df, floatfmt) + "\n"
-    body = tabulate(_missing_as_none(df), headers="keys", tablefmt="latex_booktabs", showindex=False, floatfmt=floatfmt, missingval="n/a")
+    body = tabulate(missing_as_none(df), headers="keys", tablefmt="latex_booktabs", showindex=False, floatfmt=floatfmt, missingval="n/a")
     tex = "".join(f"% {n}\n" for n in [title, *notes]) + body + "\n"
     paths = {"md": out_dir / f"{stem}.md", "csv": out_dir / f"{stem}.csv", "tex": out_dir / f"{stem}.tex"}
     write_atomic(paths["md"], md)

@@ -28,10 +28,10 @@ from models.official import load_checked
 from .checkpoint import CheckpointMeta, load_checkpoint
 from .errors import CheckpointError, MissingResource
 from .records import write_atomic
+from .runtime import DTYPES
 
 MANIFEST = "manifest.json"
 FORMAT = "lvsm-bench-shipped-weights-1"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def sha256(data: bytes | Path) -> str:

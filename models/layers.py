@@ -40,12 +40,6 @@ class HeadRMSNorm(nn.Module):
         return head_rms_norm(x, self.weight, self.eps, contiguous).to(x.dtype)
 
 
-def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """[B, S, H*hd] -> [B, H, S, hd] with the head index outer, as the official code splits (a view)."""
-    b, s, _ = x.shape
-    return x.view(b, s, -1, head_dim).transpose(1, 2)
-
-
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """[B, H, S, hd] -> [B, S, H*hd]. A view, no copy, when x is a transposed [B, S, H, hd] tensor,
     which is what SDPA returns for queries laid out that way (see `Attention`)."""

@@ -114,8 +114,9 @@ def register(name: str, card: ModelCard | None = None, config: type[VariantConfi
 
 
 def list_models() -> list[str]:
-    """Registered names in registration order: the released variants first, then ablations and plugins."""
-    return MODELS.names()
+    """Registered names: the variants that are no ablation (the released ones, then plugins) in registration
+    order, then the ablations in registration order."""
+    return released_models() + [name for name in MODELS.names() if MODELS.get(name).card.ablation_of]
 
 
 def released_models() -> list[str]:

@@ -137,3 +137,12 @@ def write_opencv_cameras(folder: Path, capture: Capture, alpha: torch.Tensor | N
 
 WRITERS = {"re10k": write_re10k, "lvsm_json": write_lvsm, "transforms_json": write_transforms,
            "opencv_cameras": write_opencv_cameras}
+
+
+def write_source(name: str, root: Path, capture: Capture) -> Path:
+    """The `root` option of source `name` for a dataset of `capture` alone: transforms_json and
+    opencv_cameras read one folder per scene under their root, the others their layout at it."""
+    if name in ("transforms_json", "opencv_cameras"):
+        WRITERS[name](root / capture.scene, capture)
+        return root
+    return WRITERS[name](root, capture)

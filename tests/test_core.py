@@ -62,12 +62,6 @@ def test_write_tables_states_provenance(tmp_path):
 # ------------------------------------------------------------------------------- the schema
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
-def test_every_shipped_experiment_validates(path):
-    spec = load_experiment(path)
-    assert spec.kind in KINDS and spec.name
-
-
 def test_overrides_parse_yaml_values_and_name_bad_ones():
     data = apply_overrides({"a": {"b": 1}}, ["a.b=3", "c=[1, 2]"], "e.yaml")
     assert data == {"a": {"b": 3}, "c": [1, 2]}
@@ -148,14 +142,6 @@ def test_every_variant_has_a_card_and_refuses_fields_its_config_lacks(name):
         assert build_model(name, "tiny", **{field: value}).config.to_dict()[field] == value
 
 
-def test_official_parameter_counts_live_on_the_cards():
-    with torch.device("meta"):
-        for name in list_models():
-            official = model_card(name).official_params
-            if official:
-                assert build_model(name, "paper").num_parameters() == official, name
-
-
 WINDOWED = ROOT / "tests" / "plugins" / "windowed.py"
 PLUGIN_RUNS = """
 import sys
@@ -181,6 +167,7 @@ for step in steps:
 """
 
 
+@pytest.mark.slow
 def test_a_variant_outside_the_repository_runs_through_every_kind(tmp_path):
     """A variant with its own config field, presets and scene state, registered from a file outside the
     `models` package, runs through `ls models`, a profile sweep, FLOPs, one more target, an evaluation
@@ -262,7 +249,8 @@ def test_validate_every_experiment_and_say_what_this_machine_lacks_to_run_it(cap
     assert main(["validate", *[str(p.relative_to(ROOT)) for p in EXPERIMENTS if p.stem not in needing]]) == 0
     assert main(["validate", *[str(p.relative_to(ROOT)) for p in EXPERIMENTS]]) == 0
     out = capsys.readouterr().out
-    assert out.count(": ok (kind ") == 2 * len(EXPERIMENTS) - len(needing)
+    kinds = re.findall(r": ok \(kind (\S+), name \S+\)", out)
+    assert len(kinds) == 2 * len(EXPERIMENTS) - len(needing) and set(kinds) <= set(KINDS)
     assert "table_re10k.yaml: ok (kind evaluate, name table_re10k); cannot run here: data.options.root is not set ('$RE10K_DIR')" in out
     assert out.count("cannot run here") == len(needing)
     monkeypatch.setenv("OBJECTS_DIR", str(tmp_path))
@@ -356,12 +344,15 @@ def test_point_labels_do_not_collide_and_legends_stay_off_the_data():
 
 def test_a_row_measured_with_uncommitted_code_is_named_by_the_commit_that_holds_that_code():
     from harness.provenance import clean_commit, committed_code_version
-    if subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=ROOT, capture_output=True).returncode:
-        pytest.skip("needs a git checkout with history")
+    parents = subprocess.run(["git", "rev-list", "--parents", "-n", "1", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if parents.returncode or len(parents.stdout.split()) != 2:
+        # Without history there is no parent; after a merge, a commit of the merged branch may hold the same code first.
+        pytest.skip("needs a git checkout whose last commit has one parent")
     head, parent = (subprocess.run(["git", "rev-parse", "--short=10", rev], cwd=ROOT, capture_output=True, text=True)
                     .stdout.strip() for rev in ("HEAD", "HEAD~1"))
     assert clean_commit(head, "anything") == head
-    assert clean_commit(f"{parent}-dirty", committed_code_version("HEAD")) in (head, parent)
+    # Measured on the parent with uncommitted changes that HEAD then committed: HEAD holds that code.
+    assert clean_commit(f"{parent}-dirty", committed_code_version("HEAD")) == head
     assert clean_commit(f"{parent}-dirty", "src-000000000000") == f"{parent} + uncommitted changes (code src-000000000000)"
 
 
@@ -381,13 +372,16 @@ def test_the_paper_index_names_the_device_of_the_rows_that_have_one(tmp_path):
 def test_one_registry_for_models_sources_and_kinds():
     """Models, data sources and experiment kinds share one Registry: a taken name is refused with each
     one's error type, an unknown one names those registered, and "module:attr" entries load on first use."""
-    from harness.data.registry import SOURCES
+    from harness.data.registry import SOURCES, register_source
+    from harness.data.source import Source
     from harness.errors import DataError
     from models.registry import MODELS, Registry
     for registry, error in ((MODELS, ValueError), (SOURCES, DataError), (KINDS, ConfigError)):
         name = registry.names()[0]
         with pytest.raises(error, match=f"{registry.what} '{name}' is registered twice"):
             registry.add(name, object())
+    with pytest.raises(DataError, match="data source 'synthetic_object' is registered twice"):
+        register_source("synthetic_object")(type("Impostor", (Source,), {}))
         with pytest.raises(Exception, match=f"unknown {registry.what} 'nope'; registered: {name}"):
             registry.get("nope")
     lazy = Registry("thing")

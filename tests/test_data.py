@@ -7,9 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from formats import WRITERS, random_capture, write_source
 from harness.data import (BATCH_KEYS, DataError, TrainingStream, collate, evaluation_examples, list_sources,
                           load_evaluation_index, make_evaluation_index, normalize_poses, open_source,
                           save_evaluation_index, training_examples)
+from harness.data.registry import source_options
+from harness.data.source import FAMILIES
 from models.rays import pixel_rays
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -35,11 +38,34 @@ def surface_points(src, i: int, view: int) -> tuple[torch.Tensor, torch.Tensor]:
     return points[keep], keep.nonzero()[:, 0]
 
 
-def test_registry_names_every_source():
-    # The built-in layouts (a plugin may add more).
-    assert {"lvsm_json", "opencv_cameras", "re10k", "synthetic_object", "synthetic_scene", "transforms_json"} <= set(list_sources())
-    with pytest.raises(DataError, match="unknown data source 'shapenet'; registered: .*re10k"):
+def _open_small(name: str, root: Path):
+    """Source `name` at 16 px: a source that reads files opens a one-scene dataset that tests/formats.py
+    writes in its layout; one that makes its scenes (the synthetic ones) makes two."""
+    if "root" in source_options(name):
+        assert name in WRITERS, f"{name} reads files: tests/formats.py needs a writer of its layout"
+        return open_source(name, root=str(write_source(name, root, random_capture(views=4, size=16))), image_size=16)
+    return open_source(name, count=2, image_size=16)
+
+
+@pytest.mark.parametrize("name", list_sources())
+def test_every_registered_source_loads_valid_views(name, tmp_path):
+    src = _open_small(name, tmp_path / name)
+    assert len(src) >= 1 and len(src.names) == len(src) and src.family in FAMILIES
+    last = src.num_views(0) - 1
+    scene = src.views(0, [last, 0])
+    assert scene.indices == [last, 0] and scene.name == src.names[0]
+    assert scene.images.shape == (2, 3, 16, 16) and scene.images.dtype == torch.float32
+    assert 0 <= scene.images.min() and scene.images.max() <= 1
+    rot = scene.c2w[:, :3, :3]
+    assert torch.allclose(rot @ rot.transpose(1, 2), torch.eye(3).expand(2, 3, 3), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(2), atol=1e-5)  # right-handed, OpenCV
+    assert torch.isfinite(scene.fxfycxcy).all() and (scene.fxfycxcy[:, :2] > 0).all()
+
+
+def test_an_unknown_source_or_option_is_refused_naming_what_there_is():
+    with pytest.raises(DataError, match="unknown data source 'shapenet'; registered: ") as error:
         open_source("shapenet")
+    assert all(name in str(error.value) for name in list_sources())
     with pytest.raises(DataError, match="unknown option 'frames'"):
         open_source("synthetic_object", frames=3)
 

@@ -18,7 +18,8 @@ from harness.records import RecordStore
 from harness.schema import RunOptions, load_experiment, run_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.filterwarnings("ignore::harness.metrics.LPIPSUnavailableWarning")  # expected: no backbone here
+pytestmark = [pytest.mark.slow,  # every test starts ranks under torchrun
+              pytest.mark.filterwarnings("ignore::harness.metrics.LPIPSUnavailableWarning")]  # expected: no backbone here
 
 
 @pytest.fixture(autouse=True)

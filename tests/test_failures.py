@@ -59,6 +59,7 @@ def stderr_lines(capsys) -> list[str]:
 # ------------------------------------------------------------------------------- exit codes
 
 
+@pytest.mark.slow
 def test_a_failed_point_exits_1_and_a_rerun_that_records_it_exits_0(tmp_path, monkeypatch, caplog):
     out = tmp_path / "out"
     fail_at_call(monkeypatch, {2}, ValueError("shape mismatch"))
@@ -72,6 +73,7 @@ def test_a_failed_point_exits_1_and_a_rerun_that_records_it_exits_0(tmp_path, mo
     assert [r["status"] for r in rows_of(out)][-1] == "ok" and len(rows_of(out)) == 5
 
 
+@pytest.mark.slow
 def test_a_convergence_run_that_cannot_train_exits_1(tmp_path, capsys, caplog):
     """The training point fails (both checkpoints damaged): recorded with its reason, and the command says so."""
     out = tmp_path / "out"
@@ -133,6 +135,7 @@ def test_an_append_on_a_full_disk_leaves_the_file_as_it_was_and_says_so(tmp_path
     assert store.path.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_cli_with_one_line_and_a_rerun_resumes(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     real, appends = RecordStore.append, []
@@ -255,6 +258,7 @@ def test_a_reader_names_the_line_and_says_what_to_do(tmp_path, caplog):
 # --------------------------------------------------------------- one experiment per folder
 
 
+@pytest.mark.slow
 def test_another_experiment_in_the_same_folder_is_refused_naming_both(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(flops_argv(out)) == 0
@@ -296,6 +300,7 @@ def test_a_folder_locked_by_a_live_process_is_refused_in_one_line(tmp_path, caps
         holder.wait()
 
 
+@pytest.mark.slow
 def test_a_stale_lock_is_taken_over_with_a_warning_and_released_at_the_end(tmp_path, monkeypatch, caplog):
     out = tmp_path / "out"
     gone = subprocess.Popen(["true"])
@@ -317,6 +322,7 @@ def test_a_stale_lock_is_taken_over_with_a_warning_and_released_at_the_end(tmp_p
     assert not (out / "run.lock").exists()
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_running_folder_is_refused(tmp_path):
     """Two real processes: the first holds the folder (its measure waits), the second is refused."""
     out = tmp_path / "out"
@@ -341,6 +347,7 @@ def test_a_second_process_on_a_running_folder_is_refused(tmp_path):
 # --------------------------------------------------------------------------------- Ctrl-C
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_with_one_line_exit_130_and_a_rerun_resumes(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     fail_at_call(monkeypatch, {3}, KeyboardInterrupt())

@@ -1,6 +1,6 @@
-"""Every input is honoured or refused: a run option the kind does not read, a registry name already
-taken, a file that is not what it claims to be, missing data (exit status 2, one line, nothing done),
-and each object-render layout that `make table-objects` documents runs on a small scene."""
+"""Every input is honoured or refused: a run option the kind does not read, a file that is not what it
+claims to be, missing data (exit status 2, one line, nothing done), and each object-render layout that
+`make table-objects` documents runs on a small scene."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,9 +10,6 @@ import torch
 
 from formats import random_capture, write_lvsm, write_opencv_cameras, write_transforms
 from harness.cli import main
-from harness.data.registry import register_source
-from harness.data.source import Source
-from harness.errors import DataError
 from harness.schema import RunOptions, load_experiment, run_spec
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
@@ -36,13 +33,6 @@ def test_a_run_option_the_kind_does_not_read_is_refused(tmp_path, capsys):
     assert "--ship-weights is not read by kind 'profile_flops'" in _error_line(capsys)
 
 
-def test_a_data_source_name_is_never_registered_twice():
-    with pytest.raises(DataError, match="data source 'synthetic_object' is registered twice"):
-        @register_source("synthetic_object")
-        class Impostor(Source):  # noqa: F841
-            pass
-
-
 @pytest.mark.parametrize("content", [b"\xff\xfek\x00i\x00n\x00d\x00:\x00", torch.zeros(3)], ids=["utf16", "torch_file"])
 def test_an_experiment_file_that_is_not_utf8_yaml_is_one_line(tmp_path, capsys, content):
     path = tmp_path / "exp.yaml"
@@ -55,15 +45,21 @@ def test_an_experiment_file_that_is_not_utf8_yaml_is_one_line(tmp_path, capsys, 
     assert str(path) in line and "not a UTF-8 text file" in line
 
 
-def test_missing_data_is_exit_2_with_what_is_missing_and_how_to_provide_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("RE10K_DIR", str(tmp_path / "no_such_folder"))
+@pytest.mark.parametrize("folder, missing", [(None, "root is not set ('$RE10K_DIR')"),
+                                             ("no_such_folder", "no_such_folder does not exist")], ids=["unset", "absent"])
+def test_missing_data_is_exit_2_with_what_is_missing_and_how_to_provide_it(tmp_path, monkeypatch, capsys, folder, missing):
+    if folder is None:
+        monkeypatch.delenv("RE10K_DIR", raising=False)
+    else:
+        monkeypatch.setenv("RE10K_DIR", str(tmp_path / folder))
     out = tmp_path / "out"
     assert main(["run", str(EXPERIMENTS / "table_re10k.yaml"), "--set", f"output_dir={out}"]) == 2
     line = _error_line(capsys)
-    assert "no_such_folder does not exist" in line and "make table-re10k RE10K_DIR=" in line
-    assert not (out / "rows.jsonl").exists()
+    assert missing in line and "make table-re10k RE10K_DIR=" in line
+    assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout, write", [("lvsm_json", write_lvsm), ("transforms_json", write_transforms),
                                            ("opencv_cameras", write_opencv_cameras)])
 def test_table_objects_runs_on_every_documented_layout(tmp_path, monkeypatch, layout, write):

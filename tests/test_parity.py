@@ -99,6 +99,7 @@ def checkout(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_parity_runs_end_to_end_against_a_stand_in_official_checkout(checkout, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LVSM_BENCH_CODE_VERSION", "test")
     monkeypatch.delenv("OFFICIAL_EFFICIENT_LVSM", raising=False)
@@ -137,6 +138,7 @@ def test_a_directory_that_is_no_official_checkout_is_one_line(tmp_path):
             pass
 
 
+@pytest.mark.slow
 def test_a_wrong_checkout_stops_the_run_before_any_work(tmp_path, monkeypatch):
     """One line naming the variable and what is missing, exit status 2, nothing measured or written."""
     import subprocess

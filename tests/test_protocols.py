@@ -111,6 +111,7 @@ def test_protocol_is_a_named_data_key_and_bad_names_are_refused(tmp_path):
         load_experiment(path)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::harness.metrics.LPIPSUnavailableWarning")
 def test_evaluation_table_states_its_protocol_and_counts_scenes_scored_at_another_size(tmp_path, monkeypatch):
     monkeypatch.setenv("LVSM_BENCH_CODE_VERSION", "test")

@@ -163,6 +163,7 @@ def test_every_variant_says_what_its_state_holds():
     assert all(isinstance(model_class(name).scene_state, str) and model_class(name).scene_state for name in STATEFUL)
 
 
+@pytest.mark.slow
 def test_one_more_target_experiment_counts_times_and_says_which_variants_recompute(tmp_path, capsys):
     path = tmp_path / "omt.yaml"
     path.write_text(f"""

@@ -115,6 +115,7 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     close_world()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_two_gloo_ranks_train_what_one_process_trains_at_the_same_global_batch(tmp_path):
     mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
@@ -203,6 +204,7 @@ def test_bad_experiment_yaml_names_the_key_and_the_allowed_values(tmp_path, body
         assert word in message
 
 
+@pytest.mark.slow
 def test_convergence_study_end_to_end(tmp_path, capsys):
     path = tiny_convergence(
         tmp_path / "tiny.yaml", tmp_path / "out", ["lvsm_encoder_decoder", "efficient_lvsm"],
@@ -268,6 +270,7 @@ def test_ring_layout_spreads_context_views_in_azimuth():
         ConvergenceExperiment(name="c", kind="convergence", data=TrainData(context_layout="ring", nearby_views=6))
 
 
+@pytest.mark.slow
 def test_shipped_weights_reproduce_the_study_in_view_generalization_and_evaluation(tmp_path, capsys):
     """The study ships its weights (weights only, sha256 in a manifest); view generalization and the
     evaluation kind read them and reproduce its final validation PSNR; the KV-cache numbers are the full
@@ -326,6 +329,7 @@ def test_shipped_weights_reproduce_the_study_in_view_generalization_and_evaluati
     assert len(err) == 1 and "efficient_lvsm.pt: sha256" in err[0] and "does not match" in err[0], err
 
 
+@pytest.mark.slow
 def test_weights_ship_only_on_request_from_the_study_itself_and_never_over_another_model(tmp_path, capsys):
     """A run with overrides (or without --ship-weights) leaves the shipped folder untouched and says where
     its weights are; --ship-weights with an override is refused before any training; shipping over a file
@@ -365,6 +369,7 @@ def test_weights_ship_only_on_request_from_the_study_itself_and_never_over_anoth
     assert "--checkpoint is not read by kind 'convergence'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_from_records_rebuilds_the_tables_under_new_code_without_training(tmp_path, monkeypatch, capsys):
     """Under another code version the runs' rows no longer match their keys; --from-records takes the
     recorded runs trained with the same settings, trains nothing, measures the clean step cost, and refuses

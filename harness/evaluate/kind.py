@@ -19,7 +19,7 @@ from .spec import EvaluateSpec
 log = logging.getLogger(__name__)
 
 
-def with_checkpoints(spec: EvaluateSpec, checkpoints: tuple[str, ...]) -> list[dict[str, Any]] | None:
+def with_checkpoints(checkpoints: tuple[str, ...]) -> list[dict[str, Any]] | None:
     """`[MODEL=]PATH` items replace the experiment's model list (our checkpoints name their model;
     official ones need MODEL=)."""
     if not checkpoints:
@@ -48,7 +48,7 @@ def _checkpoint_model(path: str, item: str) -> str:
 
 
 def run_evaluation(spec: EvaluateSpec, options: RunOptions) -> EvaluationResult | None:
-    models = with_checkpoints(spec, options.checkpoints)
+    models = with_checkpoints(options.checkpoints)
     if models is not None:
         spec = revalidate(spec, models=models)
     try:

@@ -32,7 +32,7 @@ from ..provenance import measured_by
 from ..runtime import autocast
 from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, Ratio, RunOptions, Spec)
 from . import report
-from .measure import (FlopCounter, ModelCache, RunContext, Sizes, alternating_ratio, compiled, first_call, input_views,
+from .measure import (MIB, FlopCounter, ModelCache, RunContext, Sizes, alternating_ratio, compiled, first_call, input_views,
                       mark_shared_cores, matmul_peak_tflops, measure_call, refuse_shared_cores, resolve_context,
                       sdpa_backend, sdpa_backend_used, synthetic_views, target_views)
 
@@ -178,12 +178,12 @@ class EfficiencySpec(CostSpec, SharedCores):
 # ------------------------------------------------------------------------------------ running
 
 
-def _context(spec: CostSpec, options: RunOptions, measured: bool = True) -> tuple[CostSpec, RunContext]:
+def _context(spec: CostSpec, measured: bool = True) -> RunContext:
     measurement = spec.measure if measured else None
     ctx = resolve_context(spec.preset, spec.batch, spec.image_size, measurement)
     if measured:
         refuse_shared_cores(spec.name, ctx.device, getattr(spec, "allow_cpu_multirank", False))
-    return spec, ctx
+    return ctx
 
 
 def _sweep_and_report(spec: CostSpec, ctx: RunContext, points: list[dict[str, Any]], measure, label_of, options: RunOptions,
@@ -245,7 +245,7 @@ def _point_label(point: Mapping[str, Any]) -> str:
 
 
 def run_profile(spec: ProfileSpec, options: RunOptions) -> list[dict[str, Any]]:
-    spec, ctx = _context(spec, options)
+    ctx = _context(spec)
     points = [ctx.point(model=model, n_input=n, n_target=m, batch=spec.batch, measure=spec.measure.key())
               for m in spec.n_targets for n in sorted(spec.n_inputs) for model in spec.models]
     if all(name in spec.models for name in spec.ratio.names):  # the headline ratio, timed in alternation
@@ -257,7 +257,7 @@ def run_profile(spec: ProfileSpec, options: RunOptions) -> list[dict[str, Any]]:
 
 
 def run_flops(spec: FlopsSpec, options: RunOptions) -> list[dict[str, Any]]:
-    spec, ctx = _context(spec, options, measured=False)
+    ctx = _context(spec, measured=False)
     points = [ctx.point(model=model, n_input=n, n_target=m, batch=spec.batch)
               for model in spec.models for m in spec.n_targets for n in sorted(spec.n_inputs)]
     counter = FlopCounter(ctx.sizes)
@@ -271,11 +271,11 @@ def run_flops(spec: FlopsSpec, options: RunOptions) -> list[dict[str, Any]]:
 
 
 def _cache_mib(cache) -> float:
-    return sum(t.numel() * t.element_size() for kv in cache for t in kv) / 2 ** 20
+    return sum(t.numel() * t.element_size() for kv in cache for t in kv) / MIB
 
 
 def run_kv_cache(spec: KVCacheSpec, options: RunOptions) -> list[dict[str, Any]]:
-    spec, ctx = _context(spec, options)
+    ctx = _context(spec)
     settings = spec.measure
     common = dict(n_new=spec.n_new, n_target=spec.n_targets, batch=spec.batch, measure=settings.key())
     arms = [(spec.ratio.model, "kv_cache"), (spec.ratio.baseline, "recompute")] + [(name, "rebuild") for name in spec.rebuild_models]
@@ -361,7 +361,7 @@ def published_setting_search(spec: EfficiencySpec) -> tuple[list[dict[str, Any]]
 
 
 def run_efficiency(spec: EfficiencySpec, options: RunOptions) -> list[dict[str, Any]]:
-    spec, ctx = _context(spec, options)
+    ctx = _context(spec)
     search = published_setting_search(spec)
     points = [ctx.point(model=model, n_input=spec.n_input, n_target=spec.n_target, batch=spec.batch,
                         measure=spec.measure.key()) for model in spec.models]

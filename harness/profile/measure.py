@@ -31,7 +31,7 @@ from ..distributed import current_world
 from ..errors import ConfigError
 from ..pipeline import measured_commits
 from ..provenance import environment
-from ..runtime import autocast, default_dtype, resolve_device, resolve_preset
+from ..runtime import DTYPES, autocast, default_dtype, resolve_device, resolve_preset
 from ..schema import Measurement
 
 # --------------------------------------------------------------------------------------- inputs
@@ -316,7 +316,7 @@ def timed_runs(fn: Callable[[], Any], device: torch.device, runs: int, warmup: i
 # peak minus baseline approximates the block's own working memory. Freed heap pages are handed back
 # with malloc_trim first, so the previous point's garbage does not count.
 
-MiB = 2 ** 20
+MIB = 2 ** 20
 
 
 @functools.lru_cache(maxsize=1)
@@ -370,13 +370,13 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.columns = {"peak_mem_mb": torch.cuda.max_memory_allocated(self.device) / MiB,
-                            "peak_reserved_mb": torch.cuda.max_memory_reserved(self.device) / MiB,
-                            "baseline_mem_mb": self._baseline / MiB, "mem_kind": "cuda max_memory_allocated"}
+            self.columns = {"peak_mem_mb": torch.cuda.max_memory_allocated(self.device) / MIB,
+                            "peak_reserved_mb": torch.cuda.max_memory_reserved(self.device) / MIB,
+                            "baseline_mem_mb": self._baseline / MIB, "mem_kind": "cuda max_memory_allocated"}
             return
         peak = _status_kib("VmHWM") if self._cpu_ok else None
-        self.columns = {"peak_mem_mb": None if peak is None else peak * 1024 / MiB, "peak_reserved_mb": None,
-                        "baseline_mem_mb": self._baseline / MiB if peak is not None else None,
+        self.columns = {"peak_mem_mb": None if peak is None else peak * 1024 / MIB, "peak_reserved_mb": None,
+                        "baseline_mem_mb": self._baseline / MIB if peak is not None else None,
                         "mem_kind": "cpu process peak RSS (VmHWM)" if peak is not None else "unavailable"}
 
 
@@ -498,10 +498,11 @@ MATMUL_SIZE = {"cuda": 8192, "cpu": 2048}
 
 @functools.lru_cache(maxsize=8)
 def matmul_peak_tflops(device_type: str, dtype: str, threads: int) -> float:
-    """Median TFLOP/s of an n^3 matmul in `dtype` (bf16 on CUDA, as the profiled models run)."""
+    """Median TFLOP/s of an n^3 matmul in `dtype` (bf16 on CUDA, as the profiled models run). `threads`
+    is not read here: it keys the cache, since a CPU peak measured with other thread counts does not hold."""
     device = torch.device(device_type)
     n = MATMUL_SIZE.get(device_type, 2048)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    torch_dtype = DTYPES[dtype]
     a = torch.randn(n, n, device=device, dtype=torch_dtype)
     b = torch.randn(n, n, device=device, dtype=torch_dtype)
     warm_up(lambda: a @ b, device, 2)

@@ -29,11 +29,11 @@ from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_mani
 from ..provenance import measured_by
 from ..runtime import autocast
 from ..schema import Kind, Measurement, ModelName, Positive, PresetName, RunOptions, Spec
+from ..tables import missing_as_none
 from .kinds import CostSpec, SharedCores
-from .measure import FlopCounter, ModelCache, RunContext, measure_call, refuse_shared_cores, resolve_context, synthetic_views
-from .report import blank_missing, exponents, growth_exponent, noisy_note
+from .measure import MIB, FlopCounter, ModelCache, RunContext, measure_call, refuse_shared_cores, resolve_context, synthetic_views
+from .report import exponents, growth_exponent, noisy_note
 
-MIB = 2 ** 20
 NO_STATE = "none: recomputes the whole forward pass over the N input views"
 
 
@@ -179,6 +179,37 @@ def one_more_target_report(spec: OneMoreTargetSpec, counted: RunContext, timed: 
                            expected: int) -> Report:
     count_rows = [r for r in rows if r.get("part") == "flops"]
     timed_rows = [r for r in rows if r.get("part") == "latency"]
+    # One list, shared by the report and its tables: notes added below (and the run's summary line the
+    # caller puts first) head every table that was given it.
+    notes = _report_notes(counted, timed, rows, count_rows, expected)
+    result = Report(f"{spec.name}: the cost of one more target view given a scene state", notes)
+    flops, latency = ok_frame(count_rows), ok_frame(timed_rows)
+    if flops.empty and latency.empty:
+        return result
+    flops, latency = (_in_model_order(frame, spec.models) if not frame.empty else frame for frame in (flops, latency))
+    states = _scene_states(flops, latency)
+    shown = {name: _shown(name, described) for name, described in states.items()}
+    notes += _stateless_notes(states)
+    if not flops.empty:
+        result.tables += _flops_tables(spec, counted, flops, shown, notes)
+    if not latency.empty:
+        notes += noisy_note(latency, spec.measure.noisy_iqr)
+        result.tables.append(_latency_table(spec, timed, latency, notes))
+    both = _in_model_order(pd.concat([flops[["model", "n_input", "gflops"]] if not flops.empty else pd.DataFrame(),
+                                      latency[["model", "n_input", "latency_ms"]] if not latency.empty else pd.DataFrame()])
+                           .groupby(["model", "n_input"], sort=False, as_index=False).first(), spec.models)
+    metrics = {"gflops": f"GFLOPs (counted, preset {counted.preset})",
+               "latency_ms": f"latency ms (timed, preset {timed.preset})"}
+    metrics = {k: v for k, v in metrics.items() if k in both}
+    result.tables.append(_exponents_table(spec, both, metrics, shown, notes))
+    where = f"FLOPs counted on the meta device; latency on {timed.env['device']}, {timed.dtype}"
+    result.figures["one_more_target.png"] = lambda: cost_figure(both, metrics, states, spec.fit_min_n, where)
+    result.headlines += _headlines(spec, counted, timed, flops, latency, states, shown)
+    return result
+
+
+def _report_notes(counted: RunContext, timed: RunContext, rows: list[dict[str, Any]], count_rows: list[dict[str, Any]],
+                  expected: int) -> list[str]:
     counted_notes, timed_notes = counted.notes(count_rows), timed.notes(rows)
     notes = [
         "one more target: `render_scene(state, one target camera)`, the state built once beforehand by `encode_scene` "
@@ -189,69 +220,76 @@ def one_more_target_report(spec: OneMoreTargetSpec, counted: RunContext, timed: 
     ] + failure_notes(rows, ["model", "part", "n_input"])
     if len(rows) < expected:
         notes.append(f"{expected - len(rows)} of {expected} points not measured yet (rerun to resume)")
-    result = Report(f"{spec.name}: the cost of one more target view given a scene state", notes)
-    flops, latency = ok_frame(count_rows), ok_frame(timed_rows)
-    if flops.empty and latency.empty:
-        return result
-    order = {name: index for index, name in enumerate(spec.models)}
+    return notes
 
-    def in_order(frame: pd.DataFrame) -> pd.DataFrame:
-        """The experiment's model order (the registry's by default), then N."""
-        return frame.sort_values(["model", "n_input"], key=lambda c: c.map(order) if c.name == "model" else c)
 
-    flops, latency = (in_order(frame) if not frame.empty else frame for frame in (flops, latency))
+def _in_model_order(frame: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """The experiment's model order (the registry's by default), then N."""
+    order = {name: index for index, name in enumerate(models)}
+    return frame.sort_values(["model", "n_input"], key=lambda c: c.map(order) if c.name == "model" else c)
+
+
+def _scene_states(*frames: pd.DataFrame) -> dict[str, str | None]:
+    """Each variant's scene state as its rows describe it, None for a variant that keeps none."""
     states: dict[str, str | None] = {}
-    for frame in (flops, latency):
+    for frame in frames:
         if not frame.empty:
             states.update((m, s if isinstance(s, str) and s else None) for m, s in zip(frame["model"], frame["scene_state"]))
-    shown = {name: _shown(name, described) for name, described in states.items()}
+    return states
+
+
+def _stateless_notes(states: Mapping[str, str | None]) -> list[str]:
     stateless = [label(name) for name, described in states.items() if not described]
-    if stateless:
-        notes.append(f"no scene state ({', '.join(stateless)}): nothing of the input views can be kept, so one more "
-                     "target recomputes the whole forward pass over the N input views and that target")
+    if not stateless:
+        return []
+    return [f"no scene state ({', '.join(stateless)}): nothing of the input views can be kept, so one more "
+            "target recomputes the whole forward pass over the N input views and that target"]
 
-    if not flops.empty:
-        table = pd.DataFrame({
-            "model": flops["model"].map(label), "scene state": flops["scene_state"].map(_state_text),
-            "N": flops["n_input"], "one more target GFLOPs": flops["gflops"],
-            "encode GFLOPs (once)": flops["encode_gflops"],
-            "one more target / (encode + one target)": flops["gflops"] / (flops["gflops"] + flops["encode_gflops"]),
-            "state MiB (float32)": flops["state_mib"],
-        })
-        title = f"One more target view given a scene state: FLOPs (counted, preset {counted.preset})"
-        result.tables.append(Table(spec.name, title, blank_missing(table), notes, console=False))
-        wide = flops.assign(series=flops["model"].map(shown)).pivot_table(
-            index="n_input", columns="series", values="gflops", sort=False).reset_index()
-        wide["n_input"] = wide["n_input"].astype(int).astype(object)
-        result.tables.append(Table("gflops_wide", f"GFLOPs of one more target view (counted, preset {counted.preset})",
-                                   wide.rename(columns={"n_input": "N"}), notes[:2], floatfmt=",.2f"))
-    if not latency.empty:
-        notes += noisy_note(latency, spec.measure.noisy_iqr)
-        table = pd.DataFrame({
-            "model": latency["model"].map(label), "scene state": latency["scene_state"].map(_state_text),
-            "N": latency["n_input"], "latency ms (median)": latency["latency_ms"], "IQR ms": latency["latency_iqr_ms"],
-            "runs": latency["runs"], "noisy": latency["noisy"].map(lambda v: "noisy" if v is True else ""),
-            "GFLOPs": latency["gflops"], "state MiB": latency["state_mib"], "peak mem MiB": latency["peak_mem_mb"],
-        })
-        title = f"One more target view given a scene state: latency ({timed.env['device']}, {timed.dtype}, preset {timed.preset})"
-        result.tables.append(Table("latency", title, blank_missing(table), notes))
 
-    both = pd.concat([flops[["model", "n_input", "gflops"]] if not flops.empty else pd.DataFrame(),
-                      latency[["model", "n_input", "latency_ms"]] if not latency.empty else pd.DataFrame()])
-    both = both.groupby(["model", "n_input"], sort=False, as_index=False).first()
-    both = in_order(both)
-    metrics = {"gflops": f"GFLOPs (counted, preset {counted.preset})",
-               "latency_ms": f"latency ms (timed, preset {timed.preset})"}
-    metrics = {k: v for k, v in metrics.items() if k in both}
+def _flops_tables(spec: OneMoreTargetSpec, counted: RunContext, flops: pd.DataFrame, shown: Mapping[str, str],
+                  notes: list[str]) -> list[Table]:
+    """The counted FLOPs per variant and N, and the same GFLOPs with one column per variant."""
+    table = pd.DataFrame({
+        "model": flops["model"].map(label), "scene state": flops["scene_state"].map(_state_text),
+        "N": flops["n_input"], "one more target GFLOPs": flops["gflops"],
+        "encode GFLOPs (once)": flops["encode_gflops"],
+        "one more target / (encode + one target)": flops["gflops"] / (flops["gflops"] + flops["encode_gflops"]),
+        "state MiB (float32)": flops["state_mib"],
+    })
+    title = f"One more target view given a scene state: FLOPs (counted, preset {counted.preset})"
+    wide = flops.assign(series=flops["model"].map(shown)).pivot_table(
+        index="n_input", columns="series", values="gflops", sort=False).reset_index()
+    wide["n_input"] = wide["n_input"].astype(int).astype(object)
+    return [Table(spec.name, title, missing_as_none(table), notes, console=False),
+            Table("gflops_wide", f"GFLOPs of one more target view (counted, preset {counted.preset})",
+                  wide.rename(columns={"n_input": "N"}), notes[:2], floatfmt=",.2f")]
+
+
+def _latency_table(spec: OneMoreTargetSpec, timed: RunContext, latency: pd.DataFrame, notes: list[str]) -> Table:
+    table = pd.DataFrame({
+        "model": latency["model"].map(label), "scene state": latency["scene_state"].map(_state_text),
+        "N": latency["n_input"], "latency ms (median)": latency["latency_ms"], "IQR ms": latency["latency_iqr_ms"],
+        "runs": latency["runs"], "noisy": latency["noisy"].map(lambda v: "noisy" if v is True else ""),
+        "GFLOPs": latency["gflops"], "state MiB": latency["state_mib"], "peak mem MiB": latency["peak_mem_mb"],
+    })
+    title = f"One more target view given a scene state: latency ({timed.env['device']}, {timed.dtype}, preset {timed.preset})"
+    return Table("latency", title, missing_as_none(table), notes)
+
+
+def _exponents_table(spec: OneMoreTargetSpec, both: pd.DataFrame, metrics: Mapping[str, str], shown: Mapping[str, str],
+                     notes: list[str]) -> Table:
     slopes = exponents(both, "n_input", {k: f"{'FLOPs' if k == 'gflops' else 'latency'} exponent" for k in metrics},
                        ["model"], spec.fit_min_n)
     slopes["model"] = slopes["model"].map(shown)
-    result.tables.append(Table("exponents", f"Growth exponents in N of one more target view (log-log fit over N >= "
-                                            f"{spec.fit_min_n})", slopes, notes[1:3], floatfmt=".2f"))
-    where = f"FLOPs counted on the meta device; latency on {timed.env['device']}, {timed.dtype}"
-    result.figures["one_more_target.png"] = lambda: cost_figure(both, metrics, states, spec.fit_min_n, where)
+    return Table("exponents", f"Growth exponents in N of one more target view (log-log fit over N >= {spec.fit_min_n})",
+                 slopes, notes[1:3], floatfmt=".2f")
 
+
+def _headlines(spec: OneMoreTargetSpec, counted: RunContext, timed: RunContext, flops: pd.DataFrame, latency: pd.DataFrame,
+               states: Mapping[str, str | None], shown: Mapping[str, str]) -> list[str]:
+    """One line per variant: its cost at the headline Ns, counted and timed."""
     ns = list(spec.headline_n)
+    lines = []
     for name in shown:
         parts = []
         mine = flops[flops["model"] == name] if not flops.empty else flops
@@ -260,9 +298,9 @@ def one_more_target_report(spec: OneMoreTargetSpec, counted: RunContext, timed: 
         mine = latency[latency["model"] == name] if not latency.empty else latency
         if not mine.empty:
             parts.append(f"{_per_n(mine, 'latency_ms', ns, '{:.2f}')} ms (preset {timed.preset}, {timed.env['device']})")
-        result.headlines.append(f"{label(name)}, one more target at N = {', '.join(map(str, ns))}: " + "; ".join(parts)
-                                + f" (state: {_state_text(states[name])})")
-    return result
+        lines.append(f"{label(name)}, one more target at N = {', '.join(map(str, ns))}: " + "; ".join(parts)
+                     + f" (state: {_state_text(states[name])})")
+    return lines
 
 
 ONE_MORE_TARGET = Kind(OneMoreTargetSpec, run_one_more_target,

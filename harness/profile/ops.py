@@ -31,9 +31,8 @@ from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_mani
 from ..provenance import environment, measured_by
 from ..schema import ExperimentBase, Kind, ModelName, ModelRef, Positive, PositiveFloat, PresetName, Published, RunOptions, Spec
 from .kinds import SharedCores, released_variants
-from .measure import mark_shared_cores, refuse_shared_cores, synthetic_views
+from .measure import MIB, mark_shared_cores, refuse_shared_cores, synthetic_views
 
-MIB = 2 ** 20
 
 # Element sizes under the names torch.profiler gives dtypes in `input_dtypes`.
 DTYPE_BYTES = {

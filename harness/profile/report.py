@@ -12,6 +12,7 @@ from models import label, list_models, model_card, model_class
 
 from ..pipeline import Report, Table, failure_notes, ok_frame
 from ..plots import legend_outside, plt
+from ..tables import missing_as_none
 
 AXIS_NAMES = {"n_input": "N input views", "n_cached": "N cached input views", "n_target": "M target views"}
 
@@ -44,11 +45,6 @@ def published_notes(table: str, models: Sequence[str], keys: Sequence[str]) -> l
     rows = card_published(table, models)
     return [f"published ({label(name)}): " + ", ".join(f"{k}={row[k]}" for k in keys if k in row) + f" (source: {row['source']})"
             for name, row in rows.items()]
-
-
-def blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
-    """NaN -> None, which the table writers print as n/a."""
-    return frame.astype(object).where(frame.notna(), None)
 
 
 def noisy_note(frame: pd.DataFrame, threshold: float, what: str = "latency") -> list[str]:
@@ -309,6 +305,27 @@ def flops_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Report
 
 def kv_cache_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Report:
     frame = ok_frame(rows)
+    # One list, shared by the report and its first table: the noisy note below (and the run's summary
+    # line the caller puts first) head that table too.
+    notes = _kv_cache_notes(spec, ctx, rows, expected)
+    result = Report(spec.name, notes)
+    if frame.empty:
+        return result
+    notes += noisy_note(frame, spec.measure.noisy_iqr)
+    published = {r.n: r for r in (spec.published.rows if spec.published else [])}
+    table = _kv_cache_table(spec, frame, published)
+    result.tables.append(Table(spec.name, "Adding one input view: KV cache vs recomputing", missing_as_none(table), notes))
+    result.headlines += _kv_cache_headline(spec, ctx, table, published)
+    extra = _published_latencies(published)
+    result.tables.append(Table("exponents", f"Growth exponents in N (fit over N >= {spec.fit_min_n})",
+                               _kv_cache_exponents(spec, frame, extra), notes[:2], floatfmt=".2f"))
+    result.figures["kv_cache.png"] = lambda: loglog(
+        frame, "n_cached", {"latency_ms": "latency (ms)", "gflops": "GFLOPs"}, None, "model", spec.fit_min_n,
+        f"add {spec.n_new} view + render {spec.n_targets} ({ctx.env['device']}, {ctx.dtype}, preset {ctx.preset})", extra)
+    return result
+
+
+def _kv_cache_notes(spec, ctx, rows: list[dict[str, Any]], expected: int) -> list[str]:
     notes = ctx.notes(rows) + [
         f"cached: {label(spec.ratio.model)} adds {spec.n_new} view(s) to a KV cache of N views, then renders "
         f"{spec.n_targets} targets; recompute: {label(spec.ratio.baseline)} renders the {spec.n_targets} targets "
@@ -325,10 +342,12 @@ def kv_cache_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Rep
     ] + failure_notes(rows, ["model", "mode", "n_cached"]) + _unmeasured(rows, expected)
     if spec.published:
         notes.append(f"published: {spec.published.source}")
-    result = Report(spec.name, notes)
-    if frame.empty:
-        return result
-    notes += noisy_note(frame, spec.measure.noisy_iqr)
+    return notes
+
+
+def _kv_cache_table(spec, frame: pd.DataFrame, published: Mapping[int, Any]) -> pd.DataFrame:
+    """One row per N: cached against recomputed (latency, FLOPs, memory), the published times beside
+    ours, and each rebuilt variant's cost and how far its incremental update renders from the rebuild."""
     cached = frame[frame["mode"] == "kv_cache"].set_index("n_cached")
     full = frame[frame["mode"] == "recompute"].set_index("n_cached")
     ns = sorted(set(cached.index) | set(full.index))
@@ -340,7 +359,6 @@ def kv_cache_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Rep
     table["noisy"] = ["noisy" if bool(cached["noisy"].get(n, False)) or bool(full["noisy"].get(n, False)) else ""
                       for n in ns] if "noisy" in frame else ""
     table["speed-up"] = table["recompute ms"] / table["cached ms"]
-    published = {r.n: r for r in (spec.published.rows if spec.published else [])}
     if published:
         table["published cached ms"] = [published[n].cached_ms if n in published else None for n in ns]
         table["published recompute ms"] = [published[n].recompute_ms if n in published else None for n in ns]
@@ -357,33 +375,40 @@ def kv_cache_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Rep
     table["KV cache MiB"] = [cached["kv_cache_mb"].get(n) for n in ns]
     table["cached peak MiB"] = [cached["peak_mem_mb"].get(n) for n in ns]
     table["recompute peak MiB"] = [full["peak_mem_mb"].get(n) for n in ns]
-    result.tables.append(Table(spec.name, "Adding one input view: KV cache vs recomputing", blank_missing(table), notes))
+    return table
+
+
+def _kv_cache_headline(spec, ctx, table: pd.DataFrame, published: Mapping[int, Any]) -> list[str]:
+    """The speed-up at the largest N measured in both modes, beside the published one at that N."""
     measured = table.dropna(subset=["speed-up"])
-    if not measured.empty:
-        last = measured.iloc[-1]
-        line = (f"adding {spec.n_new} view to N={int(last['N'])} and rendering {spec.n_targets}: KV cache {last['cached ms']:.1f} ms vs "
-                f"recompute {last['recompute ms']:.1f} ms, {last['speed-up']:.1f}x (ours, {ctx.env['device']}, preset {ctx.preset})")
-        if published and int(last["N"]) in published:
-            p = published[int(last["N"])]
-            line += f"; published {p.recompute_ms / p.cached_ms:.1f}x ({p.cached_ms} vs {p.recompute_ms} ms)"
-        result.headlines.append(line)
+    if measured.empty:
+        return []
+    last = measured.iloc[-1]
+    line = (f"adding {spec.n_new} view to N={int(last['N'])} and rendering {spec.n_targets}: KV cache {last['cached ms']:.1f} ms vs "
+            f"recompute {last['recompute ms']:.1f} ms, {last['speed-up']:.1f}x (ours, {ctx.env['device']}, preset {ctx.preset})")
+    if published and int(last["N"]) in published:
+        p = published[int(last["N"])]
+        line += f"; published {p.recompute_ms / p.cached_ms:.1f}x ({p.cached_ms} vs {p.recompute_ms} ms)"
+    return [line]
+
+
+def _published_latencies(published: Mapping[int, Any]) -> dict[str, pd.DataFrame]:
+    """The published cached and recomputed latencies against N, as series to plot and fit beside ours."""
+    if not published:
+        return {}
+    pub = pd.DataFrame([r.model_dump() for r in published.values()]).sort_values("n").rename(columns={"n": "n_cached"})
+    return {"published cached": pub.rename(columns={"cached_ms": "latency_ms"})[["n_cached", "latency_ms"]],
+            "published recompute": pub.rename(columns={"recompute_ms": "latency_ms"})[["n_cached", "latency_ms"]]}
+
+
+def _kv_cache_exponents(spec, frame: pd.DataFrame, extra: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     slopes = exponents(frame, "n_cached", {"latency_ms": "latency exponent", "gflops": "FLOPs exponent"},
                        ["model", "mode"], spec.fit_min_n)
     slopes["model"] = slopes["model"].map(label)
-    extra = {}
-    if published:
-        pub = pd.DataFrame([r.model_dump() for r in published.values()]).sort_values("n").rename(columns={"n": "n_cached"})
-        extra = {"published cached": pub.rename(columns={"cached_ms": "latency_ms"})[["n_cached", "latency_ms"]],
-                 "published recompute": pub.rename(columns={"recompute_ms": "latency_ms"})[["n_cached", "latency_ms"]]}
-        for ref_label, ref in extra.items():
-            slope = growth_exponent(ref["n_cached"], ref["latency_ms"], spec.fit_min_n)
-            slopes = pd.concat([slopes, pd.DataFrame([{"model": ref_label, "mode": "published", "latency exponent": slope}])])
-    result.tables.append(Table("exponents", f"Growth exponents in N (fit over N >= {spec.fit_min_n})", slopes, notes[:2],
-                               floatfmt=".2f"))
-    result.figures["kv_cache.png"] = lambda: loglog(
-        frame, "n_cached", {"latency_ms": "latency (ms)", "gflops": "GFLOPs"}, None, "model", spec.fit_min_n,
-        f"add {spec.n_new} view + render {spec.n_targets} ({ctx.env['device']}, {ctx.dtype}, preset {ctx.preset})", extra)
-    return result
+    for ref_label, ref in extra.items():
+        slope = growth_exponent(ref["n_cached"], ref["latency_ms"], spec.fit_min_n)
+        slopes = pd.concat([slopes, pd.DataFrame([{"model": ref_label, "mode": "published", "latency exponent": slope}])])
+    return slopes
 
 
 # ------------------------------------------------------------------------------------- efficiency
@@ -435,7 +460,7 @@ def efficiency_report(spec, ctx, rows: list[dict[str, Any]], search: tuple[list,
         a, b = from_cards[slow], from_cards[fast]
         result.headlines.append(f"published: latency {a['latency_ms'] / b['latency_ms']:.2f}x, "
                                 f"GFLOPs (thop) {a['gflops_thop'] / b['gflops_thop']:.2f}x")
-    result.tables.append(Table(spec.name, "Efficiency: ours beside the published table", blank_missing(pd.DataFrame(table_rows)),
+    result.tables.append(Table(spec.name, "Efficiency: ours beside the published table", missing_as_none(pd.DataFrame(table_rows)),
                                notes + result.headlines))
     found, counted = search
     s = spec.setting_search

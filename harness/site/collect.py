@@ -1,6 +1,7 @@
 """What the site shows, gathered from what the harness recorded: the experiment YAMLs and their paper
 entries, each results folder's rows, manifest, tables, figures and headlines, and the registry's
-cards. Nothing here lists experiments, kinds or variants: every page comes from what is found."""
+cards. No experiment, kind or variant is listed here: every page comes from what is found, and only
+the pages' order follows the paper index's (`paper.in_paper_order`)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import HarnessError
-from ..paper import ORDER, status as paper_status
+from ..paper import in_paper_order, status as paper_status
 from ..records import RecordStore, current_rows as shown_rows
 from ..schema import ExperimentBase, load_experiment
 from .scenes import strips_from_grid
@@ -350,8 +351,7 @@ def load_specs(experiments_dir: Path) -> list[ExperimentBase]:
             specs.append(load_experiment(path))
         except (HarnessError, ImportError, AttributeError) as error:  # e.g. a kind this checkout does not have
             print(f"site: skipped {path}: {' '.join(str(error).split())}")
-    specs.sort(key=lambda s: ORDER.index(s.name) if s.name in ORDER else len(ORDER))
-    return specs
+    return in_paper_order(specs)
 
 
 def published_of(dump: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -373,8 +373,7 @@ def published_of(dump: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def build_page(spec: ExperimentBase | None, results: Path, site_dir: Path, numbering: dict[int, int],
-               experiments_dir: Path) -> Page:
+def build_page(spec: ExperimentBase | None, results: Path, site_dir: Path, numbering: dict[int, int]) -> Page:
     rows = current_rows(results)
     manifest = manifest_of(results)
     dump = spec.model_dump(mode="json") if spec is not None else {}
@@ -420,13 +419,13 @@ def build_pages(experiments_dir: Path, results_root: Path, site_dir: Path) -> tu
         for entry in spec.paper:
             number += 1
             numbering[id(entry)] = number
-    pages = [build_page(spec, spec.results_dir(), site_dir, numbering, experiments_dir) for spec in specs]
+    pages = [build_page(spec, spec.results_dir(), site_dir, numbering) for spec in specs]
     claimed = {p.results.resolve() for p in pages}
     others = []
     for folder in sorted(p for p in results_root.iterdir() if p.is_dir()) if results_root.is_dir() else []:
         if folder.resolve() in claimed or folder.resolve() == site_dir.resolve() or site_dir.resolve() in folder.resolve().parents:
             continue
         if any(folder.rglob("*.csv")) or any(folder.rglob("*.png")):
-            others.append(build_page(None, folder, site_dir, numbering, experiments_dir))
+            others.append(build_page(None, folder, site_dir, numbering))
     index = sorted((item for page in pages for item in page.paper), key=lambda item: item.number)
     return pages, others, index

@@ -88,9 +88,10 @@ def _qualifier(name: str, word: str) -> str | None:
     return name.replace(marker, "(", 1)
 
 
-def column_pairs(columns: Sequence[str], published_hint: Mapping[str, str] | None = None) -> list[ColumnPair]:
-    """(ours, published) column pairs of one table. `published_hint`: for a `published` column whose
-    meaning varies by row, the ours-column per row is decided elsewhere (see `row_hints`)."""
+def column_pairs(columns: Sequence[str]) -> list[ColumnPair]:
+    """(ours, published) column pairs of one table, by name: `X (published...)` with `X (ours...)`,
+    `published X` with `X`, `published_X` with `X` or `X_mean`. A column named `published` alone is in
+    none: what it is published for varies by row (see `arm_published_columns`)."""
     pairs: list[ColumnPair] = []
     names = list(columns)
     for pub in names:
