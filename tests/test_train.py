@@ -190,7 +190,7 @@ def tiny_convergence(path: Path, out: Path, variants: list[str], data: dict, tra
     ("train: {steps: many}\n", ["train.steps", "valid integer", "'many'"]),
     ("train: {stepz: 3}\n", ["train.stepz: unknown key"]),
     ("optim: {schedule: linear}\n", ["optim.schedule", "'cosine'", "'constant'"]),
-    ("overrides: {depthh: 3}\n", ["arm lvsm_decoder_only", "depthh", "it reads", "depth"]),
+    ("overrides: {depthh: 3}\n", ["arm lvsm_decoder_only", "depthh", "its fields", "depth"]),
     ("data: {context_target_rate: 1.5}\n", ["data.context_target_rate", "less than or equal to 1"]),
     ("data: {options: {count: 4}, max_scenes: 2}\n", ["data.max_scenes: unknown key"]),
 ])
