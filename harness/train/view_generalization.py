@@ -22,7 +22,6 @@ from pydantic import Field
 
 from models import label, model_card
 
-from .. import metrics
 from ..errors import ConfigError, MissingResource
 from ..pipeline import Report, Sweep, Table, failure_notes, write_manifest, write_report
 from ..plots import legend_outside, plt
@@ -31,6 +30,7 @@ from ..runtime import autocast, resolve_device
 from ..schema import ExperimentBase, Kind, ModelName, Positive, RunOptions, load_experiment
 from ..weights import load_shipped, shipped_entry
 from .config import ConvergenceExperiment
+from .validation import score_renders
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +79,6 @@ def view_index(source, trained: ConvergenceExperiment, n_inputs: list[int]) -> d
                            np.random.default_rng([data.seed, i]))[0]
         assert check == base[name]["context"]  # the split is reproduced (same rule, same draws)
     return out
-
-
-def score(renders: list[torch.Tensor], batches: list[dict[str, Any]]) -> dict[str, float]:
-    """Per view, mean over each scene's targets, then over scenes (the evaluation protocol)."""
-    rows = []
-    for render, batch in zip(renders, batches):
-        targets = batch["target_images"].float()
-        b, m = targets.shape[:2]
-        flat_r, flat_t = render.float().flatten(0, 1), targets.flatten(0, 1)
-        psnr, ssim = metrics.psnr(flat_r, flat_t), metrics.ssim(flat_r, flat_t)
-        rows += [{"model": "m", "scene": batch["scene"][k // m], "psnr": float(psnr[k]), "ssim": float(ssim[k]), "lpips": None}
-                 for k in range(b * m)]
-    summary = metrics.mean_over_scenes(metrics.scene_means(rows)).iloc[0]
-    return {"psnr": float(summary["psnr"]), "ssim": float(summary["ssim"]), "scenes": int(summary["scenes"])}
 
 
 def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -> list[dict[str, Any]]:
@@ -159,7 +145,7 @@ def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -
                     renders.append(cached)
                 else:
                     renders.append(full)
-        return {**score(renders, parts), "kv_vs_full_max_abs": gap if point["mode"] == "kv_cache" else None,
+        return {**score_renders(zip(renders, parts)), "kv_vs_full_max_abs": gap if point["mode"] == "kv_cache" else None,
                 "train_n_input": train_n}
 
     sweep.run(points, measure, lambda p: f"{p['variant']} N={p['n_input']} {p['mode']}", options.progress)
