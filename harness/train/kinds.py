@@ -28,7 +28,7 @@ from ..schema import Kind, RunOptions, load_experiment, with_preset
 from .config import Arm, ConvergenceExperiment, TrainExperiment, settings_dict
 from ..distributed import current_world
 from .figures import save_renders
-from .loop import train_model
+from .loop import Trainer
 from .summary import SUMMARY_COLUMNS, convergence_report, final_columns, provenance
 from .validation import trivial_baselines
 from ..weights import check_replaceable, ship
@@ -72,7 +72,7 @@ def measure_step_costs(exp: ConvergenceExperiment, arm_names: list[str]) -> dict
 
     from models import build_model
     from ..profile.measure import Contention, interleaved_ms, median_iqr, synthetic_views
-    from .loop import training_step
+    from .loop import TrainStep
     from .loss import ReconstructionLoss
     from .optim import build_optimizer, build_scheduler
     device, data = resolve_device(exp.train.device), exp.data
@@ -91,8 +91,8 @@ def measure_step_costs(exp: ConvergenceExperiment, arm_names: list[str]) -> dict
             optimizer = build_optimizer(model, exp.optim, device)
             scheduler = build_scheduler(optimizer, exp.optim, train.steps)
             criterion = ReconstructionLoss(train.perceptual_weight, device)
-            calls.append(lambda m=model, o=optimizer, s=scheduler, c=criterion:
-                         training_step(m, m, batch, c, o, s, exp.optim, device, "float32"))
+            step = TrainStep(model, model, criterion, optimizer, scheduler, exp.optim.grad_clip, device, "float32")
+            calls.append(lambda step=step: step(batch))
         with Contention(device) as contention:
             times = interleaved_ms(calls, device, exp.step_cost_rounds, warmup=2)
     finally:
@@ -220,8 +220,8 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
         if "step_cost" in point:
             return measure_step_costs(exp, point["step_cost"]) if world.is_main else {}
         arm, seed = by_name[point["arm"]], point["seed"]
-        result = train_model(exp.model_spec(arm), exp.data, exp.optim, exp.train_spec(arm, seed), run_dirs[arm.name, seed],
-                             world=world, progress=options.progress, label=f"{arm.name} seed {seed}")
+        result = Trainer(exp.model_spec(arm), exp.data, exp.optim, exp.train_spec(arm, seed), run_dirs[arm.name, seed],
+                         world=world, progress=options.progress, label=f"{arm.name} seed {seed}").fit()
         if not world.is_main:
             return {}
         if seed == seeds[0]:
@@ -292,8 +292,8 @@ def run_train(exp: TrainExperiment, options: RunOptions) -> dict[str, Any] | Non
     write_manifest(sweep.out_dir, exp)
 
     def measure(point: dict[str, Any]) -> dict[str, Any]:
-        result = train_model(exp.model, exp.data, exp.optim, exp.train, sweep.out_dir, world=world,
-                             progress=options.progress, label=name)
+        result = Trainer(exp.model, exp.data, exp.optim, exp.train, sweep.out_dir, world=world,
+                         progress=options.progress, label=name).fit()
         return final_columns(result) if world.is_main else {}
 
     sweep.run([point], measure, lambda p: name, options.progress, unit="run")
