@@ -135,6 +135,48 @@ def test_two_gloo_ranks_train_what_one_process_trains_at_the_same_global_batch(t
     assert (tmp_path / "ddp" / "checkpoint.pt").is_file()
 
 
+def test_an_extra_loss_adds_its_weighted_term_to_the_step_and_trains_its_modules():
+    """Extra losses (REPA is one) hook into the step: the capture is entered around the forward pass,
+    the weighted term joins the loss and its parts, and the modules it declares are stepped too."""
+    import contextlib
+
+    from conftest import random_views
+    from harness.train.loop import TrainStep
+    from harness.train.loss import ReconstructionLoss
+    from harness.train.optim import build_optimizer, build_scheduler
+
+    class Offset:
+        key, title, label, weight = "offset_loss", "offset", "offset", 0.5
+
+        def __init__(self):
+            self.scale, self.forwards = torch.nn.Linear(1, 1), 0
+            self.modules = {"offset": self.scale}
+
+        @contextlib.contextmanager
+        def capture(self):
+            self.forwards += 1
+            yield
+
+        def loss(self, model, batch, outputs):
+            return (self.scale(outputs.mean().reshape(1, 1)) ** 2).sum()
+
+        def close(self):
+            pass
+
+    model, extra = build_model("lvsm_decoder_only", "tiny", image_size=16, patch_size=8).train(), Offset()
+    params = torch.nn.ModuleList([model, extra.scale])
+    optimizer = build_optimizer(params, OptimSpec(lr=1e-2, warmup_steps=0), torch.device("cpu"))
+    step = TrainStep(model, params, ReconstructionLoss(0.0, torch.device("cpu")), optimizer,
+                     build_scheduler(optimizer, OptimSpec(), 10), 1.0, torch.device("cpu"), "float32", [extra])
+    images, ic, ik, tc, tk = random_views(2, 2, 2, size=16)
+    before = extra.scale.weight.detach().clone()
+    out = step({"input_images": images, "input_c2w": ic, "input_fxfycxcy": ik, "target_c2w": tc, "target_fxfycxcy": tk,
+                "target_images": torch.rand(2, 2, 3, 16, 16)})
+    assert extra.forwards == 1 and out.parts["offset_loss"] > 0
+    assert out.loss.item() == pytest.approx(out.parts["mse"] + 0.5 * out.parts["offset_loss"], rel=1e-6)
+    assert not torch.equal(extra.scale.weight, before)
+
+
 def test_no_weight_decay_on_one_dimensional_parameters():
     model = build_model("efficient_lvsm", "tiny")
     decay, no_decay = parameter_groups(model, 0.05)

@@ -10,8 +10,10 @@ by every rank together with DistributedDataParallel (each rank a share of every 
 or `depth_study` experiment is a `convergence` one and runs the same way."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from ..schema import Kind, RunOptions, load_experiment, with_preset
 from .config import Arm, ConvergenceExperiment, TrainExperiment, settings_dict
 from ..distributed import current_world
 from .figures import save_renders
-from .loop import train_model
+from .loop import Trainer
 from .summary import SUMMARY_COLUMNS, convergence_report, final_columns, provenance
 from .validation import trivial_baselines
 from ..weights import check_replaceable, ship
@@ -71,7 +73,7 @@ def measure_step_costs(exp: ConvergenceExperiment, arm_names: list[str]) -> dict
 
     from models import build_model
     from ..profile.measure import Contention, interleaved_ms, median_iqr, synthetic_views
-    from .loop import training_step
+    from .loop import TrainStep
     from .loss import ReconstructionLoss
     from .optim import build_optimizer, build_scheduler
     device, data = resolve_device(exp.train.device), exp.data
@@ -90,8 +92,8 @@ def measure_step_costs(exp: ConvergenceExperiment, arm_names: list[str]) -> dict
             optimizer = build_optimizer(model, exp.optim, device)
             scheduler = build_scheduler(optimizer, exp.optim, train.steps)
             criterion = ReconstructionLoss(train.perceptual_weight, device)
-            calls.append(lambda m=model, o=optimizer, s=scheduler, c=criterion:
-                         training_step(m, m, batch, c, o, s, exp.optim, device, "float32"))
+            step = TrainStep(model, model, criterion, optimizer, scheduler, exp.optim.grad_clip, device, "float32")
+            calls.append(lambda step=step: step(batch))
         with Contention(device) as contention:
             times = interleaved_ms(calls, device, exp.step_cost_rounds, warmup=2)
     finally:
@@ -189,18 +191,21 @@ def convergence_code(exp: ConvergenceExperiment, point: dict[str, Any]) -> tuple
     return measured_by(__name__, point["model"], sources=[exp.data.source])
 
 
-def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataFrame | None:
-    world = current_world()
-    if options.ship_weights:
-        check_shippable(exp, options)
-    # Every row names the machine, also those of the predictors and costs (not only the trained runs).
-    sweep = Sweep(exp.results_dir(), exp.name, together=True, context=environment(resolve_device(exp.train.device)),
-                  code=lambda p: convergence_code(exp, p))
+@dataclass
+class ConvergencePlan:
+    """What a convergence run measures: the arms that can train on this machine (and why others cannot),
+    the seeds, each run's folder, and the sweep's points."""
+    arms: list[Arm]
+    seeds: list[int]
+    skipped: list[str]
+    run_dirs: dict[tuple[str, int], Path]
+    train_points: list[dict[str, Any]]
+    points: list[dict[str, Any]]
+
+
+def plan_convergence(exp: ConvergenceExperiment) -> ConvergencePlan:
     skipped = [reason for reason in map(unavailable, exp.study_arms()) if reason]
-    for reason in skipped if world.is_main else ():
-        print(f"{exp.name}: {reason}")
     arms, seeds = [arm for arm in exp.study_arms() if not unavailable(arm)], exp.run_seeds()
-    by_name = {arm.name: arm for arm in arms}
     run_dirs = {(arm.name, seed): exp.run_dir(arm.name, seed) for arm in arms for seed in seeds}
     trivial_point = {"trivial": exp.data.model_dump(), "sigmas": list(exp.blur_sigmas)}
     # Seed-major: every arm's first seed is trained before any second seed.
@@ -209,86 +214,136 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
                     for seed in seeds for arm in arms]
     cost_points = [{"cost": arm.name, "model": arm.model, "config": exp.model_spec(arm).model_dump(),
                     "at": exp.cost.model_dump()} for arm in arms]
+    step_point = step_cost_point(exp, arms)
+    points = [trivial_point, *train_points, *cost_points, *([step_point] if step_point else [])]
+    return ConvergencePlan(arms, seeds, skipped, run_dirs, train_points, points)
+
+
+def step_cost_point(exp: ConvergenceExperiment, arms: list[Arm]) -> dict[str, Any] | None:
+    """The point timing a training step of each arm; None when no arm is timed."""
     # REPA's teacher is not part of a step's cost here: such arms are left out of the step timing.
     timed_arms = [arm.name for arm in arms if not arm.train.get("repa")]
-    step_point = {"step_cost": timed_arms, "models": {name: exp.model_spec(name).model_dump() for name in timed_arms},
-                  "optim": exp.optim.model_dump(), "batch": exp.train.batch_size, "threads": exp.train.threads,
-                  "views": [exp.data.n_input, exp.data.n_target], "image_size": exp.data.image_size,
-                  "rounds": exp.step_cost_rounds}
-    points = [trivial_point, *train_points, *cost_points, *([step_point] if timed_arms else [])]
-    if world.is_main:
-        write_manifest(sweep.out_dir, exp)
-        write_validation_index(exp, sweep.out_dir)
+    if not timed_arms:
+        return None
+    return {"step_cost": timed_arms, "models": {name: exp.model_spec(name).model_dump() for name in timed_arms},
+            "optim": exp.optim.model_dump(), "batch": exp.train.batch_size, "threads": exp.train.threads,
+            "views": [exp.data.n_input, exp.data.n_target], "image_size": exp.data.image_size,
+            "rounds": exp.step_cost_rounds}
 
-    def measure(point: dict[str, Any]) -> dict[str, Any]:
-        if "trivial" in point:
-            if not world.is_main:
-                return {}
-            from .data import evaluation_split, open_sources
-            split = evaluation_split(open_sources(exp.data)[1], exp.data, batch_size=max(exp.train.batch_size, 8))
-            return {"predictors": trivial_baselines(split, exp.blur_sigmas)}
-        if "cost" in point:
-            return measure_cost(exp, point["cost"]) if world.is_main else {}
-        if "step_cost" in point:
-            return measure_step_costs(exp, point["step_cost"]) if world.is_main else {}
-        arm, seed = by_name[point["arm"]], point["seed"]
-        result = train_model(exp.model_spec(arm), exp.data, exp.optim, exp.train_spec(arm, seed), run_dirs[arm.name, seed],
-                             world=world, progress=options.progress, label=f"{arm.name} seed {seed}")
-        if not world.is_main:
-            return {}
-        if seed == seeds[0]:
-            save_renders(sweep.out_dir / f"renders_{arm.name}.png", result)
-        columns = final_columns(result)
-        log.info("%s seed %d: final PSNR %.2f dB, SSIM %.3f, pose-swap drop %.2f dB, %.0f s training", arm.name, seed,
-                 columns["final_psnr"], columns["final_ssim"], columns["pose_swap_drop_db"], columns["seconds"])
-        return columns
 
-    def label_of(point: dict[str, Any]) -> str:
-        if "trivial" in point:
-            return "camera-ignoring predictors"
-        if "step_cost" in point:
-            return "clean cost of a training step"
-        return f"cost {point['cost']}" if "cost" in point else f"{point['arm']} seed {point['seed']}"
+def point_label(point: dict[str, Any]) -> str:
+    if "trivial" in point:
+        return "camera-ignoring predictors"
+    if "step_cost" in point:
+        return "clean cost of a training step"
+    return f"cost {point['cost']}" if "cost" in point else f"{point['arm']} seed {point['seed']}"
 
-    if options.from_records:  # tables from what is recorded; only the clean step cost is measured
-        if not world.is_main:
-            return None
-        kept, left = recorded(exp, sweep, [p for p in points if "step_cost" not in p])
-        left += [p for p in points if "step_cost" in p]
-        sweep.run(left, measure, label_of, options.progress, unit="run")
-        rows = kept + sweep.rows(left)
-        write_manifest(sweep.out_dir, exp, {"rows_shown": [r["key"] for r in rows]})
-    else:
-        sweep.run(points, measure, label_of, options.progress, unit="run")
-        if not world.is_main:
-            return None
-        rows = sweep.rows(points)
-    trivial = next((r["predictors"] for r in rows if "trivial" in r and r["status"] == "ok"), {})
-    finals = [r for r in rows if "arm" in r and r["status"] == "ok"]
-    costs = {r["cost"]: r for r in rows if "cost" in r and r["status"] == "ok"}
-    step_costs = next((r for r in rows if "step_cost" in r and r["status"] == "ok"), None)
-    report, summary = convergence_report(exp, finals, trivial, costs, run_dirs, step_costs)
+
+def measure_point(exp: ConvergenceExperiment, plan: ConvergencePlan, options: RunOptions, out_dir: Path,
+                  point: dict[str, Any]) -> dict[str, Any]:
+    """One point of the sweep. Every rank trains; only rank 0 measures the rest and returns columns."""
+    world = current_world()
+    if "arm" in point:
+        return train_arm(exp, plan, options, out_dir, exp.arm(point["arm"]), point["seed"])
+    if not world.is_main:
+        return {}
+    if "trivial" in point:
+        from .data import evaluation_split, open_sources
+        split = evaluation_split(open_sources(exp.data)[1], exp.data, batch_size=max(exp.train.batch_size, 8))
+        return {"predictors": trivial_baselines(split, exp.blur_sigmas)}
+    if "cost" in point:
+        return measure_cost(exp, point["cost"])
+    return measure_step_costs(exp, point["step_cost"])
+
+
+def train_arm(exp: ConvergenceExperiment, plan: ConvergencePlan, options: RunOptions, out_dir: Path, arm: Arm,
+              seed: int) -> dict[str, Any]:
+    world = current_world()
+    result = Trainer(exp.model_spec(arm), exp.data, exp.optim, exp.train_spec(arm, seed), plan.run_dirs[arm.name, seed],
+                     world=world, progress=options.progress, label=f"{arm.name} seed {seed}").fit()
+    if not world.is_main:
+        return {}
+    if seed == plan.seeds[0]:
+        save_renders(out_dir / f"renders_{arm.name}.png", result)
+    columns = final_columns(result)
+    log.info("%s seed %d: final PSNR %.2f dB, SSIM %.3f, pose-swap drop %.2f dB, %.0f s training", arm.name, seed,
+             columns["final_psnr"], columns["final_ssim"], columns["pose_swap_drop_db"], columns["seconds"])
+    return columns
+
+
+def sweep_rows(exp: ConvergenceExperiment, sweep: Sweep, plan: ConvergencePlan, options: RunOptions) -> list[dict[str, Any]] | None:
+    """Run the plan's points (those not recorded yet) and return every point's row; None on ranks other
+    than 0. With `--from-records`, the rows are the recorded ones and only the clean step cost is measured."""
+    measure = functools.partial(measure_point, exp, plan, options, sweep.out_dir)
+    if not options.from_records:
+        sweep.run(plan.points, measure, point_label, options.progress, unit="run")
+        return sweep.rows(plan.points) if sweep.world.is_main else None
+    if not sweep.world.is_main:
+        return None
+    kept, left = recorded(exp, sweep, [p for p in plan.points if "step_cost" not in p])
+    left += [p for p in plan.points if "step_cost" in p]
+    sweep.run(left, measure, point_label, options.progress, unit="run")
+    rows = kept + sweep.rows(left)
+    write_manifest(sweep.out_dir, exp, {"rows_shown": [r["key"] for r in rows]})
+    return rows
+
+
+def convergence_tables(exp: ConvergenceExperiment, plan: ConvergencePlan, rows: list[dict[str, Any]],
+                       options: RunOptions) -> tuple[Report, pd.DataFrame, int]:
+    """The report and summary of the rows, with failures and skipped arms noted first; and how many of
+    the planned runs have not finished."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    trivial = next((r["predictors"] for r in ok if "trivial" in r), {})
+    finals = [r for r in ok if "arm" in r]
+    costs = {r["cost"]: r for r in ok if "cost" in r}
+    step_costs = next((r for r in ok if "step_cost" in r), None)
+    report, summary = convergence_report(exp, finals, trivial, costs, plan.run_dirs, step_costs)
     if options.from_records:
         line = "built from the recorded runs (--from-records): nothing retrained; each row keeps the commit that measured it"
         for notes in [report.notes, *(table.notes for table in report.tables)]:
             notes.insert(0, line)
-    report.notes[:0] = [f"failed: {label_of(r)}: {r['error']}" for r in rows if r["status"] != "ok"] + skipped
-    missing = len(train_points) - len(finals)
-    if missing:
-        report.notes.insert(0, f"{missing} of {len(train_points)} runs not finished yet (rerun to resume)")
+    report.notes[:0] = [f"failed: {point_label(r)}: {r['error']}" for r in rows if r["status"] != "ok"] + plan.skipped
+    return report, summary, len(plan.train_points) - len(finals)
+
+
+def place_weights(exp: ConvergenceExperiment, plan: ConvergencePlan, options: RunOptions, report: Report, out_dir: Path,
+                  unfinished: int) -> None:
+    """Ship the trained weights when every run finished and shipping was asked for; say where they are."""
+    if unfinished:
+        report.notes.insert(0, f"{unfinished} of {len(plan.train_points)} runs not finished yet (rerun to resume)")
     elif options.ship_weights:  # every run finished, and this run is the study its file defines
-        shipped = ship({arm.name: run_dirs[arm.name, seeds[0]] / "checkpoint.pt" for arm in arms}, exp.ship_weights,
+        shipped = ship({arm.name: plan.run_dirs[arm.name, plan.seeds[0]] / "checkpoint.pt" for arm in plan.arms}, exp.ship_weights,
                        trained_by=f"{exp.source_file or exp.name} (first seed)", dtype=exp.ship_dtype, force=options.force_ship)
         report.notes.append(f"weights shipped in {exp.ship_weights}/ (weights only, sha256 in its manifest.json)"
                             + (f"; refreshed: {', '.join(p.name for p in shipped)}" if shipped else ""))
         # What the run wrote outside its output folder, in its manifest.
-        write_manifest(sweep.out_dir, exp, {"written_outside_output": [str(p) for p in shipped]})
+        write_manifest(out_dir, exp, {"written_outside_output": [str(p) for p in shipped]})
     else:
         kept = f"trained weights kept in {exp.results_dir() / 'runs'}/"
         if exp.ship_weights:
             kept += f" ({exp.ship_weights}/ untouched: shipping them there is --ship-weights, as make convergence does)"
         report.notes.append(kept)
         log.info("%s: %s", exp.name, kept)
+
+
+def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataFrame | None:
+    world = current_world()
+    if options.ship_weights:
+        check_shippable(exp, options)
+    # Every row names the machine, also those of the predictors and costs (not only the trained runs).
+    sweep = Sweep(exp.results_dir(), exp.name, together=True, context=environment(resolve_device(exp.train.device)),
+                  code=lambda p: convergence_code(exp, p))
+    plan = plan_convergence(exp)
+    if world.is_main:
+        for reason in plan.skipped:
+            print(f"{exp.name}: {reason}")
+        write_manifest(sweep.out_dir, exp)
+        write_validation_index(exp, sweep.out_dir)
+    rows = sweep_rows(exp, sweep, plan, options)
+    if rows is None:
+        return None
+    report, summary, unfinished = convergence_tables(exp, plan, rows, options)
+    place_weights(exp, plan, options, report, sweep.out_dir, unfinished)
     write_report(report, sweep.out_dir)
     return summary
 
@@ -305,8 +360,8 @@ def run_train(exp: TrainExperiment, options: RunOptions) -> dict[str, Any] | Non
     write_manifest(sweep.out_dir, exp)
 
     def measure(point: dict[str, Any]) -> dict[str, Any]:
-        result = train_model(exp.model, exp.data, exp.optim, exp.train, sweep.out_dir, world=world,
-                             progress=options.progress, label=name)
+        result = Trainer(exp.model, exp.data, exp.optim, exp.train, sweep.out_dir, world=world,
+                         progress=options.progress, label=name).fit()
         return final_columns(result) if world.is_main else {}
 
     sweep.run([point], measure, lambda p: name, options.progress, unit="run")

@@ -1,4 +1,4 @@
-"""The training loop: one entry point for a single process and for every rank under `torchrun`."""
+"""The training loop: one `Trainer` for a single process and for every rank under `torchrun`."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +8,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from .config import OptimSpec, TrainData, TrainSpec, settings_defaults, settings
 from .data import EvalSplit, evaluation_split, open_sources, to_device, training_batches
 from .loss import ReconstructionLoss
 from .optim import build_optimizer, build_scheduler
-from .repa import RepaTerm
+from .repa import RepaLoss
 from .state import latest_state, restore_rng_states, save_state
 from .validation import evaluate_model
 
@@ -74,29 +74,86 @@ def _same_settings(saved: dict[str, Any], current: dict[str, Any], defaults: dic
                                  f"use another output directory or delete the checkpoint to start over")
 
 
-def training_step(wrapped, trained, batch, criterion, optimizer, scheduler, optim: OptimSpec, device: torch.device,
-                  dtype: str, repa=None) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor, float]:
-    """One optimizer step on `batch`: forward, loss (plus REPA's term), backward, clipping, the step and the
-    schedule. Returns the loss, its parts, the gradient norm and the learning rate the step used. The
-    training loop runs it, and the clean cost of a step is measured by timing it (`step_costs`)."""
-    with autocast(device, dtype), repa.collect() if repa is not None else contextlib.nullcontext():
-        render = wrapped(batch["input_images"], batch["input_c2w"], batch["input_fxfycxcy"],
-                         batch["target_c2w"], batch["target_fxfycxcy"])
-    loss, parts = criterion(render, batch["target_images"])
-    if repa is not None:
-        with autocast(device, dtype):
-            repa_loss = repa.loss(batch["target_images"])
-        loss = loss + repa.weight * repa_loss
-        parts["repa_loss"] = repa_loss.detach().item()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), optim.grad_clip if optim.grad_clip > 0 else math.inf)
-    optimizer.step()
-    lr = scheduler.get_last_lr()[0]
-    scheduler.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return loss, parts, grad_norm, lr
+# ------------------------------------------------------------------------------------- one step
+
+
+class ExtraLoss(Protocol):
+    """A term added to the reconstruction loss at every step (REPA's alignment is one). `capture()` is
+    entered around the step's forward pass, for a term that reads what the model computes inside it;
+    `modules` train with the model and travel in its checkpoints under their names."""
+    key: str                                # the term's entry in the step's loss parts and in the log
+    title: str                              # what its modules are, for a checkpoint that lacks them
+    label: str                              # the term in the name of the optimized loss
+    weight: float
+    modules: dict[str, torch.nn.Module]
+
+    def capture(self) -> contextlib.AbstractContextManager[None]: ...
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any], outputs: torch.Tensor) -> torch.Tensor: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    parts: dict[str, float]                 # the loss's terms, as logged
+    grad_norm: torch.Tensor                 # before clipping
+    lr: float                               # the learning rate the step used
+
+
+@dataclass
+class TrainStep:
+    """One optimizer step on a batch already on `device`: forward, loss (with the extra losses' terms),
+    backward, clipping, the step and the schedule. The Trainer runs it, and the clean cost of a step is
+    measured by timing it alone, outside any run (`kinds.measure_step_costs`)."""
+    model: torch.nn.Module                  # what runs the forward: the model, DDP-wrapped under torchrun
+    params: torch.nn.Module                 # what is optimized and clipped: the model and the extra losses' modules
+    criterion: ReconstructionLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    grad_clip: float                        # 0: no clipping (the norm is still measured)
+    device: torch.device
+    dtype: str
+    extra_losses: Sequence[ExtraLoss] = ()
+
+    def __call__(self, batch: dict[str, Any]) -> StepOutput:
+        with contextlib.ExitStack() as forward:
+            forward.enter_context(autocast(self.device, self.dtype))
+            for extra in self.extra_losses:
+                forward.enter_context(extra.capture())
+            render = self.model(batch["input_images"], batch["input_c2w"], batch["input_fxfycxcy"],
+                                batch["target_c2w"], batch["target_fxfycxcy"])
+        loss, parts = self.criterion(render, batch["target_images"])
+        for extra in self.extra_losses:
+            with autocast(self.device, self.dtype):
+                term = extra.loss(self.model, batch, render)
+            loss = loss + extra.weight * term
+            parts[extra.key] = term.detach().item()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params.parameters(), self.grad_clip if self.grad_clip > 0 else math.inf)
+        self.optimizer.step()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return StepOutput(loss, parts, grad_norm, lr)
+
+
+# ----------------------------------------------------------------------------------------- clocks
+
+
+@dataclass
+class TrainClock:
+    """Where a run stands; checkpoints save it and a resume continues it. `train_seconds` counts fetching
+    batches and stepping, not validation or checkpoints."""
+    step: int = 0
+    examples_seen: int = 0                  # of the global stream: every rank's share together
+    train_seconds: float = 0.0
+
+    def advance(self, seconds: float, examples: int) -> None:
+        self.step += 1
+        self.examples_seen += examples
+        self.train_seconds += seconds
 
 
 class IntervalClock:
@@ -107,116 +164,167 @@ class IntervalClock:
 
     def __init__(self, threads: int, device: torch.device):
         self.threads, self.device = threads, device
+        self.restart()
+
+    def restart(self) -> None:
         self.wall, self.cpu = time.perf_counter(), time.process_time()
 
     def lap(self) -> dict[str, Any]:
         from ..profile.measure import Contention
         wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        self.restart()
         reason = Contention.reading(self.device, wall, cpu, self.threads, [Contention.load()]) if self.device.type == "cpu" else ""
         return {"interval_wall_s": wall, "interval_cpu_s": cpu, "contended": bool(reason), "contended_reason": reason}
+
+
+# ---------------------------------------------------------------------------------------- trainer
+
+
+def extra_losses(train: TrainSpec, model: torch.nn.Module, image_size: int, device: torch.device,
+                 world: World) -> list[ExtraLoss]:
+    """The terms `train` adds to the reconstruction loss."""
+    return [RepaLoss(train.repa, model, image_size, device, world.distributed)] if train.repa is not None else []
+
+
+class Trainer:
+    """Trains `model_spec` for `train.steps` optimizer steps, validating every `train.val_every` steps and
+    checkpointing every `train.checkpoint_every`, as one process or as every rank of a `torchrun` world.
+
+    Construction builds the model, its extra losses, the optimizer, schedule and loss; with `resume`,
+    continues from the newest intact checkpoint in `out_dir` (`checkpoint.pt`, else the previous one, see
+    `state.latest_state`); then opens the data and starts the log. `fit` runs the loop."""
+
+    def __init__(self, model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: TrainSpec, out_dir: str | Path, *,
+                 world: World | None = None, resume: bool = True, progress: bool = True, label: str = ""):
+        self.model_spec, self.data, self.optim, self.train = model_spec, data, optim, train
+        self.world, self.out_dir = world or World(), Path(out_dir)
+        self.checkpoint, self.progress, self.label = self.out_dir / CHECKPOINT, progress, label or model_spec.name
+        if train.threads:
+            torch.set_num_threads(train.threads)
+        self.device = resolve_device(train.device)
+        self.dtype = default_dtype(self.device) if train.dtype == "auto" else train.dtype
+        self.settings = settings_dict(model_spec, data, optim, train)
+        self._build()
+        self.clock = TrainClock()
+        state = latest_state(self.checkpoint) if resume else None
+        if state is not None:
+            self._resume(state)
+        elif self.world.is_main and (self.out_dir / LOG).exists():
+            (self.out_dir / LOG).unlink()  # a fresh start: drop the log of a run that left no checkpoint
+        wrapped = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
+            if self.world.distributed else self.model
+        self.optimize = TrainStep(wrapped, self.trained, self.criterion, self.optimizer, self.scheduler, optim.grad_clip,
+                                  self.device, self.dtype, self.extra_losses)
+        self.train_source, eval_source = open_sources(data)
+        self.split = evaluation_split(eval_source, data, batch_size=max(train.batch_size, 8)) if self.world.is_main else None
+        self.log = RecordStore(self.out_dir / LOG)
+        self.environment = environment(self.device)
+        if self.world.is_main:
+            self.log.append({"kind": "start", "step": self.clock.step, "loss_name": self.loss_name, "loss_note": self.criterion.info.note,
+                             "dtype": self.dtype, "world_size": self.world.size, "settings": self.settings, **self.environment})
+        self.interval = IntervalClock(train.threads or torch.get_num_threads(), self.device)
+        self.bar: tqdm | None = None
+
+    def _build(self) -> None:
+        # The order of construction is the order of random draws: it fixes the initial weights of a seed.
+        seed_everything(self.train.seed)
+        spec = self.model_spec
+        self.model = build_model(spec.name, spec.preset, **spec.overrides).to(self.device)
+        self.model.gradient_checkpointing = self.train.gradient_checkpointing
+        self.model.train()
+        self.extra_losses = extra_losses(self.train, self.model, self.data.image_size, self.device, self.world)
+        modules = [module for extra in self.extra_losses for module in extra.modules.values()]
+        self.trained = torch.nn.ModuleList([self.model, *modules]) if modules else self.model
+        self.optimizer = build_optimizer(self.trained, self.optim, self.device)
+        self.scheduler = build_scheduler(self.optimizer, self.optim, self.train.steps)
+        self.criterion = ReconstructionLoss(self.train.perceptual_weight, self.device)
+        self.loss_name = " + ".join([self.criterion.info.name, *(extra.label for extra in self.extra_losses)])
+
+    def _resume(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint, which must have been written under this run's settings."""
+        saved = state["extra"]
+        defaults = settings_defaults(self.model_spec, self.data, self.optim, self.train)
+        _same_settings(saved["settings"], self.settings, defaults, self.checkpoint)
+        self.model.load_state_dict(state["state_dict"])
+        for extra in self.extra_losses:
+            for name, module in extra.modules.items():
+                if name not in saved.get("modules", {}):
+                    raise CheckpointError(f"{self.checkpoint}: holds no {extra.title} state; "
+                                          f"delete {self.out_dir} to train from the start")
+                module.load_state_dict(saved["modules"][name])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.clock = TrainClock(int(state["step"]), int(saved["examples_seen"]), float(saved["train_seconds"]))
+        restore_rng_states(saved["rng"])
+
+    def step(self, batch: dict[str, Any]) -> StepOutput:
+        """One optimizer step on a batch as the data yields it (on the CPU)."""
+        return self.optimize(to_device(batch, self.device))
+
+    def fit(self, stop_after: int | None = None) -> RunResult:
+        """Train from where the run stands to `train.steps`. `stop_after` ends the run early (after a
+        checkpoint) at that step, as an interruption would. A Trainer fits once: at the end the extra
+        losses take their hooks off the model, which the result hands back."""
+        end = self.train.steps if stop_after is None else min(self.train.steps, stop_after)
+        self.bar = tqdm(total=self.train.steps, initial=self.clock.step, desc=self.label,
+                        disable=not (self.progress and self.world.is_main), dynamic_ncols=True, leave=True)
+        try:
+            if self.clock.step == 0 and end > 0:
+                self._validate()
+            batches = training_batches(self.train_source, self.data, self.world, self.train.batch_size, self.clock.examples_seen)
+            self.interval.restart()
+            while self.clock.step < end:
+                self._advance(batches, end)
+                if self.clock.step % self.train.val_every == 0 or self.clock.step == self.train.steps:
+                    self._validate()
+                if self.clock.step % self.train.checkpoint_every == 0 or self.clock.step == end:
+                    self._save()
+        finally:
+            self.bar.close()
+            for extra in self.extra_losses:
+                extra.close()  # the model leaves the run without the extra losses' hooks
+        return self._result()
+
+    def _advance(self, batches: Iterator[dict[str, Any]], end: int) -> None:
+        """The next step, counted and logged. Fetching its batch counts as training time, as the step does."""
+        started = time.perf_counter()
+        out = self.step(next(batches))
+        self.clock.advance(time.perf_counter() - started, self.train.batch_size * self.world.size)
+        self.bar.update(1)
+        if not math.isfinite(out.loss.item()):
+            raise FloatingPointError(f"{self.label}: loss is {out.loss.item()} at step {self.clock.step}")
+        if self.world.is_main and (self.clock.step % self.train.log_every == 0 or self.clock.step == end):
+            self.log.append({"kind": "train", "step": self.clock.step, "loss": out.loss.item(), **out.parts, "lr": out.lr,
+                             "grad_norm": float(out.grad_norm), "seconds": self.clock.train_seconds, **self.interval.lap()})
+            self.bar.set_postfix_str(f"loss {out.loss.item():.4f}", refresh=False)
+
+    def _validate(self) -> None:
+        """Rank 0 validates on the fixed split; the other ranks wait for it."""
+        if self.world.is_main:
+            result = evaluate_model(self.model, self.split, self.device, self.dtype)
+            self.log.append({"kind": "val", "step": self.clock.step, "seconds": self.clock.train_seconds,
+                             "examples": self.clock.examples_seen, **result})
+            self.bar.set_postfix_str(f"val psnr {result['psnr']:.2f}", refresh=False)
+        self.world.barrier()
+
+    def _save(self) -> None:
+        if self.world.is_main:
+            modules = {name: module for extra in self.extra_losses for name, module in extra.modules.items()}
+            save_state(self.checkpoint, model=self.model, preset=self.model_spec.preset, optimizer=self.optimizer,
+                       scheduler=self.scheduler, step=self.clock.step, examples_seen=self.clock.examples_seen,
+                       train_seconds=self.clock.train_seconds, settings=self.settings, modules=modules or None)
+        self.world.barrier()
+
+    def _result(self) -> RunResult:
+        history = [r for r in read_log(self.out_dir) if r.get("kind") == "val"] if self.world.is_main else []
+        return RunResult(model=self.model, step=self.clock.step, train_seconds=self.clock.train_seconds, loss=self.loss_name,
+                         loss_note=self.criterion.info.note, device=self.device, dtype=self.dtype, validation=history,
+                         eval_split=self.split, environment=self.environment)
 
 
 def train_model(model_spec: ModelRef, data: TrainData, optim: OptimSpec, train: TrainSpec, out_dir: str | Path, *,
                 world: World | None = None, stop_after: int | None = None, resume: bool = True,
                 progress: bool = True, label: str = "") -> RunResult:
-    """Train `model_spec` for `train.steps` optimizer steps, validating every `train.val_every` steps and
-    checkpointing every `train.checkpoint_every`. With `resume`, continue from the newest intact checkpoint
-    in `out_dir` (`checkpoint.pt`, else the previous one, see `state.latest_state`).
-    `stop_after` ends the run early (after a checkpoint) at that step, as an interruption would."""
-    world = world or World()
-    out_dir = Path(out_dir)
-    if train.threads:
-        torch.set_num_threads(train.threads)
-    device = resolve_device(train.device)
-    dtype = default_dtype(device) if train.dtype == "auto" else train.dtype
-    settings = settings_dict(model_spec, data, optim, train)
-
-    seed_everything(train.seed)
-    model = build_model(model_spec.name, model_spec.preset, **model_spec.overrides).to(device)
-    model.gradient_checkpointing = train.gradient_checkpointing
-    model.train()
-    # REPA (train.repa): a frozen teacher and projectors trained with the model; without it, `trained` is the model.
-    repa = RepaTerm(train.repa, model, data.image_size, device, world.distributed) if train.repa is not None else None
-    trained = model if repa is None else torch.nn.ModuleList([model, repa.projector])
-    optimizer = build_optimizer(trained, optim, device)
-    scheduler = build_scheduler(optimizer, optim, train.steps)
-    criterion = ReconstructionLoss(train.perceptual_weight, device)
-    loss_name = criterion.info.name if repa is None else f"{criterion.info.name} + {repa.label}"
-
-    step, examples_seen, train_seconds = 0, 0, 0.0
-    checkpoint = out_dir / CHECKPOINT
-    state = latest_state(checkpoint) if resume else None
-    if state is not None:
-        _same_settings(state["extra"]["settings"], settings, settings_defaults(model_spec, data, optim, train), checkpoint)
-        model.load_state_dict(state["state_dict"])
-        if repa is not None:
-            modules = state["extra"].get("modules", {})
-            if "repa_projector" not in modules:
-                raise CheckpointError(f"{checkpoint}: holds no REPA projector state; delete {out_dir} to train from the start")
-            repa.projector.load_state_dict(modules["repa_projector"])
-        optimizer.load_state_dict(state["extra"]["optimizer"])
-        scheduler.load_state_dict(state["extra"]["scheduler"])
-        step, examples_seen = int(state["step"]), int(state["extra"]["examples_seen"])
-        train_seconds = float(state["extra"]["train_seconds"])
-        restore_rng_states(state["extra"]["rng"])
-    elif world.is_main and (out_dir / LOG).exists():
-        (out_dir / LOG).unlink()  # a fresh start: drop the log of a run that left no checkpoint
-
-    wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world.distributed else model
-    train_source, eval_source = open_sources(data)
-    split = evaluation_split(eval_source, data, batch_size=max(train.batch_size, 8)) if world.is_main else None
-    log = RecordStore(out_dir / LOG)
-    env = environment(device)
-    if world.is_main:
-        log.append({"kind": "start", "step": step, "loss_name": loss_name, "loss_note": criterion.info.note,
-                    "dtype": dtype, "world_size": world.size, "settings": settings, **env})
-
-    def validate() -> None:
-        if world.is_main:
-            result = evaluate_model(model, split, device, dtype)
-            log.append({"kind": "val", "step": step, "seconds": train_seconds, "examples": examples_seen, **result})
-            bar.set_postfix_str(f"val psnr {result['psnr']:.2f}", refresh=False)
-        world.barrier()
-
-    def save() -> None:
-        if world.is_main:
-            save_state(checkpoint, model=model, preset=model_spec.preset, optimizer=optimizer, scheduler=scheduler,
-                       step=step, examples_seen=examples_seen, train_seconds=train_seconds, settings=settings,
-                       modules={"repa_projector": repa.projector} if repa is not None else None)
-        world.barrier()
-
-    end = train.steps if stop_after is None else min(train.steps, stop_after)
-    bar = tqdm(total=train.steps, initial=step, desc=label or model_spec.name, disable=not (progress and world.is_main),
-               dynamic_ncols=True, leave=True)
-    if step == 0 and step < end:
-        validate()
-    batches = training_batches(train_source, data, world, train.batch_size, examples_seen)
-    interval = IntervalClock(train.threads or torch.get_num_threads(), device)
-    while step < end:
-        started = time.perf_counter()
-        batch = to_device(next(batches), device)
-        loss, parts, grad_norm, lr = training_step(wrapped, trained, batch, criterion, optimizer, scheduler, optim,
-                                                   device, dtype, repa)
-        train_seconds += time.perf_counter() - started
-        step += 1
-        examples_seen += train.batch_size * world.size
-        bar.update(1)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"{label or model_spec.name}: loss is {loss.item()} at step {step}")
-        if world.is_main and (step % train.log_every == 0 or step == end):
-            log.append({"kind": "train", "step": step, "loss": loss.item(), **parts, "lr": lr,
-                        "grad_norm": float(grad_norm), "seconds": train_seconds, **interval.lap()})
-            bar.set_postfix_str(f"loss {loss.item():.4f}", refresh=False)
-        if step % train.val_every == 0 or step == train.steps:
-            validate()
-        if step % train.checkpoint_every == 0 or step == end:
-            save()
-    bar.close()
-    if repa is not None:
-        repa.close()
-    history = [r for r in read_log(out_dir) if r.get("kind") == "val"] if world.is_main else []
-    return RunResult(model=model, step=step, train_seconds=train_seconds, loss=loss_name,
-                     loss_note=criterion.info.note, device=device, dtype=dtype, validation=history,
-                     eval_split=split, environment=env)
+    """A `Trainer` built and fitted in one call."""
+    return Trainer(model_spec, data, optim, train, out_dir, world=world, resume=resume, progress=progress,
+                   label=label).fit(stop_after)

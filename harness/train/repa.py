@@ -283,3 +283,25 @@ class RepaTerm:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+
+
+class RepaLoss:
+    """REPA as an extra loss of the Trainer's step (`loop.ExtraLoss`): the term keeps the chosen layers'
+    outputs of the step's forward pass and aligns them with the teacher's features of the batch's target
+    images. Its projectors train with the model and travel in the run's checkpoints."""
+    key = "repa_loss"
+    title = "REPA projector"
+
+    def __init__(self, spec: RepaSpec, model: nn.Module, image_size: int, device: torch.device, distributed: bool = False):
+        self.term = RepaTerm(spec, model, image_size, device, distributed)
+        self.weight, self.label = self.term.weight, self.term.label
+        self.modules: dict[str, nn.Module] = {"repa_projector": self.term.projector}
+
+    def capture(self) -> contextlib.AbstractContextManager[None]:
+        return self.term.collect()
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], outputs: torch.Tensor) -> torch.Tensor:
+        return self.term.loss(batch["target_images"])
+
+    def close(self) -> None:
+        self.term.close()

@@ -16,12 +16,13 @@ from .data import EvalSplit
 Predictor = Callable[[dict], torch.Tensor]
 
 
-def score(predict: Predictor, split: EvalSplit, label: str = "model", with_ssim: bool = True) -> dict[str, float]:
-    """Per view, then mean over each scene's targets, then over scenes (the evaluation protocol)."""
+def score_renders(rendered: Iterable[tuple[torch.Tensor, dict]], label: str = "model",
+                  with_ssim: bool = True) -> dict[str, float]:
+    """The evaluation protocol: per view, then mean over each scene's targets, then over scenes.
+    `rendered`: (renders [b, m, 3, h, w], the batch whose targets they render) pairs, read one at a time."""
     rows = []
-    for batch in split.batches:
-        renders = predict(batch).float().cpu()
-        targets = batch["target_images"].float().cpu()
+    for renders, batch in rendered:
+        renders, targets = renders.float().cpu(), batch["target_images"].float().cpu()
         b, m = targets.shape[:2]
         flat_r, flat_t = renders.flatten(0, 1), targets.flatten(0, 1)
         psnr = metrics.psnr(flat_r, flat_t)
@@ -34,6 +35,11 @@ def score(predict: Predictor, split: EvalSplit, label: str = "model", with_ssim:
     return {"psnr": float(summary["psnr"]),
             "ssim": float(ssim_value) if ssim_value is not None and with_ssim else float("nan"),
             "scenes": int(summary["scenes"])}
+
+
+def score(predict: Predictor, split: EvalSplit, label: str = "model", with_ssim: bool = True) -> dict[str, float]:
+    """`predict` scored on the split by the evaluation protocol (`score_renders`)."""
+    return score_renders(((predict(batch), batch) for batch in split.batches), label, with_ssim)
 
 
 def model_predictor(model: torch.nn.Module, device: torch.device, dtype: str, swap_targets: bool = False) -> Predictor:

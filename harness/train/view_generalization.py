@@ -22,7 +22,6 @@ from pydantic import Field
 
 from models import label, list_models, model_card, model_class
 
-from .. import metrics
 from ..errors import ConfigError, MissingResource
 from ..pipeline import Report, Sweep, Table, failure_notes, write_manifest, write_report
 from ..plots import legend_outside, plt
@@ -31,6 +30,7 @@ from ..runtime import autocast, resolve_device
 from ..schema import ExperimentBase, Kind, ModelName, Positive, RunOptions, load_experiment
 from ..weights import load_shipped, shipped_entry
 from .config import ConvergenceExperiment
+from .validation import score_renders
 
 log = logging.getLogger(__name__)
 
@@ -83,93 +83,118 @@ def view_index(source, trained: ConvergenceExperiment, n_inputs: list[int]) -> d
     return out
 
 
-def score(renders: list[torch.Tensor], batches: list[dict[str, Any]]) -> dict[str, float]:
-    """Per view, mean over each scene's targets, then over scenes (the evaluation protocol)."""
-    rows = []
-    for render, batch in zip(renders, batches):
-        targets = batch["target_images"].float()
-        b, m = targets.shape[:2]
-        flat_r, flat_t = render.float().flatten(0, 1), targets.flatten(0, 1)
-        psnr, ssim = metrics.psnr(flat_r, flat_t), metrics.ssim(flat_r, flat_t)
-        rows += [{"model": "m", "scene": batch["scene"][k // m], "psnr": float(psnr[k]), "ssim": float(ssim[k]), "lpips": None}
-                 for k in range(b * m)]
-    summary = metrics.mean_over_scenes(metrics.scene_means(rows)).iloc[0]
-    return {"psnr": float(summary["psnr"]), "ssim": float(summary["ssim"]), "scenes": int(summary["scenes"])}
-
-
-def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -> list[dict[str, Any]]:
-    from ..checkpoint import load_checkpoint
-    from ..data import collate, make_example
-    from .data import open_sources
-    trained_path = Path(spec.source_file).parent / spec.trained if spec.source_file else Path(spec.trained)
-    trained = load_experiment(trained_path)
+def trained_study(spec: ViewGeneralizationSpec) -> tuple[ConvergenceExperiment, Path]:
+    """The convergence study `trained` names, checked to train every variant, with one seed."""
+    path = Path(spec.source_file).parent / spec.trained if spec.source_file else Path(spec.trained)
+    trained = load_experiment(path)
     if not isinstance(trained, ConvergenceExperiment):
-        raise ConfigError(f"{spec.name}: trained: {trained_path} is a {trained.kind} experiment, not a convergence one")
-    arms = {arm.model: arm.name for arm in trained.study_arms()}
+        raise ConfigError(f"{spec.name}: trained: {path} is a {trained.kind} experiment, not a convergence one")
+    arms = {arm.model for arm in trained.study_arms()}
     missing = [v for v in spec.variants if v not in arms]
     if missing:
-        raise ConfigError(f"{spec.name}: variants: {missing[0]!r} is not trained by {trained_path}")
+        raise ConfigError(f"{spec.name}: variants: {missing[0]!r} is not trained by {path}")
     if len(trained.run_seeds()) != 1:
-        raise ConfigError(f"{spec.name}: {trained_path} trains several seeds; name a single-seed study")
+        raise ConfigError(f"{spec.name}: {path} trains several seeds; name a single-seed study")
+    return trained, path
+
+
+def study_weights(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, path: Path) -> dict[str, Path]:
+    """Each variant's weights as the study left them; a missing file is refused in one line."""
+    arms = {arm.model: arm.name for arm in trained.study_arms()}
     checkpoints = {v: trained.trained_weights(arms[v]) for v in spec.variants}
     absent = [str(p) for p in checkpoints.values() if not p.is_file()]
     if absent:
         raise MissingResource(f"{spec.name}: trained weights {absent[0]} not found; train the models first "
-                              f"(python -m harness run {trained_path}, or make convergence)")
+                              f"(python -m harness run {path}, or make convergence)")
+    return checkpoints
+
+
+def view_points(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, checkpoints: dict[str, Path],
+                shipped: dict[str, Any]) -> list[dict[str, Any]]:
+    """One point per (variant, mode, N); `kv_cache` variants are measured both ways."""
+    # Shipped weights are pinned by their checksum (the same in every clone), a checkpoint by its mtime.
+    return [{"variant": v, "n_input": n, "mode": mode, "checkpoint": str(checkpoints[v]),
+             **({"weights_sha256": shipped[v]["sha256"]} if shipped[v] else {"checkpoint_mtime": checkpoints[v].stat().st_mtime_ns}),
+             "trained": trained.model_dump(mode="json")}
+            for v in spec.variants for mode in (("full", "kv_cache") if v in spec.kv_cache else ("full",)) for n in spec.n_inputs]
+
+
+def render_views(model: torch.nn.Module, batches: list[dict[str, Any]], n: int, mode: str,
+                 device: torch.device) -> tuple[list[torch.Tensor], float]:
+    """Renders of each batch's targets, on the CPU, and (`kv_cache` mode, which renders through the KV
+    cache, the n views added one at a time) the largest pixel difference to the full forward."""
+    renders, gap = [], 0.0
+    with torch.no_grad(), autocast(device, "float32"):
+        for batch in batches:
+            args = [batch[k].to(device) for k in ("input_images", "input_c2w", "input_fxfycxcy", "target_c2w", "target_fxfycxcy")]
+            full = model(*args).cpu()
+            if mode != "kv_cache":
+                renders.append(full)
+                continue
+            h, w = args[0].shape[-2:]
+            session = model.incremental(args[3], args[4], h, w)
+            for k in range(n):
+                session.add_views(args[0][:, k:k + 1], args[1][:, k:k + 1], args[2][:, k:k + 1])
+            cached = session.render().cpu()
+            gap = max(gap, float((cached - full).abs().max()))
+            renders.append(cached)
+    return renders, gap
+
+
+class ViewMeasure:
+    """Measures a (variant, N, mode) point on the study's validation scenes: each variant is loaded once,
+    and each N's batches are built once."""
+
+    def __init__(self, spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, checkpoints: dict[str, Path],
+                 shipped: dict[str, Any], device: torch.device):
+        from .data import open_sources
+        self.spec, self.trained, self.checkpoints, self.shipped, self.device = spec, trained, checkpoints, shipped, device
+        self.source = open_sources(trained.data)[1]
+        self.index = view_index(self.source, trained, spec.n_inputs)
+        self.models: dict[str, torch.nn.Module] = {}
+        self.batches_at: dict[int, list[dict[str, Any]]] = {}
+
+    def model(self, variant: str) -> torch.nn.Module:
+        from ..checkpoint import load_checkpoint
+        if variant not in self.models:
+            load = load_shipped if self.shipped[variant] else load_checkpoint
+            self.models[variant] = load(self.checkpoints[variant], device=self.device)[0].eval()
+        return self.models[variant]
+
+    def batches(self, n: int) -> list[dict[str, Any]]:
+        # Rendering a synthetic scene's views costs more than a small model's forward: every variant
+        # and mode at one N reads the same batches.
+        from ..data import collate, make_example
+        if n not in self.batches_at:
+            examples = [make_example(self.source, self.source.index_of(name), views["context"], views["target"],
+                                     self.trained.data.normalize) for name, views in self.index[n].items()]
+            size = self.spec.batch_size
+            self.batches_at[n] = [collate(examples[i:i + size]) for i in range(0, len(examples), size)]
+        return self.batches_at[n]
+
+    def __call__(self, point: dict[str, Any]) -> dict[str, Any]:
+        n, kv_cache = point["n_input"], point["mode"] == "kv_cache"
+        parts = self.batches(n)
+        renders, gap = render_views(self.model(point["variant"]), parts, n, point["mode"], self.device)
+        return {**score_renders(zip(renders, parts)), "kv_vs_full_max_abs": gap if kv_cache else None,
+                "train_n_input": self.trained.data.n_input}
+
+
+def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -> list[dict[str, Any]]:
+    trained, trained_path = trained_study(spec)
+    checkpoints = study_weights(spec, trained, trained_path)
     shipped = {v: shipped_entry(p) for v, p in checkpoints.items()}
     device = resolve_device(trained.train.device)
     sweep = Sweep(spec.results_dir(), spec.name, context=environment(device),
                   code=lambda p: measured_by(__name__, p["variant"], sources=[trained.data.source]))
     write_manifest(sweep.out_dir, spec, {"trained": trained.model_dump(mode="json")})
-    source = open_sources(trained.data)[1]
-    index = view_index(source, trained, spec.n_inputs)
-    train_n = trained.data.n_input
-    # Shipped weights are pinned by their checksum (the same in every clone), a checkpoint by its mtime.
-    points = [{"variant": v, "n_input": n, "mode": mode, "checkpoint": str(checkpoints[v]),
-               **({"weights_sha256": shipped[v]["sha256"]} if shipped[v] else {"checkpoint_mtime": checkpoints[v].stat().st_mtime_ns}),
-               "trained": trained.model_dump(mode="json")}
-              for v in spec.variants for mode in (("full", "kv_cache") if v in spec.kv_cache else ("full",)) for n in spec.n_inputs]
-    models: dict[str, torch.nn.Module] = {}
-    batches_at: dict[int, list[dict[str, Any]]] = {}
-
-    def batches(n: int) -> list[dict[str, Any]]:
-        # Rendering a synthetic scene's views costs more than a small model's forward: every variant
-        # and mode at one N reads the same batches, so they are built once per N.
-        if n not in batches_at:
-            examples = [make_example(source, source.index_of(name), views["context"], views["target"], trained.data.normalize)
-                        for name, views in index[n].items()]
-            batches_at[n] = [collate(examples[i:i + spec.batch_size]) for i in range(0, len(examples), spec.batch_size)]
-        return batches_at[n]
-
-    def measure(point: dict[str, Any]) -> dict[str, Any]:
-        variant, n = point["variant"], point["n_input"]
-        if variant not in models:
-            load = load_shipped if shipped[variant] else load_checkpoint
-            models[variant] = load(checkpoints[variant], device=device)[0].eval()
-        model, parts = models[variant], batches(n)
-        renders, gap = [], 0.0
-        with torch.no_grad(), autocast(device, "float32"):
-            for batch in parts:
-                args = [batch[k].to(device) for k in ("input_images", "input_c2w", "input_fxfycxcy", "target_c2w", "target_fxfycxcy")]
-                full = model(*args).cpu()
-                if point["mode"] == "kv_cache":
-                    h, w = args[0].shape[-2:]
-                    session = model.incremental(args[3], args[4], h, w)
-                    for k in range(n):  # one view at a time
-                        session.add_views(args[0][:, k:k + 1], args[1][:, k:k + 1], args[2][:, k:k + 1])
-                    cached = session.render().cpu()
-                    gap = max(gap, float((cached - full).abs().max()))
-                    renders.append(cached)
-                else:
-                    renders.append(full)
-        return {**score(renders, parts), "kv_vs_full_max_abs": gap if point["mode"] == "kv_cache" else None,
-                "train_n_input": train_n}
-
+    measure = ViewMeasure(spec, trained, checkpoints, shipped, device)
+    points = view_points(spec, trained, checkpoints, shipped)
     sweep.run(points, measure, lambda p: f"{p['variant']} N={p['n_input']} {p['mode']}", options.progress)
     if not sweep.world.is_main:
         return []
     rows = sweep.rows(points)
-    write_report(view_report(spec, trained, rows, train_n), sweep.out_dir)
+    write_report(view_report(spec, trained, rows, trained.data.n_input), sweep.out_dir)
     return rows
 
 
