@@ -43,13 +43,13 @@ def measure_cost(exp: ConvergenceExperiment, arm_name: str) -> dict[str, Any]:
     import torch
 
     from models import build_model
-    from ..profile.measure import FlopCounter, measure_call, synthetic_views
+    from ..profile.measure import FlopCounter, Sizes, measure_call, synthetic_views
     from ..runtime import resolve_device
     from ..schema import Measurement
     spec = exp.model_spec(arm_name)
     model = build_model(spec.name, spec.preset, **spec.overrides)
     config, n, m = model.config, exp.cost.n_input, exp.cost.n_target
-    flops = FlopCounter(config).forward(spec.name, n, m)
+    flops = FlopCounter(Sizes(spec.preset, spec.overrides)).forward(spec.name, n, m)
     threads = torch.get_num_threads()
     torch.set_num_threads(exp.cost.threads)
     try:
