@@ -218,6 +218,37 @@ class Sweep:
 
 
 @dataclass
+class Plan:
+    """What a kind measures, in the pipeline's terms: its points, how one is measured and named, the code
+    that measures one (its rows' resume key), the run's columns for every row and for the manifest, and
+    how the recorded rows become the report. The pipeline (`run_plan`) does the rest, alike for every kind."""
+    points: list[Point]
+    measure: Callable[[Point], Mapping[str, Any]]
+    label: Callable[[Point], str]
+    report: Callable[[list[dict[str, Any]], int], "Report"]  # (rows, number of points) -> the report
+    code: Callable[[Point], Sequence[str]] | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+    deadline_s: float | None = None
+
+
+def run_plan(spec: Any, plan: Plan, progress: bool = True) -> list[dict[str, Any]]:
+    """Open the experiment's sweep, write its manifest, measure what is not recorded yet (shared out over the
+    ranks; a failing point is recorded with its reason and the sweep goes on), then on rank 0 build and write
+    the report from the rows. Returns the rows (none on the other ranks)."""
+    sweep = Sweep(spec.results_dir(), spec.name, context=plan.context, code=plan.code)
+    write_manifest(sweep.out_dir, spec, plan.manifest)
+    summary = sweep.run(plan.points, plan.measure, plan.label, progress, deadline_s=plan.deadline_s)
+    if not sweep.world.is_main:
+        return []
+    rows = sweep.rows(plan.points)
+    report = plan.report(rows, len(plan.points))
+    report.notes.insert(0, summary.line(spec.name))
+    write_report(report, sweep.out_dir)
+    return rows
+
+
+@dataclass
 class Table:
     stem: str
     title: str

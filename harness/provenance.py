@@ -254,10 +254,6 @@ def device_name(device: torch.device | str) -> str:
     return f"cpu: {cpu_model()} ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})"
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def environment(device: torch.device | str) -> dict[str, object]:
     return {
         "device": device_name(device),

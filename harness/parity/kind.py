@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import build_model, label
 
 from ..errors import MissingResource
-from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_manifest, write_report
+from ..pipeline import Plan, Report, Table, failure_notes, ok_frame, run_plan
 from ..profile.measure import interleaved_ms, median_iqr, refuse_shared_cores, synthetic_views
 from ..provenance import environment, measured_by
 from ..schema import ExperimentBase, Kind, PositiveFloat, Positive, PresetName, RunOptions, Spec
@@ -262,9 +262,6 @@ def run_parity(spec: ParitySpec, options: RunOptions) -> list[dict[str, Any]]:
         if skipped:
             print(f"{spec.name}: {skipped[0]}")
         env = environment("cpu")
-        sweep = Sweep(spec.results_dir(), spec.name, context=env, code=lambda p: (
-            measured_by(__name__, p["model"]) if p["part"] == "model" else measured_by(__name__, sources=LOADER_SOURCES)))
-        write_manifest(sweep.out_dir, spec, {"device": env["device"], "preset": spec.preset})
         digests = {repo: source_digest(Path(path)) for repo, path in given.items() if path}
         common = {"preset": spec.preset, "overrides": spec.overrides, "threads": spec.threads, "seed": spec.seed}
         points = [{"part": "model", "model": name, "repository": codes[name].repository,
@@ -274,12 +271,13 @@ def run_parity(spec: ParitySpec, options: RunOptions) -> list[dict[str, Any]]:
         points += [{"part": "loader", "model": None, "repository": repo, "checkout": path, "official_sources": digests[repo],
                     "scene": spec.scene_path(), "image_size": spec.loader_image_size, "patch_size": spec.loader_patch_size}
                    for repo, path in given.items() if path and repo in LOADER_REPOSITORIES]
-        sweep.run(points, lambda p: measure_model(spec, p) if p["part"] == "model" else measure_loader(spec, p),
-                  lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}" if p["part"] == "model" else f"loader {p['repository']}",
-                  options.progress)
-        rows = sweep.rows(points)
-        write_report(parity_report(spec, rows, skipped, stand_ins()[1]), sweep.out_dir)
-        return rows
+        return run_plan(spec, Plan(
+            points, lambda p: measure_model(spec, p) if p["part"] == "model" else measure_loader(spec, p),
+            lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}" if p["part"] == "model" else f"loader {p['repository']}",
+            lambda rows, expected: parity_report(spec, rows, skipped, stand_ins()[1]),
+            code=lambda p: (measured_by(__name__, p["model"]) if p["part"] == "model"
+                            else measured_by(__name__, sources=LOADER_SOURCES)),
+            context=env, manifest={"device": env["device"], "preset": spec.preset}), options.progress)
     finally:
         torch.set_num_threads(threads)
 

@@ -27,7 +27,7 @@ from pydantic import Field, field_validator, model_validator
 
 from models import build_model, label, model_class, released_models
 
-from ..pipeline import Sweep, write_manifest, write_report
+from ..pipeline import Plan, run_plan
 from ..provenance import measured_by
 from ..runtime import autocast
 from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, Ratio, RunOptions, Spec)
@@ -188,18 +188,13 @@ def _context(spec: CostSpec, measured: bool = True) -> RunContext:
 
 def _sweep_and_report(spec: CostSpec, ctx: RunContext, points: list[dict[str, Any]], measure, label_of, options: RunOptions,
                       build) -> list[dict[str, Any]]:
-    sweep = Sweep(spec.results_dir(), spec.name, context=ctx.env, code=lambda p: measured_by(__name__, *_variants(p)))
-    write_manifest(sweep.out_dir, spec, {"device": ctx.env["device"], "preset": ctx.preset, "dtype": ctx.dtype})
-    summary = sweep.run(points, measure, label_of, options.progress,
-                        deadline_s=getattr(getattr(spec, "measure", None), "deadline_s", None))
-    if not sweep.world.is_main:
-        return []
-    rows = sweep.rows(points)
-    result = build(rows, len(points))
-    result.notes.insert(0, summary.line(spec.name))
-    mark_shared_cores(result, rows)
-    write_report(result, sweep.out_dir)
-    return rows
+    def report(rows: list[dict[str, Any]], expected: int):
+        result = build(rows, expected)
+        mark_shared_cores(result, rows)
+        return result
+    return run_plan(spec, Plan(points, measure, label_of, report, code=lambda p: measured_by(__name__, *_variants(p)),
+                               context=ctx.env, manifest={"device": ctx.env["device"], "preset": ctx.preset, "dtype": ctx.dtype},
+                               deadline_s=getattr(getattr(spec, "measure", None), "deadline_s", None)), options.progress)
 
 
 def forward_measure(ctx: RunContext, settings: Measurement):

@@ -25,7 +25,7 @@ from pydantic import Field, field_validator
 from models import label, list_models, model_card, model_class
 
 from ..plots import plt
-from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_manifest, write_report
+from ..pipeline import Plan, Report, Table, failure_notes, ok_frame, run_plan
 from ..provenance import measured_by
 from ..runtime import autocast
 from ..schema import Kind, Measurement, ModelName, Positive, PresetName, RunOptions, Spec
@@ -112,16 +112,12 @@ def run_one_more_target(spec: OneMoreTargetSpec, options: RunOptions) -> list[di
                               spec.measure)
         return {**columns, **_state_columns(name, state), **timing}  # the state as built here (bf16 under autocast)
 
-    sweep = Sweep(spec.results_dir(), spec.name, context=timed.env, code=lambda p: measured_by(__name__, p["model"]))
-    write_manifest(sweep.out_dir, spec, {"device": timed.env["device"], "preset": timed.preset,
-                                         "flops_preset": counted.preset, "dtype": timed.dtype})
-    summary = sweep.run(points, measure, lambda p: f"{p['model']} {p['part']} N={p['n_input']}", options.progress,
-                        deadline_s=spec.measure.deadline_s)
-    rows = sweep.rows(points)
-    result = one_more_target_report(spec, counted, timed, rows, len(points))
-    result.notes.insert(0, summary.line(spec.name))
-    write_report(result, sweep.out_dir)
-    return rows
+    return run_plan(spec, Plan(
+        points, measure, lambda p: f"{p['model']} {p['part']} N={p['n_input']}",
+        lambda rows, expected: one_more_target_report(spec, counted, timed, rows, expected),
+        code=lambda p: measured_by(__name__, p["model"]), context=timed.env, deadline_s=spec.measure.deadline_s,
+        manifest={"device": timed.env["device"], "preset": timed.preset, "flops_preset": counted.preset, "dtype": timed.dtype}),
+        options.progress)
 
 
 # ------------------------------------------------------------------------------------- report

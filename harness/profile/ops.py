@@ -27,7 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from models import build_model, label
 
-from ..pipeline import Report, Sweep, Table, failure_notes, ok_frame, write_manifest, write_report
+from ..pipeline import Plan, Report, Table, failure_notes, ok_frame, run_plan
 from ..provenance import environment, measured_by
 from ..schema import ExperimentBase, Kind, ModelName, ModelRef, Positive, PositiveFloat, PresetName, Published, RunOptions, Spec
 from .kinds import SharedCores, released_variants
@@ -168,20 +168,18 @@ def run_op_profile(spec: OpProfileSpec, options: RunOptions) -> list[dict[str, A
     torch.set_num_threads(spec.threads)
     try:
         env = environment("cpu")
-        sweep = Sweep(spec.results_dir(), spec.name, context=env, code=lambda p: measured_by(__name__, p["model"]))
-        write_manifest(sweep.out_dir, spec, {"device": env["device"], "preset": spec.preset})
         points = [{"model": name, "preset": spec.preset, "overrides": spec.overrides, "n_input": n, "n_target": m,
                    "threads": spec.threads, "top": spec.top}
                   for name in spec.models for n in spec.n_inputs for m in spec.n_targets]
-        sweep.run(points, lambda point: measure_point(spec, point),
-                  lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}", options.progress)
-        if not sweep.world.is_main:
-            return []
-        rows = sweep.rows(points)
-        report = op_profile_report(spec, rows)
-        mark_shared_cores(report, rows)
-        write_report(report, sweep.out_dir)
-        return rows
+
+        def report(rows: list[dict[str, Any]], expected: int) -> Report:
+            result = op_profile_report(spec, rows)
+            mark_shared_cores(result, rows)
+            return result
+        return run_plan(spec, Plan(points, lambda point: measure_point(spec, point),
+                                   lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}", report,
+                                   code=lambda p: measured_by(__name__, p["model"]), context=env,
+                                   manifest={"device": env["device"], "preset": spec.preset}), options.progress)
     finally:
         torch.set_num_threads(threads)
 

@@ -23,7 +23,7 @@ from pydantic import Field
 from models import label, list_models, model_card, model_class
 
 from ..errors import ConfigError, MissingResource
-from ..pipeline import Report, Sweep, Table, failure_notes, write_manifest, write_report
+from ..pipeline import Plan, Report, Table, failure_notes, run_plan
 from ..plots import legend_outside, plt
 from ..provenance import environment, measured_by
 from ..runtime import autocast, resolve_device
@@ -185,17 +185,12 @@ def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -
     checkpoints = study_weights(spec, trained, trained_path)
     shipped = {v: shipped_entry(p) for v, p in checkpoints.items()}
     device = resolve_device(trained.train.device)
-    sweep = Sweep(spec.results_dir(), spec.name, context=environment(device),
-                  code=lambda p: measured_by(__name__, p["variant"], sources=[trained.data.source]))
-    write_manifest(sweep.out_dir, spec, {"trained": trained.model_dump(mode="json")})
-    measure = ViewMeasure(spec, trained, checkpoints, shipped, device)
-    points = view_points(spec, trained, checkpoints, shipped)
-    sweep.run(points, measure, lambda p: f"{p['variant']} N={p['n_input']} {p['mode']}", options.progress)
-    if not sweep.world.is_main:
-        return []
-    rows = sweep.rows(points)
-    write_report(view_report(spec, trained, rows, trained.data.n_input), sweep.out_dir)
-    return rows
+    return run_plan(spec, Plan(
+        view_points(spec, trained, checkpoints, shipped), ViewMeasure(spec, trained, checkpoints, shipped, device),
+        lambda p: f"{p['variant']} N={p['n_input']} {p['mode']}",
+        lambda rows, expected: view_report(spec, trained, rows, trained.data.n_input),
+        code=lambda p: measured_by(__name__, p["variant"], sources=[trained.data.source]), context=environment(device),
+        manifest={"trained": trained.model_dump(mode="json")}), options.progress)
 
 
 def view_report(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, rows: list[dict[str, Any]], train_n: int) -> Report:
