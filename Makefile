@@ -7,7 +7,7 @@ PRESET ?=
 preset_flag = $(if $(PRESET),--preset $(PRESET),)
 
 .PHONY: help bench test models flops speed kv-cache one-more-target efficiency-table gpu-check eval table-re10k table-objects preview convergence \
-	depth-study view-generalization ablations paper site parity op-profile benchmarks
+	depth-study view-generalization ablations camera-encoding paper site parity op-profile benchmarks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,6 +78,9 @@ view-generalization: $(STAMP)  ## the convergence models (shipped weights) evalu
 
 depth-study: $(STAMP)  ## LVSM depth ablations (enc-dec split, decoder-only depth) at the convergence scale -> results/depth_study/ (about 35 min)
 	$(PY) -m harness run experiments/depth_study.yaml
+
+camera-encoding: $(STAMP)  ## Plücker rays vs PRoPE vs GTA for every variant offering them x 2 seeds, convergence scale -> results/camera_encoding/ (about 2 h on 2 cores)
+	$(PY) -m harness run experiments/camera_encoding.yaml
 
 ablations: $(STAMP)  ## Efficient-LVSM ablation arms x 2 seeds (REPA needs REPA_TEACHER_WEIGHTS=) -> results/ablations/ (about 1-2 h on 2 cores)
 	$(PY) -m harness run experiments/ablations.yaml

@@ -122,6 +122,11 @@ class ModelRef(Spec):
     @model_validator(mode="after")
     def _overrides_fit(self) -> "ModelRef":
         from models import model_config
+        if self.checkpoint and self.overrides:
+            # A checkpoint's config is the one it was trained with (official checkpoints: Plücker rays, the
+            # sizes in their weights); an override would be ignored or would not fit its weights.
+            raise ValueError(f"overrides {sorted(self.overrides)} do not apply to checkpoint {self.checkpoint}: "
+                             "its model is built from the config it holds")
         model_config(self.name, "paper" if self.preset == "auto" else self.preset, **self.overrides)
         return self
 

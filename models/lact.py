@@ -401,6 +401,10 @@ def official_float32_step(load: Loader) -> Iterator[None]:
 @register("lact", config=LaCTConfig, presets=LACT_PRESETS, card=ModelCard(
     label="LaCT", color="tab:green", paper=LACT_PAPER, code=LACT_CODE, official_params=312_298_056))
 class LaCT(NVSModel):
+    """Cameras: Plücker rays only (`camera_encodings`). Its attention stays inside one view, where PRoPE
+    reduces to a 2D RoPE that carries no pose, and its only path between views is the fast weights, where
+    no attention runs: with `prope` or `gta` alone its views would never see each other's relative pose.
+    `plucker+prope` is the option that would mean something here; it is not implemented."""
     scene_state: ClassVar[str] = "fast weights"
     capabilities = frozenset({"extend_scene", "official_weights", "analytic_flops"})
     official_code = OfficialCode(

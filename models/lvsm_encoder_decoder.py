@@ -43,6 +43,10 @@ ENCODER_DECODER_PRESETS = {
         "objects_gso": Published(OBJECTS_SOURCE, {"psnr": 29.32, "ssim": 0.933, "lpips": 0.052}),
     }))
 class LVSMEncoderDecoder(NVSModel):
+    """Cameras: Plücker rays only (`camera_encodings`). Its latent tokens have no camera, so attention
+    between latents and input views has no relative transform to apply: a latent would see each view's
+    absolute pose. A PRoPE form would tie the latents to one input view's frame (and so depend on which
+    view comes first); it is not implemented."""
     capabilities = frozenset({"official_weights", "analytic_flops"})
     official_code = OfficialCode(
         "Haian-Jin/LVSM", "OFFICIAL_LVSM", "configs/LVSM_scene_encoder_decoder.yaml",

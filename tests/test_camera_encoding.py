@@ -82,3 +82,13 @@ def test_efficient_lvsm_states_and_kv_cache_carry_the_cameras(encoding):
             session.add_views(images[:, i:i + 1], ic[:, i:i + 1], ik[:, i:i + 1])
         incremental = session.render()
     assert (state - full).abs().max().item() <= 1e-5 and (incremental - full).abs().max().item() <= 1e-5
+
+
+def test_a_checkpoint_keeps_its_own_cameras():
+    """Official checkpoints were trained with Plücker rays: asking for another encoding is refused in one line."""
+    from harness.errors import ConfigError
+    from harness.evaluate.spec import EvaluateSpec
+    spec = {"kind": "evaluate", "name": "e", "data": {"source": "synthetic_object"},
+            "models": [{"name": "lvsm_decoder_only", "checkpoint": "official.pt", "overrides": {"camera_encoding": "prope"}}]}
+    with pytest.raises((ConfigError, ValueError), match=r"overrides \['camera_encoding'\] do not apply to checkpoint official.pt"):
+        EvaluateSpec.model_validate(spec)
