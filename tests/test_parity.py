@@ -105,7 +105,7 @@ def test_parity_runs_end_to_end_against_a_stand_in_official_checkout(checkout, t
     monkeypatch.delenv("OFFICIAL_EFFICIENT_LVSM", raising=False)
     spec = {"kind": "parity", "name": "parity_test", "output_dir": str(tmp_path / "out"), "preset": "tiny",
             "models": ["lvsm_decoder_only", "efficient_lvsm"], "points": [{"n_input": 2, "n_target": 1}],
-            "rounds": 2, "warmup": 1, "official_lvsm": str(checkout), "official_efficient_lvsm": "$OFFICIAL_EFFICIENT_LVSM",
+            "rounds": 2, "warmup": 1, "checkouts": {"OFFICIAL_LVSM": str(checkout), "OFFICIAL_EFFICIENT_LVSM": "$OFFICIAL_EFFICIENT_LVSM"},
             "loader_image_size": 32}
     path = tmp_path / "parity_test.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -144,7 +144,7 @@ def test_a_wrong_checkout_stops_the_run_before_any_work(tmp_path, monkeypatch):
     import subprocess
     out = tmp_path / "out"
     spec = {"kind": "parity", "name": "parity_test", "output_dir": str(out), "preset": "tiny",
-            "points": [{"n_input": 2, "n_target": 1}], "official_lact": str(tmp_path)}
+            "points": [{"n_input": 2, "n_target": 1}], "checkouts": {"OFFICIAL_LACT": str(tmp_path)}}
     path = tmp_path / "parity_test.yaml"
     path.write_text(yaml.safe_dump(spec))
     done = subprocess.run([sys.executable, "-m", "harness", "run", str(path)], capture_output=True, text=True,

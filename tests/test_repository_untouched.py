@@ -41,7 +41,7 @@ def _specs(out: Path) -> dict[str, dict]:
         "profile_one_more_target": {**tiny, "models": ["lact"], "flops": {"preset": "tiny"}, "n_inputs": [1, 2],
                                     "timed_n_inputs": [1], "fit_min_n": 1, "headline_n": [2], "measure": MEASURE},
         "op_profile": {**tiny, "models": ["efficient_lvsm"], "overrides": {"image_size": 16}, "n_inputs": [1], "n_targets": [1]},
-        "parity": {**tiny, "official_lvsm": "", "official_efficient_lvsm": "", "official_lact": ""},
+        "parity": {**tiny, "checkouts": {"OFFICIAL_LVSM": "", "OFFICIAL_EFFICIENT_LVSM": "", "OFFICIAL_LACT": ""}},
         "evaluate": {"models": [{"name": "lvsm_decoder_only", "preset": "tiny"}], "data": scenes, "grid_scenes": 1},
         "convergence": {"variants": ["efficient_lvsm"], **tiny, "overrides": {"image_size": 16, "patch_size": 8},
                         "data": {"source": "synthetic_object", "image_size": 16, "options": {"count": 3, "views": 10, "supersample": 1},

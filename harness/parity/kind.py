@@ -53,10 +53,10 @@ class ParitySpec(ExperimentBase):
     warmup: Positive = 1
     threads: Positive = 2
     seed: int = 0
-    # Checkouts of the official repositories ($ENV_VARS allowed; empty: that repository's variants are skipped).
-    official_lvsm: str = ""
-    official_efficient_lvsm: str = ""
-    official_lact: str = ""
+    # Checkouts of the official repositories, by the variable each variant's official code names (`make
+    # parity OFFICIAL_LVSM=DIR`); a variable left out is read from the environment ($ENV_VARS allowed in
+    # values; empty: that repository's variants are skipped).
+    checkouts: dict[str, str] = {}
     scene: str = ""  # an LVSM-layout scene for the loader check; empty: a built-in RealEstate10K chunk
     loader_image_size: Positive = 256
     loader_patch_size: Positive = 8
@@ -74,7 +74,7 @@ class ParitySpec(ExperimentBase):
         return models
 
     def missing_resources(self) -> list[str]:
-        given = self.checkouts()
+        given = self.given_checkouts()
         codes = official_variants()
         if not any(given[codes[m].repository] for m in self.models):  # nothing asked for could be done
             return [f"no official checkout given for {', '.join(self.models)}; give "
@@ -93,13 +93,21 @@ class ParitySpec(ExperimentBase):
         value = os.path.expandvars(self.scene)
         return "" if "$" in value else value
 
-    def checkouts(self) -> dict[str, str]:
-        """Each official repository -> the checkout given for it ('' where none): the field named after
-        its `make parity` variable (OFFICIAL_LVSM -> official_lvsm)."""
+    @field_validator("checkouts")
+    @classmethod
+    def _known_variables(cls, checkouts: dict[str, str]) -> dict[str, str]:
+        known = sorted({code.variable for code in repositories().values()})
+        unknown = [name for name in checkouts if name not in known]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} names no official repository; expected some of {', '.join(known)}")
+        return checkouts
+
+    def given_checkouts(self) -> dict[str, str]:
+        """Each official repository -> the checkout given for it ('' where none)."""
         given = {}
         for repository, code in repositories().items():
-            raw = getattr(self, code.variable.lower(), "")
-            given[repository] = os.path.expandvars(raw) if raw and "$" not in os.path.expandvars(raw) else ""
+            raw = os.path.expandvars(self.checkouts.get(code.variable, f"${code.variable}"))
+            given[repository] = raw if raw and "$" not in raw else ""
         return given
 
 
@@ -255,7 +263,7 @@ def run_parity(spec: ParitySpec, options: RunOptions) -> list[dict[str, Any]]:
         missing = spec.missing_resources()  # before any work: a wrong folder is one line, not a failed row per point
         if missing:
             raise MissingResource(f"{spec.name}: {missing[0]}")
-        given, codes = spec.checkouts(), official_variants()
+        given, codes = spec.given_checkouts(), official_variants()
         skipped_models = [m for m in spec.models if not given[codes[m].repository]]
         skipped = [f"skipped: {', '.join(skipped_models)} (no official checkout given: "
                    f"{' and '.join(sorted({codes[m].variable for m in skipped_models}))})"] if skipped_models else []
