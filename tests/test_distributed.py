@@ -132,7 +132,7 @@ def test_timing_on_a_cpu_under_two_ranks_is_refused_in_one_line_unless_forced(tm
 def test_a_convergence_study_trains_its_arms_one_after_another_with_every_rank(tmp_path):
     out = tmp_path / "out"
     study = write_yaml(tmp_path / "study.yaml", {
-        "kind": "convergence", "name": "study_world", "output_dir": str(out), "variants": ["lvsm_decoder_only", "efficient_lvsm"],
+        "kind": "convergence", "name": "study_world", "output_dir": str(out), "models": ["lvsm_decoder_only", "efficient_lvsm"],
         "preset": "tiny", "overrides": {"image_size": 16, "patch_size": 8}, "blur_sigmas": [1.0], "cost": {"runs": 1},
         "data": {"source": "synthetic_object", "image_size": 16, "options": {"count": 4, "views": 8, "supersample": 1},
                  "eval_options": {"seed": 1, "count": 2}, "n_target": 2, "eval_n_target": 2, "eval_scenes": 2},

@@ -43,7 +43,7 @@ def _specs(out: Path) -> dict[str, dict]:
         "op_profile": {**tiny, "models": ["efficient_lvsm"], "overrides": {"image_size": 16}, "n_inputs": [1], "n_targets": [1]},
         "parity": {**tiny, "checkouts": {"OFFICIAL_LVSM": "", "OFFICIAL_EFFICIENT_LVSM": "", "OFFICIAL_LACT": ""}},
         "evaluate": {"models": [{"name": "lvsm_decoder_only", "preset": "tiny"}], "data": scenes, "grid_scenes": 1},
-        "convergence": {"variants": ["efficient_lvsm"], **tiny, "overrides": {"image_size": 16, "patch_size": 8},
+        "convergence": {"models": ["efficient_lvsm"], **tiny, "overrides": {"image_size": 16, "patch_size": 8},
                         "data": {"source": "synthetic_object", "image_size": 16, "options": {"count": 3, "views": 10, "supersample": 1},
                                  "eval_options": {"seed": 1, "count": 2}, "n_input": 2, "n_target": 2, "eval_n_target": 2,
                                  "eval_scenes": 2, "normalize": False},
@@ -74,7 +74,7 @@ def test_every_kind_writes_only_into_its_output_folder(tmp_path):
     # The study's shipped weights are what the view-generalization kind reads: run it on them, briefly.
     path = tmp_path / "view_generalization.yaml"
     path.write_text(yaml.safe_dump({"kind": "view_generalization", "name": "vg", "output_dir": str(out / "vg"),
-                                    "trained": str(copy / "experiments" / "convergence.yaml"), "variants": ["efficient_lvsm"],
+                                    "trained": str(copy / "experiments" / "convergence.yaml"), "models": ["efficient_lvsm"],
                                     "n_inputs": [2]}))
     done = subprocess.run([sys.executable, "-m", "harness", "--quiet", "run", str(path), "--no-progress"], cwd=copy, env=env,
                           capture_output=True, text=True, timeout=600)

@@ -218,7 +218,7 @@ def _write(path, text):
 
 def tiny_convergence(path: Path, out: Path, variants: list[str], data: dict, train: dict, **keys) -> Path:
     """A convergence experiment of tiny models on 16 px synthetic objects that trains in seconds."""
-    spec = {"kind": "convergence", "output_dir": str(out), "variants": variants, "preset": "tiny",
+    spec = {"kind": "convergence", "output_dir": str(out), "models": variants, "preset": "tiny",
             "overrides": {"image_size": 16, "patch_size": 8},
             "data": {"source": "synthetic_object", "image_size": 16, **data}, "optim": {"warmup_steps": 1},
             "train": {"batch_size": 2, "device": "cpu", **train}, **keys}
@@ -228,7 +228,7 @@ def tiny_convergence(path: Path, out: Path, variants: list[str], data: dict, tra
 
 @pytest.mark.parametrize("body, words", [
     ("bogus: 1\n", ["bogus: unknown key"]),
-    ("variants: [lvsm_decoder_only, no_such_model]\n", ["variants.1", "'no_such_model'", "efficient_lvsm"]),
+    ("models: [lvsm_decoder_only, no_such_model]\n", ["models.1", "'no_such_model'", "efficient_lvsm"]),
     ("train: {steps: many}\n", ["train.steps", "valid integer", "'many'"]),
     ("train: {stepz: 3}\n", ["train.stepz: unknown key"]),
     ("optim: {schedule: linear}\n", ["optim.schedule", "'cosine'", "'constant'"]),
@@ -338,7 +338,7 @@ def test_shipped_weights_reproduce_the_study_in_view_generalization_and_evaluati
         kind: view_generalization
         output_dir: {tmp_path / "vg"}
         trained: conv.yaml
-        variants: [lvsm_decoder_only, efficient_lvsm]
+        models: [lvsm_decoder_only, efficient_lvsm]
         n_inputs: [1, 3, 5]
     """)
     rows = {(r["variant"], r["n_input"], r["mode"]): r for r in run_experiment(path, progress=False)}
@@ -441,7 +441,7 @@ def test_arm_summary_compares_with_the_reference_against_the_seed_range():
     from harness.train.config import ConvergenceExperiment
     from harness.train.figures import pareto
     from harness.train.summary import arm_summary
-    exp = ConvergenceExperiment(name="s", kind="convergence", seeds=[0, 1], reference="ref", arms=[
+    exp = ConvergenceExperiment(name="s", kind="convergence", seeds=[0, 1], reference="ref", models=[
         {"name": "ref", "model": "efficient_lvsm"}, {"name": "close", "model": "efficient_lvsm_final_context"},
         {"name": "far", "model": "lvsm_decoder_only", "published_diff_db": -1.5, "published_source": "paper"}])
     psnr = {"ref": (20.0, 20.4), "close": (20.1, 20.2), "far": (21.0, 21.2)}

@@ -358,7 +358,7 @@ def published_of(dump: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The published rows an experiment compares with: its models' card table, then its own rows."""
     from models import label, list_models, model_card
     out = []
-    names = [m.get("name") if isinstance(m, Mapping) else m for m in (dump.get("models") or dump.get("variants") or [])]
+    names = [(m.get("model") or m.get("name")) if isinstance(m, Mapping) else m for m in dump.get("models") or []]
     table = dump.get("card_table")
     for name in dict.fromkeys(n for n in names if n in list_models()):
         entry = model_card(name).published.get(table) if table else None
@@ -377,7 +377,7 @@ def build_page(spec: ExperimentBase | None, results: Path, site_dir: Path, numbe
     rows = current_rows(results)
     manifest = manifest_of(results)
     dump = spec.model_dump(mode="json") if spec is not None else {}
-    arms = dump.get("arms") or []
+    arms = [m for m in dump.get("models") or [] if isinstance(m, Mapping) and "model" in m]
     tables = tables_of(results, site_dir, arms)
     notes = [n for t in tables for n in t.notes]
     headlines_path = results / "headlines.md"

@@ -124,12 +124,12 @@ class SpeedupClaim(Spec):
 
 
 class ConvergenceExperiment(ExperimentBase):
-    """kind: convergence -- arms (variants, or variants with overrides and training options) trained
-    on the same data with the same step budget and batch, each with one or more initialisation seeds.
-    Without `arms`, one arm per entry of `variants`."""
+    """kind: convergence -- the models compared (arms), each trained on the same data with the same step
+    budget and batch, with one or more initialisation seeds. An entry of `models` is a registered variant
+    (the arm takes its name), or an arm: a name of its own, the variant, config overrides and training
+    options."""
     kind: Literal["convergence"]
-    variants: list[ModelName] = Field(default_factory=_released, min_length=1)
-    arms: list[Arm] = []
+    models: list[ModelName | Arm] = Field(default_factory=_released, min_length=1)
     seeds: list[NonNegative] = []  # model-initialisation seeds; empty: train.seed alone
     reference: str = ""  # the arm every other is compared with
     preset: PresetName = "tiny"
@@ -156,7 +156,7 @@ class ConvergenceExperiment(ExperimentBase):
     def _arms_build(self) -> "ConvergenceExperiment":
         names = [arm.name for arm in self.study_arms()]
         if len(set(names)) != len(names):
-            raise ValueError(f"arms: names must be distinct, got {names}")
+            raise ValueError(f"models: arm names must be distinct, got {names}")
         if self.reference and self.reference not in names:
             raise ValueError(f"reference: {self.reference!r} is not an arm; arms: {', '.join(names)}")
         for arm in self.study_arms():
@@ -174,7 +174,7 @@ class ConvergenceExperiment(ExperimentBase):
         return self.train.device
 
     def study_arms(self) -> list[Arm]:
-        return self.arms or [Arm(name=variant, model=variant) for variant in self.variants]
+        return [entry if isinstance(entry, Arm) else Arm(name=entry, model=entry) for entry in self.models]
 
     def run_seeds(self) -> list[int]:
         return self.seeds or [self.train.seed]

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class ViewGeneralizationSpec(ExperimentBase):
     kind: Literal["view_generalization"]
     trained: str = "convergence.yaml"  # the convergence experiment whose checkpoints are evaluated (relative to this file)
-    variants: list[ModelName] = Field(min_length=1)
+    models: list[ModelName] = Field(min_length=1)  # arms of the trained study, each a variant trained under its own name
     n_inputs: list[Positive] = Field(default=list(range(1, 13)), min_length=1)
     # Also evaluated by adding views one at a time (default: every variant offering an exact input cache).
     kv_cache: list[ModelName] = Field(default_factory=lambda: [name for name in list_models()
@@ -90,9 +90,9 @@ def trained_study(spec: ViewGeneralizationSpec) -> tuple[ConvergenceExperiment, 
     if not isinstance(trained, ConvergenceExperiment):
         raise ConfigError(f"{spec.name}: trained: {path} is a {trained.kind} experiment, not a convergence one")
     arms = {arm.model for arm in trained.study_arms()}
-    missing = [v for v in spec.variants if v not in arms]
+    missing = [v for v in spec.models if v not in arms]
     if missing:
-        raise ConfigError(f"{spec.name}: variants: {missing[0]!r} is not trained by {path}")
+        raise ConfigError(f"{spec.name}: models: {missing[0]!r} is not trained by {path}")
     if len(trained.run_seeds()) != 1:
         raise ConfigError(f"{spec.name}: {path} trains several seeds; name a single-seed study")
     return trained, path
@@ -101,7 +101,7 @@ def trained_study(spec: ViewGeneralizationSpec) -> tuple[ConvergenceExperiment, 
 def study_weights(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, path: Path) -> dict[str, Path]:
     """Each variant's weights as the study left them; a missing file is refused in one line."""
     arms = {arm.model: arm.name for arm in trained.study_arms()}
-    checkpoints = {v: trained.trained_weights(arms[v]) for v in spec.variants}
+    checkpoints = {v: trained.trained_weights(arms[v]) for v in spec.models}
     absent = [str(p) for p in checkpoints.values() if not p.is_file()]
     if absent:
         raise MissingResource(f"{spec.name}: trained weights {absent[0]} not found; train the models first "
@@ -116,7 +116,7 @@ def view_points(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, ch
     return [{"variant": v, "n_input": n, "mode": mode, "checkpoint": str(checkpoints[v]),
              **({"weights_sha256": shipped[v]["sha256"]} if shipped[v] else {"checkpoint_mtime": checkpoints[v].stat().st_mtime_ns}),
              "trained": trained.model_dump(mode="json")}
-            for v in spec.variants for mode in (("full", "kv_cache") if v in spec.kv_cache else ("full",)) for n in spec.n_inputs]
+            for v in spec.models for mode in (("full", "kv_cache") if v in spec.kv_cache else ("full",)) for n in spec.n_inputs]
 
 
 def render_views(model: torch.nn.Module, batches: list[dict[str, Any]], n: int, mode: str,
@@ -201,7 +201,7 @@ def view_report(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, ro
              f"scenes: its validation split, {data.eval_scenes} held-out {data.source} scenes, {data.eval_n_target} targets each, "
              "the same targets for every N; the N context views spread evenly in azimuth (ring layout)",
              "metrics: PSNR / SSIM per view, mean over each scene's targets, then over scenes; float32",
-             f"kv_cache: {', '.join(label(v) for v in spec.kv_cache if v in spec.variants)} adding the N views one at a time "
+             f"kv_cache: {', '.join(label(v) for v in spec.kv_cache if v in spec.models)} adding the N views one at a time "
              "to its KV cache, then rendering; kv_vs_full_max_abs is the largest pixel difference to the full forward"]
     if ok:
         commits = sorted({str(r.get("commit")) for r in ok})
@@ -216,7 +216,7 @@ def view_report(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, ro
                             "kv_vs_full_max_abs": frame["kv_vs_full_max_abs"]})
     result.tables.append(Table("summary", f"{spec.name}: PSNR / SSIM against N (trained at N={train_n})", summary, notes, console=False))
     wide = summary[summary["mode"] == "full"].pivot(index="n_input", columns="variant", values="psnr")
-    wide = wide[[v for v in spec.variants if v in wide.columns]].rename(columns=label)
+    wide = wide[[v for v in spec.models if v in wide.columns]].rename(columns=label)
     for variant in spec.kv_cache:
         cached = summary[(summary["mode"] == "kv_cache") & (summary["variant"] == variant)].set_index("n_input")["psnr"]
         if not cached.empty:
@@ -225,7 +225,7 @@ def view_report(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, ro
     wide["N"] = [f"{n} (training N)" if n == train_n else str(n) for n in wide["N"]]
     result.tables.append(Table("psnr_by_n", f"PSNR (dB) against the number of input views; trained at N={train_n}", wide, notes))
     result.figures["psnr_vs_n.png"] = lambda: psnr_figure(summary, spec, train_n)
-    for variant in spec.variants:
+    for variant in spec.models:
         part = summary[(summary["variant"] == variant) & (summary["mode"] == "full")].set_index("n_input")["psnr"]
         if train_n in part.index and len(part) > 1:
             beyond = part[part.index > train_n]
@@ -239,7 +239,7 @@ def view_report(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, ro
 
 def psnr_figure(summary: pd.DataFrame, spec: ViewGeneralizationSpec, train_n: int):
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for variant in spec.variants:
+    for variant in spec.models:
         part = summary[(summary["variant"] == variant) & (summary["mode"] == "full")].sort_values("n_input")
         ax.plot(part["n_input"], part["psnr"], marker="o", color=model_card(variant).color, label=label(variant))
         cached = summary[(summary["variant"] == variant) & (summary["mode"] == "kv_cache")].sort_values("n_input")
