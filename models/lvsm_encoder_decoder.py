@@ -9,12 +9,13 @@ from torch import nn
 
 from . import flops as F
 from .base import NVSModel
-from .config import SHARED_SIZES, VariantConfig
+from .config import CAMERA_ENCODINGS, SHARED_SIZES, VariantConfig
 from .official import OfficialCode, lvsm_official_build, lvsm_official_render, lvsm_official_yaml, lvsm_rays_bmm_flops
 from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
 from .lvsm_decoder_only import LVSM_BLOCK_KEYS, LVSM_PAPER, LVSM_TABLE_1, LVSM_TOKEN_KEYS, OBJECTS_SOURCE
 from .registry import ModelCard, Published, register
-from .tokens import INPUT_CHANNELS, RGB_CHANNELS, TARGET_CHANNELS, RenderHead
+from .prope import CameraTransforms, WithLatents, transform_macs, uses_prope, view_cameras
+from .tokens import RGB_CHANNELS, RenderHead, token_channels
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,13 @@ ENCODER_DECODER_PRESETS = {
         "objects_gso": Published(OBJECTS_SOURCE, {"psnr": 29.32, "ssim": 0.933, "lpips": 0.052}),
     }))
 class LVSMEncoderDecoder(NVSModel):
-    """Cameras: Plücker rays only (`camera_encodings`). Its latent tokens have no camera, so attention
-    between latents and input views has no relative transform to apply: a latent would see each view's
-    absolute pose. A PRoPE form would tie the latents to one input view's frame (and so depend on which
-    view comes first); it is not implemented."""
+    """Cameras inside attention (PRoPE / GTA): its latent tokens have no camera, and a latent given none
+    would see each view's absolute pose. They are tied to the scene's first input view instead
+    (models.prope.WithLatents): renders do not change when every camera moves by one rigid transform, but
+    they do depend on which input view comes first (with Plücker rays alone they do not). The scene state
+    carries the first view's transform beside the latents."""
     capabilities = frozenset({"official_weights", "analytic_flops"})
+    camera_encodings = CAMERA_ENCODINGS
     official_code = OfficialCode(
         "Haian-Jin/LVSM", "OFFICIAL_LVSM", "configs/LVSM_scene_encoder_decoder.yaml",
         yaml=lvsm_official_yaml(lambda c: {"encoder_n_layer": c.encoder_depth, "decoder_n_layer": c.decoder_depth,
@@ -81,43 +84,78 @@ class LVSMEncoderDecoder(NVSModel):
             init_depth_scaled(self.encoder)
             init_depth_scaled(self.decoder)
 
-    def encode(self, input_images, input_c2w, input_fxfycxcy) -> torch.Tensor:
-        """The scene as latent tokens [b, n_latents, dim]; no LayerNorm in front of the encoder."""
-        b, n = input_images.shape[:2]
+    def _view_transforms(self, c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> CameraTransforms:
+        """PRoPE / GTA transforms of views [b, k, ...]: one row per batch element, its k views in order."""
+        c, p = self.config, self.config.patch_size
+        return CameraTransforms.of_views(*view_cameras(c2w, fxfycxcy, c.camera_encoding), width // p, height // p,
+                                         width, height, c.head_dim)
+
+    def encode(self, input_images, input_c2w, input_fxfycxcy):
+        """The scene as latent tokens [b, n_latents, dim]; no LayerNorm in front of the encoder. With
+        cameras inside attention, also the first input view's transform and its inverse [b, 4, 4]."""
+        b, n, _, h, w = input_images.shape
         self.count_encoded_views(n)
         d, n_latents = self.config.dim, self.config.n_latents
         inputs = self.input_tokens(input_images, input_c2w, input_fxfycxcy).reshape(b, -1, d)
         seq = torch.cat([self.latents.unsqueeze(0).expand(b, -1, -1).to(inputs.dtype), inputs], dim=1)
+        cameras = ()
+        if uses_prope(self.config.camera_encoding):
+            views = self._view_transforms(input_c2w, input_fxfycxcy, h, w)
+            anchor = (views.P[:, 0], views.P_inverse[:, 0])
+            cameras = (WithLatents(views, *anchor, n_latents, latents_first=True),)
         for block in self.encoder:
-            seq = self.run_block(block, seq)
-        return seq[:, :n_latents]
+            seq = self.run_block(block, seq, *cameras)
+        return (seq[:, :n_latents], *anchor) if cameras else seq[:, :n_latents]
 
     def forward(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy, target_chunk: int | None = None):
         b, n, m, h, w = self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
         latents = self.encode(input_images, input_c2w, input_fxfycxcy)
         return self.decode(latents, target_c2w, target_fxfycxcy, h, w, target_chunk)
 
-    def decode(self, latents: torch.Tensor, target_c2w, target_fxfycxcy, height: int, width: int,
+    def decode(self, scene, target_c2w, target_fxfycxcy, height: int, width: int,
                target_chunk: int | None = None) -> torch.Tensor:
-        """Render target views from the latents [b, n_latents, dim]; the cost does not depend on N."""
+        """Render target views from `encode`'s scene (latents [b, n_latents, dim], with the anchor's
+        transforms when cameras enter attention); the cost does not depend on N."""
+        latents, *anchor = scene if isinstance(scene, tuple) else (scene,)
         b, m = target_c2w.shape[:2]
         targets = self.target_tokens(target_c2w, target_fxfycxcy, height, width).reshape(b, m, -1, self.config.dim)
+        cameras = None
+        if anchor:
+            views = self._view_transforms(target_c2w, target_fxfycxcy, height, width)
+
+            def cameras(start: int, chunk: int) -> WithLatents:
+                """Each decoder sequence's transforms: its target view's, then the latents' anchor."""
+                def per_sequence(matrices: torch.Tensor) -> torch.Tensor:
+                    return matrices[:, start:start + chunk].reshape(b * chunk, 1, 4, 4)
+
+                def anchored(matrix: torch.Tensor) -> torch.Tensor:
+                    return matrix[:, None].expand(b, chunk, 4, 4).reshape(b * chunk, 4, 4)
+                sequences = views.regrouped(per_sequence)
+                return WithLatents(sequences, anchored(anchor[0]), anchored(anchor[1]), self.config.n_latents,
+                                   latents_first=False)
         # Decoder sequences put the target tokens FIRST, then the latents.
         return self.render_target_sequences(latents, targets, self.decoder_input_norm, self.decoder, targets_first=True,
-                                            chunk=target_chunk or self.target_chunk, height=height, width=width)
+                                            chunk=target_chunk or self.target_chunk, height=height, width=width,
+                                            cameras=cameras)
 
-    def build_scene(self, input_images, input_c2w, input_fxfycxcy) -> torch.Tensor:
+    def build_scene(self, input_images, input_c2w, input_fxfycxcy):
         return self.encode(input_images, input_c2w, input_fxfycxcy)
 
-    def render_from_scene(self, content: torch.Tensor, target_c2w, target_fxfycxcy, height: int, width: int) -> torch.Tensor:
+    def render_from_scene(self, content, target_c2w, target_fxfycxcy, height: int, width: int) -> torch.Tensor:
         return self.decode(content, target_c2w, target_fxfycxcy, height, width)
 
     def analytic_flops(self, n_input: int, n_target: int, batch: int = 1, image_size: int | None = None) -> F.FlopEstimate:
         c, p = self.config, self.view_tokens(image_size)
         pp = c.patch_size ** 2
         sequences = batch * n_target
-        return (F.linear(batch * n_input * p, INPUT_CHANNELS * pp, c.dim)
+        inputs, targets = token_channels(c.camera_encoding)
+        cost = (F.linear(batch * n_input * p, inputs * pp, c.dim)
                 + F.self_attention_block(batch, c.n_latents + n_input * p, c.dim, c.mlp_ratio).scaled(c.encoder_depth)
-                + F.linear(sequences * p, TARGET_CHANNELS * pp, c.dim)
+                + F.linear(sequences * p, targets * pp, c.dim)
                 + F.self_attention_block(sequences, p + c.n_latents, c.dim, c.mlp_ratio).scaled(c.decoder_depth)
                 + F.linear(sequences * p, c.dim, RGB_CHANNELS * pp))
+        if uses_prope(c.camera_encoding):  # the transforms in every layer, and P = K @ viewmat once per view (PRoPE)
+            encoder = transform_macs(batch * (c.n_latents + n_input * p), c.dim) * c.encoder_depth
+            decoder = transform_macs(sequences * (p + c.n_latents), c.dim) * c.decoder_depth
+            cost += F.FlopEstimate(0, encoder + decoder + (64 * batch * (n_input + n_target) if c.camera_encoding != "gta" else 0))
+        return cost

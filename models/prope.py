@@ -117,6 +117,49 @@ class CameraTransforms:
         return self.apply(o, self.P, inverse_rope=True)
 
 
+class WithLatents:
+    """PRoPE / GTA over sequences that hold `latents` tokens without a camera beside views' tokens (the
+    encoder-decoder's [latents ; input views] and [target ; latents]). A latent takes the transform of one
+    view, the anchor (the scene's first input view), and no RoPE. Logits between views stay relative, and a
+    latent sees every view relative to the anchor: moving every camera (and the scene) by one rigid
+    transform changes nothing, but which input view comes first does."""
+
+    def __init__(self, views: CameraTransforms, anchor_P: torch.Tensor, anchor_P_inverse: torch.Tensor, latents: int,
+                 latents_first: bool):
+        """anchor_P, anchor_P_inverse [sequences, 4, 4]."""
+        self.views, self.latents, self.latents_first = views, latents, latents_first
+        self.anchor_P, self.anchor_P_inverse = anchor_P, anchor_P_inverse
+
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latent tokens, view tokens) of x [b, heads, tokens, head_dim]."""
+        if self.latents_first:
+            return x[:, :, :self.latents], x[:, :, self.latents:]
+        return x[:, :, -self.latents:], x[:, :, :-self.latents]
+
+    def _join(self, latent: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        return torch.cat([latent, views] if self.latents_first else [views, latent], dim=2)
+
+    def _anchored(self, x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+        """The projective half of every latent token by its sequence's anchor matrix; the RoPE quarters as they are."""
+        half = self.views.head_dim // 2
+        b, heads, tokens, _ = x.shape
+        groups = x[..., :half].reshape(b, heads, tokens, half // 4, 4)
+        projective = torch.einsum("bij,bhtgj->bhtgi", matrices.to(x.dtype), groups)
+        return torch.cat([projective.reshape(b, heads, tokens, half), x[..., half:]], dim=-1)
+
+    def queries(self, q: torch.Tensor) -> torch.Tensor:
+        latent, views = self._split(q)
+        return self._join(self._anchored(latent, self.anchor_P.transpose(-1, -2)), self.views.queries(views))
+
+    def keys_values(self, x: torch.Tensor) -> torch.Tensor:
+        latent, views = self._split(x)
+        return self._join(self._anchored(latent, self.anchor_P_inverse), self.views.keys_values(views))
+
+    def outputs(self, o: torch.Tensor) -> torch.Tensor:
+        latent, views = self._split(o)
+        return self._join(self._anchored(latent, self.anchor_P), self.views.outputs(views))
+
+
 def uses_prope(camera_encoding: str) -> bool:
     """Whether cameras enter attention (PRoPE or GTA)."""
     return camera_encoding in ("prope", "gta", "plucker+prope")

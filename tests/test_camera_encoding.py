@@ -12,7 +12,7 @@ from harness.profile.measure import FlopCounter, Sizes
 from models import build_model, list_models, model_class
 
 ENCODINGS = ["plucker", "prope", "gta", "plucker+prope"]
-READERS = ["lvsm_decoder_only", "efficient_lvsm"]  # the variants whose attention takes cameras so far
+READERS = [name for name in list_models() if "prope" in model_class(name).camera_encodings]
 
 
 def _rigid(seed: int) -> torch.Tensor:
@@ -82,6 +82,24 @@ def test_efficient_lvsm_states_and_kv_cache_carry_the_cameras(encoding):
             session.add_views(images[:, i:i + 1], ic[:, i:i + 1], ik[:, i:i + 1])
         incremental = session.render()
     assert (state - full).abs().max().item() <= 1e-5 and (incremental - full).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("encoding", ["prope", "gta"])
+def test_encoder_decoder_latents_follow_the_first_input_view(encoding):
+    """Its latents are tied to the first input view: a rigid move of the world changes nothing, the order
+    of the input views does (with Plücker rays alone it does not), and the scene state carries the anchor."""
+    torch.manual_seed(0)
+    model = build_model("lvsm_encoder_decoder", "tiny", camera_encoding=encoding).eval()
+    rays = build_model("lvsm_encoder_decoder", "tiny").eval()
+    images, ic, ik, tc, tk = random_views(2, 3, 2)
+    order = [1, 0, 2]
+    with torch.no_grad():
+        render = model(images, ic, ik, tc, tk)
+        reordered = model(images[:, order], ic[:, order], ik[:, order], tc, tk)
+        state = model.render_scene(model.encode_scene(images, ic, ik), tc, tk)
+        rays_change = (rays(images, ic, ik, tc, tk) - rays(images[:, order], ic[:, order], ik[:, order], tc, tk)).abs().max()
+    assert (render - reordered).abs().max().item() > 1e-4 and rays_change.item() <= 1e-5
+    assert (state - render).abs().max().item() <= 1e-6
 
 
 def test_a_checkpoint_keeps_its_own_cameras():
