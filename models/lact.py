@@ -30,6 +30,7 @@ from .base import NVSModel, SceneState
 from .config import SHARED_SIZES, VariantConfig
 from .layers import MLP, layer_norm
 from .official import Loader, OfficialCode, Views
+from .prope import CameraTransforms, transform_macs, uses_prope, view_cameras
 from .registry import ModelCard, register
 from .tokens import RGB_CHANNELS, RenderHead, Tokenizer, patchify
 
@@ -112,10 +113,14 @@ class ViewAttention(nn.Module):
         self.q_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cameras: CameraTransforms | None = None) -> torch.Tensor:
         b, s, d = x.shape
         q, k, v = self.qkv(x).view(b, s, 3, d // self.head_dim, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if cameras is None:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:  # PRoPE within one view: its projective part cancels, its 2D RoPE stays
+            out = cameras.outputs(F.scaled_dot_product_attention(cameras.queries(q), cameras.keys_values(k), cameras.keys_values(v)))
         return self.proj(out.transpose(1, 2).reshape(b, s, d))
 
 
@@ -276,13 +281,14 @@ class LaCTBlock(nn.Module):
         self.mlp = MLP(c.dim, c.mlp_ratio)
 
     def forward(self, x: torch.Tensor, batch: int, weights: FastWeights | None = None, finish: bool = True,
-                prior: FastWeights | None = None) -> tuple[torch.Tensor, FastWeights, FastWeights | None]:
+                prior: FastWeights | None = None, cameras: CameraTransforms | None = None
+                ) -> tuple[torch.Tensor, FastWeights, FastWeights | None]:
         """x: [batch*views, P, dim], one view per row. Without `weights` (encoding input views), the
         fast weights take their step on x's tokens, plus the gradient sums `prior` when given (views
         encoded earlier), and are returned with the gradient sums; with them (rendering), they are
         applied as given. `finish=False` stops after the step: the last block's input tokens feed
-        nothing else."""
-        x = x + self.attn(self.attn_norm(x))
+        nothing else. `cameras`: each row's view transforms, for PRoPE in the attention."""
+        x = x + self.attn(self.attn_norm(x), cameras)
         rows, p, d = x.shape
         scene = self.fast_norm(x).reshape(batch, -1, d)
         gradients = None
@@ -401,10 +407,12 @@ def official_float32_step(load: Loader) -> Iterator[None]:
 @register("lact", config=LaCTConfig, presets=LACT_PRESETS, card=ModelCard(
     label="LaCT", color="tab:green", paper=LACT_PAPER, code=LACT_CODE, official_params=312_298_056))
 class LaCT(NVSModel):
-    """Cameras: Plücker rays only (`camera_encodings`). Its attention stays inside one view, where PRoPE
-    reduces to a 2D RoPE that carries no pose, and its only path between views is the fast weights, where
-    no attention runs: with `prope` or `gta` alone its views would never see each other's relative pose.
-    `plucker+prope` is the option that would mean something here; it is not implemented."""
+    """Cameras: `plucker` (the released models) or `plucker+prope`. Its attention stays inside one view,
+    where PRoPE's projective part cancels and only its 2D RoPE remains, and its only path between views is
+    the fast weights, where no attention runs: with `prope` or `gta` alone its views would never see each
+    other's pose, so those are not offered. `plucker+prope` keeps the raymaps and adds PRoPE (2D RoPE, in
+    effect) to every view's attention."""
+    camera_encodings = ("plucker", "plucker+prope")
     scene_state: ClassVar[str] = "fast weights"
     capabilities = frozenset({"extend_scene", "official_weights", "analytic_flops"})
     official_code = OfficialCode(
@@ -529,10 +537,11 @@ class LaCT(NVSModel):
         b, n, _, h, w = input_images.shape
         self.count_encoded_views(n)
         x = self.input_norm(self.input_tokenizer(lact_view_features(input_c2w, input_fxfycxcy, h, w, input_images)))
+        cameras = self._cameras(input_c2w, input_fxfycxcy, h, w)
         states, sums = [], []
         for index, block in enumerate(self.blocks):
             x, weights, gradients = self.run_block(block, x, b, None, index < len(self.blocks) - 1,
-                                                   None if prior is None else prior[index])
+                                                   None if prior is None else prior[index], cameras)
             states.append(weights)
             sums.append(gradients)
         return LaCTScene(states, h, w, sums if keep_gradients else None)
@@ -543,9 +552,18 @@ class LaCT(NVSModel):
     def _render(self, state: LaCTScene, target_c2w, target_fxfycxcy) -> torch.Tensor:
         b, m, h, w = state.batch, target_c2w.shape[1], state.height, state.width
         x = self.input_norm(self.target_tokens(target_c2w, target_fxfycxcy, h, w))
+        cameras = self._cameras(target_c2w, target_fxfycxcy, h, w)
         for block, weights in zip(self.blocks, state.fast_weights):
-            x, _, _ = self.run_block(block, x, b, weights)
+            x, _, _ = self.run_block(block, x, b, weights, True, None, cameras)
         return self.head(x, h, w).reshape(b, m, RGB_CHANNELS, h, w)
+
+    def _cameras(self, c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> CameraTransforms | None:
+        """Each view's PRoPE transforms, one view per row as the blocks lay tokens out; None with raymaps alone."""
+        c, p = self.config, self.config.patch_size
+        if not uses_prope(c.camera_encoding):
+            return None
+        viewmats, Ks = view_cameras(c2w.flatten(0, 1)[:, None], fxfycxcy.flatten(0, 1)[:, None], c.camera_encoding)
+        return CameraTransforms.of_views(viewmats, Ks, width // p, height // p, width, height, c.head_dim)
 
     def forward(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy):
         self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)
@@ -567,9 +585,14 @@ class LaCT(NVSModel):
         return F_.linear(views * size * size, 3, 3)
 
     def _block_mixing_flops(self, views: int, p: int) -> F_.FlopEstimate:
-        """Per block: self-attention within each of `views` views of p tokens."""
+        """Per block: self-attention within each of `views` views of p tokens (with PRoPE's transforms)."""
         d, tokens = self.config.dim, views * p
-        return F_.linear(tokens, d, 3 * d) + F_.attention(p, p, d).scaled(views) + F_.linear(tokens, d, d)
+        prope = transform_macs(tokens, d) if uses_prope(self.config.camera_encoding) else 0
+        return F_.linear(tokens, d, 3 * d) + F_.attention(p, p, d).scaled(views) + F_.linear(tokens, d, d) + F_.FlopEstimate(0, prope)
+
+    def _camera_flops(self, views: int) -> F_.FlopEstimate:
+        """PRoPE's P = K @ viewmat, once per view."""
+        return F_.FlopEstimate(0, 64 * views if uses_prope(self.config.camera_encoding) else 0)
 
     def _fast_weight_sizes(self) -> tuple[int, int, int]:
         """Heads, each head's width, each head's hidden width."""
@@ -590,7 +613,8 @@ class LaCT(NVSModel):
         per_block = (self._block_mixing_flops(batch * n_input, p) + F_.linear(tokens, c.dim, 3 * c.dim)
                      + F_.linear(tokens, c.dim, 3 * c.fast_weight_heads)
                      + F_.fast_weight_update(batch, tokens // batch, *self._fast_weight_sizes(), NEWTON_SCHULZ_STEPS))
-        return (self._ray_flops(batch * n_input, image_size) + F_.linear(tokens, LACT_CHANNELS * c.patch_size ** 2, c.dim)
+        return (self._ray_flops(batch * n_input, image_size) + self._camera_flops(batch * n_input)
+                + F_.linear(tokens, LACT_CHANNELS * c.patch_size ** 2, c.dim)
                 + per_block.scaled(c.depth)
                 + self._apply_flops(tokens).scaled(c.depth - 1))
 
@@ -599,7 +623,8 @@ class LaCT(NVSModel):
         c, p = self.config, self.view_tokens(image_size)
         tokens = batch * n_target * p
         per_block = self._block_mixing_flops(batch * n_target, p) + F_.linear(tokens, c.dim, c.dim) + self._apply_flops(tokens)
-        return (self._ray_flops(batch * n_target, image_size) + F_.linear(tokens, POSE_CHANNELS * c.patch_size ** 2, c.dim)
+        return (self._ray_flops(batch * n_target, image_size) + self._camera_flops(batch * n_target)
+                + F_.linear(tokens, POSE_CHANNELS * c.patch_size ** 2, c.dim)
                 + per_block.scaled(c.depth)
                 + F_.linear(tokens, c.dim, RGB_CHANNELS * c.patch_size ** 2))
 
