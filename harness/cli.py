@@ -1,7 +1,7 @@
 """One entry point, `python -m harness` or `lvsm-bench`:
 
     run FILE [--set KEY=VALUE]... [--preset P] [--checkpoint [MODEL=]PATH]... [--plugin PATH]... [--no-progress]
-        [--ship-weights [--force-ship]] [--from-records]
+        [--ship-weights [--force-ship]] [--from-records | --keep-recorded]
     ls {models,kinds,sources,presets} [--plugin PATH]...
     validate FILE... [--plugin PATH]...
     paper [--index-only]
@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace, book) -> int:
     spec = load_experiment(args.experiment, args.set)
     start = time.perf_counter()
     run_spec(spec, RunOptions(args.preset, tuple(args.checkpoint), not args.no_progress, args.ship_weights, args.force_ship,
-                              args.from_records))
+                              args.from_records, args.keep_recorded))
     log.info("%s: done in %.1f s wall", spec.name, time.perf_counter() - start)
     return _failures(spec.name, book)
 
@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-records", action="store_true",
                    help="a training study only: its tables from the runs already recorded (whatever code version recorded "
                         "them, if trained with the settings asked for), measuring only the clean cost of a step; trains nothing")
+    p.add_argument("--keep-recorded", action="store_true",
+                   help="a training study only: keep every run already recorded with the settings asked for (whatever code "
+                        "version recorded it) and train only the others: a long study resumed across code changes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
     p = sub.add_parser("ls", parents=[plugin], help="list the registered models, experiment kinds, data sources or presets")

@@ -231,11 +231,12 @@ class RunOptions:
     ship_weights: bool = False  # write a training study's weights into the repository's folder it names
     force_ship: bool = False  # ... even over shipped weights of another model config
     from_records: bool = False  # tables from the rows recorded whatever code version wrote them; train nothing
+    keep_recorded: bool = False  # as from_records, but train the runs that have no recorded row yet
 
     def given(self) -> dict[str, str]:
         """The options a kind must read for them to take effect, those given: name -> command-line flag."""
         flags = {"checkpoints": "--checkpoint", "ship_weights": "--ship-weights", "force_ship": "--force-ship",
-                 "from_records": "--from-records"}
+                 "from_records": "--from-records", "keep_recorded": "--keep-recorded"}
         return {name: flag for name, flag in flags.items() if getattr(self, name)}
 
 

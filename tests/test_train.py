@@ -437,6 +437,27 @@ def test_from_records_rebuilds_the_tables_under_new_code_without_training(tmp_pa
     assert "--from-records: the recorded arm efficient_lvsm seed 0 was written with train.steps=2" in err, err
 
 
+@pytest.mark.slow
+def test_keep_recorded_resumes_a_study_across_code_versions(tmp_path, monkeypatch):
+    """--keep-recorded keeps each run recorded with the settings asked for, whatever code version recorded
+    it, and trains only the runs without one (an arm added, or a run whose settings changed)."""
+    data = {"options": {"count": 3, "views": 10, "supersample": 1}, "eval_options": {"seed": 1, "count": 2}, "n_input": 2,
+            "n_target": 2, "eval_n_target": 2, "eval_scenes": 2, "normalize": False}
+    keys = dict(data=data, train={"steps": 2, "val_every": 2, "checkpoint_every": 2, "threads": 1}, blur_sigmas=[1.0],
+                cost={"runs": 1}, step_cost_rounds=2)
+    monkeypatch.setenv("LVSM_BENCH_CODE_VERSION", "old")
+    assert main(["run", str(tiny_convergence(tmp_path / "conv.yaml", tmp_path / "conv", ["efficient_lvsm"], **keys)),
+                 "--no-progress"]) == 0
+    kept = tmp_path / "conv" / "runs" / "efficient_lvsm" / "checkpoint.pt"
+    mtime = kept.stat().st_mtime_ns
+    monkeypatch.setenv("LVSM_BENCH_CODE_VERSION", "new")
+    both = tiny_convergence(tmp_path / "conv.yaml", tmp_path / "conv", ["efficient_lvsm", "lvsm_decoder_only"], **keys)
+    assert main(["run", str(both), "--no-progress", "--keep-recorded"]) == 0
+    assert kept.stat().st_mtime_ns == mtime  # not trained again
+    assert (tmp_path / "conv" / "runs" / "lvsm_decoder_only" / "checkpoint.pt").is_file()
+    assert set(pd.read_csv(tmp_path / "conv" / "final.csv")["arm"]) == {"efficient_lvsm", "lvsm_decoder_only"}
+
+
 def test_arm_summary_compares_with_the_reference_against_the_seed_range():
     from harness.train.config import ConvergenceExperiment
     from harness.train.figures import pareto

@@ -147,12 +147,23 @@ def check_shippable(exp: ConvergenceExperiment, options: RunOptions) -> None:
             check_replaceable(Path(exp.ship_weights), f"{arm.name}.pt", spec.name, spec.config().to_dict())
 
 
-def recorded(exp: ConvergenceExperiment, sweep: Sweep, points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _settings_match(recorded_settings: dict[str, Any], asked: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    from .loop import _same_settings
+    try:
+        _same_settings(recorded_settings, asked, defaults, Path("records"))
+    except ConfigError:
+        return False
+    return True
+
+
+def recorded(exp: ConvergenceExperiment, sweep: Sweep, points: list[dict[str, Any]],
+             train_missing: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """`--from-records`: for each trained run, the latest `ok` row recorded for the same arm and seed,
     whatever code version recorded it, provided it was trained with the settings the experiment asks for
     (an option the row predates counts as its default); a run without one is refused in one line: nothing
-    is trained. Cost and predictor points reuse a row of the same arm (cost) or data (predictors) where
-    one exists. Returns (rows found, points left to measure: cheap ones only)."""
+    is trained. With `train_missing` (`--keep-recorded`) such a run is left to train instead. Cost and
+    predictor points reuse a row of the same arm (cost) or data (predictors) where one exists. Returns
+    (rows found, points left to measure)."""
     from .config import settings_defaults
     from .loop import _same_settings
     rows = [r for r in sweep.store.rows() if r.get("status") == "ok"]
@@ -161,10 +172,15 @@ def recorded(exp: ConvergenceExperiment, sweep: Sweep, points: list[dict[str, An
         if "arm" in point:
             match = [r for r in rows if r.get("arm") == point["arm"] and r.get("seed") == point["seed"] and "settings" in r]
             what = f"arm {point['arm']} seed {point['seed']}"
+            spec, train = exp.model_spec(point["arm"]), exp.train_spec(point["arm"], point["seed"])
+            if train_missing:
+                match = [r for r in match if _settings_match(r["settings"], point["settings"],
+                                                             settings_defaults(spec, exp.data, exp.optim, train))]
+                (found.append(match[-1]) if match else missing.append(point))
+                continue
             if not match:
                 raise ConfigError(f"{exp.name}: --from-records: no recorded run of {what} in {sweep.store.path}; "
                                   "run without --from-records to train it")
-            spec, train = exp.model_spec(point["arm"]), exp.train_spec(point["arm"], point["seed"])
             try:
                 _same_settings(match[-1]["settings"], point["settings"], settings_defaults(spec, exp.data, exp.optim, train),
                                sweep.store.path)
@@ -275,12 +291,12 @@ def sweep_rows(exp: ConvergenceExperiment, sweep: Sweep, plan: ConvergencePlan, 
     """Run the plan's points (those not recorded yet) and return every point's row; None on ranks other
     than 0. With `--from-records`, the rows are the recorded ones and only the clean step cost is measured."""
     measure = functools.partial(measure_point, exp, plan, options, sweep.out_dir)
-    if not options.from_records:
+    if not (options.from_records or options.keep_recorded):
         sweep.run(plan.points, measure, point_label, options.progress, unit="run")
         return sweep.rows(plan.points) if sweep.world.is_main else None
     if not sweep.world.is_main:
         return None
-    kept, left = recorded(exp, sweep, [p for p in plan.points if "step_cost" not in p])
+    kept, left = recorded(exp, sweep, [p for p in plan.points if "step_cost" not in p], train_missing=options.keep_recorded)
     left += [p for p in plan.points if "step_cost" in p]
     sweep.run(left, measure, point_label, options.progress, unit="run")
     rows = kept + sweep.rows(left)
@@ -380,4 +396,4 @@ def run_train(exp: TrainExperiment, options: RunOptions) -> dict[str, Any] | Non
 
 TRAIN = Kind(TrainExperiment, run_train, "train one model, resumable from its checkpoint")
 CONVERGENCE = Kind(ConvergenceExperiment, run_convergence, "several variants trained on one budget: PSNR against steps and seconds",
-                   reads=frozenset({"ship_weights", "force_ship", "from_records"}))
+                   reads=frozenset({"ship_weights", "force_ship", "from_records", "keep_recorded"}))
