@@ -82,7 +82,7 @@ def test_a_convergence_run_that_cannot_train_exits_1(tmp_path, capsys, caplog):
         kind: convergence
         name: tiny_convergence
         output_dir: {out}
-        variants: [lvsm_decoder_only]
+        models: [lvsm_decoder_only]
         preset: tiny
         overrides: {{image_size: 16, patch_size: 8}}
         data: {{source: synthetic_object, image_size: 16, options: {{count: 4, views: 8, supersample: 1}},
