@@ -28,7 +28,7 @@ class Variant:
     licence: str
     official_params: str
     params: dict[str, str]
-    reads: str
+    own_fields: str
     ablation_of: str
     published: list[dict[str, Any]]
 
