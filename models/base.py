@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from .config import VariantConfig
 if TYPE_CHECKING:
     from .official import OfficialCode
+from .prope import CameraTransforms, view_cameras
 from .tokens import INPUT_CHANNELS, Tokenizer, input_view_features, raymaps, target_view_features, token_channels
 
 
@@ -276,6 +277,13 @@ class NVSModel(nn.Module):
     def analytic_flops(self, n_input: int, n_target: int, batch: int = 1, image_size: int | None = None):
         """Forward FLOPs in closed form (models.flops.FlopEstimate); a variant offering "analytic_flops" overrides it."""
         self.require("analytic_flops")
+
+    def view_transforms(self, c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> CameraTransforms:
+        """PRoPE / GTA transforms of views given as OpenCV c2w [s, k, 4, 4] and fx, fy, cx, cy [s, k, 4]: one
+        row per sequence, its k views in order, at this model's camera encoding, patch and head width."""
+        c, p = self.config, self.config.patch_size
+        return CameraTransforms.of_views(*view_cameras(c2w, fxfycxcy, c.camera_encoding), width // p, height // p,
+                                         width, height, c.head_dim)
 
     def view_tokens(self, image_size: int | None) -> int:
         size = image_size or self.config.image_size

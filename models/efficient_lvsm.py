@@ -16,7 +16,7 @@ from .config import CAMERA_ENCODINGS, SHARED_SIZES, VariantConfig
 from .official import OfficialCode, lvsm_official_batch, lvsm_official_build, lvsm_official_yaml, lvsm_rays_bmm_flops
 from .layers import SelfAttentionBlock, SelfCrossBlock, init_depth_scaled, init_weights
 from .lvsm_decoder_only import EFFICIENCY_SOURCE
-from .prope import CameraTransforms, transform_macs, uses_prope, view_cameras
+from .prope import transform_macs, uses_prope
 from .registry import ModelCard, Published, register
 from .tokens import RGB_CHANNELS, RenderHead, token_channels
 
@@ -118,8 +118,7 @@ class EfficientLVSM(NVSModel):
         c = self.config
         if not uses_prope(c.camera_encoding):
             return None, None
-        grouped = CameraTransforms.of_views(*view_cameras(c2w, fxfycxcy, c.camera_encoding), width // c.patch_size,
-                                            height // c.patch_size, width, height, c.head_dim)
+        grouped = self.view_transforms(c2w, fxfycxcy, height, width)
         return grouped.regrouped(lambda matrices: matrices.reshape(-1, 1, 4, 4)), grouped
 
     def _context_states(self, tokens: torch.Tensor, per_view) -> Iterator[torch.Tensor]:

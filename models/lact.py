@@ -30,7 +30,7 @@ from .base import NVSModel, SceneState
 from .config import SHARED_SIZES, VariantConfig
 from .layers import MLP, layer_norm
 from .official import Loader, OfficialCode, Views
-from .prope import CameraTransforms, transform_macs, uses_prope, view_cameras
+from .prope import CameraTransforms, transform_macs, uses_prope
 from .registry import ModelCard, register
 from .tokens import RGB_CHANNELS, RenderHead, Tokenizer, patchify
 
@@ -559,11 +559,9 @@ class LaCT(NVSModel):
 
     def _cameras(self, c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> CameraTransforms | None:
         """Each view's PRoPE transforms, one view per row as the blocks lay tokens out; None with raymaps alone."""
-        c, p = self.config, self.config.patch_size
-        if not uses_prope(c.camera_encoding):
+        if not uses_prope(self.config.camera_encoding):
             return None
-        viewmats, Ks = view_cameras(c2w.flatten(0, 1)[:, None], fxfycxcy.flatten(0, 1)[:, None], c.camera_encoding)
-        return CameraTransforms.of_views(viewmats, Ks, width // p, height // p, width, height, c.head_dim)
+        return self.view_transforms(c2w.flatten(0, 1)[:, None], fxfycxcy.flatten(0, 1)[:, None], height, width)
 
     def forward(self, input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy):
         self.check_views(input_images, input_c2w, input_fxfycxcy, target_c2w, target_fxfycxcy)

@@ -12,7 +12,7 @@ from .base import NVSModel
 from .config import CAMERA_ENCODINGS, SHARED_SIZES, VariantConfig
 from .official import OfficialCode, lvsm_official_build, lvsm_official_render, lvsm_official_yaml, lvsm_rays_bmm_flops
 from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
-from .prope import CameraTransforms, transform_macs, uses_prope, view_cameras
+from .prope import CameraTransforms, transform_macs, uses_prope
 from .registry import ModelCard, Published, register
 from .tokens import RGB_CHANNELS, RenderHead, token_channels
 
@@ -95,8 +95,7 @@ class LVSMDecoderOnly(NVSModel):
         if uses_prope(self.config.camera_encoding):
             b, n = input_c2w.shape[:2]
             c, p = self.config, self.config.patch_size
-            views = [CameraTransforms.of_views(*view_cameras(c2w, k, c.camera_encoding), w // p, h // p, w, h, c.head_dim)
-                     for c2w, k in ((input_c2w, input_fxfycxcy), (target_c2w, target_fxfycxcy))]
+            views = [self.view_transforms(c2w, k, h, w) for c2w, k in ((input_c2w, input_fxfycxcy), (target_c2w, target_fxfycxcy))]
 
             def cameras(start: int, chunk: int) -> CameraTransforms:
                 """Each sequence's cameras, the input views then its target view, from the views' own transforms."""

@@ -14,7 +14,7 @@ from .official import OfficialCode, lvsm_official_build, lvsm_official_render, l
 from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
 from .lvsm_decoder_only import LVSM_BLOCK_KEYS, LVSM_PAPER, LVSM_TABLE_1, LVSM_TOKEN_KEYS, OBJECTS_SOURCE
 from .registry import ModelCard, Published, register
-from .prope import CameraTransforms, WithLatents, transform_macs, uses_prope, view_cameras
+from .prope import WithLatents, transform_macs, uses_prope
 from .tokens import RGB_CHANNELS, RenderHead, token_channels
 
 
@@ -84,12 +84,6 @@ class LVSMEncoderDecoder(NVSModel):
             init_depth_scaled(self.encoder)
             init_depth_scaled(self.decoder)
 
-    def _view_transforms(self, c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> CameraTransforms:
-        """PRoPE / GTA transforms of views [b, k, ...]: one row per batch element, its k views in order."""
-        c, p = self.config, self.config.patch_size
-        return CameraTransforms.of_views(*view_cameras(c2w, fxfycxcy, c.camera_encoding), width // p, height // p,
-                                         width, height, c.head_dim)
-
     def encode(self, input_images, input_c2w, input_fxfycxcy):
         """The scene as latent tokens [b, n_latents, dim]; no LayerNorm in front of the encoder. With
         cameras inside attention, also the first input view's transform and its inverse [b, 4, 4]."""
@@ -100,7 +94,7 @@ class LVSMEncoderDecoder(NVSModel):
         seq = torch.cat([self.latents.unsqueeze(0).expand(b, -1, -1).to(inputs.dtype), inputs], dim=1)
         cameras = ()
         if uses_prope(self.config.camera_encoding):
-            views = self._view_transforms(input_c2w, input_fxfycxcy, h, w)
+            views = self.view_transforms(input_c2w, input_fxfycxcy, h, w)
             anchor = (views.P[:, 0], views.P_inverse[:, 0])
             cameras = (WithLatents(views, *anchor, n_latents, latents_first=True),)
         for block in self.encoder:
@@ -121,7 +115,7 @@ class LVSMEncoderDecoder(NVSModel):
         targets = self.target_tokens(target_c2w, target_fxfycxcy, height, width).reshape(b, m, -1, self.config.dim)
         cameras = None
         if anchor:
-            views = self._view_transforms(target_c2w, target_fxfycxcy, height, width)
+            views = self.view_transforms(target_c2w, target_fxfycxcy, height, width)
 
             def cameras(start: int, chunk: int) -> WithLatents:
                 """Each decoder sequence's transforms: its target view's, then the latents' anchor."""

@@ -116,7 +116,7 @@ def test_lact_takes_prope_beside_its_raymaps_and_only_its_rope_acts(monkeypatch)
     """LaCT's attention stays inside a view, where PRoPE's projective part cancels: its render equals the
     one with every view's transform replaced by the identity (2D RoPE alone), and differs from raymaps
     alone. `prope` / `gta` without raymaps are refused: its views would never see each other's pose."""
-    import models.lact as lact
+    import models.base as base
     images, ic, ik, tc, tk = random_views(2, 3, 2)
     renders = {}
     for encoding in ("plucker", "plucker+prope"):
@@ -128,7 +128,7 @@ def test_lact_takes_prope_beside_its_raymaps_and_only_its_rope_acts(monkeypatch)
         assert torch.equal(state, renders[encoding])
         count = FlopCounter(Sizes("tiny", {"camera_encoding": encoding})).forward("lact", 3, 2, 2)
         assert count.relative_difference == 0, (count.counted, count.analytic.flops)
-    monkeypatch.setattr(lact, "view_cameras", lambda c2w, k, encoding: (torch.eye(4).expand(*c2w.shape[:-2], 4, 4), None))
+    monkeypatch.setattr(base, "view_cameras", lambda c2w, k, encoding: (torch.eye(4).expand(*c2w.shape[:-2], 4, 4), None))
     with torch.no_grad(), model.portable_numerics():
         rope_alone = model(images, ic, ik, tc, tk)
     assert (rope_alone - renders["plucker+prope"]).abs().max().item() <= 1e-5
