@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PRESET ?=
 preset_flag = $(if $(PRESET),--preset $(PRESET),)
 
-.PHONY: help bench test models flops speed kv-cache one-more-target efficiency-table gpu-check eval table-re10k table-objects preview convergence \
+.PHONY: help bench test reports models flops speed kv-cache one-more-target efficiency-table gpu-check eval table-re10k table-objects preview convergence \
 	depth-study view-generalization ablations camera-encoding paper site parity op-profile benchmarks
 
 $(STAMP): pyproject.toml
@@ -93,6 +93,10 @@ table-objects: $(STAMP)  ## object-level table on a folder of posed renders (OBJ
 
 paper: $(STAMP)  ## every paper study that fits this machine (others skipped with one line each), then results/README.md and the site
 	$(PY) -m harness paper
+	$(PY) -m harness site
+
+reports: $(STAMP)  ## every recorded experiment's report.json, tables and figures rebuilt from its rows (nothing measured), then the index and the site
+	$(PY) -m harness paper --from-records
 	$(PY) -m harness site
 
 site: $(STAMP)  ## static HTML pages of every table, plot and render recorded (no measurement) -> results/site/index.html

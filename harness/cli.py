@@ -4,7 +4,7 @@
         [--ship-weights [--force-ship]] [--from-records | --keep-recorded]
     ls {models,kinds,sources,presets} [--plugin PATH]...
     validate FILE... [--plugin PATH]...
-    paper [--index-only]
+    paper [--index-only | --from-records]
     site [--experiments DIR] [--results DIR] [--out DIR] [--screenshot PAGE]...
     preview [--out PNG] [--source NAME]... [--scenes K] [--views V] [--size S] [--seed N]
 
@@ -140,7 +140,7 @@ def _paper(args: argparse.Namespace, book) -> int:
     from .plugins import load_plugins
     load_plugins(args.plugin)
     if not args.index_only:
-        run_all(args.experiments, progress=not args.no_progress)
+        run_all(args.experiments, progress=not args.no_progress, from_records=args.from_records)
     print(f"paper: wrote {write_index(args.experiments, args.out)}")
     return _failures("paper", book)
 
@@ -181,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "ship_weights names (what make eval evaluates); without it they stay in the run's output folder")
     p.add_argument("--force-ship", action="store_true", help="with --ship-weights: replace shipped weights of another model config")
     p.add_argument("--from-records", action="store_true",
-                   help="a training study only: its tables from the runs already recorded (whatever code version recorded "
-                        "them, if trained with the settings asked for), measuring only the clean cost of a step; trains nothing")
+                   help="its report.json, tables and figures from the rows already recorded, whatever code version recorded "
+                        "them; measures nothing (a training study: runs trained with the settings asked for, and the clean "
+                        "cost of a step only where none is recorded)")
     p.add_argument("--keep-recorded", action="store_true",
                    help="a training study only: keep every run already recorded with the settings asked for (whatever code "
                         "version recorded it) and train only the others: a long study resumed across code changes")
@@ -195,7 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiments", nargs="+", metavar="FILE")
     p.set_defaults(func=_validate)
     p = sub.add_parser("paper", parents=[plugin], help="run every paper study that fits this machine, then write results/README.md")
-    p.add_argument("--index-only", action="store_true", help="only rebuild results/README.md from the recorded rows")
+    p.add_argument("--index-only", action="store_true", help="only rebuild results/README.md from the recorded reports")
+    p.add_argument("--from-records", action="store_true",
+                   help="rebuild every recorded experiment's report.json, tables and figures from its rows (nothing measured), "
+                        "then results/README.md")
     p.add_argument("--experiments", default="experiments", help="folder of experiment YAMLs")
     p.add_argument("--out", default="results/README.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

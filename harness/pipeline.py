@@ -39,7 +39,8 @@ from .errors import OutputError
 from .outputs import ROWS, check_owner, current_ledger, ensure_writable, lock, rank_rows
 from .provenance import code_version, git_commit
 from .records import RecordStore, point_id, point_key, write_atomic
-from .tables import markdown, write_tables
+from .report import (Fact, FigureData, ReportData, Setting, markdown_of, measured_setting, table_data, write_report_json,
+                     write_table_files)
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +208,52 @@ class Sweep:
             log.info(summary.line(self.experiment) + (f" by {self.world.size} ranks" if self.world.distributed else ""))
         return summary
 
+    def recorded_rows(self, points: Sequence[Point]) -> tuple[list[dict[str, Any]], set[str]]:
+        """`--from-records`: the latest row of each point whatever code version recorded it, in point order,
+        and the point fields some of those rows predate. A row matches a point when every field of the point
+        it records is equal; a field the row predates (a config field added later, with the default that
+        keeps the old behaviour) is not compared, and is returned so that the report can say so."""
+        self._track(points)
+        rows = [r for r in self.store.rows() if r.get("experiment", self.experiment) == self.experiment]
+        found, predated = [], set()
+        for point in points:
+            wanted = point_id(self.experiment, point)
+            exact = [r for r in rows if r.get("point_id") == wanted]
+            if exact:
+                found.append(exact[-1])
+                continue
+            near = [(r, missing) for r in rows if (missing := _recorded_match(point, r)) is not None]
+            if near:
+                row, missing = near[-1]
+                found.append(row)
+                predated |= missing
+        return found, predated
+
     def rows(self, points: Sequence[Point]) -> list[dict[str, Any]]:
         """The latest row of each point, in point order; points not yet recorded are left out."""
         self._track(points)
         latest = self.store.latest_by_key()
         return [latest[k] for k in (self.key(p) for p in points) if k in latest]
+
+
+def _recorded_match(point: Mapping[str, Any], row: Mapping[str, Any], where: str = "") -> set[str] | None:
+    """None when `row` records another value of some field of `point`, or lacks one of its top-level
+    values (which say what kind of point it is: a model, a mode, N); else the nested fields it lacks."""
+    missing: set[str] = set()
+    for key, value in point.items():
+        path = f"{where}{key}"
+        if key not in row:
+            if not where and not isinstance(value, Mapping):
+                return None
+            missing.add(path)
+        elif isinstance(value, Mapping) and isinstance(row[key], Mapping):
+            inner = _recorded_match(value, row[key], f"{path}.")
+            if inner is None:
+                return None
+            missing |= inner
+        elif json.dumps(value, sort_keys=True, default=str) != json.dumps(row[key], sort_keys=True, default=str):
+            return None
+    return missing
 
 
 # -------------------------------------------------------------------------------------- report
@@ -232,66 +274,98 @@ class Plan:
     deadline_s: float | None = None
 
 
-def run_plan(spec: Any, plan: Plan, progress: bool = True) -> list[dict[str, Any]]:
+FROM_RECORDS = "built from the recorded rows (--from-records): nothing measured; each row keeps the commit that measured it"
+
+
+def run_plan(spec: Any, plan: Plan, options: Any) -> list[dict[str, Any]]:
     """Open the experiment's sweep, write its manifest, measure what is not recorded yet (shared out over the
     ranks; a failing point is recorded with its reason and the sweep goes on), then on rank 0 build and write
-    the report from the rows. Returns the rows (none on the other ranks)."""
+    the report from the rows. With `options.from_records` nothing is measured: the report is built from each
+    point's latest row, whatever code version recorded it. Returns the rows (none on the other ranks)."""
     sweep = Sweep(spec.results_dir(), spec.name, context=plan.context, code=plan.code)
-    write_manifest(sweep.out_dir, spec, plan.manifest)
-    summary = sweep.run(plan.points, plan.measure, plan.label, progress, deadline_s=plan.deadline_s)
-    if not sweep.world.is_main:
-        return []
-    rows = sweep.rows(plan.points)
+    if options.from_records:
+        if not sweep.world.is_main:
+            return []
+        rows, predated = sweep.recorded_rows(plan.points)
+        line = FROM_RECORDS + (f"; fields some rows predate, taken as their defaults: {', '.join(sorted(predated))}"
+                               if predated else "")
+    else:
+        write_manifest(sweep.out_dir, spec, plan.manifest)
+        summary = sweep.run(plan.points, plan.measure, plan.label, options.progress, deadline_s=plan.deadline_s)
+        if not sweep.world.is_main:
+            return []
+        rows, line = sweep.rows(plan.points), summary.line(spec.name)
     report = plan.report(rows, len(plan.points))
-    report.notes.insert(0, summary.line(spec.name))
-    write_report(report, sweep.out_dir)
+    report.notes.insert(0, line)
+    write_report(report, sweep.out_dir, spec, rows)
     return rows
 
 
 @dataclass
 class Table:
+    """A table a kind builds: its frame, and what `report.table_data` needs to type it. `columns` declares
+    the columns whose name says too little (a published column, a quantity, a setting); `settings` names
+    the settings its numbers come from ("ours" and each published source); `compare` pairs a column of
+    ours with a published one (subtracted only where the settings match)."""
     stem: str
     title: str
     frame: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     floatfmt: str = ".4g"
     console: bool = True  # also printed when the run ends
+    columns: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Setting] = field(default_factory=dict)
+    compare: list[tuple[str, str]] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)  # per row: ok, noisy, published, failed (default: from its cells)
 
 
 @dataclass
 class Report:
     """What a run says: a title, provenance notes, tables, figures (file name -> matplotlib figure
-    or a function that draws one) and headline lines printed last."""
+    or a function that draws one), headline lines printed last, the setting its numbers were measured
+    in, the facts the paper index's summary may show, and what was asked for but not run (with why)."""
     title: str
     notes: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
     headlines: list[str] = field(default_factory=list)
+    setting: Setting | None = None
+    facts: list[Fact] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)
 
 
-def write_report(report: Report, out_dir: str | Path, stream=None) -> dict[str, Path]:
-    """Every table as .md/.csv/.tex, every figure as a file; the whole report on the console. Under
-    torchrun rank 0 alone writes and prints (elsewhere this returns at once), whatever the kind does."""
+def write_report(report: Report, out_dir: str | Path, spec: Any, rows: Sequence[Mapping[str, Any]] = (),
+                 stream=None) -> dict[str, Path]:
+    """`report.json` (the report as data: typed tables, settings, facts), then every table rendered from it
+    as .md/.csv/.tex, every figure as a file, and the whole report on the console. Under torchrun rank 0
+    alone writes and prints (elsewhere this returns at once), whatever the kind does."""
     from .plots import save_figure
     if not current_world().is_main:
         return {}
     out_dir = Path(out_dir)
+    setting = report.setting or measured_setting(rows)
+    data = ReportData(
+        experiment=spec.name, kind=spec.kind, title=report.title, notes=report.notes, setting=setting,
+        headlines=report.headlines, facts=report.facts, not_run=report.not_run, commit=git_commit(),
+        written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        tables=[table_data(t.stem, t.title, t.frame, t.notes, t.columns, {"ours": setting, **t.settings}, t.compare,
+                           t.floatfmt, t.console, t.status) for t in report.tables])
     paths: dict[str, Path] = {}
-    console = [f"# {report.title}", *[f"- {n}" for n in report.notes], ""]
-    for table in report.tables:
-        written = write_tables(table.frame, out_dir, table.stem, table.title, table.notes, floatfmt=table.floatfmt)
-        paths[table.stem] = written["md"]
-        if table.console:
-            console += [f"## {table.title}", "", markdown(table.frame, table.floatfmt) if not table.frame.empty else "(empty)", ""]
+    console = [f"# {data.title}", f"- setting: {setting.describe()}", *[f"- {n}" for n in data.notes], ""]
     for name, figure in report.figures.items():
         figure = figure() if callable(figure) else figure
         if figure is not None:
             paths[name] = save_figure(figure, out_dir / name)
-    console += report.headlines
+            data.figures.append(FigureData(file=name))
+    for table in data.tables:
+        paths[table.stem] = write_table_files(table, out_dir)["md"]
+        if table.console:
+            console += [f"## {table.title}", "", markdown_of(table) if table.rows else "(empty)", ""]
+    paths["report"] = write_report_json(data, out_dir)
+    console += data.headlines
     # The paper index (results/README.md) quotes these lines beside the published numbers.
-    write_atomic(out_dir / "headlines.md", "".join(f"- {line}\n" for line in report.headlines))
-    if paths:
-        console.append("wrote " + ", ".join(str(p) for p in paths.values()))
+    write_atomic(out_dir / "headlines.md", "".join(f"- {line}\n" for line in data.headlines))
+    console.append("wrote " + ", ".join(str(p) for p in paths.values()))
     print("\n".join(console), file=stream or sys.stdout)
     return paths
 

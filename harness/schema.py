@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from models.registry import Registry
 
 from .errors import ConfigError
+from .report import Setting
 
 # --------------------------------------------------------------------------------------- fields
 
@@ -172,6 +173,9 @@ class Published(Spec, Generic[Row]):
     refused instead of printing n/a."""
     source: str
     rows: list[Row] = []
+    # What the source states of where its numbers come from (device, model size, resolution, views, data,
+    # counting); a field it does not state stays unset and keeps a difference to ours from being computed.
+    setting: Setting = Setting()
 
 
 class PaperEntry(Spec):
@@ -204,6 +208,9 @@ class ExperimentBase(Spec):
     plugins: list[str] = []
     source_file: str = ""  # the YAML it was read from (set by the loader; paths in it are relative to it)
     paper: list[PaperEntry] = []  # the paper tables / figures this experiment covers
+    # Its report's facts (speed-ups, exponents, PSNR with seed range, parameters) are columns of the
+    # one-screen comparison that opens the paper index and the site.
+    on_index: bool = False
 
     def results_dir(self) -> Path:
         return Path(self.output_dir or f"results/{self.name}")
@@ -230,7 +237,7 @@ class RunOptions:
     progress: bool = True
     ship_weights: bool = False  # write a training study's weights into the repository's folder it names
     force_ship: bool = False  # ... even over shipped weights of another model config
-    from_records: bool = False  # tables from the rows recorded whatever code version wrote them; train nothing
+    from_records: bool = False  # the report from the rows recorded whatever code version wrote them; measure nothing
     keep_recorded: bool = False  # as from_records, but train the runs that have no recorded row yet
 
     def given(self) -> dict[str, str]:
@@ -245,7 +252,9 @@ class Kind:
     spec: type[ExperimentBase]
     run: Callable[[Any, RunOptions], Any]
     summary: str
-    reads: frozenset[str] = frozenset()  # RunOptions.given() names the kind honours; any other given is refused
+    # RunOptions.given() names the kind honours; any other given is refused. Every kind builds its report
+    # from its records alone when asked (`--from-records`).
+    reads: frozenset[str] = frozenset({"from_records"})
 
 
 KINDS: Registry[Kind] = Registry("experiment kind", ConfigError, ConfigError)

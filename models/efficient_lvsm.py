@@ -15,7 +15,7 @@ from .base import NVSModel
 from .config import CAMERA_ENCODINGS, SHARED_SIZES, VariantConfig
 from .official import OfficialCode, lvsm_official_batch, lvsm_official_build, lvsm_official_yaml, lvsm_rays_bmm_flops
 from .layers import SelfAttentionBlock, SelfCrossBlock, init_depth_scaled, init_weights
-from .lvsm_decoder_only import EFFICIENCY_SOURCE
+from .lvsm_decoder_only import EFFICIENCY_SETTING, EFFICIENCY_SOURCE, EFFICIENT_RE10K_SETTING, objects_setting
 from .prope import transform_macs, uses_prope
 from .registry import ModelCard, Published, register
 from .tokens import RGB_CHANNELS, RenderHead, token_channels
@@ -55,10 +55,11 @@ def official_render(model: nn.Module, views: tuple[torch.Tensor, ...]):
     code=EFFICIENT_LVSM_CODE, official_params=199_070_208,
     published={
         "re10k": Published("Efficient-LVSM release README (256 checkpoint; RealEstate10K, 2 input views, 256x256)",
-                           {"psnr": 28.93, "ssim": 0.895, "lpips": 0.102}),
-        "objects_abo": Published(OBJECTS_UNVERIFIED, {"psnr": 32.65, "ssim": 0.951, "lpips": 0.042}),
-        "objects_gso": Published(OBJECTS_UNVERIFIED, {"psnr": 32.92, "ssim": 0.973, "lpips": 0.021}),
-        "efficiency": Published(EFFICIENCY_SOURCE, {"params_m": 199, "latency_ms": 24.78, "gflops_thop": 1325}),
+                           {"psnr": 28.93, "ssim": 0.895, "lpips": 0.102}, EFFICIENT_RE10K_SETTING),
+        "objects_abo": Published(OBJECTS_UNVERIFIED, {"psnr": 32.65, "ssim": 0.951, "lpips": 0.042}, objects_setting("ABO")),
+        "objects_gso": Published(OBJECTS_UNVERIFIED, {"psnr": 32.92, "ssim": 0.973, "lpips": 0.021}, objects_setting("GSO")),
+        "efficiency": Published(EFFICIENCY_SOURCE, {"params_m": 199, "latency_ms": 24.78, "gflops_thop": 1325},
+                                EFFICIENCY_SETTING),
     }))
 class EfficientLVSM(NVSModel):
     capabilities = frozenset({"incremental_views", "official_weights", "analytic_flops"})

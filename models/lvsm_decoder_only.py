@@ -38,6 +38,19 @@ LVSM_TABLE_1 = "LVSM paper Table 1 (RealEstate10K, 2 input views, 256x256)"
 EFFICIENCY_SOURCE = ("Efficient-LVSM release README, efficiency table (GPU, view setting and resolution not stated; "
                      "GFLOPs counted with thop: linear layers only)")
 OBJECTS_SOURCE = "LVSM paper, object-level table (512 px)"
+# What each published table states of its setting (the harness's report.Setting fields); what it does not
+# state is left out, so that no difference to a number of ours is ever computed across it.
+RE10K_SETTING = {"model": {"preset": "paper", "image_size": 256, "patch_size": 8}, "views": {"n_input": 2},
+                 "data": {"source": "re10k", "protocol": "lvsm"}, "training": {"steps": 100_000, "batch": 512}}
+EFFICIENT_RE10K_SETTING = {**RE10K_SETTING, "training": {}}  # its training budget is given in GPU-days, not steps
+
+
+def objects_setting(dataset: str) -> dict:
+    return {"model": {"preset": "paper", "image_size": 512, "patch_size": 8}, "data": {"source": dataset}}
+
+
+EFFICIENCY_SETTING = {"device": {"name": "GPU (model not stated)"}, "model": {"preset": "paper"}, "counting": "thop (linear layers)",
+                      "note": "views and resolution not stated (N=6, M=7 at 256 px inferred from its GFLOPs)"}
 
 
 @dataclass(frozen=True)
@@ -56,10 +69,11 @@ DECODER_ONLY_PRESETS = {
     label="LVSM decoder-only", color="tab:red", paper=LVSM_PAPER,
     code="github.com/Haian-Jin/LVSM (non-commercial licence)", official_params=170_795_520,
     published={
-        "re10k": Published(LVSM_TABLE_1, {"psnr": 29.67, "ssim": 0.906, "lpips": 0.098}),
-        "objects_abo": Published(OBJECTS_SOURCE, {"psnr": 32.1, "ssim": 0.938, "lpips": 0.045}),
-        "objects_gso": Published(OBJECTS_SOURCE, {"psnr": 32.36, "ssim": 0.962, "lpips": 0.028}),
-        "efficiency": Published(EFFICIENCY_SOURCE, {"params_m": 177, "latency_ms": 109.37, "gflops_thop": 8523}),
+        "re10k": Published(LVSM_TABLE_1, {"psnr": 29.67, "ssim": 0.906, "lpips": 0.098}, RE10K_SETTING),
+        "objects_abo": Published(OBJECTS_SOURCE, {"psnr": 32.1, "ssim": 0.938, "lpips": 0.045}, objects_setting("ABO")),
+        "objects_gso": Published(OBJECTS_SOURCE, {"psnr": 32.36, "ssim": 0.962, "lpips": 0.028}, objects_setting("GSO")),
+        "efficiency": Published(EFFICIENCY_SOURCE, {"params_m": 177, "latency_ms": 109.37, "gflops_thop": 8523},
+                                EFFICIENCY_SETTING),
     }))
 class LVSMDecoderOnly(NVSModel):
     capabilities = frozenset({"official_weights", "analytic_flops"})

@@ -12,7 +12,7 @@ from .base import NVSModel
 from .config import CAMERA_ENCODINGS, SHARED_SIZES, VariantConfig
 from .official import OfficialCode, lvsm_official_build, lvsm_official_render, lvsm_official_yaml, lvsm_rays_bmm_flops
 from .layers import SelfAttentionBlock, init_depth_scaled, init_weights, layer_norm
-from .lvsm_decoder_only import LVSM_BLOCK_KEYS, LVSM_PAPER, LVSM_TABLE_1, LVSM_TOKEN_KEYS, OBJECTS_SOURCE
+from .lvsm_decoder_only import LVSM_BLOCK_KEYS, LVSM_PAPER, LVSM_TABLE_1, LVSM_TOKEN_KEYS, OBJECTS_SOURCE, RE10K_SETTING, objects_setting
 from .registry import ModelCard, Published, register
 from .prope import WithLatents, transform_macs, uses_prope
 from .tokens import RGB_CHANNELS, RenderHead, token_channels
@@ -39,9 +39,9 @@ ENCODER_DECODER_PRESETS = {
     label="LVSM encoder-decoder", color="tab:orange", paper=LVSM_PAPER,
     code="github.com/Haian-Jin/LVSM (non-commercial licence)", official_params=173_154_816,
     published={
-        "re10k": Published(LVSM_TABLE_1, {"psnr": 28.58, "ssim": 0.893, "lpips": 0.114}),
-        "objects_abo": Published(OBJECTS_SOURCE, {"psnr": 29.81, "ssim": 0.913, "lpips": 0.065}),
-        "objects_gso": Published(OBJECTS_SOURCE, {"psnr": 29.32, "ssim": 0.933, "lpips": 0.052}),
+        "re10k": Published(LVSM_TABLE_1, {"psnr": 28.58, "ssim": 0.893, "lpips": 0.114}, RE10K_SETTING),
+        "objects_abo": Published(OBJECTS_SOURCE, {"psnr": 29.81, "ssim": 0.913, "lpips": 0.065}, objects_setting("ABO")),
+        "objects_gso": Published(OBJECTS_SOURCE, {"psnr": 29.32, "ssim": 0.933, "lpips": 0.052}, objects_setting("GSO")),
     }))
 class LVSMEncoderDecoder(NVSModel):
     """Cameras inside attention (PRoPE / GTA): its latent tokens have no camera, and a latent given none

@@ -60,9 +60,12 @@ def _origin(entry: Any) -> str:
 
 @dataclass(frozen=True)
 class Published:
-    """Numbers a paper or release reports for a variant in one table, and where they come from."""
+    """Numbers a paper or release reports for a variant in one table, where they come from, and the
+    setting the source states for them (the harness's `report.Setting` fields as a plain mapping: device,
+    model, views, data, counting, training; whatever the source does not state is left out)."""
     source: str
     values: Mapping[str, Any]
+    setting: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,7 @@ steps = [
     ["run", "experiments/flops.yaml", "--plugin", plugin, "--no-progress", "--preset", "tiny", "--set", "models=[windowed]",
      "--set", "n_inputs=[1, 2, 4]", "--set", "n_targets=[1]", "--set", f"output_dir={out}/flops"],
     ["run", "experiments/render_one_more_target.yaml", *tiny, "--set", "models=[windowed, efficient_lvsm]",
-     "--set", "n_inputs=[1, 2, 4]", "--set", "headline_n=[2]", "--set", "fit_min_n=1", "--set", f"output_dir={out}/one_more_target"],
+     "--set", "n_inputs=[1, 2, 4]", "--set", "headline_n=[2]", "--set", "fit_n=[1, 64]", "--set", f"output_dir={out}/one_more_target"],
     ["run", f"{out}/eval.yaml", "--plugin", plugin, "--no-progress"],
     ["site", "--experiments", f"{out}/experiments", "--results", out, "--out", f"{out}/site", "--plugin", plugin],
 ]

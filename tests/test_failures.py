@@ -31,7 +31,7 @@ FLOPS = str(ROOT / "experiments" / "flops.yaml")
 def flops_argv(out: Path, *extra: str) -> list[str]:
     """A four-point FLOP count (2 models x N in {1, 2}) at the tiny preset: a few seconds."""
     return ["run", FLOPS, "--preset", "tiny", "--no-progress", "--set", "models=[lvsm_decoder_only, efficient_lvsm]",
-            "--set", "n_inputs=[1, 2]", "--set", "n_targets=[1]", "--set", "fit_min_n=1", "--set", f"output_dir={out}", *extra]
+            "--set", "n_inputs=[1, 2]", "--set", "n_targets=[1]", "--set", "fit_n=[1, 64]", "--set", f"output_dir={out}", *extra]
 
 
 def rows_of(out: Path) -> list[dict]:

@@ -61,8 +61,8 @@ def test_growth_exponent():
     ns = [1, 2, 4, 8, 16, 32]
     assert growth_exponent(ns, [3 * n ** 2 for n in ns]) == pytest.approx(2.0)
     affine = [4 + n for n in ns]  # tends to slope 1 at large n only
-    assert growth_exponent(ns, affine, min_n=16) > growth_exponent(ns, affine) + 0.2
-    assert growth_exponent(ns, affine, min_n=16) == pytest.approx(0.85, abs=0.05)
+    assert growth_exponent(ns, affine, (16, None)) > growth_exponent(ns, affine) + 0.2
+    assert growth_exponent(ns, affine, (16, None)) == pytest.approx(0.85, abs=0.05)
     assert growth_exponent([1, 2], [1.0, None]) is None
 
 
@@ -171,7 +171,7 @@ preset: tiny
 n_inputs: [1, 2, 4]
 n_targets: [2]
 {MEASURE}
-fit_min_n: 1
+fit_n: [1, 64]
 headline_n: 2
 headline_m: 2
 output_dir: {tmp_path / 'out'}
@@ -212,7 +212,7 @@ n_cached: [2, 4]
 n_targets: 2
 rebuild_models: [lact]
 {MEASURE}
-fit_min_n: 1
+fit_n: [1, 64]
 output_dir: {tmp_path / 'kv'}
 published:
   source: test

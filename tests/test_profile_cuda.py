@@ -46,7 +46,7 @@ preset: tiny
 n_inputs: [1, 2]
 n_targets: [2]
 measure: {{device: cuda, dtype: bfloat16, warmup: 1, runs: 3}}
-fit_min_n: 1
+fit_n: [1, 64]
 output_dir: {tmp_path / 'out'}
 """)
     rows = run_experiment(path, progress=False)

@@ -34,12 +34,12 @@ def _specs(out: Path) -> dict[str, dict]:
     scenes = {"source": "synthetic_scene", "options": {"count": 2, "seed": 0, "image_size": 32}, "n_input": 2, "n_target": 2}
     return {
         "profile": {**tiny, "models": ["efficient_lvsm"], "n_inputs": [1], "n_targets": [1], "measure": MEASURE,
-                    "fit_min_n": 1, "headline_n": 1, "headline_m": 1},
+                    "fit_n": [1, 64], "headline_n": 1, "headline_m": 1},
         "profile_flops": {**tiny, "models": ["lact"], "n_inputs": [1, 2], "n_targets": [1]},
-        "profile_kv_cache": {**tiny, "n_cached": [2], "n_targets": 1, "measure": MEASURE, "fit_min_n": 1},
+        "profile_kv_cache": {**tiny, "n_cached": [2], "n_targets": 1, "measure": MEASURE, "fit_n": [1, 64]},
         "profile_efficiency": {**tiny, "measure": MEASURE},
         "profile_one_more_target": {**tiny, "models": ["lact"], "flops": {"preset": "tiny"}, "n_inputs": [1, 2],
-                                    "timed_n_inputs": [1], "fit_min_n": 1, "headline_n": [2], "measure": MEASURE},
+                                    "timed_n_inputs": [1], "fit_n": [1, 64], "headline_n": [2], "measure": MEASURE},
         "op_profile": {**tiny, "models": ["efficient_lvsm"], "overrides": {"image_size": 16}, "n_inputs": [1], "n_targets": [1]},
         "parity": {**tiny, "checkouts": {"OFFICIAL_LVSM": "", "OFFICIAL_EFFICIENT_LVSM": "", "OFFICIAL_LACT": ""}},
         "evaluate": {"models": [{"name": "lvsm_decoder_only", "preset": "tiny"}], "data": scenes, "grid_scenes": 1},

@@ -173,7 +173,7 @@ preset: tiny
 flops: {{preset: tiny}}
 n_inputs: [1, 2, 4]
 timed_n_inputs: [1, 4]
-fit_min_n: 1
+fit_n: [1, 64]
 headline_n: [2, 4]
 measure: {{device: cpu, warmup: 1, runs: 2, min_runs: 1}}
 output_dir: {tmp_path / 'out'}

@@ -11,15 +11,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
+from harness.report import Fact, ReportData, Setting, TableData, read_report, table_data, write_report_json, write_table_files
 from harness.site import build_site
-from harness.site.compare import Difference, column_pairs, difference, span
 from models import list_models, model_card
 
 REPO = Path(__file__).resolve().parent.parent
-PROVENANCE_LABELS = ("device", "dtype", "preset", "data", "protocol", "commit", "world size")
+PROVENANCE_LABELS = ("setting", "device", "dtype", "protocol", "commit", "world size")
 
 
 # ------------------------------------------------------------------------------------ fixture
@@ -30,11 +31,22 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _table(folder: Path, stem: str, title: str, header: str, lines: list[str], notes: tuple[str, ...] = ("measured: cpu: test",)) -> None:
+CPU = Setting.model_validate({"device": {"name": "cpu: test (1 thread)", "threads": 1, "dtype": "float32"},
+                              "model": {"preset": "small", "dim": 256, "depth": "6", "image_size": 64, "patch_size": 8},
+                              "views": {"n_input": 6, "n_target": 7}, "counting": "thop (linear layers)"})
+GPU = Setting.model_validate({"device": {"name": "GPU (model not stated)"}, "model": {"preset": "paper"},
+                              "counting": "thop (linear layers)"})
+
+
+def _report(folder: Path, experiment: str, kind: str, tables: list[TableData], setting: Setting = CPU, **fields) -> ReportData:
+    """What a kind writes: report.json and each table's .md/.csv/.tex rendered from it."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{stem}.csv").write_text("\n".join([header, *lines]) + "\n")
-    (folder / f"{stem}.md").write_text(f"# {title}\n\n" + "".join(f"- {n}\n" for n in notes) + "\n| table |\n")
-    (folder / f"{stem}.tex").write_text("% " + title + "\n")
+    report = ReportData(experiment=experiment, kind=kind, title=experiment, setting=setting, tables=tables,
+                        commit="abc1234567", **fields)
+    for table in tables:
+        write_table_files(table, folder)
+    write_report_json(report, folder)
+    return report
 
 
 def _png(path: Path, pixels: np.ndarray | None = None) -> None:
@@ -58,27 +70,56 @@ def _row(key: str, **values) -> dict:
             "dtype": "float32", **values}
 
 
+def efficiency_tables() -> list[TableData]:
+    """The efficiency table (ours on a CPU beside a GPU's published numbers: never subtracted) and a count at
+    the published setting (the same setting on both sides: subtracted, coloured by better or worse)."""
+    frame = pd.DataFrame({"model": ["LVSM decoder-only", "Efficient-LVSM", "pixelSplat"], "params M (ours)": [5.0, 5.8, None],
+                          "params M (published)": [177.0, 199.0, 125.0], "latency ms (ours)": [23.5, 17.0, None],
+                          "IQR ms": [5.7, 9.0, None], "noisy": ["", "noisy", ""], "latency ms (published)": [109.37, 24.78, 50.52],
+                          "latency / LVSM decoder-only (ours)": [1.0, 17.0 / 23.5, None],
+                          "latency / LVSM decoder-only (published)": [1.0, 24.78 / 109.37, 50.52 / 109.37]})
+    published = {"role": "published", "setting": "published"}
+    mismatched = table_data("efficiency_table", "Efficiency: ours beside the published table", frame, ["measured: cpu: test"],
+                            columns={"params M (published)": published, "latency ms (published)": published,
+                                     "latency / LVSM decoder-only (published)": {"role": "ratio", "setting": "published"},
+                                     "latency / LVSM decoder-only (ours)": {"role": "ratio"}},
+                            settings={"ours": CPU, "published": GPU},
+                            compare=[("params M (ours)", "params M (published)"), ("latency ms (ours)", "latency ms (published)")],
+                            status=["ok", "noisy", "published"])
+    same = CPU.model_copy(update={"device": GPU.device})
+    counted = table_data("flops_at_published_setting", "FLOPs at the published setting",
+                         pd.DataFrame({"model": ["LVSM decoder-only", "Efficient-LVSM"], "thop GMACs (ours)": [8529.0, 1300.0],
+                                       "published GFLOPs (thop)": [8523.0, 1325.0]}),
+                         columns={"published GFLOPs (thop)": {"role": "published", "setting": "published", "quantity": "flops"}},
+                         settings={"ours": same, "published": same}, compare=[("thop GMACs (ours)", "published GFLOPs (thop)")])
+    return [mismatched, counted]
+
+
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory) -> tuple[Path, Path]:
-    """(experiments folder, results folder): four of the repository's experiment YAMLs and what they
-    would have recorded, in miniature, plus a results folder no experiment claims."""
+    """(experiments folder, results folder): five of the repository's experiment YAMLs and what they
+    would have recorded, in miniature (rows and report.json), plus a results folder no experiment claims."""
     root = tmp_path_factory.mktemp("recorded")
     experiments, results = root / "experiments", root / "results"
     experiments.mkdir()
-    for name in ("efficiency_table", "convergence", "ablations", "eval_synthetic"):
+    for name in ("efficiency_table", "convergence", "ablations", "eval_synthetic", "bench", "speed_vs_views"):
         shutil.copy(REPO / "experiments" / f"{name}.yaml", experiments)
 
     eff = results / "efficiency_table"
-    _table(eff, "efficiency_table", "Efficiency: ours beside the published table",
-           "model,params M (ours),params M (published),latency ms (ours),IQR ms,noisy,latency ms (published)",
-           ["LVSM decoder-only,5.0,177.0,23.5,5.7,,109.37", "Efficient-LVSM,5.8,199.0,17.0,9.0,noisy,24.78",
-            "pixelSplat,n/a,125.0,n/a,n/a,n/a,50.52"])
     _jsonl(eff / "rows.jsonl", [_row("a", model="lvsm_decoder_only", preset="small"), _row("b", model="efficient_lvsm", preset="small"),
                                 _row("c", model="lvsm_encoder_decoder", preset="small", status="error", error="RuntimeError: boom")])
     (eff / "manifest.json").write_text(json.dumps({"commit": "abc1234567", "device": "cpu: test (1 thread)", "dtype": "float32",
                                                    "preset": "small", "experiment": {"measure": {"runs": 30, "warmup": 5}}}))
-    (eff / "headlines.md").write_text("- ours: latency 1.38x\n- published: latency 4.41x\n")
+    _report(eff, "efficiency_table", "profile_efficiency", efficiency_tables(),
+            headlines=["ours: latency 1.38x", "published: latency 4.41x"])
     _png(eff / "cost.png")
+
+    bench = results / "bench"
+    _jsonl(bench / "rows.jsonl", [_row("d", model="lvsm_decoder_only", n_input=2, n_target=1)])
+    frame = pd.DataFrame({"model": ["LVSM decoder-only", "Efficient-LVSM"], "N": [2, 2], "M": [1, 1], "latency ms (median)": [30.0, 20.0]})
+    _report(bench, "bench", "profile", [table_data("bench", "bench: cost", frame)],
+            facts=[Fact(variant=name, quantity="speed-up over LVSM decoder-only, N=2, M=1", value=30.0 / ms, unit="x", better="higher",
+                        table="bench", row=i) for i, (name, ms) in enumerate([("lvsm_decoder_only", 30.0), ("efficient_lvsm", 20.0)])])
 
     abl = results / "ablations"
     finals = [("co_refinement", "efficient_lvsm", 0, 22.6), ("co_refinement", "efficient_lvsm", 1, 22.9),
@@ -86,14 +127,18 @@ def recorded(tmp_path_factory) -> tuple[Path, Path]:
     _jsonl(abl / "rows.jsonl", [_row("p", predictors={"blurred_mean": {"psnr": 21.8}, "context_mean": {"psnr": 21.5}})]
            + [_row(f"f{i}", arm=arm, model=model, seed=seed, final_psnr=psnr, world_size=1)
               for i, (arm, model, seed, psnr) in enumerate(finals)])
-    _table(abl, "summary", "ablations: one row per arm",
-           "arm,variant,seeds,psnr_mean,psnr_min,psnr_max,diff_vs_reference_db,significance,published,published_source",
-           ["co_refinement,efficient_lvsm,2,22.75,22.6,22.9,n/a,reference,n/a,n/a",
-            'final_context,efficient_lvsm_final_context,2,22.425,22.40,22.45,-0.325,exceeds seed range,-1.3 to -2,"paper, ablation"'])
+    summary = pd.DataFrame({"arm": ["co_refinement", "final_context"], "variant": ["efficient_lvsm", "efficient_lvsm_final_context"],
+                            "seeds": [2, 2], "psnr_mean": [22.75, 22.425], "diff_vs_reference_db": [None, -0.325],
+                            "published": [None, "-1.3 to -2"]})
+    _report(abl, "ablations", "convergence",
+            [table_data("summary", "ablations: one row per arm", summary,
+                        columns={"published": {"role": "published", "quantity": "psnr difference", "setting": "published"}},
+                        settings={"published": Setting(note="the paper's own scale")})],
+            headlines=["final_context: PSNR 22.43 dB, -0.33 dB vs co_refinement; published -1.3 to -2 (paper)"],
+            not_run=["arm repa skipped: REPA teacher weights not found"])
     for name in ("psnr_vs_step.png", "psnr_vs_seconds.png", "renders_co_refinement.png"):
         _png(abl / name)
     (abl / "manifest.json").write_text(json.dumps({"commit": "abc1234567", "world_size": 1, "experiment": {"preset": "small"}}))
-    (abl / "headlines.md").write_text("- final_context: PSNR 22.43 dB, -0.33 dB vs co_refinement; published -1.3 to -2 (paper)\n")
 
     ev = results / "eval"
     scenes = [f"scene_{i}" for i in range(4)]
@@ -105,10 +150,12 @@ def recorded(tmp_path_factory) -> tuple[Path, Path]:
     (ev / "manifest.json").write_text(json.dumps({"commit": "abc1234567",
                                                   "experiment": {"grid_scenes": 3, "data": {"source": "synthetic_object"}}}))
     _grid(ev / "grid.png", scenes=3, columns=5)
-    _table(ev, "summary", "eval: image quality", "model,weights,psnr,ssim,source",
-           ["lvsm_decoder_only,checkpoint,21.5,0.5,measured", "lvsm_decoder_only,published,29.67,0.906,published: paper"])
+    _report(ev, "eval", "evaluate", [table_data("summary", "eval: image quality", pd.DataFrame(
+        {"model": ["lvsm_decoder_only", "lvsm_decoder_only"], "psnr": [21.5, 29.67], "setting": ["ours", "published 1"]}),
+        columns={"setting": {"role": "setting"}})], not_run=["LPIPS: n/a in every row. backbone missing"])
 
-    _table(results / "extra", "extra", "A study of its own", "variant,ms", ["a,1.5", "b,2.5"])
+    _report(results / "extra", "extra", "", [table_data("extra", "A study of its own", pd.DataFrame({"variant": ["a", "b"],
+                                                                                                   "ms": [1.5, 2.5]}))])
     return experiments, results
 
 
@@ -136,24 +183,50 @@ def test_every_experiment_and_unclaimed_folder_gets_a_page_and_the_index_links_t
         assert f'id="variant-{name}"' in index and model_card(name).label in index
 
 
-def test_published_beside_ours_with_signed_difference(site):
+def test_a_difference_only_where_the_settings_match_coloured_by_better_or_worse(site, recorded):
     eff = _page(site, "efficiency_table")
-    assert "Δ latency ms (ours)" in eff
-    # 23.5 - 109.37 and 17.0 - 24.78: ours below the published, coloured as negative
-    assert re.search(r'<td class="num diff neg" data-sort="-85\.87[0-9]*">-85\.87</td>', eff)
-    assert re.search(r'<td class="num diff neg" data-sort="-7\.78[0-9]*">-7\.78</td>', eff)
+    table = eff[eff.index('id="table-efficiency_table"'):eff.index('id="table-flops_at_published_setting"')]
+    # CPU beside GPU: both numbers shown, no difference column, and the fields that differ said on the page
+    assert "109.4" in table and "23.5" in table and "− published" not in table
+    assert "num better" not in table and "num worse" not in table
+    assert "are not subtracted: the settings differ" in table and "device.name (ours cpu: test (1 thread), published GPU" in table
+    # the same setting on both sides: ours − published, and FLOPs are lower-better (more is worse)
+    counted = eff[eff.index('id="table-flops_at_published_setting"'):]
+    assert "thop GMACs (ours) − published" in counted
+    assert re.search(r'<td class="num worse" data-sort="6\.0">\+6</td>', counted)
+    assert re.search(r'<td class="num better" data-sort="-25\.0">-25</td>', counted)
+    report = read_report(recorded[1] / "efficiency_table" / "report.json")
+    assert [c.difference for c in report.tables[0].comparisons] == [None, None]
+    assert report.tables[1].comparisons[0].difference == "thop GMACs (ours) − published"
+    # a published value of a paper's own scale beside a training study's: shown, never subtracted
     abl = _page(site, "ablations")
-    # the arm's published value is a difference to the reference (-1.3 to -2 dB); ours is -0.325 dB
-    assert re.search(r'<td class="num diff pos" data-sort="0\.975[0-9]*">\+0\.975 to \+1\.675</td>', abl)
-    compared = abl[abl.index('id="compared"'):abl.index('id="training"')]  # the pairs again, at the top of the page
-    assert "final_context" in compared and "diff_vs_reference_db" in compared and "+0.975 to +1.675" in compared
-    ev = _page(site, "eval")
-    assert "Δ psnr" in ev and re.search(r'class="num diff neg" data-sort="-8\.17[0-9]*">-8\.17<', ev)
+    summary = abl[abl.index('id="table-summary"'):]
+    assert "-1.3 to -2" in summary and "− published</button>" not in summary and "num better" not in summary
+
+
+def test_differing_names_each_field_that_keeps_two_numbers_apart():
+    from harness.report import add_comparison, differing
+    assert differing("latency", CPU, CPU) == []
+    fields = differing("latency", CPU, GPU)
+    assert any(f.startswith("device.name") for f in fields) and any(f.startswith("views.n_input") for f in fields)
+    # FLOPs do not depend on the device, latency does
+    on_gpu = CPU.model_copy(update={"device": GPU.device})
+    assert differing("flops", CPU, on_gpu) == [] and differing("latency", CPU, on_gpu) != []
+    # what a source does not state never matches
+    unstated = CPU.model_copy(update={"views": CPU.views.model_copy(update={"n_target": None})})
+    assert differing("flops", CPU, unstated) == ["views.n_target (ours 7, published not stated)"]
+    assert differing("ratio", CPU, CPU) != []  # a ratio is compared as a ratio, never subtracted
+    table = table_data("t", "t", pd.DataFrame({"ms (ours)": [10.0], "ms (published)": [12.0]}),
+                       columns={"ms (published)": {"role": "published", "setting": "published", "quantity": "latency"}},
+                       settings={"ours": CPU, "published": CPU})
+    comparison = add_comparison(table, "ms (ours)", "ms (published)")
+    assert comparison.difference and table.rows[0][comparison.difference] == -2.0
+    assert table.column(comparison.difference).better == "lower"
 
 
 def test_noisy_and_failed_points_are_marked(site):
     eff = _page(site, "efficiency_table")
-    assert '<tr class="noisy">' in eff and '<span class="badge noisy">noisy</span> Efficient-LVSM' in eff
+    assert re.search(r'<tr id="[^"]+" class="noisy">', eff) and '<span class="badge noisy">noisy</span> Efficient-LVSM' in eff
     assert "RuntimeError: boom" in eff and "model=lvsm_encoder_decoder" in eff
     assert "ValueError: bad scene" in _page(site, "eval")
 
@@ -185,6 +258,7 @@ def test_evaluation_per_scene_table_and_one_strip_per_recorded_scene(site, recor
         strip = Image.open(path)
         assert 40 <= strip.height <= 46 and strip.width < grid.width
     assert "input 1 · input 2 · ground truth (first target) · lvsm_decoder_only · efficient_lvsm" in ev
+    assert 'href="#scene-scene_0"' in ev and 'href="#scene-scene_3"' not in ev  # a scene links to its strip where it has one
 
 
 def test_raw_rows_csv_and_latex_are_linked(site):
@@ -261,17 +335,20 @@ def test_a_page_whose_experiment_is_gone_is_removed_on_rebuild(site, recorded):
     assert (site / "index.html").is_file() and (site / "eval.html").is_file()
 
 
-# ------------------------------------------------------------------------------------ compare
+# ------------------------------------------------------------------------------------ banner
 
 
-def test_published_ranges_and_column_conventions():
-    assert span("-1.3 to -2") == (-2.0, -1.3) and span(0.8) == (0.8, 0.8) and span("n/a") is None
-    assert difference(-0.3, "-1.3 to -2") == Difference(1.0, 1.7) and difference(-0.3, "-1.3 to -2").sign == "pos"
-    assert difference("1.0", "0.5 to 2").sign == "mixed" and difference(None, 1) is None
-    pairs = column_pairs(["model", "params M (ours)", "params M (published)", "GFLOPs (ours, 2xMAC)", "GFLOPs (published, thop)",
-                          "cached ms", "published cached ms", "psnr_mean", "published_psnr"])
-    assert {(p.ours, p.published) for p in pairs} == {("params M (ours)", "params M (published)"),
-                                                      ("cached ms", "published cached ms"), ("psnr_mean", "published_psnr")}
+def test_every_page_says_where_and_at_what_scale_it_was_measured(site):
+    for page in ("index", "efficiency_table", "ablations", "eval", "bench"):
+        text = _page(site, page)
+        assert 'id="banner"' in text and "toy scale" in text, page
+    assert "cpu: test (1 thread), float32" in _page(site, "efficiency_table")
+    index = _page(site, "index")
+    glance = index[index.index('id="at-a-glance"'):index.index('id="paper-index"')]
+    assert "speed-up over LVSM decoder-only, N=2, M=1" in glance and 'href="bench.html#table-bench-row-1">1.50x</a>' in glance
+    ablations = _page(site, "ablations")
+    assert "Asked for, not run" in ablations and "arm repa skipped" in ablations
+    assert "LPIPS: n/a in every row" in _page(site, "eval")
 
 
 # ------------------------------------------------------------------------------------ browser
@@ -279,7 +356,7 @@ def test_published_ranges_and_column_conventions():
 
 @pytest.mark.slow
 def test_in_headless_chromium_sorting_links_images_and_a_screenshot(site, tmp_path):
-    from harness.site.browser import broken_references, chromium, missing, screenshot
+    from harness.site.browser import WINDOW, broken_references, chromium, missing, screenshot
     if missing():
         pytest.skip(f"headless browser unavailable: {missing()}")
     from selenium.webdriver.common.by import By
@@ -299,8 +376,20 @@ def test_in_headless_chromium_sorting_links_images_and_a_screenshot(site, tmp_pa
         assert first_cells() == ["Efficient-LVSM", "pixelSplat", "LVSM decoder-only"] != before  # 24.78 < 50.52 < 109.37
         header.find_element(By.TAG_NAME, "button").click()
         assert first_cells() == ["LVSM decoder-only", "pixelSplat", "Efficient-LVSM"]
+        # a difference column only where report.json says the settings match, whatever the page
+        for name in ("efficiency_table", "ablations"):
+            driver.get((site / f"{name}.html").resolve().as_uri())
+            headers = {th.text for th in driver.find_elements(By.CSS_SELECTOR, "th")}
+            for table in read_report(site.parent / name / "report.json").tables:  # the site sits in results/site
+                for comparison in table.comparisons:
+                    name_of_difference = f"{comparison.ours} − published"
+                    assert (name_of_difference in headers) == (comparison.differs == []), (name, comparison)
         shot = screenshot(driver, site / "index.html", tmp_path / "index.png")
-        assert Image.open(shot).size[0] >= 1000
+        assert Image.open(shot).size == WINDOW
+        # the one-screen comparison is seen before scrolling at 1400x900
+        box = driver.execute_script("const r = document.getElementById('at-a-glance').getBoundingClientRect(); "
+                                    "return [r.top, r.bottom, window.innerHeight];")
+        assert 0 <= box[0] and box[1] <= box[2] == WINDOW[1]
 
 
 @pytest.mark.slow

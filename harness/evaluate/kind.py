@@ -52,7 +52,7 @@ def run_evaluation(spec: EvaluateSpec, options: RunOptions) -> EvaluationResult 
     if models is not None:
         spec = revalidate(spec, models=models)
     try:
-        evaluation = Evaluation(spec, progress=options.progress)
+        evaluation = Evaluation(spec, progress=options.progress, from_records=options.from_records)
     except MissingResource as missing:
         # Nothing asked for was done: one line naming what is missing and how to provide it, exit status 2.
         error = MissingResource(f"{spec.name}: not run: {missing}")
@@ -66,4 +66,4 @@ def run_evaluation(spec: EvaluateSpec, options: RunOptions) -> EvaluationResult 
 
 
 EVALUATE = Kind(EvaluateSpec, run_evaluation, "PSNR / SSIM / LPIPS of models or checkpoints on an evaluation index",
-                reads=frozenset({"checkpoints"}))
+                reads=frozenset({"checkpoints", "from_records"}))

@@ -12,6 +12,7 @@ from models import label as variant_label, list_models, model_card
 
 from ..metrics import METRICS, mean_over_scenes, none_if_nan
 from ..pipeline import Report, Table
+from ..report import Setting, differing, measured_setting
 from .inputs import RANDOM_INIT, ResolvedData
 from .spec import EvaluateSpec
 
@@ -42,21 +43,56 @@ def tables(rows: list[dict[str, Any]], labels: list[str]) -> tuple[pd.DataFrame,
     return per_scene, pd.DataFrame(out, columns=columns), failures
 
 
-def with_published(spec: EvaluateSpec, summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary followed by the published rows: the variants' cards' `card_table`, then the spec's own."""
-    rows = []
+def setting(spec: EvaluateSpec, data: ResolvedData, rows: list[dict[str, Any]]) -> Setting:
+    """What the scores used: the device, the context and target views the index gave each scene, the data,
+    its protocol and image size, and the scenes scored."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    n_context = {len((r.get("views") or {}).get("context") or r.get("context") or []) for r in ok}
+    n_target = {len((r.get("views") or {}).get("target") or r.get("target") or []) for r in ok}
+    # Weights from checkpoints carry their own config: the preset named in their rows is not what ran.
+    trained = {"preset": None} if all(m.checkpoint for m in spec.models) else {}
+    return measured_setting(
+        ok, model={**trained, "image_size": getattr(data.source, "image_size", None),
+                   "patch_size": getattr(data.source, "patch_size", None)},
+        views={"n_input": n_context.pop() if len(n_context) == 1 else None,
+               "n_target": n_target.pop() if len(n_target) == 1 else None},
+        data={"source": spec.data.source, "protocol": spec.data.protocol, "scenes": len({r["scene"] for r in ok}) or None})
+
+
+def published_rows(spec: EvaluateSpec, labels: list[str]) -> list[tuple[dict[str, Any], Setting]]:
+    """The published rows (the variants' cards' `card_table`, then the spec's own), each with its setting."""
+    rows: list[tuple[dict[str, Any], Setting]] = []
     if spec.card_table:
         for model in spec.models:
             published = model_card(model.name).published.get(spec.card_table)
-            if published is not None and variant_label(model.name) not in [r["model"] for r in rows]:
-                rows.append({"model": variant_label(model.name), "weights": "published", **dict(published.values),
-                             "source": f"published: {published.source}"})
+            if published is not None and variant_label(model.name) not in [r["model"] for r, _ in rows]:
+                rows.append(({"model": variant_label(model.name), "weights": "published", **dict(published.values),
+                              "source": f"published: {published.source}"}, Setting.model_validate(published.setting)))
     if spec.published:
-        rows += [{"model": r.model, "weights": "published", "psnr": r.psnr, "ssim": r.ssim, "lpips": r.lpips,
-                  "source": f"published: {r.source or spec.published.source}"} for r in spec.published.rows]
-    if not rows:
-        return summary
-    return pd.concat([summary, pd.DataFrame(rows).reindex(columns=summary.columns)], ignore_index=True)
+        rows += [({"model": r.model, "weights": "published", "psnr": r.psnr, "ssim": r.ssim, "lpips": r.lpips,
+                   "source": f"published: {r.source or spec.published.source}"}, spec.published.setting)
+                 for r in spec.published.rows]
+    return rows
+
+
+def summary_table(spec: EvaluateSpec, summary: pd.DataFrame, ours: Setting, title: str, notes: list[str]) -> Table:
+    """The summary, then the published rows beside it: each row says which setting it was measured under,
+    and a published row is subtracted from ours nowhere unless the settings match (`report.differing`)."""
+    published = published_rows(spec, list(summary["model"]))
+    frame = summary.assign(setting="ours")
+    settings: dict[str, Setting] = {}
+    notes = list(notes)
+    for index, (row, row_setting) in enumerate(published):
+        key = f"published {index + 1}"
+        settings[key] = row_setting
+        differs = differing("psnr", ours, row_setting)
+        notes.append(f"{key} ({row['model']}): " + ("same setting as ours" if not differs else
+                     "not subtracted from ours, the settings differ: " + "; ".join(differs)))
+        frame = pd.concat([frame, pd.DataFrame([{**row, "setting": key}]).reindex(columns=frame.columns)], ignore_index=True)
+    status = ["failed" if not row.get("scenes") else "ok" for row in summary.to_dict(orient="records")] + ["published"] * len(published)
+    return Table("summary", title, frame, notes, settings=settings, status=status,
+                 columns={"setting": {"role": "setting"}, "weights": {"role": "label"}, "size": {"role": "label"},
+                          "scenes": {"role": "setting"}, "flagged": {"quantity": "count"}, "failed": {"quantity": "count"}})
 
 
 def protocol_notes(spec: EvaluateSpec, data: ResolvedData, rows: list[dict[str, Any]]) -> list[str]:
@@ -101,12 +137,12 @@ def notes(spec: EvaluateSpec, data: ResolvedData, environment: dict[str, Any], d
     return out
 
 
-def build(spec: EvaluateSpec, summary: pd.DataFrame, notes: list[str],
+def build(spec: EvaluateSpec, summary: pd.DataFrame, notes: list[str], ours: Setting,
           grid_examples: Callable[[], dict[str, Any]] | None, grid_renders: dict[tuple[str, str], torch.Tensor]) -> Report:
     """The summary table with the published rows, one headline per measured model, and the grid
     (`grid_examples` reads the grid scenes' examples when the figure is drawn)."""
     title = f"{spec.name}: image quality ({spec.data.source})"
-    result = Report(title, notes, [Table("summary", title, with_published(spec, summary), notes)])
+    result = Report(title, notes, [summary_table(spec, summary, ours, title, notes)], setting=ours)
     for row in summary.itertuples():
         if row.psnr is not None and row.psnr == row.psnr:
             published = model_card(row.model).published.get(spec.card_table) if row.model in list_models() else None

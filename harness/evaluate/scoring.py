@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..errors import MissingResource, OutputError
 from ..metrics import METRICS, LPIPSMetric, image_metrics, none_if_nan, scene_means
-from ..pipeline import Sweep, failure_status, one_line, release_memory, write_manifest, write_report
+from ..pipeline import FROM_RECORDS, Sweep, failure_status, one_line, release_memory, write_manifest, write_report
 from ..provenance import environment, measured_by
 from ..records import write_atomic
 from ..runtime import default_dtype, resolve_device
@@ -46,9 +46,11 @@ class EvaluationResult:
 class Evaluation:
     """One evaluation run: resolves device, data, metrics and models, then evaluates what the rows lack."""
 
-    def __init__(self, spec: EvaluateSpec, progress: bool = True):
+    def __init__(self, spec: EvaluateSpec, progress: bool = True, from_records: bool = False):
         self.spec = spec
         self.progress = progress
+        self.from_records = from_records  # the report from the recorded rows: nothing is scored
+        self.sizes: dict[str, str] = {}  # model label -> its parameters and config, as loaded
         self.device = resolve_device(spec.device)
         self.dtype = default_dtype(self.device) if spec.dtype == "auto" else spec.dtype
         self.environment = environment(self.device)
@@ -65,7 +67,7 @@ class Evaluation:
 
     def point(self, identity: dict[str, Any], scene: str) -> dict[str, Any]:
         return {**identity, "data": self.data.identity, "scene": scene, "views": self.index[scene],
-                "dtype": self.dtype, "lpips": self.lpips.label}
+                "dtype": self.dtype, "lpips_net": self.lpips.label}
 
     def run(self) -> EvaluationResult | None:
         """Every rank calls it; rank 0 returns the result, the other ranks None."""
@@ -74,9 +76,11 @@ class Evaluation:
         computed, seconds, all_points, grid_renders = 0, 0.0, [], {}
         for spec, label in zip(self.spec.models, self.labels):
             loaded = load_model(spec, label, self.device, self.spec.seed)
+            self.sizes[loaded.label] = loaded.info["size"]
             points = {scene: self.point(loaded.identity, scene) for scene in self.index}
             all_points += points.values()
-            mine = world.share([p["scene"] for p in self.sweep.pending(list(points.values()))])
+            pending = [] if self.from_records else self.sweep.pending(list(points.values()))
+            mine = world.share([p["scene"] for p in pending])
             started = time.perf_counter()
             self._evaluate_model(loaded, mine, points)
             seconds += time.perf_counter() - started
@@ -92,16 +96,27 @@ class Evaluation:
         if not world.is_main:
             return None
         rate = computed / seconds if computed and seconds > 0 else None
-        rows = self.sweep.rows(all_points)
+        if self.from_records:
+            rows, predated = self.sweep.recorded_rows(all_points)
+            # Rows that predate the `size` column: the loaded model says what it is (its weights are the rows').
+            rows = [{**r, "size": r.get("size") or self.sizes.get(r.get("model"))} for r in rows]
+        else:
+            rows, predated = self.sweep.rows(all_points), set()
         per_scene, summary, failures = report.tables(rows, self.labels)
         notes = report.notes(self.spec, self.data, self.environment, self.dtype, self.lpips.message, failures)
         notes[1:1] = report.protocol_notes(self.spec, self.data, rows)
         notes.append(self._throughput_note(computed, seconds, rate))
-        result = report.build(self.spec, summary, notes, self._grid_examples if grid_renders else None, grid_renders)
+        if self.from_records:
+            notes.insert(0, FROM_RECORDS + (f"; fields some rows predate, taken as their defaults: {', '.join(sorted(predated))}"
+                                            if predated else ""))
+        result = report.build(self.spec, summary, notes, report.setting(self.spec, self.data, rows),
+                              self._grid_examples if grid_renders else None, grid_renders)
         # What a loader noted about the data (e.g. lens distortion left uncorrected) reaches the table.
         data_notes = sorted({note for r in rows for note in r.get("data_notes") or []})
         result.tables[0].notes += [f"data: {note}" for note in data_notes]
-        paths = write_report(result, self.sweep.out_dir)
+        if not self.lpips.available:
+            result.not_run.append(f"LPIPS: n/a in every row. {self.lpips.message}")
+        paths = write_report(result, self.sweep.out_dir, self.spec, rows)
         paths["per_scene"] = self.sweep.out_dir / "per_scene.csv"
         write_atomic(paths["per_scene"], per_scene.to_csv(index=False, na_rep="n/a"))
         return EvaluationResult(summary, per_scene, paths, computed, len(failures), failures, rate)

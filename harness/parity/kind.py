@@ -285,7 +285,7 @@ def run_parity(spec: ParitySpec, options: RunOptions) -> list[dict[str, Any]]:
             lambda rows, expected: parity_report(spec, rows, skipped, stand_ins()[1]),
             code=lambda p: (measured_by(__name__, p["model"]) if p["part"] == "model"
                             else measured_by(__name__, sources=LOADER_SOURCES)),
-            context=env, manifest={"device": env["device"], "preset": spec.preset}), options.progress)
+            context=env, manifest={"device": env["device"], "preset": spec.preset}), options)
     finally:
         torch.set_num_threads(threads)
 

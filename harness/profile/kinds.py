@@ -28,6 +28,8 @@ from pydantic import Field, field_validator, model_validator
 from models import build_model, label, model_class, released_models
 
 from ..pipeline import Plan, run_plan
+from ..report import measured_setting
+from .report import ALL_MATMULS
 from ..provenance import measured_by
 from ..runtime import autocast
 from ..schema import (ExperimentBase, Kind, Measurement, ModelName, Positive, PresetName, Published, Ratio, RunOptions, Spec)
@@ -63,9 +65,15 @@ class CostSpec(ExperimentBase):
     preset: PresetName = "auto"
     batch: Positive = 1
     image_size: Positive | None = None  # None: the preset's
-    fit_min_n: Positive = 8  # growth exponents are fitted over N >= this
+    # Growth exponents are fitted over this N range, the same in every experiment that writes one, so that
+    # an exponent means one thing across pages.
+    fit_n: list[Positive] = Field(default=[4, 16], min_length=2, max_length=2)
     # Which table of the variants' cards holds the published numbers printed beside ours.
     card_table: str = "efficiency"
+
+    @property
+    def fit(self) -> tuple[int, int]:
+        return self.fit_n[0], self.fit_n[1]
 
     def preset_device(self) -> str:
         measure = getattr(self, "measure", None)  # none: FLOPs only, counted on the meta device
@@ -191,10 +199,15 @@ def _sweep_and_report(spec: CostSpec, ctx: RunContext, points: list[dict[str, An
     def report(rows: list[dict[str, Any]], expected: int):
         result = build(rows, expected)
         mark_shared_cores(result, rows)
+        if result.setting is None:  # FLOPs of ours count every matmul; the model size is the preset's
+            counted = ctx.device.type == "meta"
+            result.setting = measured_setting(
+                rows, counting=ALL_MATMULS, model={"preset": ctx.preset, "image_size": ctx.image_size},
+                device={"name": "meta (shapes counted, nothing run)", "dtype": None, "threads": None} if counted else {"dtype": ctx.dtype})
         return result
     return run_plan(spec, Plan(points, measure, label_of, report, code=lambda p: measured_by(__name__, *_variants(p)),
                                context=ctx.env, manifest={"device": ctx.env["device"], "preset": ctx.preset, "dtype": ctx.dtype},
-                               deadline_s=getattr(getattr(spec, "measure", None), "deadline_s", None)), options.progress)
+                               deadline_s=getattr(getattr(spec, "measure", None), "deadline_s", None)), options)
 
 
 def forward_measure(ctx: RunContext, settings: Measurement):

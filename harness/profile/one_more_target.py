@@ -32,7 +32,7 @@ from ..schema import Kind, Measurement, ModelName, Positive, PresetName, RunOpti
 from ..tables import missing_as_none
 from .kinds import CostSpec, SharedCores
 from .measure import MIB, FlopCounter, ModelCache, RunContext, measure_call, refuse_shared_cores, resolve_context, synthetic_views
-from .report import exponents, growth_exponent, noisy_note
+from .report import Fit, exponents, fit_text, growth_exponent, noisy_note
 
 NO_STATE = "none: recomputes the whole forward pass over the N input views"
 
@@ -117,7 +117,7 @@ def run_one_more_target(spec: OneMoreTargetSpec, options: RunOptions) -> list[di
         lambda rows, expected: one_more_target_report(spec, counted, timed, rows, expected),
         code=lambda p: measured_by(__name__, p["model"]), context=timed.env, deadline_s=spec.measure.deadline_s,
         manifest={"device": timed.env["device"], "preset": timed.preset, "flops_preset": counted.preset, "dtype": timed.dtype}),
-        options.progress)
+        options)
 
 
 # ------------------------------------------------------------------------------------- report
@@ -138,7 +138,7 @@ def _per_n(frame: pd.DataFrame, column: str, ns: list[int], fmt: str) -> str:
     return " / ".join(fmt.format(values[n]) if n in values.index and pd.notna(values[n]) else "n/a" for n in ns)
 
 
-def cost_figure(frame: pd.DataFrame, metrics: dict[str, str], states: Mapping[str, str | None], min_n: int, where: str):
+def cost_figure(frame: pd.DataFrame, metrics: dict[str, str], states: Mapping[str, str | None], fit: Fit, where: str):
     """Log-log cost against N, one panel per metric, one line per variant in its card's colour
     (dashed: no scene state, the whole forward pass recomputed); one legend under both panels, with
     each variant's growth exponents."""
@@ -148,7 +148,7 @@ def cost_figure(frame: pd.DataFrame, metrics: dict[str, str], states: Mapping[st
             group = group.sort_values("n_input")
             y = pd.to_numeric(group[column], errors="coerce")
             ax.plot(group["n_input"], y, marker="o", markersize=4, color=model_card(name).color if name in list_models() else None,
-                    linestyle="-" if states.get(name) else "--", label=_legend(name, frame, metrics, states, min_n))
+                    linestyle="-" if states.get(name) else "--", label=_legend(name, frame, metrics, states, fit))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("N input views")
@@ -157,15 +157,15 @@ def cost_figure(frame: pd.DataFrame, metrics: dict[str, str], states: Mapping[st
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=7)
     fig.suptitle(f"One more target view given a scene state ({where})\n"
-                 f"dashed: no scene state, the forward pass recomputed; growth exponents fitted over N >= {min_n}", fontsize=10)
+                 f"dashed: no scene state, the forward pass recomputed; growth exponents fitted over {fit_text(fit)}", fontsize=10)
     return fig
 
 
-def _legend(name: str, frame: pd.DataFrame, metrics: dict[str, str], states: Mapping[str, str | None], min_n: int) -> str:
+def _legend(name: str, frame: pd.DataFrame, metrics: dict[str, str], states: Mapping[str, str | None], fit: Fit) -> str:
     group = frame[frame["model"] == name]
     slopes = []
     for column in metrics:
-        slope = growth_exponent(group["n_input"], pd.to_numeric(group[column], errors="coerce"), min_n)
+        slope = growth_exponent(group["n_input"], pd.to_numeric(group[column], errors="coerce"), fit)
         if slope is not None:
             slopes.append(f"{'FLOPs' if column == 'gflops' else 'latency'} N^{slope:.2f}")
     return _shown(name, states.get(name)) + (f" ({', '.join(slopes)})" if slopes else "")
@@ -199,7 +199,7 @@ def one_more_target_report(spec: OneMoreTargetSpec, counted: RunContext, timed: 
     metrics = {k: v for k, v in metrics.items() if k in both}
     result.tables.append(_exponents_table(spec, both, metrics, shown, notes))
     where = f"FLOPs counted on the meta device; latency on {timed.env['device']}, {timed.dtype}"
-    result.figures["one_more_target.png"] = lambda: cost_figure(both, metrics, states, spec.fit_min_n, where)
+    result.figures["one_more_target.png"] = lambda: cost_figure(both, metrics, states, spec.fit, where)
     result.headlines += _headlines(spec, counted, timed, flops, latency, states, shown)
     return result
 
@@ -258,7 +258,8 @@ def _flops_tables(spec: OneMoreTargetSpec, counted: RunContext, flops: pd.DataFr
     wide["n_input"] = wide["n_input"].astype(int).astype(object)
     return [Table(spec.name, title, missing_as_none(table), notes, console=False),
             Table("gflops_wide", f"GFLOPs of one more target view (counted, preset {counted.preset})",
-                  wide.rename(columns={"n_input": "N"}), notes[:2], floatfmt=",.2f")]
+                  wide.rename(columns={"n_input": "N"}), notes[:2], floatfmt=",.2f",
+                  columns={str(c): {"quantity": "flops"} for c in wide.columns if c != "n_input"})]
 
 
 def _latency_table(spec: OneMoreTargetSpec, timed: RunContext, latency: pd.DataFrame, notes: list[str]) -> Table:
@@ -275,9 +276,9 @@ def _latency_table(spec: OneMoreTargetSpec, timed: RunContext, latency: pd.DataF
 def _exponents_table(spec: OneMoreTargetSpec, both: pd.DataFrame, metrics: Mapping[str, str], shown: Mapping[str, str],
                      notes: list[str]) -> Table:
     slopes = exponents(both, "n_input", {k: f"{'FLOPs' if k == 'gflops' else 'latency'} exponent" for k in metrics},
-                       ["model"], spec.fit_min_n)
+                       ["model"], spec.fit)
     slopes["model"] = slopes["model"].map(shown)
-    return Table("exponents", f"Growth exponents in N of one more target view (log-log fit over N >= {spec.fit_min_n})",
+    return Table("exponents", f"Growth exponents in N of one more target view (log-log fit over {fit_text(spec.fit)})",
                  slopes, notes[1:3], floatfmt=".2f")
 
 

@@ -179,7 +179,7 @@ def run_op_profile(spec: OpProfileSpec, options: RunOptions) -> list[dict[str, A
         return run_plan(spec, Plan(points, lambda point: measure_point(spec, point),
                                    lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}", report,
                                    code=lambda p: measured_by(__name__, p["model"]), context=env,
-                                   manifest={"device": env["device"], "preset": spec.preset}), options.progress)
+                                   manifest={"device": env["device"], "preset": spec.preset}), options)
     finally:
         torch.set_num_threads(threads)
 

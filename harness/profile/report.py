@@ -12,7 +12,11 @@ from models import label, list_models, model_card, model_class
 
 from ..pipeline import Report, Table, failure_notes, ok_frame
 from ..plots import legend_outside, plt
+from ..report import Fact, Setting, measured_setting
 from ..tables import missing_as_none
+
+THOP = "thop (linear layers)"  # the counting of the published GFLOPs columns
+ALL_MATMULS = "all matmuls (FlopCounterMode)"
 
 AXIS_NAMES = {"n_input": "N input views", "n_cached": "N cached input views", "n_target": "M target views"}
 
@@ -20,11 +24,19 @@ AXIS_NAMES = {"n_input": "N input views", "n_cached": "N cached input views", "n
 # ---------------------------------------------------------------------------------- shared parts
 
 
-def growth_exponent(ns: Sequence[float], values: Sequence[float], min_n: float = 1) -> float | None:
-    """Least-squares slope of log(value) against log(n) over the points with n >= min_n and a
+Fit = tuple[float, float | None]  # the N range a growth exponent is fitted over: (lowest, highest or None)
+
+
+def fit_text(fit: Fit) -> str:
+    return f"N {fit[0]:g}-{fit[1]:g}" if fit[1] is not None else f"N >= {fit[0]:g}"
+
+
+def growth_exponent(ns: Sequence[float], values: Sequence[float], fit: Fit = (1, None)) -> float | None:
+    """Least-squares slope of log(value) against log(n) over the points with n in the `fit` range and a
     positive value; None when fewer than two such n exist."""
+    low, high = fit
     pairs = [(float(n), float(v)) for n, v in zip(ns, values)
-             if n >= min_n and v is not None and np.isfinite(v) and v > 0]
+             if low <= n and (high is None or n <= high) and v is not None and np.isfinite(v) and v > 0]
     if len({n for n, _ in pairs}) < 2:
         return None
     x, y = np.log([n for n, _ in pairs]), np.log([v for _, v in pairs])
@@ -39,6 +51,18 @@ def card_published(table: str, models: Sequence[str]) -> dict[str, Mapping[str, 
         if published is not None:
             out[name] = {**published.values, "source": published.source}
     return out
+
+
+def published_setting_of(spec) -> Setting:
+    """The setting the experiment's published table states (its `published.setting`), else the one its
+    models' cards state for `card_table`; unset fields are not stated."""
+    if spec.published is not None and spec.published.setting != Setting():
+        return spec.published.setting
+    for name in spec.models:
+        entry = model_card(name).published.get(spec.card_table) if name in list_models() else None
+        if entry is not None and entry.setting:
+            return Setting.model_validate(entry.setting)
+    return Setting()
 
 
 def published_notes(table: str, models: Sequence[str], keys: Sequence[str]) -> list[str]:
@@ -57,8 +81,8 @@ def noisy_note(frame: pd.DataFrame, threshold: float, what: str = "latency") -> 
             "threads' share of the wall time, or the load average above the cores left free); rerun on a quiet machine"]
 
 
-def exponents(frame: pd.DataFrame, x: str, metrics: dict[str, str], by: Sequence[str], min_n: int) -> pd.DataFrame:
-    """One row per group, one column per metric: the fitted log-log slope over x >= min_n."""
+def exponents(frame: pd.DataFrame, x: str, metrics: dict[str, str], by: Sequence[str], fit: Fit) -> pd.DataFrame:
+    """One row per group, one column per metric: the fitted log-log slope over x in the `fit` range."""
     out = []
     if frame.empty:
         return pd.DataFrame(out)
@@ -68,15 +92,15 @@ def exponents(frame: pd.DataFrame, x: str, metrics: dict[str, str], by: Sequence
         row = dict(zip(by, keys))
         for column, title in metrics.items():
             if column in group:
-                row[title] = growth_exponent(group[x], pd.to_numeric(group[column], errors="coerce"), min_n)
+                row[title] = growth_exponent(group[x], pd.to_numeric(group[column], errors="coerce"), fit)
         out.append(row)
     return pd.DataFrame(out)
 
 
-def loglog(frame: pd.DataFrame, x: str, metrics: dict[str, str], facet: str | None, series: str, min_n: int,
+def loglog(frame: pd.DataFrame, x: str, metrics: dict[str, str], facet: str | None, series: str, fit: Fit,
            title: str, extra: dict[str, pd.DataFrame] | None = None):
     """A grid of log-log axes: one row per metric, one column per `facet` value; one line per
-    `series` value, its fitted exponent (x >= min_n) in the legend. `extra` adds dashed reference
+    `series` value, its fitted exponent (x in the `fit` range) in the legend. `extra` adds dashed reference
     lines (label -> frame with x and the metric columns), e.g. published numbers."""
     if frame.empty:
         return None
@@ -92,13 +116,13 @@ def loglog(frame: pd.DataFrame, x: str, metrics: dict[str, str], facet: str | No
                 y = pd.to_numeric(group[column], errors="coerce")
                 if not (y > 0).any():
                     continue
-                slope = growth_exponent(group[x], y, min_n)
+                slope = growth_exponent(group[x], y, fit)
                 color = model_card(name).color if name in list_models() else None
                 legend = f"{label(name)} (slope {slope:.2f})" if slope is not None else label(name)
                 ax.plot(group[x], y, marker="o", color=color, label=legend)
             for ref_label, ref in (extra or {}).items():
                 if column in ref:
-                    ref_slope = growth_exponent(ref[x], ref[column], min_n)
+                    ref_slope = growth_exponent(ref[x], ref[column], fit)
                     ax.plot(ref[x], ref[column], linestyle="--", marker="x", color="gray",
                             label=f"{ref_label} (slope {ref_slope:.2f})" if ref_slope is not None else ref_label)
             ax.set_xscale("log", base=2)
@@ -109,7 +133,7 @@ def loglog(frame: pd.DataFrame, x: str, metrics: dict[str, str], facet: str | No
                 ax.set_title(f"{AXIS_NAMES.get(facet, facet)} = {value}")
             ax.grid(True, which="both", alpha=0.3)
             legend_outside(ax)
-    fig.suptitle(f"{title}\n(slopes fitted over N >= {min_n})")
+    fig.suptitle(f"{title}\n(slopes fitted over {fit_text(fit)})")
     return fig
 
 
@@ -163,6 +187,27 @@ def profile_table(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def speed_up_facts(spec, ctx, frame: pd.DataFrame) -> list[Fact]:
+    """For the index: each variant's speed-up over the ratio's baseline at (headline N, M) and at the largest
+    N measured with that M, and its parameters, each pointing at its row of the profile table."""
+    baseline = spec.ratio.baseline
+    facts = []
+    at_m = frame[frame["n_target"] == spec.headline_m]
+    settings = [(spec.headline_n, spec.headline_m)] + ([(int(at_m["n_input"].max()), spec.headline_m)] if not at_m.empty else [])
+    for n, m in dict.fromkeys(settings):
+        base = frame[(frame["model"] == baseline) & (frame["n_input"] == n) & (frame["n_target"] == m)]
+        if base.empty:
+            continue
+        for index, row in frame[(frame["n_input"] == n) & (frame["n_target"] == m)].iterrows():
+            facts.append(Fact(variant=row["model"], quantity=f"speed-up over {label(baseline)}, N={n}, M={m}",
+                              value=float(base["latency_ms"].iloc[0]) / float(row["latency_ms"]), unit="x", better="higher",
+                              table=spec.name, row=int(index)))
+    for name, group in frame.groupby("model", sort=False):
+        facts.append(Fact(variant=name, quantity=f"parameters (M), preset {ctx.preset}", value=float(group["params"].iloc[0]) / 1e6,
+                          unit="M", table=spec.name, row=int(group.index[0])))
+    return facts
+
+
 def _alternating_headline(pair: str, spec, rows: list[dict[str, Any]]) -> list[str]:
     """The headline ratio from the pair point (the two models timed in alternation), or why not."""
     for r in rows:
@@ -195,9 +240,10 @@ def profile_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Repo
         result.tables.append(Table(spec.name, f"{spec.name}: nothing measured yet", pd.DataFrame(), notes))
         return result
     frame["work_mem_mb"] = pd.to_numeric(frame["peak_mem_mb"]) - pd.to_numeric(frame["baseline_mem_mb"])
-    frame = frame.sort_values(["model", "n_target", "n_input"])
+    frame = frame.sort_values(["model", "n_target", "n_input"]).reset_index(drop=True)
     notes += noisy_note(frame, spec.measure.noisy_iqr)
     result.tables.append(Table(spec.name, f"{spec.name}: cost against the number of input views", profile_table(frame), notes))
+    result.facts += speed_up_facts(spec, ctx, frame)
 
     numerator, denominator = spec.ratio.names
     ratios = ratio_table(frame.rename(columns={"n_input": "N", "n_target": "M"}), numerator, denominator, ["N", "M"],
@@ -225,18 +271,23 @@ def profile_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Repo
         result.headlines += [line.replace("published latency ratio", "published: latency ratio", 1) for line in published_line]
 
     slopes = exponents(frame, "n_input", {"latency_ms": "latency exponent", "gflops": "FLOPs exponent",
-                                          "work_mem_mb": "memory exponent"}, ["model", "n_target"], spec.fit_min_n)
+                                          "work_mem_mb": "memory exponent"}, ["model", "n_target"], spec.fit)
     slopes = slopes.rename(columns={"n_target": "M"})
     slopes["model"] = slopes["model"].map(label)
-    result.tables.append(Table("exponents", f"Growth exponents in N (log-log fit over N >= {spec.fit_min_n})", slopes,
+    result.tables.append(Table("exponents", f"Growth exponents in N (log-log fit over {fit_text(spec.fit)})", slopes,
                                notes[1:3], floatfmt=".2f"))
     result.figures["cost_vs_views.png"] = lambda: loglog(
-        frame, "n_input", PROFILE_METRICS, "n_target", "model", spec.fit_min_n,
+        frame, "n_input", PROFILE_METRICS, "n_target", "model", spec.fit,
         f"{spec.name} ({ctx.env['device']}, {ctx.dtype}, preset {ctx.preset})")
     return result
 
 
 # ------------------------------------------------------------------------------------------ FLOPs
+
+
+def quantity_columns(frame: pd.DataFrame, quantity: str, keys: Sequence[str] = ("N",)) -> dict[str, dict[str, str]]:
+    """Every column of a wide table (one per variant) but its keys holds `quantity`."""
+    return {str(c): {"quantity": quantity} for c in frame.columns if c not in keys}
 
 
 def wide(frame: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -269,24 +320,29 @@ def flops_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Report
                          "rel. diff": frame["flops_rel_diff"], "thop GMACs (linear only)": frame["gmacs_linear_thop"],
                          "attention GMACs": frame["gmacs_attention"]})
     result.tables.append(Table(spec.name, "Forward FLOPs against the number of input views", long, notes, console=False))
-    result.tables.append(Table("gflops_wide", "Forward GFLOPs (counted)", wide(frame, "gflops"), notes, floatfmt=",.1f"))
-    result.tables.append(Table("thop_gmacs_wide", "thop-style GMACs (linear layers only)", wide(frame, "gmacs_linear_thop"),
-                               notes, floatfmt=",.1f", console=False))
-    slopes = exponents(frame, "n_input", {"gflops": f"FLOPs exponent (N >= {spec.fit_min_n})"}, ["model", "n_target"],
-                       spec.fit_min_n)
-    slopes_all = exponents(frame, "n_input", {"gflops": "FLOPs exponent (all N)"}, ["model", "n_target"], 1)
-    slopes = slopes.merge(slopes_all, on=["model", "n_target"]).rename(columns={"n_target": "M"})
+    gflops, gmacs = wide(frame, "gflops"), wide(frame, "gmacs_linear_thop")
+    result.tables.append(Table("gflops_wide", "Forward GFLOPs (counted)", gflops, notes, floatfmt=",.1f",
+                               columns=quantity_columns(gflops, "flops")))
+    result.tables.append(Table("thop_gmacs_wide", "thop-style GMACs (linear layers only)", gmacs, notes, floatfmt=",.1f",
+                               console=False, columns=quantity_columns(gmacs, "macs")))
+    slopes = exponents(frame, "n_input", {"gflops": f"FLOPs exponent ({fit_text(spec.fit)})"}, ["model", "n_target"],
+                       spec.fit)
+    slopes = slopes.rename(columns={"n_target": "M"}).reset_index(drop=True)
+    first_m = min(spec.n_targets)
+    result.facts += [Fact(variant=row["model"], quantity=f"FLOP exponent in N ({fit_text(spec.fit)}, M={first_m})",
+                          value=float(row.iloc[2]), table="exponents", row=int(index))
+                     for index, row in slopes.iterrows() if row["M"] == first_m and pd.notna(row.iloc[2])]
     slopes["model"] = slopes["model"].map(label)
     result.tables.append(Table("exponents", "Growth exponents of forward FLOPs in N", slopes, notes[:2], floatfmt=".2f"))
     result.figures["flops_vs_views.png"] = lambda: loglog(
         frame, "n_input", {"gflops": "GFLOPs (2 x MAC)", "gmacs_linear_thop": "thop GMACs (linear only)"},
-        "n_target", "model", spec.fit_min_n, f"forward FLOPs, preset {ctx.preset}")
+        "n_target", "model", spec.fit, f"forward FLOPs, preset {ctx.preset}")
     for _, row in slopes.iterrows():
         if row["M"] == min(spec.n_targets):
             fitted = row.iloc[2]
             result.headlines.append(f"{row['model']}, M={row['M']}: " + (
-                f"FLOPs grow as N^{fitted:.2f} at large N (N >= {spec.fit_min_n})" if pd.notna(fitted) else
-                f"no FLOP exponent: fewer than two measured N >= {spec.fit_min_n} (fit_min_n)"))
+                f"FLOPs grow as N^{fitted:.2f} ({fit_text(spec.fit)})" if pd.notna(fitted) else
+                f"no FLOP exponent: fewer than two measured N in {fit_text(spec.fit)} (fit_n)"))
     published = card_published(spec.card_table, spec.models)
     if len(published) >= 2:
         a, b = (published[m] for m in list(published)[:2])
@@ -314,13 +370,19 @@ def kv_cache_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Rep
     notes += noisy_note(frame, spec.measure.noisy_iqr)
     published = {r.n: r for r in (spec.published.rows if spec.published else [])}
     table = _kv_cache_table(spec, frame, published)
-    result.tables.append(Table(spec.name, "Adding one input view: KV cache vs recomputing", missing_as_none(table), notes))
+    published_columns = {"published cached ms": {"role": "published", "setting": "published"},
+                         "published recompute ms": {"role": "published", "setting": "published"},
+                         "published speed-up": {"role": "ratio", "setting": "published"}}
+    result.tables.append(Table(
+        spec.name, "Adding one input view: KV cache vs recomputing", missing_as_none(table), notes,
+        columns=published_columns, settings={"published": spec.published.setting} if spec.published else {},
+        compare=[("cached ms", "published cached ms"), ("recompute ms", "published recompute ms")] if published else []))
     result.headlines += _kv_cache_headline(spec, ctx, table, published)
     extra = _published_latencies(published)
-    result.tables.append(Table("exponents", f"Growth exponents in N (fit over N >= {spec.fit_min_n})",
+    result.tables.append(Table("exponents", f"Growth exponents in N (fit over {fit_text(spec.fit)})",
                                _kv_cache_exponents(spec, frame, extra), notes[:2], floatfmt=".2f"))
     result.figures["kv_cache.png"] = lambda: loglog(
-        frame, "n_cached", {"latency_ms": "latency (ms)", "gflops": "GFLOPs"}, None, "model", spec.fit_min_n,
+        frame, "n_cached", {"latency_ms": "latency (ms)", "gflops": "GFLOPs"}, None, "model", spec.fit,
         f"add {spec.n_new} view + render {spec.n_targets} ({ctx.env['device']}, {ctx.dtype}, preset {ctx.preset})", extra)
     return result
 
@@ -403,10 +465,10 @@ def _published_latencies(published: Mapping[int, Any]) -> dict[str, pd.DataFrame
 
 def _kv_cache_exponents(spec, frame: pd.DataFrame, extra: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     slopes = exponents(frame, "n_cached", {"latency_ms": "latency exponent", "gflops": "FLOPs exponent"},
-                       ["model", "mode"], spec.fit_min_n)
+                       ["model", "mode"], spec.fit)
     slopes["model"] = slopes["model"].map(label)
     for ref_label, ref in extra.items():
-        slope = growth_exponent(ref["n_cached"], ref["latency_ms"], spec.fit_min_n)
+        slope = growth_exponent(ref["n_cached"], ref["latency_ms"], spec.fit)
         slopes = pd.concat([slopes, pd.DataFrame([{"model": ref_label, "mode": "published", "latency exponent": slope}])])
     return slopes
 
@@ -427,24 +489,36 @@ def efficiency_report(spec, ctx, rows: list[dict[str, Any]], search: tuple[list,
     ours = frame.set_index("model") if not frame.empty else pd.DataFrame()
     notes += noisy_note(frame, spec.measure.noisy_iqr) if not frame.empty else []
     others = {r.label: r.model_dump() for r in (spec.published.rows if spec.published else [])}
+    slow, fast = spec.ratio.baseline, spec.ratio.model
+    base_pub = (from_cards.get(slow) or {})
+    base_ours = ours.loc[slow] if slow in ours.index else None
+
+    def per(value: Any, base: Any) -> float | None:
+        return value / base if value is not None and base else None
+
     table_rows = []
     for name in [*spec.models, *others]:
         pub, have = from_cards.get(name) or others.get(name, {}), name in ours.index
+        mine = ours.loc[name] if have else None
         table_rows.append({
             "model": label(name),
-            "params M (ours)": ours.loc[name, "params"] / 1e6 if have else None,
+            "params M (ours)": mine["params"] / 1e6 if have else None,
             "params M (published)": pub.get("params_m"),
-            "latency ms (ours)": ours.loc[name, "latency_ms"] if have else None,
-            "IQR ms": ours.loc[name, "latency_iqr_ms"] if have else None,
-            "noisy": ("noisy" if ours.loc[name, "noisy"] is True else "") if have and "noisy" in ours else None,
+            "latency ms (ours)": mine["latency_ms"] if have else None,
+            "IQR ms": mine["latency_iqr_ms"] if have else None,
+            "noisy": ("noisy" if mine.get("noisy") is True else "") if have else None,
             "latency ms (published)": pub.get("latency_ms"),
-            "GFLOPs (ours, 2xMAC incl. attn)": ours.loc[name, "gflops"] if have else None,
-            "thop GMACs (ours, linear only)": ours.loc[name, "gmacs_linear_thop"] if have else None,
+            f"latency / {label(slow)} (ours)": per(mine["latency_ms"], base_ours["latency_ms"]) if have and base_ours is not None else None,
+            f"latency / {label(slow)} (published)": per(pub.get("latency_ms"), base_pub.get("latency_ms")),
+            "GFLOPs (ours, all matmuls)": mine["gflops"] if have else None,
+            "thop GMACs (ours, linear only)": mine["gmacs_linear_thop"] if have else None,
             "GFLOPs (published, thop)": pub.get("gflops_thop"),
-            "peak mem MiB (ours)": ours.loc[name, "peak_mem_mb"] if have else None,
+            f"thop / {label(slow)} (ours)": per(mine["gmacs_linear_thop"], base_ours["gmacs_linear_thop"])
+            if have and base_ours is not None else None,
+            f"thop / {label(slow)} (published)": per(pub.get("gflops_thop"), base_pub.get("gflops_thop")),
+            "peak mem MiB (ours)": mine["peak_mem_mb"] if have else None,
         })
     result = Report(spec.name, notes)
-    slow, fast = spec.ratio.baseline, spec.ratio.model
     for r in pair_rows:
         result.headlines.append(
             f"ours, timed in alternation ({r['rounds']} rounds): {label(slow)} / {label(fast)} latency "
@@ -460,8 +534,22 @@ def efficiency_report(spec, ctx, rows: list[dict[str, Any]], search: tuple[list,
         a, b = from_cards[slow], from_cards[fast]
         result.headlines.append(f"published: latency {a['latency_ms'] / b['latency_ms']:.2f}x, "
                                 f"GFLOPs (thop) {a['gflops_thop'] / b['gflops_thop']:.2f}x")
-    result.tables.append(Table(spec.name, "Efficiency: ours beside the published table", missing_as_none(pd.DataFrame(table_rows)),
-                               notes + result.headlines))
+    published_setting = published_setting_of(spec)
+    thop_setting = measured_setting(rows, counting=THOP)
+    declared = {name: {"role": "published", "setting": "published"}
+                for name in ("params M (published)", "latency ms (published)", "GFLOPs (published, thop)")}
+    declared.update({name: {"role": "ratio", "quantity": "ratio", "setting": "published" if "published" in name else "ours"}
+                     for name in table_rows[0] if name.startswith(("latency / ", "thop / "))} if table_rows else {})
+    declared["GFLOPs (ours, all matmuls)"] = {"quantity": "flops"}
+    declared["thop GMACs (ours, linear only)"] = {"quantity": "flops", "setting": "ours, thop"}
+    result.tables.append(Table(
+        spec.name, f"Efficiency: ours beside the published table (ours: {spec.n_input} input, {spec.n_target} target views)",
+        missing_as_none(pd.DataFrame(table_rows)), notes + result.headlines, columns=declared,
+        status=["ok" if name in ours.index else "published" if name in others or name in from_cards else "failed"
+                for name in [*spec.models, *others]],
+        settings={"published": published_setting, "ours, thop": thop_setting},
+        compare=[("params M (ours)", "params M (published)"), ("latency ms (ours)", "latency ms (published)"),
+                 ("thop GMACs (ours, linear only)", "GFLOPs (published, thop)")]))
     found, counted = search
     s = spec.setting_search
     where = (f"searched: N, M = 1..{s.max_views} at {', '.join(f'{px} px' for px in s.image_sizes)}, the paper-size models' "
@@ -485,10 +573,20 @@ def efficiency_report(spec, ctx, rows: list[dict[str, Any]], search: tuple[list,
             result.headlines.append(f"at the inferred setting, paper preset: {a} / {b} thop {of('thop GMACs (linear only)'):.2f}x "
                                     f"(published {of('published GFLOPs (thop)'):.2f}x), all matmuls "
                                     f"{of('GFLOPs (all matmuls, counted)'):.2f}x")
-        same = ("counted on the meta device (FlopCounterMode) at the paper preset: the same model size, resolution, views "
-                "and counting as the published column, so the two compare directly")
-        result.tables.append(Table("flops_at_published_setting", "FLOPs at the inferred setting, paper preset, beside the published",
-                                   frame_counted, [where, inferred, same], floatfmt=",.4g"))
+        same = ("counted on the meta device (FlopCounterMode) at the paper preset and the setting inferred from the published "
+                "GFLOPs themselves (the source states none): 'thop / published' checks that inference; it is not an "
+                "independent reproduction")
+        counted_setting = Setting.model_validate({
+            "device": {"name": "meta (shapes only)"}, "model": {"preset": "paper", "image_size": best["px"]},
+            "views": {"n_input": best["N"], "n_target": best["M"]}, "counting": THOP})
+        result.tables.append(Table(
+            "flops_at_published_setting", "FLOPs at the inferred setting, paper preset, beside the published", frame_counted,
+            [where, inferred, same], floatfmt=",.4g",
+            columns={"published GFLOPs (thop)": {"role": "published", "setting": "published", "quantity": "flops"},
+                     "thop / published": {"role": "ratio", "quantity": "ratio"},
+                     "thop GMACs (linear only)": {"quantity": "flops"}},
+            settings={"ours": counted_setting, "published": published_setting},
+            compare=[("thop GMACs (linear only)", "published GFLOPs (thop)")]))
     else:
         result.notes.append(where + ": no setting matched")
     return result

@@ -9,7 +9,7 @@ from typing import Iterator
 
 from ..errors import MissingResource
 
-WINDOW = (1366, 900)  # a common laptop screen: what a reader sees before scrolling
+WINDOW = (1400, 900)  # a laptop screen: what a reader sees before scrolling
 DRIVER_NAMES = ("chromedriver", "chromium-driver")
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
@@ -29,7 +29,8 @@ def missing() -> str:
 
 @contextlib.contextmanager
 def chromium(width: int = WINDOW[0], height: int = WINDOW[1]) -> Iterator["object"]:
-    """A headless Chromium WebDriver with the given window; the local driver, never a downloaded one."""
+    """A headless Chromium WebDriver whose pages see a viewport of the given size; the local driver, never a
+    downloaded one."""
     lacking = missing()
     if lacking:
         raise MissingResource(f"headless browser: {lacking}")
@@ -43,6 +44,9 @@ def chromium(width: int = WINDOW[0], height: int = WINDOW[1]) -> Iterator["objec
     options.binary_location = browser
     driver_path = next(shutil.which(n) for n in DRIVER_NAMES if shutil.which(n))
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    # The page's viewport is the screen asked for (a window's size would include the browser's own bars).
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
+                                                                   "mobile": False})
     try:
         yield driver
     finally:

@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import pandas as pd
+
 from ..errors import HarnessError
 from ..paper import in_paper_order, status as paper_status
 from ..records import RecordStore, current_rows as shown_rows
+from ..report import REPORT_FILE, ReportData, read_report, table_data
 from ..schema import ExperimentBase, load_experiment
 from .scenes import strips_from_grid
 from .tables import TableView, table_view
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 POINT_KEYS = ("model", "variant", "arm", "seed", "mode", "scene", "n_input", "n_target", "n_cached", "N", "M", "preset", "dtype")
 RAW_SUFFIXES = (".jsonl", ".json", ".md")
 LONG_TABLE = 20  # rows
+TABLE_FORMATS = ("csv", "tex", "md")
 
 
 @dataclass
@@ -114,6 +118,9 @@ class Page:
     training: Training | None = None
     evaluation: Evaluation | None = None
     notes: list[str] = field(default_factory=list)
+    setting: str = ""  # where and at what scale the page's numbers were measured, in one line (the banner)
+    not_run: list[str] = field(default_factory=list)  # asked for and not measured, each with why
+    report: ReportData | None = None
 
     @property
     def status_class(self) -> str:
@@ -165,41 +172,27 @@ def _compact(value: Any, limit: int = 240) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _note(notes: Sequence[str], *prefixes: str) -> str:
-    for note in notes:
-        for prefix in prefixes:
-            if note.lower().startswith(prefix.lower()):
-                return note[len(prefix):].strip(" :")
-    return ""
-
-
-def provenance(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], notes: Sequence[str]) -> list[tuple[str, str]]:
-    """Device, dtype, preset, data, protocol, commit, world size (and the code version, torch, date),
-    each from the manifest, else the rows, else the table notes; `not recorded` where none says."""
-    # A study of trained models records the training experiment it read beside its own.
+def provenance(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], report: ReportData | None) -> list[tuple[str, str]]:
+    """The setting (device, dtype, threads, model size, views, data, training), then the protocol, commit,
+    world size, code version, torch and date, from the report, the manifest and the rows; `not recorded`
+    where none says."""
     experiment = {**(manifest.get("trained") or {}), **{k: v for k, v in (manifest.get("experiment") or {}).items() if v}}
     ok = [r for r in rows if r.get("status", "ok") == "ok"]
-    device = manifest.get("device") or ", ".join(_values(ok, "device")) or _note(notes, "measured:", "device:", "device")
-    dtype = manifest.get("dtype") or ", ".join(_values(ok, "dtype"))
-    preset = (manifest.get("preset") or experiment.get("preset") or ", ".join(_values(ok, "preset")))
-    data = experiment.get("data")
-    data_text = _compact({"source": data.get("source"), **(data.get("options") or {}), "index": data.get("index"),
-                          "n_input": data.get("n_input"), "n_target": data.get("n_target")}) if isinstance(data, Mapping) else ""
-    data_text = data_text or ", ".join(_values(ok, "data_source")) or _note(notes, "inputs:", "data:")
-    protocol = _note(notes, "Protocol", "latency:", "fraction of mm:")
-    for key in ("measure", "train", "optim"):
-        if isinstance(experiment.get(key), Mapping):
-            protocol = "; ".join(filter(None, [protocol, f"{key}: {_compact(experiment[key])}"]))
+    setting = report.setting if report is not None else None
+    protocol = "; ".join(f"{key}: {_compact(experiment[key])}" for key in ("measure", "train", "optim")
+                         if isinstance(experiment.get(key), Mapping))
     commits = _values(ok, "commit")
-    commit = ", ".join(commits) if commits else _note(notes, "code:")
-    if manifest.get("commit") and manifest["commit"] not in commits:
-        commit = (commit + "; " if commit else "") + f"tables written at {manifest['commit']}"
+    commit = ", ".join(commits)
+    if report is not None and report.commit and report.commit not in commits:
+        commit = (commit + "; " if commit else "") + f"report written at {report.commit}"
     world = manifest.get("world_size") or ", ".join(_values(ok, "world_size"))
-    items = [("device", device), ("dtype", dtype), ("preset", preset), ("data", data_text), ("protocol", protocol),
-             ("commit", commit), ("world size", str(world) if world else ""),
-             ("code version", ", ".join(_values(ok, "version")) or manifest.get("code_version")),
+    items = [("setting", setting.describe() if setting is not None else ""),
+             ("device", (setting.device.name if setting is not None else "") or ", ".join(_values(ok, "device"))),
+             ("dtype", (setting.device.dtype if setting is not None else "") or ", ".join(_values(ok, "dtype"))),
+             ("protocol", protocol), ("commit", commit), ("world size", str(world) if world else ""),
+             ("code version", ", ".join(_values(ok, "version"))),
              ("torch", (manifest.get("packages") or {}).get("torch") or ", ".join(_values(ok, "torch"))),
-             ("written", manifest.get("written") or "")]
+             ("written", (report.written if report is not None else "") or manifest.get("written") or "")]
     return [(label, str(value) if value else "not recorded") for label, value in items]
 
 
@@ -216,27 +209,24 @@ def failed_points(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------ page sections
 
 
-def tables_of(results: Path, page_dir: Path, arms: Sequence[Mapping[str, Any]]) -> list[TableView]:
-    """Every table written under the folder (a `.csv`), its `.md` title first, then by name."""
+def report_of(results: Path) -> ReportData | None:
+    """The folder's report.json, or None (a folder no kind wrote, or one written before reports existed:
+    its page says how to rebuild it)."""
+    path = results / REPORT_FILE
+    return read_report(path) if path.is_file() else None
+
+
+def tables_of(report: ReportData | None, results: Path, page_dir: Path) -> list[TableView]:
+    """Every table of the report, the summary first, short tables before long ones (a per-point listing
+    last), each linked to its CSV, LaTeX and Markdown."""
+    if report is None:
+        return []
     views = []
-    for path in sorted(results.rglob("*.csv")):
-        if page_dir.resolve() in path.resolve().parents:
-            continue
-        href = {fmt: rel(path.with_suffix(f".{fmt}"), page_dir) for fmt in ("csv", "tex", "md") if path.with_suffix(f".{fmt}").is_file()}
-        try:
-            view = table_view(path, href, arms)
-        except (OSError, UnicodeDecodeError, ValueError) as error:
-            log.warning("site: table %s skipped: %s", path, error)
-            continue
-        sub = path.parent.relative_to(results)
-        if sub.parts:
-            view.title = f"{sub.as_posix()}: {view.title}"
-            view.anchor = f"table-{sub.as_posix().replace('/', '-')}-{path.stem}"
-            view.stem = f"{sub.as_posix()}/{path.stem}"
-        views.append(view)
-    # The folder's own tables before its subfolders', the summary first, short tables before long ones
-    # (a per-point listing last), else by name.
-    return sorted(views, key=lambda v: (v.stem.count("/"), v.stem != "summary", len(v.rows) > LONG_TABLE))
+    for table in report.tables:
+        files = {fmt: results / f"{table.stem}.{fmt}" for fmt in TABLE_FORMATS}
+        links = {fmt: rel(path, page_dir) for fmt, path in files.items() if path.is_file()}
+        views.append(table_view(table, links, f"table-{table.stem}"))
+    return sorted(views, key=lambda v: (v.stem != "summary", len(v.rows) > LONG_TABLE))
 
 
 def training_section(rows: Sequence[Mapping[str, Any]], results: Path, page_dir: Path) -> Training | None:
@@ -267,20 +257,16 @@ def evaluation_section(rows: Sequence[Mapping[str, Any]], results: Path, page_di
     scenes = list(dict.fromkeys(str(r["scene"]) for r in scored))
     metrics = [m for m in ("psnr", "ssim", "lpips") if any(r.get(m) is not None for r in scored)]
     by = {(str(r.get("model")), str(r["scene"])): r for r in scored}
+    frame = pd.DataFrame([{"scene": scene, **{f"{m} {model}": by.get((model, scene), {}).get(m) for m in metrics for model in models},
+                           "targets": next((by[(model, scene)].get("targets") for model in models if (model, scene) in by), None)}
+                          for scene in scenes])
     csv_path = site_dir / "data" / slug / "per_scene_by_model.csv"
-    header = ["scene", *[f"{m} {model}" for m in metrics for model in models], "targets"]
-    lines = [header]
-    for scene in scenes:
-        line = [scene] + [("" if by.get((model, scene), {}).get(m) is None else repr(by[(model, scene)][m]))
-                          for m in metrics for model in models]
-        line.append(str(next((by[(model, scene)].get("targets") for model in models if (model, scene) in by), "")))
-        lines.append(line)
-    _write_csv(csv_path, lines)
-    per_scene = table_view(csv_path, {"csv": rel(csv_path, page_dir)})
-    per_scene.title = "Per scene: each model's scene mean (over its target views)"
-    per_scene.notes = ["one row per evaluated scene; sort by any column to find the scenes where one model leads",
-                       "failed (model, scene) evaluations are left blank here and listed under failed points"]
-    per_scene.anchor = "per-scene"
+    _write_if_changed(csv_path, frame.to_csv(index=False, na_rep=""))
+    table = table_data("per_scene_by_model", "Per scene: each model's scene mean (over its target views)", frame, [
+        "one row per evaluated scene; sort by any column to find the scenes where one model leads; a scene links to its renders",
+        "failed (model, scene) evaluations are left blank here and listed under failed points"],
+        columns={"targets": {"role": "setting"}, **{f"{m} {model}": {"quantity": m} for m in metrics for model in models}})
+    per_scene = table_view(table, {"csv": rel(csv_path, page_dir)}, "per-scene")
     strips, note = [], ""
     per_scene_dir = results / "scenes"
     grid = results / "grid.png"
@@ -299,18 +285,17 @@ def evaluation_section(rows: Sequence[Mapping[str, Any]], results: Path, page_di
                 "renders: the evaluation's grid figure (below) could not be cut into one strip per scene")
     else:
         note = "no renders were recorded for this evaluation"
+    linked = {strip.scene for strip in strips}
+    for row in per_scene.rows:
+        if row.cells and row.cells[0].text in linked:
+            row.cells[0].href = f"#scene-{row.cells[0].text}"
     return Evaluation(per_scene, strips, note)
 
 
-def _write_csv(path: Path, lines: list[list[str]]) -> None:
-    import csv
-    import io
-
+def _write_if_changed(path: Path, text: str) -> None:
     from ..records import write_atomic
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(lines)
-    if not path.is_file() or path.read_text() != buffer.getvalue():
-        write_atomic(path, buffer.getvalue())
+    if not path.is_file() or path.read_text() != text:
+        write_atomic(path, text)
 
 
 def figures_of(results: Path, page_dir: Path, shown: set[str]) -> tuple[list[Figure], list[Figure]]:
@@ -377,12 +362,9 @@ def build_page(spec: ExperimentBase | None, results: Path, site_dir: Path, numbe
     rows = current_rows(results)
     manifest = manifest_of(results)
     dump = spec.model_dump(mode="json") if spec is not None else {}
-    arms = [m for m in dump.get("models") or [] if isinstance(m, Mapping) and "model" in m]
-    tables = tables_of(results, site_dir, arms)
-    notes = [n for t in tables for n in t.notes]
-    headlines_path = results / "headlines.md"
-    headlines = [line[2:].strip() for line in headlines_path.read_text().splitlines() if line.startswith("- ")] \
-        if headlines_path.is_file() else []
+    report = report_of(results)
+    tables = tables_of(report, results, site_dir)
+    headlines = list(report.headlines) if report is not None else []
     slug = spec.name if spec is not None else results.name
     paper = []
     for entry in (spec.paper if spec is not None else []):
@@ -406,9 +388,11 @@ def build_page(spec: ExperimentBase | None, results: Path, site_dir: Path, numbe
     return Page(slug=slug, name=spec.name if spec is not None else results.name, kind=spec.kind if spec is not None else "",
                 description=description,
                 results=results, yaml=yaml_link, paper=paper, headlines=headlines,
-                provenance=provenance(manifest, rows, notes), tables=tables, figures=plots, renders=renders,
+                provenance=provenance(manifest, rows, report), tables=tables, figures=plots, renders=renders,
                 failed_points=failed_points(rows), raw=raw_links(results, site_dir), counts=counts,
-                training=training, evaluation=evaluation, published=published_of(dump))
+                training=training, evaluation=evaluation, published=published_of(dump),
+                setting=report.setting.describe() if report is not None else "", not_run=list(report.not_run) if report else [],
+                report=report)
 
 
 def build_pages(experiments_dir: Path, results_root: Path, site_dir: Path) -> tuple[list[Page], list[Page], list[PaperItem]]:

@@ -13,7 +13,8 @@ import jinja2
 
 from ..provenance import REPO_ROOT
 from ..records import write_atomic
-from .collect import build_pages
+from ..paper import glance
+from .collect import build_pages, load_specs, rebase
 
 ASSETS = ("site.css", "sort.js")
 
@@ -121,6 +122,23 @@ def headline(line: str):
     return escape(line)
 
 
+SCALE = ("toy scale: models of about 0.2 to 9 M parameters at 32 to 128 px on a CPU, where the papers run 170 to 200 M "
+         "parameters at 256 to 512 px on GPUs; compare ratios between variants, growth exponents and orderings, not values")
+
+
+def page_banner(page: Any) -> str:
+    """Where and at what scale a page's numbers were measured, in one line."""
+    if page.report is None:
+        return "no report.json here yet: rebuild it with `python -m harness run EXPERIMENT.yaml --from-records`"
+    return f"{page.setting}. This is {SCALE}."
+
+
+def index_banner(pages: list[Any]) -> str:
+    devices = sorted({p.report.setting.device.name for p in pages if p.report is not None and p.report.setting.device.name})
+    return (f"{', '.join(devices) or 'no device recorded'}, float32. Everything here is {SCALE}. Each page's banner names "
+            "its own setting.")
+
+
 def _write_if_changed(path: Path, text: str) -> None:
     if not path.is_file() or path.read_text() != text:
         write_atomic(path, text)
@@ -136,10 +154,15 @@ def write_site(experiments_dir: Path, results_root: Path, out: Path) -> Path:
               "readme": Path(os.path.relpath(results_root.resolve() / "README.md", out.resolve())).as_posix()
               if (results_root / "README.md").is_file() else ""}
     page_of_item = {item.number: page for page in pages for item in page.paper}
+    cards = variants()
     _write_if_changed(out / "index.html", env.get_template("index.html").render(
-        index=index, pages=pages, page_of_item=page_of_item, others=others, variants=variants(), current="index", **common))
+        index=index, pages=pages, page_of_item=page_of_item, others=others, variants=cards, current="index",
+        glance=glance([rebase(spec, results_root) for spec in load_specs(experiments_dir)]),
+        labels={v.name: v.label for v in cards}, colors={v.name: v.color for v in cards},
+        banner=index_banner(pages), **common))
     for page in [*pages, *others]:
-        _write_if_changed(out / f"{page.slug}.html", env.get_template("experiment.html").render(page=page, current=page.slug, **common))
+        _write_if_changed(out / f"{page.slug}.html", env.get_template("experiment.html").render(
+            page=page, current=page.slug, banner=page_banner(page), **common))
     # A page whose experiment is gone (renamed or removed) would stay linked from nowhere and out of date.
     written = {"index.html", *(f"{page.slug}.html" for page in [*pages, *others])}
     for stale in out.glob("*.html"):

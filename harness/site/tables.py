@@ -1,33 +1,32 @@
-"""A written table (its `.csv`, and the title and provenance notes heading its `.md`) as the rows and
-cells of an HTML table: numbers formatted with their raw value kept for sorting, published values
-beside ours with the difference, noisy and failed rows marked."""
+"""A table of a report (`report.json`) as the rows and cells of an HTML table. Everything shown comes
+from the report's types: a column is shaded by its role (published, ratio, difference, setting), a
+difference cell is coloured by better or worse along its quantity's direction (it exists only where the
+report found the settings alike), and rows carry the status the report gave them."""
 from __future__ import annotations
 
-import csv
-import re
+import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from .compare import arm_published_columns, column_pairs, difference, is_published_row, number, row_pairs
+from ..report import TableData
 
-_LEADING_NUMBER = re.compile(r"^[-+]?\d+(\.\d+)?(?=\s)")
-MISSING = ("", "n/a", "nan", "none", "None")
-_FALSY = ("", "n/a", "nan", "none", "false", "no", "0")
+ROLE_CLASS = {"published": "pub", "ratio": "ratio", "difference": "diff", "setting": "setting"}
+ROW_MARK = {"noisy": "noisy", "failed": "failed"}
 
 
 @dataclass
 class Cell:
     text: str
     sort: str = ""  # the raw value the sorting script compares (a number where the cell is one)
-    cls: str = ""  # num, pos, neg, mixed, missing, noisy-mark, failed-mark
+    cls: str = ""  # num, missing, better, worse
+    href: str = ""  # where the cell links (a scene to its renders)
 
 
 @dataclass
 class Column:
     name: str
-    cls: str = ""  # pub (a published column), diff (a difference we add)
-    title: str = ""  # hover text
+    cls: str = ""  # pub, ratio, diff, setting
+    title: str = ""  # hover text: quantity, unit, better direction, setting
 
 
 @dataclass
@@ -35,17 +34,18 @@ class Row:
     cells: list[Cell]
     cls: str = ""  # noisy, failed, published
     mark: str = ""  # the badge shown in the first cell
+    anchor: str = ""
 
 
 @dataclass
 class Comparison:
-    """One published value beside ours in a table: the row (its first cell), what is compared, both values
-    and the difference."""
-    row: str
+    """A published column beside ours: subtracted (`difference` names the column) or not, with the fields
+    whose settings differ."""
+    ours: str
+    published: str
     quantity: str
-    ours: Cell
-    published: Cell
-    diff: Cell
+    difference: str
+    differs: list[str]
 
 
 @dataclass
@@ -62,104 +62,61 @@ class TableView:
     anchor: str = ""
 
 
-def format_value(raw: str) -> Cell:
-    if raw.strip() in MISSING:
+def number_text(value: float) -> str:
+    """Four significant digits, thousands grouped; a value within 1e-12 of zero is 0 (no "-0.00", no "-1e-16")."""
+    if abs(value) < 1e-12:
+        return "0"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}" if abs(value) >= 10_000 else str(int(value))
+    if abs(value) >= 10_000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def format_value(value: Any) -> Cell:
+    if value == "":
+        return Cell("", "", "")
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return Cell("n/a", "", "missing")
-    value = number(raw)
-    if value is None:
-        lead = _LEADING_NUMBER.match(raw)  # `4 (training N)` sorts as 4 among the numbers
-        return Cell(raw, repr(float(lead.group(0))) if lead else raw)
-    if value.is_integer() and "." not in raw and "e" not in raw.lower():
-        return Cell(f"{int(value):,}" if abs(value) >= 10_000 else str(int(value)), repr(value), "num")
-    return Cell(f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}", repr(value), "num")
+    if isinstance(value, bool):
+        return Cell("yes" if value else "no", str(value))
+    if isinstance(value, (int, float)):
+        return Cell(number_text(float(value)), repr(float(value)), "num")
+    return Cell(str(value), str(value))
 
 
-def read_markdown_header(path: Path) -> tuple[str, list[str]]:
-    """`# title` and the `- note` lines above the table of a written `.md`."""
-    title, notes = path.stem, []
-    if not path.is_file():
-        return title, notes
-    for line in path.read_text().splitlines():
-        if line.startswith("# ") and title == path.stem:
-            title = line[2:].strip()
-        elif line.startswith("- "):
-            notes.append(line[2:].strip())
-        elif line.startswith("|"):
-            break
-    return title, notes
+def _difference_cell(value: Any, better: str | None) -> Cell:
+    cell = format_value(value)
+    if cell.cls != "num" or abs(float(value)) < 1e-12:
+        return cell
+    text = ("+" if float(value) > 0 else "") + cell.text
+    good = (float(value) > 0) == (better == "higher") if better else None
+    return Cell(text, cell.sort, "num " + ("" if good is None else "better" if good else "worse"))
 
 
-def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        return list(reader.fieldnames or []), list(reader)
+def _hover(column: Any, settings: Mapping[str, Any]) -> str:
+    parts = [column.quantity or "", f"unit {column.unit}" if column.unit else "",
+             f"{column.better} is better" if column.better else ""]
+    if column.role in ("published", "difference") or column.setting != "ours":
+        setting = settings.get(column.setting)
+        parts.append(f"setting: {setting.describe()}" if setting is not None else "")
+    return "; ".join(p for p in parts if p)
 
 
-def _is_noisy(row: Mapping[str, str]) -> bool:
-    return any(k.lower() == "noisy" and str(v).strip().lower() not in _FALSY for k, v in row.items())
-
-
-def _is_failed(row: Mapping[str, str]) -> bool:
-    failed = number(row.get("failed"))
-    return bool(failed) or any(str(v).lower().startswith("not measured") for v in row.values())
-
-
-def _diff_cell(ours: Any, published: Any) -> Cell:
-    diff = difference(ours, published)
-    if diff is None:
-        return Cell("", "", "missing")
-    return Cell(diff.text(), repr(diff.low), f"num diff {diff.sign}")
-
-
-def table_view(csv_path: Path, href: Mapping[str, str], arms: Sequence[Mapping[str, Any]] = ()) -> TableView:
-    """The table written as `csv_path` (its `.md` beside it gives the title and notes)."""
-    title, notes = read_markdown_header(csv_path.with_suffix(".md"))
-    names, records = read_csv(csv_path)
-    pairs = {p.published: p for p in column_pairs(names)}
-    arm_columns = arm_published_columns(arms) if "published" in names and "arm" in names else {}
-    twins = row_pairs(records, names)
-    twin_metrics = [c for c in names if twins and any(number(records[i].get(c)) is not None and number(records[j].get(c)) is not None
-                                                      for i, j in twins.items())]
-    columns: list[Column] = []
-    for name in names:
-        is_pub = name in pairs or name.startswith("published") or "(published" in name
-        columns.append(Column(name, "pub" if is_pub else ""))
-        if name in pairs:
-            columns.append(Column(f"Δ {pairs[name].ours}", "diff", f"{pairs[name].ours} minus {name}: ours − published"))
-        elif name == "published" and arm_columns:
-            columns.append(Column("Δ vs published", "diff", "ours − published, for the column the arm's published value describes "
-                                  "(" + ", ".join(sorted(set(arm_columns.values()))) + ")"))
-    for metric in twin_metrics:
-        columns.append(Column(f"Δ {metric}", "diff", f"{metric} of this row minus its published row's: ours − published"))
-    view = TableView(csv_path.stem, title, notes, columns, [], links=dict(href), anchor=f"table-{csv_path.stem}")
-    published_rows = {i for i, r in enumerate(records) if is_published_row(r, names)}
-    for index, record in enumerate(records):
-        cells: list[Cell] = []
-        label = str(record.get(names[0]) or "") if names else ""
-
-        def compared(ours_column: str, ours: Any, published: Any, label: str = label) -> Cell:
-            cell = _diff_cell(ours, published)
-            if cell.text:
-                view.comparisons.append(Comparison(label, ours_column, format_value(str(ours)), format_value(str(published)), cell))
-            return cell
-        for name in names:
-            cells.append(format_value(record.get(name) or ""))
-            if name in pairs:
-                cells.append(compared(pairs[name].ours, record.get(pairs[name].ours), record.get(name)))
-            elif name == "published" and arm_columns:
-                ours_column = arm_columns.get(str(record.get("arm")))
-                cells.append(compared(ours_column, record.get(ours_column), record.get(name)) if ours_column else Cell("", "", "missing"))
-        for metric in twin_metrics:
-            cells.append(compared(metric, record.get(metric), records[twins[index]].get(metric)) if index in twins
-                         else Cell("", "", "missing"))
-        row = Row(cells)
-        if _is_failed(record):
-            row.cls, row.mark = "failed", "failed"
-            view.failed += 1
-        elif _is_noisy(record):
-            row.cls, row.mark = "noisy", "noisy"
-            view.noisy += 1
-        elif index in published_rows:
-            row.cls = "published"
+def table_view(table: TableData, links: Mapping[str, str], anchor: str) -> TableView:
+    columns = [Column(c.name, ROLE_CLASS.get(c.role, ""), _hover(c, table.settings)) for c in table.columns]
+    view = TableView(table.stem, table.title, list(table.notes), columns, [], dict(links), anchor=anchor)
+    for comparison in table.comparisons:
+        view.comparisons.append(Comparison(comparison.ours, comparison.published, comparison.quantity or "",
+                                           comparison.difference or "", comparison.differs))
+    for index, record in enumerate(table.rows):
+        cells = [_difference_cell(record.get(c.name), c.better) if c.role == "difference" else format_value(record.get(c.name))
+                 for c in table.columns]
+        for cell, column in zip(cells, columns):
+            cell.cls = " ".join(filter(None, [cell.cls, column.cls if column.cls != "diff" else ""]))
+        status = table.status[index] if index < len(table.status) else "ok"
+        row = Row(cells, "" if status == "ok" else status, ROW_MARK.get(status, ""), f"{anchor}-row-{index}")
+        view.noisy += status == "noisy"
+        view.failed += status == "failed"
         view.rows.append(row)
     return view

@@ -19,9 +19,10 @@ from typing import Any
 
 import pandas as pd
 
-from models import label
+from models import label, model_config
 
 from ..pipeline import Report, Sweep, Table, write_manifest, write_report
+from ..report import Setting, measured_setting
 from ..provenance import environment, measured_by
 from ..runtime import resolve_device
 from ..errors import ConfigError
@@ -195,6 +196,28 @@ def recorded(exp: ConvergenceExperiment, sweep: Sweep, points: list[dict[str, An
     return found, missing
 
 
+def study_setting(exp: ConvergenceExperiment | TrainExperiment, rows: list[dict[str, Any]]) -> Setting:
+    """Where a training study's numbers come from: the training device, the sizes its arms share, the data
+    and views it trains and validates on, and its budget."""
+    arms = exp.study_arms() if isinstance(exp, ConvergenceExperiment) else [exp.model]
+    specs = [exp.model_spec(arm) if isinstance(exp, ConvergenceExperiment) else arm for arm in arms]
+    configs = [model_config(spec.name, spec.preset, **spec.overrides) for spec in specs]
+
+    def shared(field: str) -> Any:
+        values = {getattr(c, field) for c in configs}
+        return values.pop() if len(values) == 1 else None
+
+    data = exp.data
+    return measured_setting(
+        [r for r in rows if "arm" in r or "variant" in r],
+        model={"preset": specs[0].preset if len({s.preset for s in specs}) == 1 else None, "dim": shared("dim"),
+               "image_size": shared("image_size"), "patch_size": shared("patch_size")},
+        views={"n_input": data.eval_n_input or data.n_input, "n_target": data.eval_n_target},
+        data={"source": data.source, "protocol": data.protocol, "scenes": data.eval_scenes},
+        training={"steps": exp.train.steps, "batch": exp.train.batch_size,
+                  "seeds": exp.run_seeds() if isinstance(exp, ConvergenceExperiment) else [exp.train.seed]})
+
+
 def convergence_code(exp: ConvergenceExperiment, point: dict[str, Any]) -> tuple[str, ...]:
     """The modules whose code makes a convergence point's numbers: a trained run reads the data and trains
     its variant, the predictors read the data alone, the costs time their variants on synthetic views."""
@@ -297,7 +320,11 @@ def sweep_rows(exp: ConvergenceExperiment, sweep: Sweep, plan: ConvergencePlan, 
     if not sweep.world.is_main:
         return None
     kept, left = recorded(exp, sweep, [p for p in plan.points if "step_cost" not in p], train_missing=options.keep_recorded)
-    left += [p for p in plan.points if "step_cost" in p]
+    step_costs = [p for p in plan.points if "step_cost" in p]
+    # The clean cost of a step is timed after training, on a quiet machine: a rebuild keeps a recorded one.
+    found = sweep.recorded_rows(step_costs)[0] if options.from_records else []
+    kept += found
+    left += step_costs if not found else []
     sweep.run(left, measure, point_label, options.progress, unit="run")
     rows = kept + sweep.rows(left)
     write_manifest(sweep.out_dir, exp, {"rows_shown": [r["key"] for r in rows]})
@@ -319,6 +346,12 @@ def convergence_tables(exp: ConvergenceExperiment, plan: ConvergencePlan, rows: 
         for notes in [report.notes, *(table.notes for table in report.tables)]:
             notes.insert(0, line)
     report.notes[:0] = [f"failed: {point_label(r)}: {r['error']}" for r in rows if r["status"] != "ok"] + plan.skipped
+    report.not_run = list(plan.skipped) + [f"arm {p['arm']} seed {p['seed']}: not trained yet (rerun to resume)"
+                                           for p in plan.train_points
+                                           if not any(r.get("arm") == p["arm"] and r.get("seed") == p["seed"] for r in finals)]
+    report.not_run.append("LPIPS: not scored during training (validation scores PSNR and SSIM); `make eval` scores the "
+                          "trained weights with LPIPS where its VGG backbone file is present (see its page)")
+    report.setting = study_setting(exp, rows)
     return report, summary, len(plan.train_points) - len(finals)
 
 
@@ -360,7 +393,7 @@ def run_convergence(exp: ConvergenceExperiment, options: RunOptions) -> pd.DataF
         return None
     report, summary, unfinished = convergence_tables(exp, plan, rows, options)
     place_weights(exp, plan, options, report, sweep.out_dir, unfinished)
-    write_report(report, sweep.out_dir)
+    write_report(report, sweep.out_dir, exp, rows)
     return summary
 
 
@@ -390,7 +423,8 @@ def run_train(exp: TrainExperiment, options: RunOptions) -> dict[str, Any] | Non
     frame = pd.DataFrame([{k: row[k] for k in ("variant", *SUMMARY_COLUMNS[1:5], "pose_swap_drop_db", "params", "loss")
                            if k in row}])
     write_report(Report(f"{exp.name}: {label(name)}", provenance([row], exp),  # type: ignore[arg-type]
-                        [Table("final", f"{exp.name}: final validation", frame)]), sweep.out_dir)
+                        [Table("final", f"{exp.name}: final validation", frame)], setting=study_setting(exp, [row])),
+                 sweep.out_dir, exp, [row])
     return row
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ..pipeline import Report, Table
+from ..report import Fact, Setting
 from .config import ConvergenceExperiment
 from .figures import arm_colors, cost_figure, curves_figure, per_arm_figure
 from .loop import RunResult, read_log
@@ -113,7 +114,25 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
     report = Report(f"{exp.name}: final validation quality per arm (same data, steps, batch)", notes)
     report.tables.append(Table("summary", f"{exp.name}: one row per arm", summary, notes + [
         "diff_vs_reference_db: mean PSNR minus the reference arm's; `not significant` when smaller than the larger "
-        "seed range (max - min) of the two arms"]))
+        "seed range (max - min) of the two arms"] + ([
+        "published: what the paper reports for the arm at its own scale (a PSNR or a difference to its reference), "
+        "beside ours and never subtracted from it: data, model size, resolution and training differ"]
+        if "published" in summary else []),
+        columns={"published": {"role": "published", "quantity": "psnr difference", "setting": "published"},
+                 "published_source": {"role": "note"}, "variant": {"role": "label"}, "significance": {"role": "note"},
+                 "seeds": {"role": "setting"}},
+        settings={"published": PAPER_SCALE}))
+    if len(summary) > 2:
+        ranked = summary.sort_values("psnr_mean", ascending=False)
+        line = "ordering by mean PSNR: " + " > ".join(f"{r.arm} {r.psnr_mean:.2f}" for r in ranked.itertuples())
+        if exp.reference in set(ranked["arm"]):
+            place = list(ranked["arm"]).index(exp.reference) + 1
+            line += f"; the reference {exp.reference} ranks {place} of {len(ranked)}"
+        report.headlines.append(line)
+    for index, row in enumerate(summary.itertuples() if not summary.empty else ()):
+        if row.arm == row.variant:  # a variant as released, not an ablation arm
+            report.facts.append(Fact(variant=row.variant, quantity=f"PSNR ({exp.name})", value=row.psnr_mean, low=row.psnr_min,
+                                     high=row.psnr_max, unit="dB", better="higher", table="summary", row=index))
     report.tables.append(Table("final", f"{exp.name}: one row per trained run", final_table, notes + [
         "steps_to_trivial: first validation step above best_trivial_psnr; seconds, seconds_to_*: steps x the arm's clean "
         "cost per step (step_ms); wall_seconds, wall_seconds_to_*: training wall-clock (steps only, no validation or "
@@ -192,6 +211,10 @@ def speedup_headlines(exp: ConvergenceExperiment, final_table: pd.DataFrame) -> 
                      + f"; published {claim.factor:g}x ({claim.source}); validation every {exp.train.val_every} steps, so "
                        "steps are read to that resolution")
     return lines
+
+
+# What the papers' ablation numbers were measured at, as far as they say: their own data and scale.
+PAPER_SCALE = Setting(note="the paper's own data, model size, resolution and training (its scale, not ours)")
 
 
 def arm_summary(exp: ConvergenceExperiment, final_table: pd.DataFrame, costs: dict[str, dict[str, Any]],

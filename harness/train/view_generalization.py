@@ -190,7 +190,7 @@ def run_view_generalization(spec: ViewGeneralizationSpec, options: RunOptions) -
         lambda p: f"{p['variant']} N={p['n_input']} {p['mode']}",
         lambda rows, expected: view_report(spec, trained, rows, trained.data.n_input),
         code=lambda p: measured_by(__name__, p["variant"], sources=[trained.data.source]), context=environment(device),
-        manifest={"trained": trained.model_dump(mode="json")}), options.progress)
+        manifest={"trained": trained.model_dump(mode="json")}), options)
 
 
 def view_report(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, rows: list[dict[str, Any]], train_n: int) -> Report:
@@ -223,7 +223,8 @@ def view_report(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, ro
             wide[f"{label(variant)} (KV cache, views added one at a time)"] = cached
     wide = wide.reset_index().rename(columns={"n_input": "N"})
     wide["N"] = [f"{n} (training N)" if n == train_n else str(n) for n in wide["N"]]
-    result.tables.append(Table("psnr_by_n", f"PSNR (dB) against the number of input views; trained at N={train_n}", wide, notes))
+    result.tables.append(Table("psnr_by_n", f"PSNR (dB) against the number of input views; trained at N={train_n}", wide, notes,
+                               columns={"N": {"role": "setting"}, **{str(c): {"quantity": "psnr"} for c in wide.columns if c != "N"}}))
     result.figures["psnr_vs_n.png"] = lambda: psnr_figure(summary, spec, train_n)
     for variant in spec.models:
         part = summary[(summary["variant"] == variant) & (summary["mode"] == "full")].set_index("n_input")["psnr"]
