@@ -28,6 +28,7 @@ from tabulate import tabulate
 
 from .errors import ConfigError
 from .records import write_atomic
+from .tables import markdown, missing_as_none
 
 SCHEMA_VERSION = 1
 REPORT_FILE = "report.json"
@@ -406,20 +407,14 @@ def add_comparison(table: TableData, ours: str, published: str) -> Comparison:
 # -------------------------------------------------------------------------------------- writing
 
 
-def _fmt_frame(table: TableData) -> pd.DataFrame:
-    frame = table.frame()
-    return frame.astype(object).where(frame.notna(), None)
-
-
 def markdown_of(table: TableData) -> str:
-    return tabulate(_fmt_frame(table), headers="keys", tablefmt="pipe", showindex=False, floatfmt=table.floatfmt,
-                    missingval="n/a")
+    return markdown(table.frame(), table.floatfmt)
 
 
 def write_table_files(table: TableData, out_dir: Path) -> dict[str, Path]:
     """`<stem>.md`, `.csv` and `.tex` of one table, each headed by its title and notes."""
     md = f"# {table.title}\n\n" + "".join(f"- {n}\n" for n in table.notes) + ("\n" if table.notes else "") + markdown_of(table) + "\n"
-    body = tabulate(_fmt_frame(table), headers="keys", tablefmt="latex_booktabs", showindex=False, floatfmt=table.floatfmt,
+    body = tabulate(missing_as_none(table.frame()), headers="keys", tablefmt="latex_booktabs", showindex=False, floatfmt=table.floatfmt,
                     missingval="n/a")
     tex = "".join(f"% {n}\n" for n in [table.title, *table.notes]) + body + "\n"
     paths = {"md": out_dir / f"{table.stem}.md", "csv": out_dir / f"{table.stem}.csv", "tex": out_dir / f"{table.stem}.tex"}

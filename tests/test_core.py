@@ -18,7 +18,7 @@ from harness.errors import ConfigError
 from harness.records import RecordStore, point_key, write_atomic
 from harness.runtime import AUTO_PRESET, resolve_device
 from harness.schema import KINDS, apply_overrides, load_experiment, with_preset
-from harness.tables import write_tables
+from harness.report import ReportData, read_report, table_data, write_report_json, write_table_files
 from models import build_model, config_class, list_models, model_card
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,15 +48,25 @@ def test_write_atomic_replaces_whole_file(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["t.md"]
 
 
-def test_write_tables_states_provenance(tmp_path):
+def test_a_report_table_renders_its_notes_and_no_nan_and_reads_back_typed(tmp_path):
     df = pd.DataFrame([{"model": "m", "psnr": 20.123456, "lpips": None, "steps": 1250},
                        {"model": "k", "psnr": 19.5, "lpips": 0.25, "steps": float("nan")}])
-    paths = write_tables(df, tmp_path, "t", "Title", ["measured: cpu, float32"])
+    table = table_data("t", "Title", df, ["measured: cpu, float32"])
+    paths = write_table_files(table, tmp_path)
     md = paths["md"].read_text()
     assert "measured: cpu, float32" in md and "n/a" in md and "20.12" in md and "1250" in md
     assert "nan" not in md and "nan" not in paths["tex"].read_text()
     assert paths["csv"].read_text().splitlines()[0] == "model,psnr,lpips,steps"
     assert "\\toprule" in paths["tex"].read_text()
+    write_report_json(ReportData(experiment="e", kind="profile", title="e", tables=[table]), tmp_path)
+    back = read_report(tmp_path / "report.json")
+    assert back.tables[0].rows[1]["steps"] is None  # NaN is never written
+    assert [(c.role, c.quantity, c.better) for c in back.tables[0].columns] == [
+        ("label", None, None), ("ours", "psnr", "higher"), ("ours", "lpips", "lower"), ("ours", "steps", "lower")]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "report.json").write_text('{"schema_version": 1, "experiment": "e"}')
+    with pytest.raises(ConfigError, match=r"bad/report.json: not a report of schema 1 \(kind: Field required\)"):
+        read_report(tmp_path / "bad" / "report.json")
 
 
 # ------------------------------------------------------------------------------- the schema
