@@ -37,6 +37,7 @@ EFFICIENT_LVSM_PRESETS = {
     "paper": EfficientLVSMConfig(),
     "small": EfficientLVSMConfig(**SHARED_SIZES["small"], stream_depth=3),
     "tiny": EfficientLVSMConfig(**SHARED_SIZES["tiny"], stream_depth=2),
+    "study": EfficientLVSMConfig(**SHARED_SIZES["study"], stream_depth=2),
 }
 
 

@@ -62,6 +62,7 @@ DECODER_ONLY_PRESETS = {
     "paper": DecoderOnlyConfig(),
     "small": DecoderOnlyConfig(**SHARED_SIZES["small"], depth=6),
     "tiny": DecoderOnlyConfig(**SHARED_SIZES["tiny"], depth=2),
+    "study": DecoderOnlyConfig(**SHARED_SIZES["study"], depth=4),
 }
 
 

@@ -34,7 +34,10 @@ def tables(rows: list[dict[str, Any]], labels: list[str]) -> tuple[pd.DataFrame,
             continue
         base = info[label]
         sums = summary[summary["model"] == label].iloc[0]
-        out.append({"model": label, "weights": base["weights"], "preset": base["preset"], "size": base.get("size", "n/a"),
+        # A checkpoint's weights come with their own config ("size" says it); the preset its run started from is not
+        # what ran once its overrides are applied.
+        preset = base["preset"] if base["weights"] == RANDOM_INIT else "from checkpoint"
+        out.append({"model": label, "weights": base["weights"], "preset": preset, "size": base.get("size", "n/a"),
                     **{m: none_if_nan(sums[m]) for m in METRICS}, "scenes": int(sums["scenes"]),
                     "flagged": sum(1 for r in ok if r["model"] == label and r.get("flag")),
                     "failed": int(failed.get(label, 0)),

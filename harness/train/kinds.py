@@ -11,6 +11,7 @@ or `depth_study` experiment is a `convergence` one and runs the same way."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -258,6 +259,21 @@ def plan_convergence(exp: ConvergenceExperiment) -> ConvergencePlan:
     return ConvergencePlan(arms, seeds, skipped, run_dirs, train_points, points)
 
 
+def recorded_step_cost(sweep: Sweep, point: dict[str, Any]) -> dict[str, Any] | None:
+    """The latest recorded timing of the same arms' steps, in the same setting: each arm the same model (the
+    config it builds, whatever its preset is called), the same optimizer, batch, threads, views and rounds."""
+    from .loop import _model_config
+    for row in reversed(sweep.store.rows()):
+        if row.get("status") != "ok" or row.get("step_cost") != point["step_cost"]:
+            continue
+        same_models = all(_model_config(row.get("models", {}).get(name, {})) == _model_config(spec)
+                          for name, spec in point["models"].items())
+        if same_models and all(json.dumps(row.get(k), sort_keys=True) == json.dumps(v, sort_keys=True)
+                               for k, v in point.items() if k not in ("models", "step_cost")):
+            return row
+    return None
+
+
 def step_cost_point(exp: ConvergenceExperiment, arms: list[Arm]) -> dict[str, Any] | None:
     """The point timing a training step of each arm; None when no arm is timed."""
     # REPA's teacher is not part of a step's cost here: such arms are left out of the step timing.
@@ -322,7 +338,7 @@ def sweep_rows(exp: ConvergenceExperiment, sweep: Sweep, plan: ConvergencePlan, 
     kept, left = recorded(exp, sweep, [p for p in plan.points if "step_cost" not in p], train_missing=options.keep_recorded)
     step_costs = [p for p in plan.points if "step_cost" in p]
     # The clean cost of a step is timed after training, on a quiet machine: a rebuild keeps a recorded one.
-    found = sweep.recorded_rows(step_costs)[0] if options.from_records else []
+    found = [row for p in step_costs if (row := recorded_step_cost(sweep, p))] if options.from_records else []
     kept += found
     left += step_costs if not found else []
     sweep.run(left, measure, point_label, options.progress, unit="run")

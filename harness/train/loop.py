@@ -15,9 +15,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from models import build_model
+from models import build_model, model_config
 from ..distributed import World
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, HarnessError
 from ..provenance import environment
 from ..records import RecordStore
 from ..runtime import autocast, default_dtype, resolve_device
@@ -63,11 +63,28 @@ def read_log(out_dir: str | Path) -> list[dict[str, Any]]:
     return sorted(latest.values(), key=lambda r: (r.get("step", 0), r.get("kind", "")))
 
 
+def _model_config(section: dict[str, Any]) -> dict[str, Any] | None:
+    """The config a run's model section builds (its variant's preset with the overrides), or None when
+    it names no variant registered here."""
+    try:
+        return model_config(section["name"], section.get("preset", "paper"), **(section.get("overrides") or {})).to_dict()
+    except (KeyError, HarnessError):
+        return None
+
+
 def _same_settings(saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any], path: Path) -> None:
     """A checkpoint resumes only under the settings it was written with. An option the checkpoint
-    predates counts as its default: adding an option to the harness must not strand finished runs."""
+    predates counts as its default: adding an option to the harness must not strand finished runs. The
+    model is the config it builds, however it is named: a preset renamed, or overrides folded into a
+    preset, is the same model."""
     for section, values in current.items():
+        model = None
+        if section == "model":
+            old_model = _model_config({**defaults.get(section, {}), **saved.get(section, {})})
+            model = old_model is not None and old_model == _model_config(values)
         for key, value in values.items():
+            if model and key in ("preset", "overrides"):
+                continue
             old = saved.get(section, {}).get(key, defaults.get(section, {}).get(key))
             if json.dumps(old, sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
                 raise ConfigError(f"{path}: was written with {section}.{key}={old!r}, this run asks for {value!r}; "
