@@ -97,6 +97,19 @@ class Evaluation:
 
 
 @dataclass
+class SamePoint:
+    """One point measured by this experiment and by another (same variant, config, views, device, dtype,
+    threads, batch): both numbers, and what differed in how they were taken."""
+    model: str
+    n_input: int
+    n_target: int
+    here_ms: float
+    there_ms: float
+    there: str  # the other experiment
+    why: str
+
+
+@dataclass
 class Page:
     """One experiment (or one results folder no experiment claims)."""
     slug: str
@@ -119,6 +132,7 @@ class Page:
     evaluation: Evaluation | None = None
     notes: list[str] = field(default_factory=list)
     setting: str = ""  # where and at what scale the page's numbers were measured, in one line (the banner)
+    same_points: list[SamePoint] = field(default_factory=list)
     not_run: list[str] = field(default_factory=list)  # asked for and not measured, each with why
     report: ReportData | None = None
 
@@ -412,4 +426,32 @@ def build_pages(experiments_dir: Path, results_root: Path, site_dir: Path) -> tu
         if any(folder.rglob("*.csv")) or any(folder.rglob("*.png")):
             others.append(build_page(None, folder, site_dir, numbering))
     index = sorted((item for page in pages for item in page.paper), key=lambda item: item.number)
+    link_same_points(pages)
     return pages, others, index
+
+
+# The fields that make two timed rows the same measurement (what ran, where, on what).
+SAME_POINT = ("model", "config", "n_input", "n_target", "device", "dtype", "threads", "batch", "numerics")
+
+
+def link_same_points(pages: list[Page]) -> None:
+    """Every latency that two experiments measured at the same point, on both pages, with why they differ:
+    the measurement settings that differ between their rows, and when each was taken."""
+    timed: dict[str, list[tuple[Page, dict[str, Any]]]] = {}
+    for page in pages:
+        for row in current_rows(page.results):
+            if row.get("status", "ok") == "ok" and isinstance(row.get("latency_ms"), (int, float)) and row.get("model"):
+                key = json.dumps({k: row.get(k) for k in SAME_POINT}, sort_keys=True, default=str)
+                timed.setdefault(key, []).append((page, row))
+    for entries in timed.values():
+        for page, row in entries:
+            for other, theirs in entries:
+                if other is page:
+                    continue
+                mine, their = row.get("measure") or {}, theirs.get("measure") or {}
+                settings = [f"{k} {mine.get(k)} vs {their.get(k)}" for k in sorted(set(mine) | set(their)) if mine.get(k) != their.get(k)]
+                why = "; ".join(filter(None, [
+                    f"timed at different times ({row.get('timestamp', '?')} vs {theirs.get('timestamp', '?')}), so the machine's "
+                    "drift between them is in the difference", f"measured with {', '.join(settings)}" if settings else ""]))
+                page.same_points.append(SamePoint(str(row["model"]), int(row.get("n_input") or 0), int(row.get("n_target") or 0),
+                                                  float(row["latency_ms"]), float(theirs["latency_ms"]), other.name, why))
