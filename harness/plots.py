@@ -20,6 +20,12 @@ def save_figure(fig: "plt.Figure", path: str | Path, dpi: int = 130) -> Path:
     return Path(path)
 
 
+def fixed(value: float, digits: int = 2) -> str:
+    """`value` to `digits` decimals, with no negative zero: -0.001 reads 0.00, not -0.00."""
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def legend_outside(ax: "plt.Axes", fontsize: int = 7) -> None:
     """The axes' legend to the right of the plotting area, so it never covers a point or a curve
     (save_figure's tight bounding box keeps it in the file)."""

@@ -3,6 +3,7 @@ per-scene and summary tables, the published rows beside ours, the notes that say
 came from, the headlines and a grid of inputs, ground truth and every model's render."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import pandas as pd
@@ -140,7 +141,7 @@ def notes(spec: EvaluateSpec, data: ResolvedData, environment: dict[str, Any], d
     return out
 
 
-def build(spec: EvaluateSpec, summary: pd.DataFrame, notes: list[str], ours: Setting,
+def build(spec: EvaluateSpec, summary: pd.DataFrame, notes: list[str], ours: Setting, first_target_psnr: dict[tuple[str, str], float],
           grid_examples: Callable[[], dict[str, Any]] | None, grid_renders: dict[tuple[str, str], torch.Tensor]) -> Report:
     """The summary table with the published rows, one headline per measured model, and the grid
     (`grid_examples` reads the grid scenes' examples when the figure is drawn)."""
@@ -152,9 +153,47 @@ def build(spec: EvaluateSpec, summary: pd.DataFrame, notes: list[str], ours: Set
             result.headlines.append(f"{row.model} ({row.weights}): PSNR {row.psnr:.2f} dB, SSIM {row.ssim:.3f}"
                                     + (f", LPIPS {row.lpips:.3f}" if row.lpips is not None and row.lpips == row.lpips else "")
                                     + (f"; published {published.values.get('psnr')} dB ({published.source})" if published else ""))
-    if spec.grid_scenes and grid_renders and grid_examples is not None:
-        result.figures["grid.png"] = lambda: grid_figure(spec, grid_examples(), grid_renders)
+    if grid_renders and grid_examples is not None:
+        examples = functools.cache(grid_examples)
+        if spec.grid_scenes:
+            result.figures["grid.png"] = lambda: grid_figure(spec, dict(list(examples().items())[:spec.grid_scenes]), grid_renders)
+        for scene in list(dict.fromkeys(s for _, s in grid_renders))[:spec.scene_renders]:
+            result.figures[f"scenes/{scene}.png"] = functools.partial(
+                lambda scene: scene_strip(spec, scene, examples().get(scene), grid_renders, first_target_psnr), scene)
     return result
+
+
+def first_target_psnrs(rows: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """(model label, scene) -> the PSNR of its render of the scene's first target view (the one the strips show)."""
+    out = {}
+    for row in rows:
+        target = (row.get("views") or {}).get("target") or row.get("target") or []
+        for view in row.get("per_view") or []:
+            if target and view.get("view") == target[0] and view.get("psnr") is not None:
+                out[(str(row["model"]), str(row["scene"]))] = float(view["psnr"])
+    return out
+
+
+def scene_strip(spec: EvaluateSpec, scene: str, example: Any, renders: dict[tuple[str, str], torch.Tensor],
+                psnrs: dict[tuple[str, str], float]):
+    """One scene in a row: each context view, the first target's ground truth, and every model's render of that
+    target with its PSNR, each column labelled."""
+    from ..plots import plt
+    from .spec import label_of
+    if example is None:
+        return None
+    labels = [label_of(m, spec.models) for m in spec.models]
+    images = [*example.input_images, example.target_images[0], *[renders.get((label, scene)) for label in labels]]
+    titles = ([f"context {i + 1}" for i in range(example.input_images.shape[0])] + ["ground truth"]
+              + [f"{label}\n" + (f"{psnrs[(label, scene)]:.2f} dB" if (label, scene) in psnrs else "n/a") for label in labels])
+    fig, axes = plt.subplots(1, len(images), figsize=(1.3 * len(images), 1.75), squeeze=False)
+    for ax, image, title in zip(axes[0], images, titles):
+        ax.axis("off")
+        if image is not None:
+            ax.imshow(image.clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(title, fontsize=6)
+    fig.suptitle(scene, fontsize=7)
+    return fig
 
 
 def grid_figure(spec: EvaluateSpec, examples: dict[str, Any], renders: dict[tuple[str, str], torch.Tensor]):

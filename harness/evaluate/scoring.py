@@ -109,7 +109,7 @@ class Evaluation:
         if self.from_records:
             notes.insert(0, FROM_RECORDS + (f"; fields some rows predate, taken as their defaults: {', '.join(sorted(predated))}"
                                             if predated else ""))
-        result = report.build(self.spec, summary, notes, report.setting(self.spec, self.data, rows),
+        result = report.build(self.spec, summary, notes, report.setting(self.spec, self.data, rows), report.first_target_psnrs(rows),
                               self._grid_examples if grid_renders else None, grid_renders)
         # What a loader noted about the data (e.g. lens distortion left uncorrected) reaches the table.
         data_notes = sorted({note for r in rows for note in r.get("data_notes") or []})
@@ -182,7 +182,8 @@ class Evaluation:
                                   "scored_px": f"{width}x{height}", "flag": flag})
 
     def _grid_scenes(self) -> list[str]:
-        return list(self.index)[:self.spec.grid_scenes]
+        """The scenes rendered for the report: those of the grid and those with a strip of their own."""
+        return list(self.index)[:max(self.spec.grid_scenes, self.spec.scene_renders)]
 
     def _grid_renders(self, loaded: LoadedModel) -> dict[tuple[str, str], torch.Tensor]:
         from ..data import collate

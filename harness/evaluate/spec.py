@@ -37,6 +37,9 @@ class EvaluateSpec(ExperimentBase):
     batch_size: Positive = 1  # scenes per forward pass
     seed: int = 0  # initialisation seed of random-init models
     grid_scenes: NonNegative = 3
+    # The first K scenes each get a strip of renders (scenes/<scene>.png): the context views, the ground
+    # truth of the first target and each model's render of it with its PSNR; every scene when fewer.
+    scene_renders: NonNegative = 64
     card_table: str = ""  # the variants' card table printed beside ours (e.g. re10k)
     requires: str = ""  # how to provide a checkpoint that is not there (e.g. the make target that trains it)
     published: Published[QualityRow] | None = None

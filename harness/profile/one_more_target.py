@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 
 from models import label, list_models, model_card, model_class
 
-from ..plots import plt
+from ..plots import fixed, plt
 from ..pipeline import Plan, Report, Table, failure_notes, ok_frame, run_plan
 from ..provenance import measured_by
 from ..runtime import autocast
@@ -167,7 +167,7 @@ def _legend(name: str, frame: pd.DataFrame, metrics: dict[str, str], states: Map
     for column in metrics:
         slope = growth_exponent(group["n_input"], pd.to_numeric(group[column], errors="coerce"), fit)
         if slope is not None:
-            slopes.append(f"{'FLOPs' if column == 'gflops' else 'latency'} N^{slope:.2f}")
+            slopes.append(f"{'FLOPs' if column == 'gflops' else 'latency'} N^{fixed(slope)}")
     return _shown(name, states.get(name)) + (f" ({', '.join(slopes)})" if slopes else "")
 
 

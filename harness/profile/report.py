@@ -11,7 +11,7 @@ import pandas as pd
 from models import label, list_models, model_card, model_class
 
 from ..pipeline import Report, Table, failure_notes, ok_frame
-from ..plots import legend_outside, plt
+from ..plots import fixed, legend_outside, plt
 from ..report import Fact, Setting, measured_setting
 from ..tables import missing_as_none
 
@@ -118,13 +118,13 @@ def loglog(frame: pd.DataFrame, x: str, metrics: dict[str, str], facet: str | No
                     continue
                 slope = growth_exponent(group[x], y, fit)
                 color = model_card(name).color if name in list_models() else None
-                legend = f"{label(name)} (slope {slope:.2f})" if slope is not None else label(name)
+                legend = f"{label(name)} (slope {fixed(slope)})" if slope is not None else label(name)
                 ax.plot(group[x], y, marker="o", color=color, label=legend)
             for ref_label, ref in (extra or {}).items():
                 if column in ref:
                     ref_slope = growth_exponent(ref[x], ref[column], fit)
                     ax.plot(ref[x], ref[column], linestyle="--", marker="x", color="gray",
-                            label=f"{ref_label} (slope {ref_slope:.2f})" if ref_slope is not None else ref_label)
+                            label=f"{ref_label} (slope {fixed(ref_slope)})" if ref_slope is not None else ref_label)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel(AXIS_NAMES.get(x, x))
@@ -278,7 +278,7 @@ def profile_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Repo
                                notes[1:3], floatfmt=".2f"))
     result.figures["cost_vs_views.png"] = lambda: loglog(
         frame, "n_input", PROFILE_METRICS, "n_target", "model", spec.fit,
-        f"{spec.name} ({ctx.env['device']}, {ctx.dtype}, preset {ctx.preset})")
+        f"{spec.name} ({ctx.env['device']}, {ctx.dtype}, preset {ctx.preset}, {ctx.image_size} px)")
     return result
 
 
@@ -336,12 +336,12 @@ def flops_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Report
     result.tables.append(Table("exponents", "Growth exponents of forward FLOPs in N", slopes, notes[:2], floatfmt=".2f"))
     result.figures["flops_vs_views.png"] = lambda: loglog(
         frame, "n_input", {"gflops": "GFLOPs (2 x MAC)", "gmacs_linear_thop": "thop GMACs (linear only)"},
-        "n_target", "model", spec.fit, f"forward FLOPs, preset {ctx.preset}")
+        "n_target", "model", spec.fit, f"forward FLOPs counted on the meta device, preset {ctx.preset}, {ctx.image_size} px")
     for _, row in slopes.iterrows():
         if row["M"] == min(spec.n_targets):
             fitted = row.iloc[2]
             result.headlines.append(f"{row['model']}, M={row['M']}: " + (
-                f"FLOPs grow as N^{fitted:.2f} ({fit_text(spec.fit)})" if pd.notna(fitted) else
+                f"FLOPs grow as N^{fixed(fitted)} ({fit_text(spec.fit)})" if pd.notna(fitted) else
                 f"no FLOP exponent: fewer than two measured N in {fit_text(spec.fit)} (fit_n)"))
     published = card_published(spec.card_table, spec.models)
     if len(published) >= 2:
@@ -383,7 +383,8 @@ def kv_cache_report(spec, ctx, rows: list[dict[str, Any]], expected: int) -> Rep
                                _kv_cache_exponents(spec, frame, extra), notes[:2], floatfmt=".2f"))
     result.figures["kv_cache.png"] = lambda: loglog(
         frame, "n_cached", {"latency_ms": "latency (ms)", "gflops": "GFLOPs"}, None, "model", spec.fit,
-        f"add {spec.n_new} view + render {spec.n_targets} ({ctx.env['device']}, {ctx.dtype}, preset {ctx.preset})", extra)
+        f"add {spec.n_new} view + render {spec.n_targets} ({ctx.env['device']}, {ctx.dtype}, preset {ctx.preset}, "
+        f"{ctx.image_size} px)", extra)
     return result
 
 

@@ -387,7 +387,8 @@ def build_page(spec: ExperimentBase | None, results: Path, site_dir: Path, numbe
         paper.append(PaperItem(numbering.get(id(entry), 0), entry.title, entry.published, entry.target, text, cls, headlines))
     training = training_section(rows, results, site_dir)
     evaluation = evaluation_section(rows, results, site_dir, site_dir, slug)
-    shown = {f.name for f in (training.curves if training else [])}
+    strips = evaluation.strips if evaluation else []
+    shown = {f.name for f in (training.curves if training else [])} | {f"scenes/{strip.scene}.png" for strip in strips}
     plots, renders = figures_of(results, site_dir, shown)
     ok = sum(1 for r in rows if r.get("status", "ok") == "ok" and "key" in r)
     counts = {"ok": ok, "failed": sum(1 for r in rows if r.get("status", "ok") != "ok"),

@@ -5,6 +5,7 @@ card colour when arms are variants)."""
 from __future__ import annotations
 
 import io
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +38,37 @@ def save_renders(path: Path, result: RunResult, examples: int = 6) -> None:
 
 
 
+# Shades of a variant's card colour for the arms built on it: 0 is the card colour itself (the variant as
+# registered), the others mix it with white (+) or black (-).
+SHADES = (0.0, -0.35, 0.4, -0.6, 0.6, -0.2, 0.2)
+
+
+def shade(color: Any, amount: float) -> tuple[float, float, float]:
+    from matplotlib.colors import to_rgb
+    rgb = to_rgb(color)
+    target = 1.0 if amount > 0 else 0.0
+    return tuple(c + (target - c) * abs(amount) for c in rgb)  # type: ignore[return-value]
+
+
 def arm_colors(arms: dict[str, str]) -> dict[str, Any]:
-    """arm -> variant: a colour per arm, the variant's card colour when every arm is a different variant
-    (so the convergence plots match the profiling ones), else a palette."""
-    if len(set(arms.values())) == len(arms):
-        return {arm: model_card(variant).color for arm, variant in arms.items()}
-    cmap = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
-    return {arm: cmap(i % cmap.N) for i, arm in enumerate(arms)}
+    """arm -> variant: a colour per arm from its base variant's card (an ablation's base is the variant it
+    ablates). An arm named as its base variant gets the card colour; any other arm a shade of it picked by
+    its name, so the same arm has the same colour on every page (the next free shade where two arms of one
+    page would share one)."""
+    out: dict[str, Any] = {}
+    taken: dict[str, set[int]] = {}
+    for arm, variant in arms.items():
+        base = model_card(variant).ablation_of or variant
+        used = taken.setdefault(base, set())
+        start = 0 if arm == base else 1 + zlib.crc32(arm.encode()) % (len(SHADES) - 1)
+        index = next((i for i in (start, *range(1, len(SHADES))) if i not in used), start)
+        used.add(index)
+        out[arm] = shade(model_card(base).color, SHADES[index])
+    return out
 
 
-def curves_figure(runs: list[dict[str, Any]], colors: dict[str, Any], trivial: float | None, axis: str, xlabel: str):
+def curves_figure(runs: list[dict[str, Any]], colors: dict[str, Any], trivial: float | None, axis: str, xlabel: str,
+                  where: str = ""):
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     first_seed = {}
     for run in runs:
@@ -59,13 +81,15 @@ def curves_figure(runs: list[dict[str, Any]], colors: dict[str, Any], trivial: f
         ax.axhline(trivial, color="gray", linestyle=":", linewidth=1, label="best camera-ignoring predictor")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("validation PSNR (dB)")
-    ax.set_title("validation PSNR per arm (dashed: further seeds); dotted: camera-ignoring bar", fontsize=8)
+    several = any(run["seed"] != first_seed[run["arm"]] for run in runs if run["arm"] in first_seed)
+    ax.set_title("validation PSNR per arm" + (" (dashed: further seeds)" if several else "") + "; dotted: camera-ignoring bar"
+                 + (f"\n{where}" if where else ""), fontsize=8)
     ax.grid(alpha=0.3)
     legend_outside(ax)
     return fig
 
 
-def per_arm_figure(summary: pd.DataFrame, colors: dict[str, Any], trivial: float | None, reference: str):
+def per_arm_figure(summary: pd.DataFrame, colors: dict[str, Any], trivial: float | None, reference: str, where: str = ""):
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(summary) + 1.5))
     for i, row in enumerate(summary.itertuples()):
         low, high = row.psnr_mean - row.psnr_min, row.psnr_max - row.psnr_mean
@@ -79,6 +103,8 @@ def per_arm_figure(summary: pd.DataFrame, colors: dict[str, Any], trivial: float
                   fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("final validation PSNR (dB): mean, bars = seed range")
+    if where:
+        ax.set_title(where, fontsize=8)
     ax.grid(alpha=0.3, axis="x")
     legend_outside(ax)
     return fig
@@ -95,7 +121,7 @@ def pareto(costs: list[float], quality: list[float]) -> list[int]:
     return front
 
 
-def cost_figure(summary: pd.DataFrame, colors: dict[str, Any], device: str):
+def cost_figure(summary: pd.DataFrame, colors: dict[str, Any], device: str, where: str = ""):
     columns = [("gflops", "forward GFLOPs (N=2, M=1)"), ("latency_ms", f"latency ms (N=2, M=1; {device})")]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), layout="constrained")
     labelled = []
@@ -116,7 +142,7 @@ def cost_figure(summary: pd.DataFrame, colors: dict[str, Any], device: str):
     handles, names = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, names, loc="outside lower center", fontsize=7)
-    fig.suptitle("quality against cost", fontsize=9)
+    fig.suptitle("quality against cost" + (f"\n{where}" if where else ""), fontsize=9)
     for ax, costs, quality, arms in labelled:  # last: the layout is final
         label_points(ax, costs, quality, arms)
     return fig

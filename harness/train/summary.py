@@ -151,15 +151,16 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
             line += f"; published {row.published} ({row.published_source})"
         report.headlines.append(line)
     device = finals[-1]["device"] if finals else ""
-    report.figures["psnr_vs_step.png"] = lambda: curves_figure(runs, colors, best_trivial, "step", "optimizer steps")
+    where = f"{device}, float32; preset {exp.preset}, {exp.data.image_size} px; {exp.data.source}, {exp.train.steps} steps"
+    report.figures["psnr_vs_step.png"] = lambda: curves_figure(runs, colors, best_trivial, "step", "optimizer steps", where)
     report.figures["psnr_vs_seconds.png"] = lambda: curves_figure(
         runs, colors, best_trivial, "seconds", "training seconds (steps x clean cost per step)" if step_ms else
-        "training wall-clock seconds")
+        "training wall-clock seconds", where)
     report.headlines += speedup_headlines(exp, final_table)
     if not summary.empty:
-        report.figures["psnr_per_arm.png"] = lambda: per_arm_figure(summary, colors, best_trivial, exp.reference)
+        report.figures["psnr_per_arm.png"] = lambda: per_arm_figure(summary, colors, best_trivial, exp.reference, where)
         if summary["gflops"].notna().any():
-            report.figures["quality_vs_cost.png"] = lambda: cost_figure(summary, colors, device)
+            report.figures["quality_vs_cost.png"] = lambda: cost_figure(summary, colors, device, where)
     return report, summary
 
 

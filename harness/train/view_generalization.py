@@ -25,6 +25,7 @@ from models import label, list_models, model_card, model_class
 from ..errors import ConfigError, MissingResource
 from ..pipeline import Plan, Report, Table, failure_notes, run_plan
 from ..plots import legend_outside, plt
+from ..report import measured_setting
 from ..provenance import environment, measured_by
 from ..runtime import autocast, resolve_device
 from ..schema import ExperimentBase, Kind, ModelName, Positive, RunOptions, load_experiment
@@ -208,6 +209,11 @@ def view_report(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, ro
         notes.insert(0, f"measured: {ok[0]['device']}, torch {ok[0]['torch']}, commit {', '.join(commits)}")
     notes += failure_notes(rows, ["variant", "n_input", "mode"])
     result = Report(f"{spec.name}: quality against the number of input views", notes)
+    result.setting = measured_setting(ok, model={"preset": trained.preset, "image_size": data.image_size},
+                                      views={"n_input": None, "n_target": data.eval_n_target},
+                                      data={"source": data.source, "protocol": data.protocol, "scenes": data.eval_scenes},
+                                      training={"steps": trained.train.steps, "batch": trained.train.batch_size,
+                                                "seeds": trained.run_seeds()})
     if frame.empty:
         return result
     summary = pd.DataFrame({"variant": frame["variant"], "n_input": frame["n_input"], "mode": frame["mode"],
@@ -225,7 +231,8 @@ def view_report(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, ro
     wide["N"] = [f"{n} (training N)" if n == train_n else str(n) for n in wide["N"]]
     result.tables.append(Table("psnr_by_n", f"PSNR (dB) against the number of input views; trained at N={train_n}", wide, notes,
                                columns={"N": {"role": "setting"}, **{str(c): {"quantity": "psnr"} for c in wide.columns if c != "N"}}))
-    result.figures["psnr_vs_n.png"] = lambda: psnr_figure(summary, spec, train_n)
+    where = f"{ok[0]['device']}, float32; preset {trained.preset}, {data.image_size} px; {data.source}"
+    result.figures["psnr_vs_n.png"] = lambda: psnr_figure(summary, spec, train_n, where)
     for variant in spec.models:
         part = summary[(summary["variant"] == variant) & (summary["mode"] == "full")].set_index("n_input")["psnr"]
         if train_n in part.index and len(part) > 1:
@@ -238,7 +245,7 @@ def view_report(spec: ViewGeneralizationSpec, trained: ConvergenceExperiment, ro
     return result
 
 
-def psnr_figure(summary: pd.DataFrame, spec: ViewGeneralizationSpec, train_n: int):
+def psnr_figure(summary: pd.DataFrame, spec: ViewGeneralizationSpec, train_n: int, where: str = ""):
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for variant in spec.models:
         part = summary[(summary["variant"] == variant) & (summary["mode"] == "full")].sort_values("n_input")
@@ -251,6 +258,7 @@ def psnr_figure(summary: pd.DataFrame, spec: ViewGeneralizationSpec, train_n: in
     ax.set_xlabel("N input views at test time")
     ax.set_ylabel("PSNR (dB), held-out scenes")
     ax.set_xticks(sorted(summary["n_input"].unique()))
+    ax.set_title(f"PSNR against N, trained at N = {train_n}" + (f"\n{where}" if where else ""), fontsize=8)
     ax.grid(alpha=0.3)
     legend_outside(ax)
     return fig
