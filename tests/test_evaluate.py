@@ -19,6 +19,7 @@ from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.cli import main
 from harness.errors import CheckpointError, ConfigError, DataError
 from harness.records import RecordStore
+from harness.report import read_report
 from harness.schema import RunOptions, load_experiment, run_spec
 from models import build_model
 
@@ -89,8 +90,12 @@ def test_end_to_end_tables_grid_and_random_init_label(tmp_path):
     assert list(summary["model"]) == ["lvsm_decoder_only", "efficient_lvsm"]
     assert set(summary["weights"]) == {"random-init"} and set(summary["scenes"]) == {SCENES}
     assert set(summary["lpips"]) == {"n/a"} and all(summary["source"].str.startswith("measured: cpu"))
-    for name in ("summary.md", "summary.tex", "per_scene.csv", "grid.png", "rows.jsonl", "manifest.json"):
+    for name in ("summary.md", "summary.tex", "per_scene.csv", "grid.png", "rows.jsonl", "manifest.json", "report.json"):
         assert (out / name).stat().st_size > 0
+    # a labelled strip of renders per scene (context, ground truth, each model with its PSNR), named in the report
+    scenes = sorted({r["scene"] for r in RecordStore(out / "rows.jsonl").rows()})
+    assert sorted(p.stem for p in (out / "scenes").glob("*.png")) == scenes
+    assert {f.file for f in read_report(out / "report.json").figures} >= {f"scenes/{scene}.png" for scene in scenes}
     md = (out / "summary.md").read_text()
     assert "random-init" in md and "vgg16-397923af.pth" in md  # LPIPS n/a is explained in the table
     rows = RecordStore(out / "rows.jsonl").rows()
@@ -143,13 +148,13 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
     result = _run(path)
     assert result.computed == 2 * SCENES - 2
     evaluated = [s for group in rendered for s in group]
-    grid = 2 * 2  # two grid scenes rendered once per model for the PNG
-    assert len(evaluated) == 2 * SCENES - 2 + grid
+    drawn = 2 * SCENES  # every scene rendered once more per model for its strip (the grid reuses those renders)
+    assert len(evaluated) == 2 * SCENES - 2 + drawn
     assert set(result.summary["scenes"]) == {SCENES}
 
     rendered.clear()
     again = _run(path)
-    assert again.computed == 0 and len(rendered) == grid
+    assert again.computed == 0 and len(rendered) == drawn
     pd.testing.assert_frame_equal(again.summary, result.summary)
 
 
@@ -247,7 +252,7 @@ def test_bad_experiment_values_name_the_key(tmp_path):
 
 @pytest.mark.slow
 def test_bad_data_for_one_scene_is_recorded_and_the_cli_exits_1(tmp_path, monkeypatch, capsys):
-    path = _experiment_file(tmp_path, models=[{"name": "efficient_lvsm", "preset": "tiny"}], grid_scenes=0)
+    path = _experiment_file(tmp_path, models=[{"name": "efficient_lvsm", "preset": "tiny"}], grid_scenes=0, scene_renders=0)
     real_example = scoring.Evaluation._example
     bad = list(inputs.resolve_data(load_experiment(path).data).index)[2]
 
@@ -271,7 +276,7 @@ def test_bad_data_for_one_scene_is_recorded_and_the_cli_exits_1(tmp_path, monkey
 
 @pytest.mark.slow
 def test_a_model_that_fails_everywhere_exits_1_with_its_reason(tmp_path, monkeypatch):
-    path = _experiment_file(tmp_path, models=[{"name": "efficient_lvsm", "preset": "tiny"}], grid_scenes=0)
+    path = _experiment_file(tmp_path, models=[{"name": "efficient_lvsm", "preset": "tiny"}], grid_scenes=0, scene_renders=0)
     monkeypatch.setattr(scoring, "render", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch (simulated)")))
     assert main(["run", str(path), "--no-progress"]) == 1
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
