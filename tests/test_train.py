@@ -16,6 +16,7 @@ import yaml
 
 from harness.cli import main
 from harness.errors import ConfigError
+from harness.report import read_report
 from harness.schema import ModelRef, load_experiment, run_experiment
 from harness.train import OptimSpec, TrainData, TrainSpec, World, lr_factor, parameter_groups, read_log, train_model
 from harness.train.data import open_sources, training_batches
@@ -435,6 +436,14 @@ def test_from_records_rebuilds_the_tables_under_new_code_without_training(tmp_pa
     assert main(["run", str(conv), "--no-progress", "--from-records", "--set", "train.steps=3"]) == 2
     err = capsys.readouterr().err
     assert "--from-records: the recorded arm efficient_lvsm seed 0 was written with train.steps=2" in err, err
+    # A study read while it trains: an arm not trained yet is listed as such, and nothing is trained or timed.
+    rows_before = len((tmp_path / "conv" / "rows.jsonl").read_text().splitlines())
+    assert main(["run", str(conv), "--no-progress", "--from-records", "--set", "models=[efficient_lvsm, lvsm_decoder_only]"]) == 0
+    report = read_report(tmp_path / "conv" / "report.json")
+    assert "arm lvsm_decoder_only seed 0: not trained yet (rerun to resume)" in report.not_run
+    assert set(pd.read_csv(tmp_path / "conv" / "final.csv")["arm"]) == {"efficient_lvsm"}
+    assert not (tmp_path / "conv" / "runs" / "lvsm_decoder_only").exists()
+    assert len((tmp_path / "conv" / "rows.jsonl").read_text().splitlines()) == rows_before
 
 
 @pytest.mark.slow

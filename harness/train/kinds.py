@@ -162,10 +162,11 @@ def recorded(exp: ConvergenceExperiment, sweep: Sweep, points: list[dict[str, An
              train_missing: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """`--from-records`: for each trained run, the latest `ok` row recorded for the same arm and seed,
     whatever code version recorded it, provided it was trained with the settings the experiment asks for
-    (an option the row predates counts as its default); a run without one is refused in one line: nothing
-    is trained. With `train_missing` (`--keep-recorded`) such a run is left to train instead. Cost and
-    predictor points reuse a row of the same arm (cost) or data (predictors) where one exists. Returns
-    (rows found, points left to measure)."""
+    (an option the row predates counts as its default; a run recorded with other settings is refused in one
+    line). A run not recorded at all is left out of the tables, which list it as not trained yet: a long study
+    is read while it trains (nothing recorded at all is refused). With `train_missing` (`--keep-recorded`)
+    such a run is left to train instead. Cost and predictor points reuse a row of the same arm (cost) or data
+    (predictors) where one exists. Returns (rows found, points left to measure)."""
     from .config import settings_defaults
     from .loop import _same_settings
     rows = [r for r in sweep.store.rows() if r.get("status") == "ok"]
@@ -181,8 +182,7 @@ def recorded(exp: ConvergenceExperiment, sweep: Sweep, points: list[dict[str, An
                 (found.append(match[-1]) if match else missing.append(point))
                 continue
             if not match:
-                raise ConfigError(f"{exp.name}: --from-records: no recorded run of {what} in {sweep.store.path}; "
-                                  "run without --from-records to train it")
+                continue  # not trained yet: convergence_tables lists it
             try:
                 _same_settings(match[-1]["settings"], point["settings"], settings_defaults(spec, exp.data, exp.optim, train),
                                sweep.store.path)
@@ -194,6 +194,9 @@ def recorded(exp: ConvergenceExperiment, sweep: Sweep, points: list[dict[str, An
         else:
             match = [r for r in rows if "trivial" in r and r["trivial"] == point["trivial"]]
         (found.append(match[-1]) if match else missing.append(point))
+    if not train_missing and not any("arm" in r for r in found) and any("arm" in p for p in points):
+        raise ConfigError(f"{exp.name}: --from-records: no run of this study is recorded in {sweep.store.path}; "
+                          "run without --from-records to train them")
     return found, missing
 
 
@@ -260,18 +263,27 @@ def plan_convergence(exp: ConvergenceExperiment) -> ConvergencePlan:
 
 
 def recorded_step_cost(sweep: Sweep, point: dict[str, Any]) -> dict[str, Any] | None:
-    """The latest recorded timing of the same arms' steps, in the same setting: each arm the same model (the
-    config it builds, whatever its preset is called), the same optimizer, batch, threads, views and rounds."""
+    """Each arm's latest recorded step timing in the same setting (the same model, i.e. the config it builds
+    whatever its preset is called; the same optimizer, batch, threads, views and rounds), whichever arms it was
+    timed with; None when no arm has one. Arms without one are listed under `untimed`."""
     from .loop import _model_config
+    ms: dict[str, float] = {}
+    iqr: dict[str, float] = {}
+    base: dict[str, Any] | None = None
     for row in reversed(sweep.store.rows()):
-        if row.get("status") != "ok" or row.get("step_cost") != point["step_cost"]:
+        if row.get("status") != "ok" or "step_cost" not in row or not all(
+                json.dumps(row.get(k), sort_keys=True) == json.dumps(v, sort_keys=True)
+                for k, v in point.items() if k not in ("models", "step_cost")):
             continue
-        same_models = all(_model_config(row.get("models", {}).get(name, {})) == _model_config(spec)
-                          for name, spec in point["models"].items())
-        if same_models and all(json.dumps(row.get(k), sort_keys=True) == json.dumps(v, sort_keys=True)
-                               for k, v in point.items() if k not in ("models", "step_cost")):
-            return row
-    return None
+        for name, spec in point["models"].items():
+            if name not in ms and name in (row.get("step_ms") or {}) and \
+                    _model_config(row.get("models", {}).get(name, {})) == _model_config(spec):
+                ms[name], iqr[name] = row["step_ms"][name], (row.get("step_iqr_ms") or {}).get(name)
+                base = base or row
+    if base is None:
+        return None
+    return {**base, "step_cost": list(ms), "step_ms": ms, "step_iqr_ms": iqr,
+            "untimed": [name for name in point["step_cost"] if name not in ms]}
 
 
 def step_cost_point(exp: ConvergenceExperiment, arms: list[Arm]) -> dict[str, Any] | None:
@@ -337,10 +349,13 @@ def sweep_rows(exp: ConvergenceExperiment, sweep: Sweep, plan: ConvergencePlan, 
         return None
     kept, left = recorded(exp, sweep, [p for p in plan.points if "step_cost" not in p], train_missing=options.keep_recorded)
     step_costs = [p for p in plan.points if "step_cost" in p]
-    # The clean cost of a step is timed after training, on a quiet machine: a rebuild keeps a recorded one.
-    found = [row for p in step_costs if (row := recorded_step_cost(sweep, p))] if options.from_records else []
-    kept += found
-    left += step_costs if not found else []
+    if options.from_records:
+        left = []  # measures nothing: a cost or predictor point not recorded yet stays n/a
+        # The clean cost of a step is timed after training, on a quiet machine: a rebuild measures nothing and
+        # takes each arm's recorded one (an arm with none keeps its wall-clock seconds and is named in the notes).
+        kept += [row for p in step_costs if (row := recorded_step_cost(sweep, p))]
+    else:
+        left += step_costs
     sweep.run(left, measure, point_label, options.progress, unit="run")
     rows = kept + sweep.rows(left)
     write_manifest(sweep.out_dir, exp, {"rows_shown": [r["key"] for r in rows]})

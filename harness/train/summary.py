@@ -167,12 +167,16 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
 def seconds_notes(exp: ConvergenceExperiment, final_table: pd.DataFrame, step_costs: dict[str, Any] | None) -> list[str]:
     if not step_costs:
         return ["seconds: training wall-clock only (no clean step cost recorded); on a shared machine it includes other work"]
-    spread = ", ".join(f"{arm} {ms:.1f} ms (IQR {step_costs['step_iqr_ms'][arm]:.1f})" for arm, ms in step_costs["step_ms"].items())
+    spread = ", ".join(f"{arm} {ms:.1f} ms" + (f" (IQR {step_costs['step_iqr_ms'][arm]:.1f})" if step_costs["step_iqr_ms"].get(arm) else "")
+                       for arm, ms in step_costs["step_ms"].items())
     notes = [f"clean cost per training step, every arm's step timed in turn on one batch of {exp.train.batch_size} after "
              f"training, on {step_costs.get('device', 'this machine')} ({step_costs['rounds']} rounds, "
              f"{exp.train.threads or 'default'} thread(s), commit "
              f"{step_costs.get('commit', 'n/a')}): {spread}" + (f"; timed under contention: {step_costs['contended']}"
                                                                 if step_costs.get("contended") else "")]
+    if step_costs.get("untimed"):
+        notes.append(f"no clean step cost recorded yet for {', '.join(step_costs['untimed'])}: their seconds are training "
+                     "wall-clock; a run without --from-records on a quiet machine times them")
     counts = final_table["contended_intervals"] if "contended_intervals" in final_table else pd.Series(dtype=object)
     flagged = final_table[counts.fillna(0).astype(float) > 0]
     if not flagged.empty:
