@@ -208,11 +208,14 @@ class Sweep:
             log.info(summary.line(self.experiment) + (f" by {self.world.size} ranks" if self.world.distributed else ""))
         return summary
 
-    def recorded_rows(self, points: Sequence[Point]) -> tuple[list[dict[str, Any]], set[str]]:
+    def recorded_rows(self, points: Sequence[Point], identity: Callable[[Point], Point] | None = None
+                      ) -> tuple[list[dict[str, Any]], set[str]]:
         """`--from-records`: the latest row of each point whatever code version recorded it, in point order,
         and the point fields some of those rows predate. A row matches a point when every field of the point
         it records is equal; a field the row predates (a config field added later, with the default that
-        keeps the old behaviour) is not compared, and is returned so that the report can say so."""
+        keeps the old behaviour) is not compared, and is returned so that the report can say so. `identity`
+        maps a point, and a row alike, to what identifies the measurement (e.g. the config a preset builds,
+        so that a renamed preset still finds its rows)."""
         self._track(points)
         rows = [r for r in self.store.rows() if r.get("experiment", self.experiment) == self.experiment]
         found, predated = [], set()
@@ -222,7 +225,8 @@ class Sweep:
             if exact:
                 found.append(exact[-1])
                 continue
-            near = [(r, missing) for r in rows if (missing := _recorded_match(point, r)) is not None]
+            same = identity or (lambda p: p)
+            near = [(r, missing) for r in rows if (missing := _recorded_match(same(point), same(r))) is not None]
             if near:
                 row, missing = near[-1]
                 found.append(row)
@@ -256,6 +260,16 @@ def _recorded_match(point: Mapping[str, Any], row: Mapping[str, Any], where: str
     return missing
 
 
+def by_config(point: Point) -> Point:
+    """A point (or row) that names its model by preset and overrides, identified instead by the config they
+    build: a preset renamed, or overrides folded into a preset, is the same measurement."""
+    from models import list_models, model_config
+    if point.get("model") not in list_models() or "preset" not in point:
+        return point
+    config = model_config(point["model"], point["preset"], **(point.get("overrides") or {})).to_dict()
+    return {**{k: v for k, v in point.items() if k not in ("preset", "overrides")}, "model_config": config}
+
+
 # -------------------------------------------------------------------------------------- report
 
 
@@ -272,6 +286,7 @@ class Plan:
     context: Mapping[str, Any] = field(default_factory=dict)
     manifest: Mapping[str, Any] = field(default_factory=dict)
     deadline_s: float | None = None
+    identity: Callable[[Point], Point] | None = None  # what identifies a measurement when rebuilt from records
 
 
 FROM_RECORDS = "built from the recorded rows (--from-records): nothing measured; each row keeps the commit that measured it"
@@ -286,7 +301,7 @@ def run_plan(spec: Any, plan: Plan, options: Any) -> list[dict[str, Any]]:
     if options.from_records:
         if not sweep.world.is_main:
             return []
-        rows, predated = sweep.recorded_rows(plan.points)
+        rows, predated = sweep.recorded_rows(plan.points, plan.identity)
         line = FROM_RECORDS + (f"; fields some rows predate, taken as their defaults: {', '.join(sorted(predated))}"
                                if predated else "")
     else:

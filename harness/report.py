@@ -155,6 +155,19 @@ def measured_setting(rows: Sequence[Mapping[str, Any]], **given: Any) -> Setting
     return Setting.model_validate(setting)
 
 
+def preset_setting(rows: Sequence[Mapping[str, Any]], preset: str, overrides: Mapping[str, Any], models: Sequence[str]) -> Setting:
+    """The setting of rows measured at one preset (with overrides) for every model: the preset's shared sizes."""
+    from models import model_config
+    configs = [model_config(name, preset, **overrides) for name in models]
+
+    def shared(field: str) -> Any:
+        values = {getattr(c, field) for c in configs}
+        return values.pop() if len(values) == 1 else None
+
+    return measured_setting(rows, model={"preset": preset, "dim": shared("dim"), "image_size": shared("image_size"),
+                                         "patch_size": shared("patch_size")})
+
+
 # Which fields of a setting must match for a difference of a quantity to mean something.
 _MODEL = ("model.dim", "model.depth", "model.image_size", "model.patch_size")
 _VIEWS = ("views.n_input", "views.n_target")

@@ -97,6 +97,8 @@ class VariantConfig:
 SHARED_SIZES: dict[str, dict[str, Any]] = {
     "paper": {},
     "small": {"image_size": 64, "patch_size": 8, "dim": 256, "head_dim": 64},
+    # `small` at 128 px: the size the comparisons with the official code run at (parity, op profile).
+    "small128": {"image_size": 128, "patch_size": 8, "dim": 256, "head_dim": 64},
     "tiny": {"image_size": 32, "patch_size": 8, "dim": 64, "head_dim": 16},
     # The training studies' scale on a CPU (about 1 M parameters at 32 px): every variant the same width,
     # its depth chosen so that the four have about the same number of parameters.

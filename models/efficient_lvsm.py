@@ -36,6 +36,7 @@ class EfficientLVSMConfig(VariantConfig):
 EFFICIENT_LVSM_PRESETS = {
     "paper": EfficientLVSMConfig(),
     "small": EfficientLVSMConfig(**SHARED_SIZES["small"], stream_depth=3),
+    "small128": EfficientLVSMConfig(**SHARED_SIZES["small128"], stream_depth=3),
     "tiny": EfficientLVSMConfig(**SHARED_SIZES["tiny"], stream_depth=2),
     "study": EfficientLVSMConfig(**SHARED_SIZES["study"], stream_depth=2),
 }

@@ -335,6 +335,7 @@ class LaCTConfig(VariantConfig):
 LACT_PRESETS = {
     "paper": LaCTConfig(),
     "small": LaCTConfig(**SHARED_SIZES["small"], depth=6),
+    "small128": LaCTConfig(**SHARED_SIZES["small128"], depth=6),
     "tiny": LaCTConfig(**SHARED_SIZES["tiny"], depth=2),
     # Two blocks with a fast-weight SwiGLU 3x wide: 0.94 M parameters, the size of the other variants at
     # this preset (the released ratio 2 gives 0.85 M at two blocks, 1.21 M at three).

@@ -61,6 +61,7 @@ class DecoderOnlyConfig(VariantConfig):
 DECODER_ONLY_PRESETS = {
     "paper": DecoderOnlyConfig(),
     "small": DecoderOnlyConfig(**SHARED_SIZES["small"], depth=6),
+    "small128": DecoderOnlyConfig(**SHARED_SIZES["small128"], depth=6),
     "tiny": DecoderOnlyConfig(**SHARED_SIZES["tiny"], depth=2),
     "study": DecoderOnlyConfig(**SHARED_SIZES["study"], depth=4),
 }

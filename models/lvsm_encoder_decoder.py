@@ -31,6 +31,7 @@ class EncoderDecoderConfig(VariantConfig):
 ENCODER_DECODER_PRESETS = {
     "paper": EncoderDecoderConfig(),
     "small": EncoderDecoderConfig(**SHARED_SIZES["small"], encoder_depth=3, decoder_depth=3, n_latents=256),
+    "small128": EncoderDecoderConfig(**SHARED_SIZES["small128"], encoder_depth=3, decoder_depth=3, n_latents=256),
     "tiny": EncoderDecoderConfig(**SHARED_SIZES["tiny"], encoder_depth=1, decoder_depth=1, n_latents=16),
     # Latents start at N(0, 1) instead of the official N(0, 0.02), which learns too slowly at the studies'
     # budget: 21.73 dB after 2500 steps, under the camera-ignoring bar (results/convergence/recipe_search.md).

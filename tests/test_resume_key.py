@@ -198,3 +198,22 @@ def test_a_row_measured_with_uncommitted_code_is_named_by_the_commit_that_holds_
     # A row written before keys followed the measuring code: the hash of every file of both packages.
     legacy = provenance._committed_source_hash("HEAD")
     assert legacy.startswith("src-") and provenance.clean_commit(f"{parent}-dirty", legacy) in (head, parent)
+
+
+def test_a_rebuild_from_records_finds_a_point_by_what_it_measured(tmp_path):
+    """--from-records: a row whose point predates a nested field still matches (the field is named), a row of
+    another model does not, and a preset renamed (the same config under a new name) matches by its config."""
+    from harness.pipeline import by_config
+    sweep = Sweep(tmp_path, "e")
+    old = {"model": "efficient_lvsm", "preset": "small", "overrides": {"image_size": 128, "dim": 256, "head_dim": 64},
+           "config": {"dim": 256}, "n_input": 2}
+    sweep.record(old, {"latency_ms": 1.0})
+    sweep.record({**old, "model": "lvsm_decoder_only"}, {"latency_ms": 2.0})
+    newer = {**old, "config": {"dim": 256, "camera_encoding": "plucker"}}
+    rows, predated = sweep.recorded_rows([newer])
+    assert [r["latency_ms"] for r in rows] == [1.0] and predated == {"config.camera_encoding"}
+    renamed = {"model": "efficient_lvsm", "preset": "small128", "overrides": {}, "config": {"dim": 256}, "n_input": 2}
+    assert sweep.recorded_rows([renamed])[0] == []
+    assert [r["latency_ms"] for r in sweep.recorded_rows([renamed], by_config)[0]] == [1.0]
+    other = {**renamed, "preset": "small"}  # small is 64 px: another model, however it is named
+    assert sweep.recorded_rows([other], by_config)[0] == []

@@ -29,7 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import build_model, label
 
 from ..errors import MissingResource
-from ..pipeline import Plan, Report, Table, failure_notes, ok_frame, run_plan
+from ..pipeline import Plan, Report, Table, by_config, failure_notes, ok_frame, run_plan
+from ..report import preset_setting
 from ..profile.measure import interleaved_ms, median_iqr, refuse_shared_cores, synthetic_views
 from ..provenance import environment, measured_by
 from ..schema import ExperimentBase, Kind, PositiveFloat, Positive, PresetName, RunOptions, Spec
@@ -239,6 +240,7 @@ def parity_report(spec: ParitySpec, rows: list[dict[str, Any]], skipped: list[st
         "targets; metrics: our PSNR / SSIM and the official metric_utils on the official target views against a stand-in "
         "prediction (the targets plus N(0, 0.05) noise)"]
     report = Report(f"{spec.name}: this code beside the official code", notes)
+    report.setting = preset_setting(rows, spec.preset, spec.overrides, spec.models)
     report.tables.append(Table("parity_models", "Renders, FLOPs and latency beside the official code (same weights)",
                                pd.DataFrame(table), model_notes))
     report.tables.append(Table("parity_loader", "The official data loader beside ours on one scene", pd.DataFrame(loader),
@@ -285,7 +287,7 @@ def run_parity(spec: ParitySpec, options: RunOptions) -> list[dict[str, Any]]:
             lambda rows, expected: parity_report(spec, rows, skipped, stand_ins()[1]),
             code=lambda p: (measured_by(__name__, p["model"]) if p["part"] == "model"
                             else measured_by(__name__, sources=LOADER_SOURCES)),
-            context=env, manifest={"device": env["device"], "preset": spec.preset}), options)
+            context=env, manifest={"device": env["device"], "preset": spec.preset}, identity=by_config), options)
     finally:
         torch.set_num_threads(threads)
 

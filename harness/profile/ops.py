@@ -27,7 +27,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from models import build_model, label
 
-from ..pipeline import Plan, Report, Table, failure_notes, ok_frame, run_plan
+from ..pipeline import Plan, Report, Table, by_config, failure_notes, ok_frame, run_plan
+from ..report import preset_setting
 from ..provenance import environment, measured_by
 from ..schema import ExperimentBase, Kind, ModelName, ModelRef, Positive, PositiveFloat, PresetName, Published, RunOptions, Spec
 from .kinds import SharedCores, released_variants
@@ -151,6 +152,7 @@ def op_profile_report(spec: OpProfileSpec, rows: list[dict[str, Any]]) -> Report
     summary_notes = notes + ([f"reference MiB: {spec.reference.source}; at most {spec.allowed_ratio:g}x is expected"]
                              if spec.reference else [])
     report = Report(f"{spec.name}: CPU time by operation and bytes copied per forward", notes)
+    report.setting = preset_setting(rows, spec.preset, spec.overrides, spec.models)
     report.tables.append(Table("op_profile_summary", "Bytes copied per forward (aten::copy_ destinations)",
                                pd.DataFrame(summary), summary_notes))
     report.tables.append(Table("op_profile", f"Top {spec.top} operations by self CPU time, one forward", pd.DataFrame(ops),
@@ -179,7 +181,7 @@ def run_op_profile(spec: OpProfileSpec, options: RunOptions) -> list[dict[str, A
         return run_plan(spec, Plan(points, lambda point: measure_point(spec, point),
                                    lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}", report,
                                    code=lambda p: measured_by(__name__, p["model"]), context=env,
-                                   manifest={"device": env["device"], "preset": spec.preset}), options)
+                                   manifest={"device": env["device"], "preset": spec.preset}, identity=by_config), options)
     finally:
         torch.set_num_threads(threads)
 
