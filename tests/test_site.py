@@ -404,3 +404,10 @@ def test_the_committed_results_build(tmp_path, capsys):
     assert {"index"} | {spec.name for spec in load_specs(REPO / "experiments")} <= pages
     for page in ("index.html", "ablations.html", "eval.html"):
         assert _check_html(index.parent / page) == [], page
+
+
+def test_a_headline_sets_apart_its_published_part_only():
+    from harness.site.render import headline
+    assert str(headline("ours 6.44x (published 6.43x)")) == 'ours 6.44x (<span class="pub">published 6.43x)</span>'
+    assert str(headline("a; published 2x")) == 'a; <span class="pub">published 2x</span>'
+    assert "pub" not in str(headline("inferred published setting: N=6"))

@@ -112,14 +112,16 @@ def status_detail(status: str) -> str:
 
 
 def headline(line: str):
-    """A headline line with its published part (from `published` on) set apart."""
+    """A headline line with its published part set apart: from "published" where it starts the line, follows
+    "; " or opens a parenthesis (not where it qualifies another word, as in "the inferred published setting")."""
+    import re
+
     from markupsafe import Markup, escape
-    for marker in ("; published", "published:", "published "):
-        at = line.find(marker)
-        if at >= 0:
-            cut = at + (2 if marker.startswith(";") else 0)
-            return Markup(f"{escape(line[:cut])}<span class=\"pub\">{escape(line[cut:])}</span>")
-    return escape(line)
+    found = re.search(r"(?:^|; |\()published\b", line)
+    if found is None:
+        return escape(line)
+    cut = found.start() + (2 if line[found.start()] == ";" else 1 if line[found.start()] == "(" else 0)
+    return Markup(f"{escape(line[:cut])}<span class=\"pub\">{escape(line[cut:])}</span>")
 
 
 SCALE = ("toy scale: models of about 0.2 to 9 M parameters at 32 to 128 px on a CPU, where the papers run 170 to 200 M "
