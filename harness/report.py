@@ -425,11 +425,13 @@ def markdown_of(table: TableData) -> str:
 
 
 def write_table_files(table: TableData, out_dir: Path) -> dict[str, Path]:
-    """`<stem>.md`, `.csv` and `.tex` of one table, each headed by its title and notes."""
-    md = f"# {table.title}\n\n" + "".join(f"- {n}\n" for n in table.notes) + ("\n" if table.notes else "") + markdown_of(table) + "\n"
+    """`<stem>.md`, `.csv` and `.tex` of one table, each headed by its title, the setting of its numbers and
+    its notes."""
+    notes = ([f"setting: {table.settings['ours'].describe()}"] if "ours" in table.settings else []) + table.notes
+    md = f"# {table.title}\n\n" + "".join(f"- {n}\n" for n in notes) + ("\n" if notes else "") + markdown_of(table) + "\n"
     body = tabulate(missing_as_none(table.frame()), headers="keys", tablefmt="latex_booktabs", showindex=False, floatfmt=table.floatfmt,
                     missingval="n/a")
-    tex = "".join(f"% {n}\n" for n in [table.title, *table.notes]) + body + "\n"
+    tex = "".join(f"% {n}\n" for n in [table.title, *notes]) + body + "\n"
     paths = {"md": out_dir / f"{table.stem}.md", "csv": out_dir / f"{table.stem}.csv", "tex": out_dir / f"{table.stem}.tex"}
     write_atomic(paths["md"], md)
     write_atomic(paths["csv"], table.frame().to_csv(index=False, na_rep="n/a"))

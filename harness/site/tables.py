@@ -60,6 +60,7 @@ class TableView:
     noisy: int = 0
     failed: int = 0
     anchor: str = ""
+    setting: str = ""  # where this table's own numbers come from, in one line
 
 
 def number_text(value: float) -> str:
@@ -105,7 +106,9 @@ def _hover(column: Any, settings: Mapping[str, Any]) -> str:
 
 def table_view(table: TableData, links: Mapping[str, str], anchor: str) -> TableView:
     columns = [Column(c.name, ROLE_CLASS.get(c.role, ""), _hover(c, table.settings)) for c in table.columns]
-    view = TableView(table.stem, table.title, list(table.notes), columns, [], dict(links), anchor=anchor)
+    ours = table.settings.get("ours")
+    view = TableView(table.stem, table.title, list(table.notes), columns, [], dict(links), anchor=anchor,
+                     setting=ours.describe() if ours is not None else "")
     for comparison in table.comparisons:
         view.comparisons.append(Comparison(comparison.ours, comparison.published, comparison.quantity or "",
                                            comparison.difference or "", comparison.differs))
