@@ -509,3 +509,22 @@ def test_dino_teacher_has_the_released_checkpoints_parameter_names(tmp_path, mon
     loaded = load_teacher(f"{plugin}:small", "$TEACHER")
     out = loaded(torch.rand(2, 3, 16, 16))
     assert out.shape == (2, 16, 32) and not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_an_arm_is_compared_with_its_own_reference_arm():
+    from harness.train.config import ConvergenceExperiment
+    from harness.train.summary import arm_summary
+    exp = ConvergenceExperiment(name="s", kind="convergence", seeds=[0, 1], models=[
+        {"name": "a", "model": "efficient_lvsm"}, {"name": "a_prope", "model": "efficient_lvsm", "reference": "a"},
+        {"name": "b", "model": "lvsm_decoder_only"}, {"name": "b_prope", "model": "lvsm_decoder_only", "reference": "b"}])
+    psnr = {"a": (20.0, 20.2), "a_prope": (21.0, 21.1), "b": (22.0, 22.1), "b_prope": (22.05, 22.1)}
+    final = pd.DataFrame([{"arm": arm, "seed": seed, "final_psnr": value, "final_ssim": 0.5, "pose_swap_drop_db": 1.0,
+                           "params": 10} for arm, values in psnr.items() for seed, value in enumerate(values)])
+    summary = arm_summary(exp, final, {}, None).set_index("arm")
+    assert summary.loc["a_prope", "reference"] == "a" and summary.loc["a_prope", "diff_vs_reference_db"] == pytest.approx(0.95)
+    assert summary.loc["a_prope", "significance"] == "exceeds seed range"
+    assert summary.loc["b_prope", "significance"].startswith("not significant")
+    assert summary.loc["a", "significance"] == "reference" and pd.isna(summary.loc["b", "diff_vs_reference_db"])
+    with pytest.raises(ValueError, match=r"models.a_prope.reference: 'c' is not an arm"):
+        ConvergenceExperiment(name="s", kind="convergence", models=[
+            {"name": "a", "model": "efficient_lvsm"}, {"name": "a_prope", "model": "efficient_lvsm", "reference": "c"}])

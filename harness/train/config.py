@@ -105,6 +105,7 @@ class Arm(Spec):
     published_psnr: float | None = None  # an absolute number the paper reports for this configuration
     published_diff_db: float | str | None = None  # the difference to the reference arm the paper reports
     published_source: str = ""
+    reference: str = ""  # the arm this one is compared with (default: the study's `reference`)
 
 
 class CostPoint(Spec):
@@ -157,8 +158,10 @@ class ConvergenceExperiment(ExperimentBase):
         names = [arm.name for arm in self.study_arms()]
         if len(set(names)) != len(names):
             raise ValueError(f"models: arm names must be distinct, got {names}")
-        if self.reference and self.reference not in names:
-            raise ValueError(f"reference: {self.reference!r} is not an arm; arms: {', '.join(names)}")
+        for where, reference in [("reference", self.reference), *((f"models.{arm.name}.reference", arm.reference)
+                                                                  for arm in self.study_arms())]:
+            if reference and reference not in names:
+                raise ValueError(f"{where}: {reference!r} is not an arm; arms: {', '.join(names)}")
         for arm in self.study_arms():
             try:
                 self.model_spec(arm)

@@ -113,13 +113,14 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
     ] + ([f"scale: {exp.scale_note}"] if exp.scale_note else []) + seconds_notes(exp, final_table, step_costs)
     report = Report(f"{exp.name}: final validation quality per arm (same data, steps, batch)", notes)
     report.tables.append(Table("summary", f"{exp.name}: one row per arm", summary, notes + [
-        "diff_vs_reference_db: mean PSNR minus the reference arm's; `not significant` when smaller than the larger "
+        "diff_vs_reference_db: mean PSNR minus its reference arm's (column reference); `not significant` when smaller than the larger "
         "seed range (max - min) of the two arms"] + ([
         "published: what the paper reports for the arm at its own scale (a PSNR or a difference to its reference), "
         "beside ours and never subtracted from it: data, model size, resolution and training differ"]
         if "published" in summary else []),
         columns={"published": {"role": "published", "quantity": "psnr difference", "setting": "published"},
                  "published_source": {"role": "note"}, "variant": {"role": "label"}, "significance": {"role": "note"},
+                 "reference": {"role": "label"},
                  "seeds": {"role": "setting"}},
         settings={"published": PAPER_SCALE}))
     if len(summary) > 2:
@@ -146,7 +147,7 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
         line = (f"{row.arm}: PSNR {row.psnr_mean:.2f} dB" + (f" (seeds {row.psnr_min:.2f} to {row.psnr_max:.2f})" if row.seeds > 1 else "")
                 + (f", {row.min_above_trivial_db:+.2f} dB vs the camera-ignoring bar" if row.min_above_trivial_db is not None else ""))
         if row.diff_vs_reference_db is not None and row.diff_vs_reference_db == row.diff_vs_reference_db:
-            line += f", {row.diff_vs_reference_db:+.2f} dB vs {exp.reference} ({row.significance})"
+            line += f", {row.diff_vs_reference_db:+.2f} dB vs {row.reference} ({row.significance})"
         if row.published is not None and row.published == row.published:
             line += f"; published {row.published} ({row.published_source})"
         report.headlines.append(line)
@@ -231,6 +232,7 @@ def arm_summary(exp: ConvergenceExperiment, final_table: pd.DataFrame, costs: di
     spread = {arm: float(part["final_psnr"].max() - part["final_psnr"].min()) for arm, part in groups.items()}
     mean = {arm: float(part["final_psnr"].mean()) for arm, part in groups.items()}
     rows = []
+    references = {arm.reference or exp.reference for arm in exp.study_arms()} - {""}
     for arm in exp.study_arms():
         if arm.name not in groups:
             continue
@@ -243,14 +245,16 @@ def arm_summary(exp: ConvergenceExperiment, final_table: pd.DataFrame, costs: di
                "params": cost.get("params", int(part["params"].iloc[0])), "gflops": cost.get("gflops"),
                "latency_ms": cost.get("latency_ms"), "best_trivial_psnr": best_trivial,
                "min_above_trivial_db": None if best_trivial is None else float(part["final_psnr"].min()) - best_trivial}
-        if exp.reference and exp.reference in mean and arm.name != exp.reference:
-            diff = mean[arm.name] - mean[exp.reference]
-            bound = max(spread[arm.name], spread[exp.reference])
+        reference = arm.reference or exp.reference
+        row["reference"] = reference or None
+        if reference and reference in mean and arm.name != reference:
+            diff = mean[arm.name] - mean[reference]
+            bound = max(spread[arm.name], spread[reference])
             row["diff_vs_reference_db"] = diff
-            row["significance"] = ("1 seed: spread unknown" if len(part) < 2 or len(groups[exp.reference]) < 2
+            row["significance"] = ("1 seed: spread unknown" if len(part) < 2 or len(groups[reference]) < 2
                                    else "exceeds seed range" if abs(diff) > bound else f"not significant (seed range {bound:.2f} dB)")
         else:
-            row["diff_vs_reference_db"], row["significance"] = None, "reference" if arm.name == exp.reference else None
+            row["diff_vs_reference_db"], row["significance"] = None, "reference" if arm.name in references else None
         row["published"] = arm.published_diff_db if arm.published_diff_db is not None else arm.published_psnr
         row["published_source"] = arm.published_source or None
         rows.append(row)
