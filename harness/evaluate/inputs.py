@@ -36,6 +36,23 @@ def _check_path(key: str, raw: str, spec: EvalData) -> str:
     return expand(raw)
 
 
+def repository_path(path: str | Path) -> str:
+    """A file inside this repository by its path from the repository's root, so that every clone names it
+    alike (a point's identity must not depend on where the clone is); elsewhere its absolute path."""
+    from ..provenance import REPO_ROOT
+    resolved = Path(path).resolve()
+    return resolved.relative_to(REPO_ROOT).as_posix() if resolved.is_relative_to(REPO_ROOT) else str(resolved)
+
+
+def same_index_content(point: dict[str, Any]) -> dict[str, Any]:
+    """A point (or row) whose evaluation index is identified by its content alone: rows recorded in another
+    clone, or before index files were named from the repository's root, still match."""
+    index = (point.get("data") or {}).get("index")
+    if not isinstance(index, dict) or "sha1" not in index:
+        return point
+    return {**point, "data": {**point["data"], "index": {"sha1": index["sha1"]}}}
+
+
 def _file_sha1(path: str | Path) -> str:
     digest = hashlib.sha1()
     with open(path, "rb") as handle:
@@ -74,7 +91,7 @@ def resolve_data(spec: EvalData) -> ResolvedData:
     if spec.index:
         index_path = _check_path("data.index", spec.index, spec)
         index = load_evaluation_index(index_path)
-        index_id = {"file": str(Path(index_path).resolve()), "sha1": _file_sha1(index_path)}
+        index_id = {"file": repository_path(index_path), "sha1": _file_sha1(index_path)}
     else:
         index = make_evaluation_index(source, n_input=spec.n_input, n_target=spec.n_target, seed=spec.seed)
         index_id = {"drawn": {"n_input": spec.n_input, "n_target": spec.n_target, "seed": spec.seed}}

@@ -25,7 +25,7 @@ from ..provenance import environment, measured_by
 from ..records import write_atomic
 from ..runtime import default_dtype, resolve_device
 from . import report
-from .inputs import LoadedModel, expand, load_model, render, resolve_data
+from .inputs import LoadedModel, expand, load_model, render, resolve_data, same_index_content
 from .loader import scene_groups
 from .spec import EvaluateSpec, label_of
 
@@ -97,7 +97,7 @@ class Evaluation:
             return None
         rate = computed / seconds if computed and seconds > 0 else None
         if self.from_records:
-            rows, predated = self.sweep.recorded_rows(all_points)
+            rows, predated = self.sweep.recorded_rows(all_points, same_index_content)
             # Rows that predate the `size` column: the loaded model says what it is (its weights are the rows').
             rows = [{**r, "size": r.get("size") or self.sizes.get(r.get("model"))} for r in rows]
         else:
