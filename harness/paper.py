@@ -118,7 +118,6 @@ def report_of(spec: ExperimentBase) -> ReportData | None:
 @dataclass
 class GlanceCell:
     text: str
-    value: float | None = None
     experiment: str = ""
     table: str = ""
     row: int = 0
@@ -166,7 +165,7 @@ def glance(specs: list[ExperimentBase]) -> Glance:
                 sources[fact.quantity] = spec.name
                 units[fact.quantity] = fact.unit
             if sources[fact.quantity] == spec.name:
-                cells.setdefault(fact.variant, {})[fact.quantity] = GlanceCell(_fact_text(fact), fact.value, spec.name, fact.table,
+                cells.setdefault(fact.variant, {})[fact.quantity] = GlanceCell(_fact_text(fact), spec.name, fact.table,
                                                                                fact.row)
     order = [name for name in list_models() if name in cells] + [name for name in cells if name not in list_models()]
     # Speed-ups first, then exponents, quality and sizes: the order a reader compares designs in.

@@ -217,16 +217,17 @@ class Sweep:
         maps a point, and a row alike, to what identifies the measurement (e.g. the config a preset builds,
         so that a renamed preset still finds its rows)."""
         self._track(points)
-        rows = [r for r in self.store.rows() if r.get("experiment", self.experiment) == self.experiment]
+        same = identity or (lambda p: p)
+        rows = [(r, same(r)) for r in self.store.rows() if r.get("experiment", self.experiment) == self.experiment]
         found, predated = [], set()
         for point in points:
             wanted = point_id(self.experiment, point)
-            exact = [r for r in rows if r.get("point_id") == wanted]
+            exact = [r for r, _ in rows if r.get("point_id") == wanted]
             if exact:
                 found.append(exact[-1])
                 continue
-            same = identity or (lambda p: p)
-            near = [(r, missing) for r in rows if (missing := _recorded_match(same(point), same(r))) is not None]
+            identified = same(point)
+            near = [(r, missing) for r, known in rows if (missing := _recorded_match(identified, known)) is not None]
             if near:
                 row, missing = near[-1]
                 found.append(row)
@@ -292,6 +293,11 @@ class Plan:
 FROM_RECORDS = "built from the recorded rows (--from-records): nothing measured; each row keeps the commit that measured it"
 
 
+def from_records_line(predated: set[str]) -> str:
+    """The first note of a report rebuilt from records, naming the fields some of its rows predate."""
+    return FROM_RECORDS + (f"; fields some rows predate, taken as their defaults: {', '.join(sorted(predated))}" if predated else "")
+
+
 def run_plan(spec: Any, plan: Plan, options: Any) -> list[dict[str, Any]]:
     """Open the experiment's sweep, write its manifest, measure what is not recorded yet (shared out over the
     ranks; a failing point is recorded with its reason and the sweep goes on), then on rank 0 build and write
@@ -302,8 +308,7 @@ def run_plan(spec: Any, plan: Plan, options: Any) -> list[dict[str, Any]]:
         if not sweep.world.is_main:
             return []
         rows, predated = sweep.recorded_rows(plan.points, plan.identity)
-        line = FROM_RECORDS + (f"; fields some rows predate, taken as their defaults: {', '.join(sorted(predated))}"
-                               if predated else "")
+        line = from_records_line(predated)
     else:
         write_manifest(sweep.out_dir, spec, plan.manifest)
         summary = sweep.run(plan.points, plan.measure, plan.label, options.progress, deadline_s=plan.deadline_s)

@@ -118,12 +118,8 @@ class Setting(_Strict):
 
 def _one(rows: Sequence[Mapping[str, Any]], key: str) -> Any:
     """The value every row shares for `key`, else None (it varies, or no row has it)."""
-    values = {json.dumps(r.get(key), sort_keys=True, default=str) for r in rows if r.get(key) is not None}
-    return rows_value(rows, key) if len(values) == 1 else None
-
-
-def rows_value(rows: Sequence[Mapping[str, Any]], key: str) -> Any:
-    return next(r[key] for r in rows if r.get(key) is not None)
+    values = {json.dumps(r[key], sort_keys=True, default=str): r[key] for r in rows if r.get(key) is not None}
+    return next(iter(values.values())) if len(values) == 1 else None
 
 
 def measured_setting(rows: Sequence[Mapping[str, Any]], **given: Any) -> Setting:
@@ -132,18 +128,13 @@ def measured_setting(rows: Sequence[Mapping[str, Any]], **given: Any) -> Setting
     this": e.g. no dtype for a count on the meta device)."""
     ok = [r for r in rows if r.get("status", "ok") == "ok" and "key" in r] or list(rows)
     # A row's `config` is the measured variant's config, or one config per variant of a pair (name -> config).
-    configs = [c for r in ok if isinstance(r.get("config"), Mapping)
-               for c in ([r["config"]] if "dim" in r["config"] else r["config"].values()) if isinstance(c, Mapping)]
-
-    def shared(field: str) -> Any:
-        values = {c.get(field) for c in configs}
-        return values.pop() if len(values) == 1 else None
-
+    sizes = shared_sizes(c for r in ok if isinstance(r.get("config"), Mapping)
+                         for c in ([r["config"]] if "dim" in r["config"] else r["config"].values()) if isinstance(c, Mapping))
     params = _one(ok, "params")
     setting: dict[str, Any] = {
         "device": {"name": _one(ok, "device"), "threads": _one(ok, "threads"), "dtype": _one(ok, "dtype")},
-        "model": {"preset": _one(ok, "preset"), "dim": shared("dim"), "image_size": shared("image_size") or _one(ok, "image_size"),
-                  "patch_size": shared("patch_size"), "params_m": params / 1e6 if isinstance(params, (int, float)) else None},
+        "model": {"preset": _one(ok, "preset"), **sizes, "image_size": sizes["image_size"] or _one(ok, "image_size"),
+                  "params_m": params / 1e6 if isinstance(params, (int, float)) else None},
         "views": {"n_input": _one(ok, "n_input"), "n_target": _one(ok, "n_target")},
         "world_size": _one(ok, "world_size"),
     }
@@ -155,17 +146,21 @@ def measured_setting(rows: Sequence[Mapping[str, Any]], **given: Any) -> Setting
     return Setting.model_validate(setting)
 
 
+def shared_sizes(configs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The width, resolution and patch every config shares (None where they differ or none is given)."""
+    configs = list(configs)
+    out = {}
+    for field in ("dim", "image_size", "patch_size"):
+        values = {c.get(field) for c in configs}
+        out[field] = values.pop() if len(values) == 1 else None
+    return out
+
+
 def preset_setting(rows: Sequence[Mapping[str, Any]], preset: str, overrides: Mapping[str, Any], models: Sequence[str]) -> Setting:
     """The setting of rows measured at one preset (with overrides) for every model: the preset's shared sizes."""
     from models import model_config
-    configs = [model_config(name, preset, **overrides) for name in models]
-
-    def shared(field: str) -> Any:
-        values = {getattr(c, field) for c in configs}
-        return values.pop() if len(values) == 1 else None
-
-    return measured_setting(rows, model={"preset": preset, "dim": shared("dim"), "image_size": shared("image_size"),
-                                         "patch_size": shared("patch_size")})
+    return measured_setting(rows, model={"preset": preset, **shared_sizes(model_config(name, preset, **overrides).to_dict()
+                                                                          for name in models)})
 
 
 # Which fields of a setting must match for a difference of a quantity to mean something.

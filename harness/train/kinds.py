@@ -23,7 +23,7 @@ import pandas as pd
 from models import label, model_config
 
 from ..pipeline import Report, Sweep, Table, write_manifest, write_report
-from ..report import Setting, measured_setting
+from ..report import Setting, measured_setting, shared_sizes
 from ..provenance import environment, measured_by
 from ..runtime import resolve_device
 from ..errors import ConfigError
@@ -205,17 +205,11 @@ def study_setting(exp: ConvergenceExperiment | TrainExperiment, rows: list[dict[
     and views it trains and validates on, and its budget."""
     arms = exp.study_arms() if isinstance(exp, ConvergenceExperiment) else [exp.model]
     specs = [exp.model_spec(arm) if isinstance(exp, ConvergenceExperiment) else arm for arm in arms]
-    configs = [model_config(spec.name, spec.preset, **spec.overrides) for spec in specs]
-
-    def shared(field: str) -> Any:
-        values = {getattr(c, field) for c in configs}
-        return values.pop() if len(values) == 1 else None
-
+    sizes = shared_sizes(model_config(spec.name, spec.preset, **spec.overrides).to_dict() for spec in specs)
     data = exp.data
     return measured_setting(
         [r for r in rows if "arm" in r or "variant" in r],
-        model={"preset": specs[0].preset if len({s.preset for s in specs}) == 1 else None, "dim": shared("dim"),
-               "image_size": shared("image_size"), "patch_size": shared("patch_size")},
+        model={"preset": specs[0].preset if len({s.preset for s in specs}) == 1 else None, **sizes},
         views={"n_input": data.eval_n_input or data.n_input, "n_target": data.eval_n_target},
         data={"source": data.source, "protocol": data.protocol, "scenes": data.eval_scenes},
         training={"steps": exp.train.steps, "batch": exp.train.batch_size,
