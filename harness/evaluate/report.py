@@ -12,7 +12,7 @@ import torch
 from models import label as variant_label, list_models, model_card
 
 from ..metrics import METRICS, mean_over_scenes, none_if_nan
-from ..pipeline import Report, Table
+from ..pipeline import Report, Table, measured_commits
 from ..report import Setting, differing, measured_setting
 from .inputs import RANDOM_INIT, ResolvedData
 from .spec import EvaluateSpec
@@ -63,7 +63,7 @@ def setting(spec: EvaluateSpec, data: ResolvedData, rows: list[dict[str, Any]]) 
         data={"source": spec.data.source, "protocol": spec.data.protocol, "scenes": len({r["scene"] for r in ok}) or None})
 
 
-def published_rows(spec: EvaluateSpec, labels: list[str]) -> list[tuple[dict[str, Any], Setting]]:
+def published_rows(spec: EvaluateSpec) -> list[tuple[dict[str, Any], Setting]]:
     """The published rows (the variants' cards' `card_table`, then the spec's own), each with its setting."""
     rows: list[tuple[dict[str, Any], Setting]] = []
     if spec.card_table:
@@ -82,7 +82,7 @@ def published_rows(spec: EvaluateSpec, labels: list[str]) -> list[tuple[dict[str
 def summary_table(spec: EvaluateSpec, summary: pd.DataFrame, ours: Setting, title: str, notes: list[str]) -> Table:
     """The summary, then the published rows beside it: each row says which setting it was measured under,
     and a published row is subtracted from ours nowhere unless the settings match (`report.differing`)."""
-    published = published_rows(spec, list(summary["model"]))
+    published = published_rows(spec)
     frame = summary.assign(setting="ours")
     settings: dict[str, Setting] = {}
     notes = list(notes)
@@ -117,7 +117,7 @@ def protocol_notes(spec: EvaluateSpec, data: ResolvedData, rows: list[dict[str, 
 
 
 def notes(spec: EvaluateSpec, data: ResolvedData, environment: dict[str, Any], dtype: str, lpips_message: str,
-          failures: list[str]) -> list[str]:
+          failures: list[str], rows: list[dict[str, Any]] = ()) -> list[str]:
     options = ", ".join(f"{k}={v}" for k, v in data.identity["options"].items())
     index = data.identity["index"]
     index_text = index.get("file") or f"drawn ({spec.data.n_input} inputs, {spec.data.n_target} targets, seed {spec.data.seed})"
@@ -125,7 +125,9 @@ def notes(spec: EvaluateSpec, data: ResolvedData, environment: dict[str, Any], d
         f"Measured rows: dataset {spec.data.source} ({options}), {len(data.index)} scenes, evaluation index {index_text}",
         *([f"{data.not_in_source} scenes of the index are not in the source and were not evaluated"]
           if data.not_in_source else []),
-        f"device {environment['device']}, dtype {dtype}, torch {environment['torch']}, commit {environment['commit']}",
+        # The commit that scored the rows (a report rebuilt from records later keeps it).
+        f"device {environment['device']}, dtype {dtype}, torch {environment['torch']}, "
+        f"commit {', '.join(measured_commits(rows)) or environment['commit']}",
         "Protocol (pixelSplat/MVSplat/LVSM): PSNR on [0,1]-clamped images; SSIM skimage win 11, gaussian, "
         "data_range 1; LPIPS normalize=True; mean over each scene's targets, then over scenes",
         f"LPIPS: {lpips_message}",

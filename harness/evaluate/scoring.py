@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..errors import MissingResource, OutputError
 from ..metrics import METRICS, LPIPSMetric, image_metrics, none_if_nan, scene_means
-from ..pipeline import FROM_RECORDS, Sweep, failure_status, one_line, release_memory, write_manifest, write_report
+from ..pipeline import Sweep, failure_status, from_records_line, one_line, release_memory, write_manifest, write_report
 from ..provenance import environment, measured_by
 from ..records import write_atomic
 from ..runtime import default_dtype, resolve_device
@@ -103,12 +103,11 @@ class Evaluation:
         else:
             rows, predated = self.sweep.rows(all_points), set()
         per_scene, summary, failures = report.tables(rows, self.labels)
-        notes = report.notes(self.spec, self.data, self.environment, self.dtype, self.lpips.message, failures)
+        notes = report.notes(self.spec, self.data, self.environment, self.dtype, self.lpips.message, failures, rows)
         notes[1:1] = report.protocol_notes(self.spec, self.data, rows)
         notes.append(self._throughput_note(computed, seconds, rate))
         if self.from_records:
-            notes.insert(0, FROM_RECORDS + (f"; fields some rows predate, taken as their defaults: {', '.join(sorted(predated))}"
-                                            if predated else ""))
+            notes.insert(0, from_records_line(predated))
         result = report.build(self.spec, summary, notes, report.setting(self.spec, self.data, rows), report.first_target_psnrs(rows),
                               self._grid_examples if grid_renders else None, grid_renders)
         # What a loader noted about the data (e.g. lens distortion left uncorrected) reaches the table.
