@@ -79,8 +79,10 @@ view-generalization: $(STAMP)  ## the convergence models (shipped weights) evalu
 depth-study: $(STAMP)  ## LVSM depth ablations (enc-dec split, decoder-only depth) at the convergence scale -> results/depth_study/ (about 35 min)
 	$(PY) -m harness run experiments/depth_study.yaml
 
-camera-encoding: $(STAMP)  ## Plücker rays vs PRoPE vs GTA for every variant offering them x 2 seeds, convergence scale -> results/camera_encoding/ (about 8 h on 2 cores; resumable)
+camera-encoding: $(STAMP)  ## Plücker rays vs PRoPE vs GTA for every variant offering them x 2 seeds, convergence scale; then N = 1..12 and a rigid move of the world on its checkpoints, and the encodings' latency over N -> results/camera_encoding/ (about 12 h on 2 cores; resumable)
 	$(PY) -m harness run experiments/camera_encoding.yaml
+	$(PY) -m harness run experiments/camera_encoding_views.yaml
+	$(PY) -m harness run experiments/camera_encoding_cost.yaml $(preset_flag)
 
 ablations: $(STAMP)  ## Efficient-LVSM ablation arms x 2 seeds (REPA needs REPA_TEACHER_WEIGHTS=) -> results/ablations/ (about 1-2 h on 2 cores)
 	$(PY) -m harness run experiments/ablations.yaml

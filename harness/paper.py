@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 # The order `make paper` runs them in: cheap counts first, then measurements, then training and what
 # reads its checkpoints.
 ORDER = ["flops", "efficiency_table", "bench", "kv_cache", "render_one_more_target", "speed_vs_views", "op_profile",
-         "convergence", "eval", "view_generalization", "depth_study", "ablations", "table_re10k", "table_objects"]
+         "convergence", "eval", "view_generalization", "depth_study", "ablations", "camera_encoding", "camera_encoding_views",
+         "camera_encoding_cost", "table_re10k", "table_objects"]
 
 
 @dataclass

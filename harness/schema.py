@@ -264,6 +264,7 @@ for _name, _address in {
     "profile_kv_cache": "harness.profile.kinds:KV_CACHE",
     "profile_efficiency": "harness.profile.kinds:EFFICIENCY",
     "profile_one_more_target": "harness.profile.one_more_target:ONE_MORE_TARGET",
+    "profile_camera_encoding": "harness.profile.camera_cost:CAMERA_COST",
     "op_profile": "harness.profile.ops:OP_PROFILE",
     "parity": "harness.parity.kind:PARITY",
     "evaluate": "harness.evaluate.kind:EVALUATE",

@@ -71,3 +71,14 @@ def camera_frame_rays_last(fxfycxcy: torch.Tensor, height: int, width: int) -> t
 def plucker_rays(c2w: torch.Tensor, fxfycxcy: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The Plücker embedding channel-first, [..., 6, h, w]: a permuted view of `plucker_rays_last`."""
     return plucker_rays_last(c2w, fxfycxcy, height, width).movedim(-1, -3)
+
+
+def random_rigid_transform(seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A proper rigid transform [4, 4] (a rotation, determinant +1, and a translation) drawn from `seed`:
+    moving every camera by it, T @ c2w, moves the world without changing what any camera sees."""
+    g = torch.Generator().manual_seed(seed)
+    rotation, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+    transform = torch.eye(4, dtype=torch.float64)
+    transform[:3, :3] = rotation * torch.sign(torch.linalg.det(rotation))
+    transform[:3, 3] = torch.randn(3, generator=g, dtype=torch.float64)
+    return transform.to(dtype)

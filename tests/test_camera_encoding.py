@@ -5,22 +5,18 @@ they are; raymaps are not invariant. Analytic FLOPs count the transforms and equ
 from __future__ import annotations
 
 import pytest
+import yaml
 import torch
 
 from conftest import random_views
 from harness.profile.measure import FlopCounter, Sizes
+from harness.report import read_report
+from harness.schema import run_experiment
 from models import build_model, list_models, model_class
+from models.rays import random_rigid_transform
 
 ENCODINGS = ["plucker", "prope", "gta", "plucker+prope"]
 READERS = [name for name in list_models() if "prope" in model_class(name).camera_encodings]
-
-
-def _rigid(seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    rotation, _ = torch.linalg.qr(torch.randn(3, 3, generator=g))
-    transform = torch.eye(4)
-    transform[:3, :3], transform[:3, 3] = rotation * torch.sign(torch.linalg.det(rotation)), torch.randn(3, generator=g)
-    return transform
 
 
 @pytest.mark.parametrize("name", READERS)
@@ -29,7 +25,7 @@ def test_renders_under_a_rigid_move_of_the_world(name, encoding):
     torch.manual_seed(0)
     model = build_model(name, "tiny", camera_encoding=encoding).eval()
     images, ic, ik, tc, tk = random_views(2, 3, 2)
-    move = _rigid(1)
+    move = random_rigid_transform(1)
     with torch.no_grad():
         render, moved = model(images, ic, ik, tc, tk), model(images, move @ ic, ik, move @ tc, tk)
     difference = (render - moved).abs().max().item()
@@ -53,7 +49,7 @@ def test_cameras_enter_and_chunking_does_not_change_the_render():
     with torch.no_grad():
         whole, chunked = model(images, ic, ik, tc, tk), model(images, ic, ik, tc, tk, target_chunk=1)
         one_moved = ic.clone()
-        one_moved[:, 0] = _rigid(2) @ one_moved[:, 0]
+        one_moved[:, 0] = random_rigid_transform(2) @ one_moved[:, 0]
         moved = model(images, one_moved, ik, tc, tk)
     assert torch.equal(whole, chunked) and (whole - moved).abs().max().item() > 1e-5  # rounding alone: 6e-8
     assert model.input_tokenizer.proj.weight.shape[1] == 6 * 64 and model.target_tokenizer.proj.weight.shape[1] == 3 * 64
@@ -136,3 +132,26 @@ def test_lact_takes_prope_beside_its_raymaps_and_only_its_rope_acts(monkeypatch)
     for encoding in ("prope", "gta"):
         with pytest.raises(ValueError, match=f"model 'lact': camera_encoding '{encoding}' is not implemented"):
             build_model("lact", "tiny", camera_encoding=encoding)
+
+
+def test_cost_of_each_encoding_is_timed_against_raymaps_and_counted_as_the_formula_says(tmp_path):
+    """Every variant with each encoding it implements is timed in alternation with its raymap twin; both
+    FLOP counts are recorded, the encoding's equal to its analytic formula; an encoding a variant lacks is
+    listed as not run, with what it offers."""
+    spec = {"kind": "profile_camera_encoding", "name": "cc", "output_dir": str(tmp_path / "cc"), "preset": "tiny",
+            "models": ["efficient_lvsm", "lact"], "encodings": ["gta", "plucker+prope"], "n_inputs": [2, 3],
+            "measure": {"device": "cpu", "runs": 2, "warmup": 1, "threads": 1}}
+    path = tmp_path / "cc.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    rows = {(r["model"], r["camera_encoding"], r["n_input"]): r for r in run_experiment(path, progress=False)}
+    assert sorted(rows) == sorted((m, e, n) for m, e in [("efficient_lvsm", "gta"), ("efficient_lvsm", "plucker+prope"),
+                                                          ("lact", "plucker+prope")] for n in (2, 3))
+    for row in rows.values():
+        assert row["status"] == "ok" and row["flops_relative_difference"] == 0 and row["latency_ratio"] > 0
+        assert row["flops_ratio"] == pytest.approx(row["gflops"] / row["plucker_gflops"])
+    # GTA's tokens carry 3 ray channels where raymaps carry 6: fewer parameters; both at once add the transforms.
+    assert rows["efficient_lvsm", "gta", 2]["params"] < rows["efficient_lvsm", "gta", 2]["plucker_params"]
+    assert rows["efficient_lvsm", "plucker+prope", 2]["flops_ratio"] > 1
+    report = read_report(tmp_path / "cc" / "report.json")
+    assert report.not_run == ["LaCT: gta not implemented (it offers plucker, plucker+prope)"]
+    assert "N=3" in (tmp_path / "cc" / "overhead.md").read_text() and (tmp_path / "cc" / "overhead_vs_n.png").is_file()

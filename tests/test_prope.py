@@ -7,6 +7,7 @@ import torch
 
 from conftest import FIXTURES
 from models import prope_attention
+from models.rays import random_rigid_transform
 
 pytestmark = pytest.mark.parity
 
@@ -25,15 +26,6 @@ def test_prope_and_gta_equal_the_release(intrinsics, key):
     assert (out - f[key]).abs().max().item() <= 1e-5
 
 
-def _rigid(seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    rotation, _ = torch.linalg.qr(torch.randn(3, 3, generator=g))
-    rotation = rotation * torch.sign(torch.linalg.det(rotation))
-    transform = torch.eye(4)
-    transform[:3, :3], transform[:3, 3] = rotation, torch.randn(3, generator=g)
-    return transform
-
-
 @pytest.mark.parametrize("intrinsics", [True, False])
 def test_moving_every_camera_by_one_rigid_transform_changes_nothing(intrinsics):
     """World-to-camera matrices of a moved world are viewmat @ T^-1: P_i P_j^-1 is unchanged, so is the output;
@@ -41,8 +33,8 @@ def test_moving_every_camera_by_one_rigid_transform_changes_nothing(intrinsics):
     f, grid = _fixture()
     Ks = f["Ks"] if intrinsics else None
     out = prope_attention(f["q"], f["k"], f["v"], Ks=Ks, **grid)
-    moved = {**grid, "viewmats": grid["viewmats"] @ torch.linalg.inv(_rigid(1))}
+    moved = {**grid, "viewmats": grid["viewmats"] @ torch.linalg.inv(random_rigid_transform(1))}
     assert (prope_attention(f["q"], f["k"], f["v"], Ks=Ks, **moved) - out).abs().max().item() <= 1e-4
     one = grid["viewmats"].clone()
-    one[:, 1] = one[:, 1] @ torch.linalg.inv(_rigid(2))
+    one[:, 1] = one[:, 1] @ torch.linalg.inv(random_rigid_transform(2))
     assert (prope_attention(f["q"], f["k"], f["v"], Ks=Ks, **{**grid, "viewmats": one}) - out).abs().max().item() > 1e-3

@@ -40,6 +40,7 @@ def _specs(out: Path) -> dict[str, dict]:
         "profile_efficiency": {**tiny, "measure": MEASURE},
         "profile_one_more_target": {**tiny, "models": ["lact"], "flops": {"preset": "tiny"}, "n_inputs": [1, 2],
                                     "timed_n_inputs": [1], "fit_n": [1, 64], "headline_n": [2], "measure": MEASURE},
+        "profile_camera_encoding": {**tiny, "models": ["efficient_lvsm"], "encodings": ["gta"], "n_inputs": [1], "measure": MEASURE},
         "op_profile": {**tiny, "models": ["efficient_lvsm"], "overrides": {"image_size": 16}, "n_inputs": [1], "n_targets": [1]},
         "parity": {**tiny, "checkouts": {"OFFICIAL_LVSM": "", "OFFICIAL_EFFICIENT_LVSM": "", "OFFICIAL_LACT": ""}},
         "evaluate": {"models": [{"name": "lvsm_decoder_only", "preset": "tiny"}], "data": scenes, "grid_scenes": 1},

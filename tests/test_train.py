@@ -342,14 +342,14 @@ def test_shipped_weights_reproduce_the_study_in_view_generalization_and_evaluati
         models: [lvsm_decoder_only, efficient_lvsm]
         n_inputs: [1, 3, 5]
     """)
-    rows = {(r["variant"], r["n_input"], r["mode"]): r for r in run_experiment(path, progress=False)}
+    rows = {(r["arm"], r["n_input"], r["mode"]): r for r in run_experiment(path, progress=False)}
     assert len(rows) == 9 and all(r["status"] == "ok" for r in rows.values())
     for n in (1, 3, 5):
         full, cached = rows["efficient_lvsm", n, "full"], rows["efficient_lvsm", n, "kv_cache"]
         assert cached["psnr"] == pytest.approx(full["psnr"], abs=1e-4) and cached["kv_vs_full_max_abs"] < 1e-4
     for variant in ("lvsm_decoder_only", "efficient_lvsm"):
         assert rows[variant, 3, "full"]["psnr"] == pytest.approx(trained.loc[variant, "psnr_mean"], abs=1e-4)
-    assert all(r["weights_sha256"] == manifest[f"{r['variant']}.pt"]["sha256"] for r in rows.values())
+    assert all(r["weights_sha256"] == manifest[f"{r['arm']}.pt"]["sha256"] for r in rows.values())
     table = (tmp_path / "vg" / "psnr_by_n.md").read_text()
     assert "3 (training N)" in table and "KV cache" in table
     assert (tmp_path / "vg" / "psnr_vs_n.png").is_file()
@@ -370,6 +370,49 @@ def test_shipped_weights_reproduce_the_study_in_view_generalization_and_evaluati
     assert main(["run", str(evaluation), "--no-progress", "--set", f"output_dir={tmp_path / 'eval2'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "efficient_lvsm.pt: sha256" in err[0] and "does not match" in err[0], err
+
+
+@pytest.mark.slow
+def test_view_generalization_of_a_study_of_arms_and_seeds_with_the_world_moved(tmp_path):
+    """Arms of a several-seed study are evaluated per seed, the tables giving the mean; under a rigid move of
+    every camera the GTA arm renders the same pixels and the raymap arm does not; an (arm, seed) not trained
+    yet is listed as not run, and the report is rebuilt from the records alone."""
+    tiny_convergence(
+        tmp_path / "conv.yaml", tmp_path / "conv",
+        ["efficient_lvsm", {"name": "efficient_lvsm_gta", "model": "efficient_lvsm", "overrides": {"camera_encoding": "gta"}}],
+        data={"options": {"count": 3, "views": 10, "supersample": 1}, "eval_options": {"seed": 1, "count": 2}, "n_input": 2,
+              "n_target": 2, "eval_n_target": 2, "eval_scenes": 2, "context_layout": "ring", "normalize": False},
+        train={"steps": 2, "val_every": 2, "checkpoint_every": 2, "threads": 1}, blur_sigmas=[1.0], cost={"runs": 1}, seeds=[0, 1])
+    run_experiment(tmp_path / "conv.yaml", progress=False)
+    (tmp_path / "conv" / "runs" / "efficient_lvsm_gta" / "seed1" / "checkpoint.pt").unlink()
+    path = _write(tmp_path / "vg.yaml", f"""
+        kind: view_generalization
+        output_dir: {tmp_path / "vg"}
+        trained: conv.yaml
+        models: [efficient_lvsm, efficient_lvsm_gta]
+        n_inputs: [1, 2]
+        kv_cache: []
+        rigid: [efficient_lvsm, efficient_lvsm_gta]
+    """)
+    rows = {(r["arm"], r["seed"], r["n_input"], r["mode"]): r for r in run_experiment(path, progress=False)}
+    assert len(rows) == 9 and all(r["status"] == "ok" for r in rows.values())
+    assert rows["efficient_lvsm_gta", 0, 2, "rigid"]["moved_vs_full_max_abs"] <= 1e-4
+    assert rows["efficient_lvsm", 1, 2, "rigid"]["moved_vs_full_max_abs"] > 1e-3
+    report = json.loads((tmp_path / "vg" / "report.json").read_text())
+    assert report["not_run"] == [f"Efficient-LVSM (camera_encoding: gta) seed 1: no weights at "
+                                 f"{tmp_path / 'conv' / 'runs' / 'efficient_lvsm_gta' / 'seed1' / 'checkpoint.pt'} yet "
+                                 f"(train them: python -m harness run {tmp_path / 'conv.yaml'})"]
+    summary = pd.read_csv(tmp_path / "vg" / "summary.csv")
+    plain = summary[(summary["arm"] == "Efficient-LVSM") & (summary["n_input"] == 1)].iloc[0]
+    assert plain["seeds"] == 2 and plain["psnr"] == pytest.approx((rows["efficient_lvsm", 0, 1, "full"]["psnr"]
+                                                                   + rows["efficient_lvsm", 1, 1, "full"]["psnr"]) / 2)
+    rigid = (tmp_path / "vg" / "rigid.md").read_text()
+    assert "| Efficient-LVSM (camera_encoding: gta) |" in rigid and "yes" in rigid and "no " in rigid
+    for checkpoint in (tmp_path / "conv" / "runs").rglob("checkpoint.pt"):
+        checkpoint.unlink()  # a clone without checkpoints rebuilds the report from its records
+    (tmp_path / "vg" / "rigid.md").unlink()
+    run_experiment(path, progress=False, from_records=True)
+    assert (tmp_path / "vg" / "rigid.md").read_text().splitlines()[-2:] == rigid.splitlines()[-2:]
 
 
 @pytest.mark.slow

@@ -186,7 +186,7 @@ class EfficiencySpec(CostSpec, SharedCores):
 # ------------------------------------------------------------------------------------ running
 
 
-def _context(spec: CostSpec, measured: bool = True) -> RunContext:
+def cost_context(spec: CostSpec, measured: bool = True) -> RunContext:
     measurement = spec.measure if measured else None
     ctx = resolve_context(spec.preset, spec.batch, spec.image_size, measurement)
     if measured:
@@ -194,7 +194,7 @@ def _context(spec: CostSpec, measured: bool = True) -> RunContext:
     return ctx
 
 
-def _sweep_and_report(spec: CostSpec, ctx: RunContext, points: list[dict[str, Any]], measure, label_of, options: RunOptions,
+def sweep_and_report(spec: CostSpec, ctx: RunContext, points: list[dict[str, Any]], measure, label_of, options: RunOptions,
                       build) -> list[dict[str, Any]]:
     def report(rows: list[dict[str, Any]], expected: int):
         result = build(rows, expected)
@@ -253,19 +253,19 @@ def _point_label(point: Mapping[str, Any]) -> str:
 
 
 def run_profile(spec: ProfileSpec, options: RunOptions) -> list[dict[str, Any]]:
-    ctx = _context(spec)
+    ctx = cost_context(spec)
     points = [ctx.point(model=model, n_input=n, n_target=m, batch=spec.batch, measure=spec.measure.key())
               for m in spec.n_targets for n in sorted(spec.n_inputs) for model in spec.models]
     if all(name in spec.models for name in spec.ratio.names):  # the headline ratio, timed in alternation
         points.append(ctx.point(pair=spec.ratio.names, n_input=spec.headline_n, n_target=spec.headline_m,
                                 batch=spec.batch, measure=spec.measure.key()))
-    return _sweep_and_report(spec, ctx, points, forward_measure(ctx, spec.measure),
+    return sweep_and_report(spec, ctx, points, forward_measure(ctx, spec.measure),
                              lambda p: f"{_point_label(p)} N={p['n_input']} M={p['n_target']}", options,
                              lambda rows, expected: report.profile_report(spec, ctx, rows, expected))
 
 
 def run_flops(spec: FlopsSpec, options: RunOptions) -> list[dict[str, Any]]:
-    ctx = _context(spec, measured=False)
+    ctx = cost_context(spec, measured=False)
     points = [ctx.point(model=model, n_input=n, n_target=m, batch=spec.batch)
               for model in spec.models for m in spec.n_targets for n in sorted(spec.n_inputs)]
     counter = FlopCounter(ctx.sizes)
@@ -274,7 +274,7 @@ def run_flops(spec: FlopsSpec, options: RunOptions) -> list[dict[str, Any]]:
         count = counter.forward(point["model"], point["n_input"], point["n_target"], point["batch"])
         return {"params": counter.model(point["model"]).num_parameters(), **count.columns()}
 
-    return _sweep_and_report(spec, ctx, points, measure, lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}",
+    return sweep_and_report(spec, ctx, points, measure, lambda p: f"{p['model']} N={p['n_input']} M={p['n_target']}",
                              options, lambda rows, expected: report.flops_report(spec, ctx, rows, expected))
 
 
@@ -283,7 +283,7 @@ def _cache_mib(cache) -> float:
 
 
 def run_kv_cache(spec: KVCacheSpec, options: RunOptions) -> list[dict[str, Any]]:
-    ctx = _context(spec)
+    ctx = cost_context(spec)
     settings = spec.measure
     common = dict(n_new=spec.n_new, n_target=spec.n_targets, batch=spec.batch, measure=settings.key())
     arms = [(spec.ratio.model, "kv_cache"), (spec.ratio.baseline, "recompute")] + [(name, "rebuild") for name in spec.rebuild_models]
@@ -314,7 +314,7 @@ def run_kv_cache(spec: KVCacheSpec, options: RunOptions) -> list[dict[str, Any]]
 
         return {**flops.columns(), "kv_cache_mb": _cache_mib(renderer.cache), **measure_call(step, dev, ctx.dtype, settings)}
 
-    return _sweep_and_report(spec, ctx, points, measure, lambda p: f"{p['mode']} N={p['n_cached']}", options,
+    return sweep_and_report(spec, ctx, points, measure, lambda p: f"{p['mode']} N={p['n_cached']}", options,
                              lambda rows, expected: report.kv_cache_report(spec, ctx, rows, expected))
 
 
@@ -369,13 +369,13 @@ def published_setting_search(spec: EfficiencySpec) -> tuple[list[dict[str, Any]]
 
 
 def run_efficiency(spec: EfficiencySpec, options: RunOptions) -> list[dict[str, Any]]:
-    ctx = _context(spec)
+    ctx = cost_context(spec)
     search = published_setting_search(spec)
     points = [ctx.point(model=model, n_input=spec.n_input, n_target=spec.n_target, batch=spec.batch,
                         measure=spec.measure.key()) for model in spec.models]
     points.append(ctx.point(pair=[spec.ratio.baseline, spec.ratio.model], n_input=spec.n_input, n_target=spec.n_target,
                             batch=spec.batch, measure=spec.measure.key()))
-    return _sweep_and_report(spec, ctx, points, forward_measure(ctx, spec.measure), _point_label, options,
+    return sweep_and_report(spec, ctx, points, forward_measure(ctx, spec.measure), _point_label, options,
                              lambda rows, expected: report.efficiency_report(spec, ctx, rows, search))
 
 

@@ -264,6 +264,7 @@ def recorded_step_cost(sweep: Sweep, point: dict[str, Any]) -> dict[str, Any] | 
     ms: dict[str, float] = {}
     iqr: dict[str, float] = {}
     base: dict[str, Any] | None = None
+    commits: set[str] = set()  # arms timed by different runs name every commit that timed one
     for row in reversed(sweep.store.rows()):
         if row.get("status") != "ok" or "step_cost" not in row or not all(
                 json.dumps(row.get(k), sort_keys=True) == json.dumps(v, sort_keys=True)
@@ -274,9 +275,10 @@ def recorded_step_cost(sweep: Sweep, point: dict[str, Any]) -> dict[str, Any] | 
                     _model_config(row.get("models", {}).get(name, {})) == _model_config(spec):
                 ms[name], iqr[name] = row["step_ms"][name], (row.get("step_iqr_ms") or {}).get(name)
                 base = base or row
+                commits.add(str(row.get("commit")))
     if base is None:
         return None
-    return {**base, "step_cost": list(ms), "step_ms": ms, "step_iqr_ms": iqr,
+    return {**base, "commit": ", ".join(sorted(commits)), "step_cost": list(ms), "step_ms": ms, "step_iqr_ms": iqr,
             "untimed": [name for name in point["step_cost"] if name not in ms]}
 
 
