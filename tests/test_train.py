@@ -253,7 +253,7 @@ def test_convergence_study_end_to_end(tmp_path, capsys):
         tmp_path / "tiny.yaml", tmp_path / "out", ["lvsm_encoder_decoder", "efficient_lvsm"],
         data={"options": {"count": 4, "views": 8, "supersample": 1}, "eval_options": {"seed": 1, "count": 2},
               "n_target": 2, "eval_n_target": 2, "eval_scenes": 2},
-        train={"steps": 2, "val_every": 1, "checkpoint_every": 2, "log_every": 1}, reach_psnr=[5.0], blur_sigmas=[1.0, 2.0],
+        train={"steps": 2, "val_every": 1, "checkpoint_every": 2, "log_every": 1, "threads": 1}, reach_psnr=[5.0], blur_sigmas=[1.0, 2.0],
         step_cost_rounds=3, speedup_claim={"arm": "efficient_lvsm", "over": "lvsm_encoder_decoder", "factor": 2.0, "source": "test"})
     summary = run_experiment(path, progress=False)
     out = tmp_path / "out"
@@ -266,6 +266,9 @@ def test_convergence_study_end_to_end(tmp_path, capsys):
     assert table["step_ms"].gt(0).all() and (table["seconds"] == (2 * table["step_ms"] / 1e3).round(1)).all()
     notes = (out / "final.md").read_text()
     assert "clean cost per training step" in notes and "3 rounds" in notes
+    # The machine is named as the steps were timed (the study's one thread), not as the process runs.
+    clean_cost = next(line for line in notes.splitlines() if "clean cost per training step" in line)
+    assert "(1 thread)" in clean_cost and "threads)" not in clean_cost
     headlines = (out / "headlines.md").read_text()
     read = "speed-up of efficient_lvsm over lvsm_encoder_decoder to 5dB" in headlines or "at step 0" in headlines
     assert read and "published 2x" in headlines

@@ -24,7 +24,7 @@ from models import label, model_config
 
 from ..pipeline import Report, Sweep, Table, write_manifest, write_report
 from ..report import Setting, measured_setting, shared_sizes
-from ..provenance import environment, measured_by
+from ..provenance import device_name, environment, measured_by
 from ..runtime import resolve_device
 from ..errors import ConfigError
 from ..schema import Kind, RunOptions, load_experiment, with_preset
@@ -37,6 +37,12 @@ from .validation import trivial_baselines
 from ..weights import check_replaceable, ship
 
 log = logging.getLogger(__name__)
+
+
+def timed_machine(device: Any) -> dict[str, Any]:
+    """The device a cost was timed on, named while the timing's threads are set (the sweep's context names the
+    process's own thread count, which a timing changes)."""
+    return {"device": device_name(device)}
 
 
 def measure_cost(exp: ConvergenceExperiment, arm_name: str) -> dict[str, Any]:
@@ -60,10 +66,11 @@ def measure_cost(exp: ConvergenceExperiment, arm_name: str) -> dict[str, Any]:
         views = synthetic_views(1, n, m, config.image_size, device)
         timing = measure_call(lambda: model(*views), device, "float32",
                               Measurement(warmup=2, runs=exp.cost.runs, min_runs=exp.cost.runs))
+        timed_on = timed_machine(device)
     finally:
         torch.set_num_threads(threads)
     return {"params": model.num_parameters(), "gflops": flops.counted / 1e9, "latency_ms": timing["latency_ms"],
-            "latency_iqr_ms": timing["latency_iqr_ms"], "noisy": timing["noisy"]}
+            "latency_iqr_ms": timing["latency_iqr_ms"], "noisy": timing["noisy"], **timed_on}
 
 
 def measure_step_costs(exp: ConvergenceExperiment, arm_names: list[str]) -> dict[str, Any]:
@@ -98,11 +105,12 @@ def measure_step_costs(exp: ConvergenceExperiment, arm_names: list[str]) -> dict
             calls.append(lambda step=step: step(batch))
         with Contention(device) as contention:
             times = interleaved_ms(calls, device, exp.step_cost_rounds, warmup=2)
+        timed_on = timed_machine(device)
     finally:
         torch.set_num_threads(threads)
     stats = {name: median_iqr(t) for name, t in zip(arm_names, times)}
     return {"step_ms": {n: v[0] for n, v in stats.items()}, "step_iqr_ms": {n: v[1] for n, v in stats.items()},
-            "rounds": len(times[0]), **contention.columns}
+            "rounds": len(times[0]), **contention.columns, **timed_on}
 
 
 def write_validation_index(exp: ConvergenceExperiment, out_dir: Path) -> Path:
