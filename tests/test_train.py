@@ -24,8 +24,8 @@ from harness.train.validation import gaussian_blur, nearest_context
 from models import build_model
 
 
-def tiny_run(steps: int = 6):
-    model = ModelRef(name="lvsm_decoder_only", preset="tiny", overrides={"image_size": 16, "patch_size": 8})
+def tiny_run(steps: int = 6, **overrides):
+    model = ModelRef(name="lvsm_decoder_only", preset="tiny", overrides={"image_size": 16, "patch_size": 8, **overrides})
     data = TrainData(source="synthetic_object", image_size=16, options={"count": 4, "seed": 0, "views": 8, "supersample": 1},
                     eval_options={"seed": 1, "count": 2}, n_input=2, n_target=2, eval_n_target=2, eval_scenes=2, normalize=True)
     optim = OptimSpec(lr=3e-3, warmup_steps=2)
@@ -110,7 +110,7 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from harness.distributed import close_world, init_world
     world = init_world("cpu")
-    model, data, optim, train = tiny_run(steps=3)
+    model, data, optim, train = tiny_run(steps=3, camera_encoding="prope")
     result = train_model(model, data, optim, train, out_dir, world=world, progress=False)
     torch.save(result.model.state_dict(), f"{out_dir}/rank{rank}.pt")
     close_world()
@@ -121,12 +121,13 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
 def test_two_gloo_ranks_train_what_one_process_trains_at_the_same_global_batch(tmp_path):
     mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
     states = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    model, data, optim, train = tiny_run(steps=3)
+    # Under PRoPE, whose cameras enter every attention: each rank builds its shard's transforms.
+    model, data, optim, train = tiny_run(steps=3, camera_encoding="prope")
     # Two ranks of batch 2 take interleaved shards of one stream: one process of batch 4 sees the same examples,
     # and DDP's averaged gradient is its gradient.
     single = train_model(model, data, optim, train.model_copy(update={"batch_size": 4}), tmp_path / "single",
                          progress=False).model.state_dict()
-    initial = build_model("lvsm_decoder_only", "tiny", image_size=16, patch_size=8).state_dict()
+    initial = build_model("lvsm_decoder_only", "tiny", image_size=16, patch_size=8, camera_encoding="prope").state_dict()
     for name in states[0]:
         assert torch.equal(states[0][name], states[1][name]), name
         torch.testing.assert_close(states[0][name], single[name], rtol=1e-4, atol=1e-5, msg=name)
