@@ -270,6 +270,8 @@ def test_convergence_study_end_to_end(tmp_path, capsys):
     # The machine is named as the steps were timed (the study's one thread), not as the process runs.
     clean_cost = next(line for line in notes.splitlines() if "clean cost per training step" in line)
     assert "(1 thread)" in clean_cost and "threads)" not in clean_cost
+    costs = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines() if '"cost"' in line]
+    assert costs and all(r["threads"] == 1 and r["device"].endswith("(1 thread)") for r in costs if r.get("cost"))
     headlines = (out / "headlines.md").read_text()
     read = "speed-up of efficient_lvsm over lvsm_encoder_decoder to 5dB" in headlines or "at step 0" in headlines
     assert read and "published 2x" in headlines

@@ -70,7 +70,8 @@ def measure_cost(exp: ConvergenceExperiment, arm_name: str) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads)
     return {"params": model.num_parameters(), "gflops": flops.counted / 1e9, "latency_ms": timing["latency_ms"],
-            "latency_iqr_ms": timing["latency_iqr_ms"], "noisy": timing["noisy"], **timed_on}
+            "latency_iqr_ms": timing["latency_iqr_ms"], "noisy": timing["noisy"], **timed_on,
+            "threads": exp.cost.threads}
 
 
 def measure_step_costs(exp: ConvergenceExperiment, arm_names: list[str]) -> dict[str, Any]:
