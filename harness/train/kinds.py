@@ -39,12 +39,6 @@ from ..weights import check_replaceable, ship
 log = logging.getLogger(__name__)
 
 
-def timed_machine(device: Any) -> dict[str, Any]:
-    """The device a cost was timed on, named while the timing's threads are set (the sweep's context names the
-    process's own thread count, which a timing changes)."""
-    return {"device": device_name(device)}
-
-
 def measure_cost(exp: ConvergenceExperiment, arm_name: str) -> dict[str, Any]:
     """Parameters, forward FLOPs and latency of one arm at its trained size (random weights: cost does not
     depend on values)."""
@@ -66,11 +60,12 @@ def measure_cost(exp: ConvergenceExperiment, arm_name: str) -> dict[str, Any]:
         views = synthetic_views(1, n, m, config.image_size, device)
         timing = measure_call(lambda: model(*views), device, "float32",
                               Measurement(warmup=2, runs=exp.cost.runs, min_runs=exp.cost.runs))
-        timed_on = timed_machine(device)
+        # Named while the timing's threads are set: the sweep's context names the process's own count.
+        timed_on = device_name(device)
     finally:
         torch.set_num_threads(threads)
     return {"params": model.num_parameters(), "gflops": flops.counted / 1e9, "latency_ms": timing["latency_ms"],
-            "latency_iqr_ms": timing["latency_iqr_ms"], "noisy": timing["noisy"], **timed_on,
+            "latency_iqr_ms": timing["latency_iqr_ms"], "noisy": timing["noisy"], "device": timed_on,
             "threads": exp.cost.threads}
 
 
@@ -106,12 +101,12 @@ def measure_step_costs(exp: ConvergenceExperiment, arm_names: list[str]) -> dict
             calls.append(lambda step=step: step(batch))
         with Contention(device) as contention:
             times = interleaved_ms(calls, device, exp.step_cost_rounds, warmup=2)
-        timed_on = timed_machine(device)
+        timed_on = device_name(device)  # as in measure_cost
     finally:
         torch.set_num_threads(threads)
     stats = {name: median_iqr(t) for name, t in zip(arm_names, times)}
     return {"step_ms": {n: v[0] for n, v in stats.items()}, "step_iqr_ms": {n: v[1] for n, v in stats.items()},
-            "rounds": len(times[0]), **contention.columns, **timed_on}
+            "rounds": len(times[0]), **contention.columns, "device": timed_on}
 
 
 def write_validation_index(exp: ConvergenceExperiment, out_dir: Path) -> Path:
