@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import HarnessError
-from .provenance import clean_commit
+from .provenance import clean_commit, devices_of
 from .records import RecordStore, current_rows, write_atomic
 from .report import REPORT_FILE, Fact, ReportData, read_report
 from .schema import ExperimentBase, PaperEntry, RunOptions, load_experiment, run_spec
@@ -99,8 +99,7 @@ def status(spec: ExperimentBase, paper: PaperEntry) -> str:
         lacking = missing(paper)
         return lacking or f"not run yet (`make {paper.target}`)"
     # Rows that measure nothing on a device (e.g. a cost counted from shapes) do not name one.
-    devices = sorted({str(r["device"]) for r in ok if r.get("device")}) or ([manifest["device"]] if manifest.get("device") else [])
-    device = ", ".join(devices) or "a device not recorded"
+    device = devices_of(ok) or manifest.get("device") or "a device not recorded"
     # A row measured in a tree with uncommitted changes is named by the commit that holds its code.
     commits = sorted({clean_commit(str(r["commit"]), str(r.get("version", "")), tuple(r.get("code_modules") or ()))
                       for r in ok if r.get("commit")})

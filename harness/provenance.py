@@ -237,14 +237,22 @@ def measured_by(measuring: str, *variants: str, sources: Iterable[str] = ()) -> 
 
 @functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
-    """The CPU's marketing name (Linux /proc/cpuinfo), else the architecture."""
+    """The CPU as timings depend on it: its marketing name, its family and model where /proc/cpuinfo gives them
+    (a cloud CPU's name can be as bare as "AMD EPYC", shared by generations that differ twofold in speed), and the
+    vector kernels PyTorch dispatches to here (AVX512, AVX2, ...; ATEN_CPU_CAPABILITY lowers them)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if not line.strip():
+                break  # the first processor describes them all
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    generation = (f", family {fields['cpu family']} model {fields['model']}"
+                  if fields.get("cpu family") and fields.get("model") else "")
+    return f"{name}{generation}, {torch.backends.cpu.get_cpu_capability()} kernels"
 
 
 def device_name(device: torch.device | str) -> str:
@@ -252,6 +260,11 @@ def device_name(device: torch.device | str) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu: {cpu_model()} ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})"
+
+
+def devices_of(rows) -> str:
+    """Every device the rows were measured on, in one line: rows merged across machines name them all."""
+    return "; ".join(sorted({str(r["device"]) for r in rows if r.get("device")}))
 
 
 def environment(device: torch.device | str) -> dict[str, object]:

@@ -377,6 +377,11 @@ def test_the_paper_index_names_the_device_of_the_rows_that_have_one(tmp_path):
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     line = status(spec, PaperEntry(title="t", published="p", target="convergence"))
     assert line.startswith("measured here: 2 rows on cpu: X (1 thread)") and "commit abc" in line and "?" not in line
+    # Rows merged from two machines name both.
+    rows.append({"key": "run2", "status": "ok", "version": "v", "device": "cpu: Y (1 thread)", "commit": "abd"})
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = status(spec, PaperEntry(title="t", published="p", target="convergence"))
+    assert line.startswith("measured here: 3 rows on cpu: X (1 thread); cpu: Y (1 thread)"), line
 
 
 def test_one_registry_for_models_sources_and_kinds():

@@ -462,6 +462,31 @@ def test_weights_ship_only_on_request_from_the_study_itself_and_never_over_anoth
 
 
 @pytest.mark.slow
+def test_recorded_step_costs_merge_only_timings_from_the_latest_timings_machine():
+    """A rebuild takes each arm's latest clean step cost, but never sets a step timed on one CPU beside one
+    timed on another: an arm timed only elsewhere is listed as untimed."""
+    from types import SimpleNamespace
+
+    from harness.train.kinds import recorded_step_cost
+    spec = {"name": "efficient_lvsm", "preset": "study"}
+    prope = {**spec, "overrides": {"camera_encoding": "prope"}}
+    gta = {**spec, "overrides": {"camera_encoding": "gta"}}
+    point = {"step_cost": ["plucker", "prope", "gta"], "models": {"plucker": spec, "prope": prope, "gta": gta},
+             "batch": 16, "rounds": 10}
+    models = {"plucker": spec, "prope": prope, "gta": gta}
+
+    def timing(device, commit, **ms):
+        return {"status": "ok", "step_cost": list(ms), "models": models, "batch": 16, "rounds": 10, "device": device,
+                "commit": commit, "step_ms": ms, "step_iqr_ms": {k: 1.0 for k in ms}}
+    rows = [timing("cpu: old", "a", plucker=300.0, prope=400.0, gta=410.0),
+            timing("cpu: new", "b", prope=200.0),
+            timing("cpu: new", "c", plucker=150.0),
+            {**timing("cpu: new", "d", gta=1.0), "batch": 8}]  # another setting: never taken
+    merged = recorded_step_cost(SimpleNamespace(store=SimpleNamespace(rows=lambda: rows)), point)
+    assert merged["device"] == "cpu: new" and merged["step_ms"] == {"plucker": 150.0, "prope": 200.0}
+    assert merged["untimed"] == ["gta"] and merged["commit"] == "b, c"
+
+
 def test_from_records_rebuilds_the_tables_under_new_code_without_training(tmp_path, monkeypatch, capsys):
     """Under another code version the runs' rows no longer match their keys; --from-records takes the
     recorded runs trained with the same settings, trains nothing, measures the clean step cost, and refuses

@@ -262,8 +262,9 @@ def plan_convergence(exp: ConvergenceExperiment) -> ConvergencePlan:
 
 def recorded_step_cost(sweep: Sweep, point: dict[str, Any]) -> dict[str, Any] | None:
     """Each arm's latest recorded step timing in the same setting (the same model, i.e. the config it builds
-    whatever its preset is called; the same optimizer, batch, threads, views and rounds), whichever arms it was
-    timed with; None when no arm has one. Arms without one are listed under `untimed`."""
+    whatever its preset is called; the same optimizer, batch, threads, views and rounds) on the device of the
+    latest timing, whichever arms it was timed with; None when no arm has one. Arms without one are listed
+    under `untimed`."""
     from .loop import _model_config
     ms: dict[str, float] = {}
     iqr: dict[str, float] = {}
@@ -274,6 +275,8 @@ def recorded_step_cost(sweep: Sweep, point: dict[str, Any]) -> dict[str, Any] | 
                 json.dumps(row.get(k), sort_keys=True) == json.dumps(v, sort_keys=True)
                 for k, v in point.items() if k not in ("models", "step_cost")):
             continue
+        if base is not None and row.get("device") != base.get("device"):
+            continue  # step costs stand side by side only as timed on one machine
         for name, spec in point["models"].items():
             if name not in ms and name in (row.get("step_ms") or {}) and \
                     _model_config(row.get("models", {}).get(name, {})) == _model_config(spec):

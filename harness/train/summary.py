@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ..pipeline import Report, Table
+from ..provenance import devices_of
 from ..report import Fact, Setting
 from .config import ConvergenceExperiment
 from .figures import arm_colors, cost_figure, curves_figure, per_arm_figure
@@ -53,7 +54,7 @@ def provenance(rows: list[dict[str, Any]], exp) -> list[str]:
         return []
     env, data = rows[-1], exp.data
     commits = ", ".join(sorted({str(r["commit"]) for r in rows}))
-    return [f"measured: {env['device']}, dtype {env['dtype']}, torch {env['torch']}, commit {commits}",
+    return [f"measured: {devices_of(rows)}, dtype {env['dtype']}, torch {env['torch']}, commit {commits}",
             f"data: {data.source} {json.dumps(data.options)} at {data.image_size}px, {data.n_input} context + "
             f"{data.n_target} target views per training example; validation: {data.eval_scenes} scenes "
             f"{json.dumps({**data.options, **data.eval_options})}, {data.eval_n_target} targets each",
@@ -151,8 +152,7 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
         if row.published is not None and row.published == row.published:
             line += f"; published {row.published} ({row.published_source})"
         report.headlines.append(line)
-    device = finals[-1]["device"] if finals else ""
-    where = f"{device}, float32; preset {exp.preset}, {exp.data.image_size} px; {exp.data.source}, {exp.train.steps} steps"
+    where = f"{devices_of(finals)}, float32; preset {exp.preset}, {exp.data.image_size} px; {exp.data.source}, {exp.train.steps} steps"
     report.figures["psnr_vs_step.png"] = lambda: curves_figure(runs, colors, best_trivial, "step", "optimizer steps", where)
     report.figures["psnr_vs_seconds.png"] = lambda: curves_figure(
         runs, colors, best_trivial, "seconds", "training seconds (steps x clean cost per step)" if step_ms else
@@ -161,7 +161,7 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
     if not summary.empty:
         report.figures["psnr_per_arm.png"] = lambda: per_arm_figure(summary, colors, best_trivial, exp.reference, where)
         if summary["gflops"].notna().any():
-            report.figures["quality_vs_cost.png"] = lambda: cost_figure(summary, colors, device, where)
+            report.figures["quality_vs_cost.png"] = lambda: cost_figure(summary, colors, devices_of(costs.values()), where)
     return report, summary
 
 

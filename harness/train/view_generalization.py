@@ -33,7 +33,7 @@ from ..errors import ConfigError, MissingResource
 from ..pipeline import Plan, Report, Table, failure_notes, run_plan
 from ..plots import legend_outside, plt
 from ..report import measured_setting
-from ..provenance import environment, measured_by
+from ..provenance import devices_of, environment, measured_by
 from ..runtime import autocast, resolve_device
 from ..schema import ExperimentBase, Kind, NonNegative, Positive, RunOptions, load_experiment
 from ..weights import load_shipped, shipped_entry
@@ -273,7 +273,7 @@ def view_report(spec: ViewGeneralizationSpec, trained: TrainedStudy, rows: list[
                      f"translation drawn from seed {spec.rigid_seed}); moved_vs_full_max_abs is the largest pixel change")
     if ok:
         commits = ", ".join(sorted({str(r.get("commit")) for r in ok}))
-        notes.insert(0, f"measured: {ok[0]['device']}, torch {ok[0]['torch']}, commit {commits}")
+        notes.insert(0, f"measured: {devices_of(ok)}, torch {ok[0]['torch']}, commit {commits}")
     notes += failure_notes(rows, ["arm", "seed", "n_input", "mode"])
     result = Report(f"{spec.name}: quality against the number of input views", notes)
     # A rebuild from records knows no weights: an (arm, seed) without rows is named all the same.
@@ -311,7 +311,7 @@ def view_report(spec: ViewGeneralizationSpec, trained: TrainedStudy, rows: list[
                                columns={"N": {"role": "setting"}, **{str(c): {"quantity": "psnr"} for c in wide.columns if c != "N"}}))
     if spec.rigid:
         result.tables.append(rigid_table(summary, train_n, notes))
-    where = f"{ok[0]['device']}, float32; preset {study.preset}, {data.image_size} px; {data.source}"
+    where = f"{devices_of(ok)}, float32; preset {study.preset}, {data.image_size} px; {data.source}"
     colors = {trained.label(a): color for a, color in arm_colors({a: trained.variant[a] for a in spec.models}).items()}
     result.figures["psnr_vs_n.png"] = lambda: psnr_figure(sweep, arms, colors, train_n, where)
     for arm in arms:
