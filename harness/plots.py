@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import matplotlib
@@ -52,13 +53,18 @@ def label_points(ax: "plt.Axes", xs, ys, labels, fontsize: int = 7, marker_px: f
     points = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
     placed = []
 
-    def fits(box) -> bool:
+    def gap(box, q) -> float:
+        return math.hypot(max(box.x0 - q[0], 0.0, q[0] - box.x1), max(box.y0 - q[1], 0.0, q[1] - box.y1))
+
+    def fits(box, own: int, leader: bool) -> bool:
         inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-        return inside and not any(box.overlaps(other) for other in placed) and not any(
+        # A label without a leader line is read as naming the point nearest to it: it must be its own.
+        nearest = leader or all(gap(box, q) > gap(box, points[own]) for i, q in enumerate(points) if i != own)
+        return inside and nearest and not any(box.overlaps(other) for other in placed) and not any(
             box.x0 - marker_px <= qx <= box.x1 + marker_px and box.y0 - marker_px <= qy <= box.y1 + marker_px
             for qx, qy in points)
 
-    for x, y, text in zip(xs, ys, labels):
+    for own, (x, y, text) in enumerate(zip(xs, ys, labels)):
         candidates = [(offset, None) for offset in LABEL_OFFSETS] + [
             (offset, {"arrowstyle": "-", "color": "gray", "linewidth": 0.5}) for offset in LEADER_OFFSETS]
         for n, ((dx, dy), arrow) in enumerate(candidates):
@@ -68,7 +74,7 @@ def label_points(ax: "plt.Axes", xs, ys, labels, fontsize: int = 7, marker_px: f
                                arrowprops=arrow)
             note.update_positions(renderer)
             box = Text.get_window_extent(note, renderer)  # the text alone, not its leader line
-            if fits(box) or n == len(candidates) - 1:
+            if fits(box, own, arrow is not None) or n == len(candidates) - 1:
                 placed.append(box)
                 break
             note.remove()

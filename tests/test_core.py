@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -349,6 +350,30 @@ def test_point_labels_do_not_collide_and_legends_stay_off_the_data():
     assert len(boxes) == len(names)
     assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
     assert not ax.get_legend().get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+    plt.close(fig)
+
+
+def test_a_label_without_a_leader_line_sits_nearest_its_own_point():
+    """Two points one above the other, as two arms of equal FLOPs: each label is closer to its own point
+    than to the other's, or is tied to it by a leader line."""
+    from matplotlib.text import Text
+
+    from harness.plots import label_points, plt
+    fig, ax = plt.subplots(figsize=(5, 4.6))
+    xs = [0.0524, 0.0504, 0.0504, 0.0853, 0.0853, 0.0873, 0.1615, 0.1598, 0.1598, 0.9866, 0.9867]
+    ys = [23.62, 24.66, 24.69, 24.85, 24.89, 23.62, 22.84, 23.62, 23.80, 23.59, 23.77]
+    ax.scatter(xs, ys)
+    ax.margins(x=0.15, y=0.12)
+    label_points(ax, xs, ys, [f"arm{i}" for i in range(len(xs))])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    points = [ax.transData.transform(p) for p in zip(xs, ys)]
+    for own, note in enumerate(ax.texts):
+        if note.arrow_patch is not None:
+            continue
+        box = Text.get_window_extent(note, renderer)
+        gaps = [np.hypot(max(box.x0 - qx, 0, qx - box.x1), max(box.y0 - qy, 0, qy - box.y1)) for qx, qy in points]
+        assert int(np.argmin(gaps)) == own, (note.get_text(), gaps)
     plt.close(fig)
 
 

@@ -270,6 +270,8 @@ def test_convergence_study_end_to_end(tmp_path, capsys):
     # The machine is named as the steps were timed (the study's one thread), not as the process runs.
     clean_cost = next(line for line in notes.splitlines() if "clean cost per training step" in line)
     assert "(1 thread)" in clean_cost and "threads)" not in clean_cost
+    # Each run names the machine it trained on, the one its wall-clock seconds come from.
+    assert table["device"].str.startswith("cpu: ").all()
     costs = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines() if '"cost"' in line]
     assert costs and all(r["threads"] == 1 and r["device"].endswith("(1 thread)") for r in costs if r.get("cost"))
     headlines = (out / "headlines.md").read_text()

@@ -92,7 +92,7 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
         row = {"arm": arm, "variant": final["model"], "seed": seed, "steps": final["steps"],
                "seconds": round(final["steps"] * per_step / 1e3, 1) if per_step else None,
                "step_ms": per_step, "wall_seconds": round(final["seconds"], 1),
-               "contended_intervals": contended_intervals(run_dirs[arm, seed]),
+               "contended_intervals": contended_intervals(run_dirs[arm, seed]), "device": final.get("device"),
                "final_psnr": final["final_psnr"], "final_ssim": final["final_ssim"], "best_trivial_psnr": best_trivial,
                "pose_swap_drop_db": final["pose_swap_drop_db"], "swapped_psnr": final["swapped_psnr"],
                "above_trivial_db": None if best_trivial is None else final["final_psnr"] - best_trivial,
@@ -138,7 +138,9 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
     report.tables.append(Table("final", f"{exp.name}: one row per trained run", final_table, notes + [
         "steps_to_trivial: first validation step above best_trivial_psnr; seconds, seconds_to_*: steps x the arm's clean "
         "cost per step (step_ms); wall_seconds, wall_seconds_to_*: training wall-clock (steps only, no validation or "
-        "checkpoints), which on a shared machine includes other work"], console=False))
+        "checkpoints), which on a shared machine includes other work; device: where the run trained, the machine of "
+        "its wall-clock (runs resumed elsewhere name the machine that finished them)"],
+        columns={"device": {"role": "setting"}}, console=False))
     trivial_frame = pd.DataFrame([{"predictor": k, "psnr": v["psnr"], "ssim": v["ssim"], "blur_sigma_px": v.get("sigma")}
                                   for k, v in trivial.items()])
     report.tables.append(Table("trivial_predictors", "Predictors that ignore the target camera's view content, on the same "
@@ -161,7 +163,8 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
     if not summary.empty:
         report.figures["psnr_per_arm.png"] = lambda: per_arm_figure(summary, colors, best_trivial, exp.reference, where)
         if summary["gflops"].notna().any():
-            report.figures["quality_vs_cost.png"] = lambda: cost_figure(summary, colors, devices_of(costs.values()), where)
+            timed_on = devices_of(costs.values()) or "device not recorded"
+            report.figures["quality_vs_cost.png"] = lambda: cost_figure(summary, colors, timed_on, where)
     return report, summary
 
 
