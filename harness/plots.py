@@ -58,8 +58,8 @@ def label_points(ax: "plt.Axes", xs, ys, labels, fontsize: int = 7, marker_px: f
 
     def fits(box, own: int, leader: bool) -> bool:
         inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-        # A label without a leader line is read as naming the point nearest to it: it must be its own.
-        nearest = leader or all(gap(box, q) > gap(box, points[own]) for i, q in enumerate(points) if i != own)
+        # A label without a leader line is read as naming the point nearest to it: its own, by a clear margin.
+        nearest = leader or all(gap(box, q) > 2 * gap(box, points[own]) for i, q in enumerate(points) if i != own)
         return inside and nearest and not any(box.overlaps(other) for other in placed) and not any(
             box.x0 - marker_px <= qx <= box.x1 + marker_px and box.y0 - marker_px <= qy <= box.y1 + marker_px
             for qx, qy in points)
