@@ -481,12 +481,30 @@ def test_recorded_step_costs_merge_only_timings_from_the_latest_timings_machine(
         return {"status": "ok", "step_cost": list(ms), "models": models, "batch": 16, "rounds": 10, "device": device,
                 "commit": commit, "step_ms": ms, "step_iqr_ms": {k: 1.0 for k in ms}}
     rows = [timing("cpu: old", "a", plucker=300.0, prope=400.0, gta=410.0),
-            timing("cpu: new", "b", prope=200.0),
+            {**timing("cpu: new", "b", prope=200.0), "numerics": {"prope": {"kernel": "native"}}},
             timing("cpu: new", "c", plucker=150.0),
             {**timing("cpu: new", "d", gta=1.0), "batch": 8}]  # another setting: never taken
     merged = recorded_step_cost(SimpleNamespace(store=SimpleNamespace(rows=lambda: rows)), point)
     assert merged["device"] == "cpu: new" and merged["step_ms"] == {"plucker": 150.0, "prope": 200.0}
     assert merged["untimed"] == ["gta"] and merged["commit"] == "b, c"
+    assert merged["numerics"] == {"prope": {"kernel": "native"}}
+
+
+def test_step_cost_notes_name_each_arms_kernel_and_an_arm_whose_seeds_ran_different_numerics():
+    from harness.train.summary import seconds_notes
+    exp = load_experiment(Path(__file__).parents[1] / "experiments" / "camera_encoding.yaml")
+    float32, native = "newton_schulz bfloat16 (float32 kernel)", "newton_schulz bfloat16 (native kernel)"
+    table = pd.DataFrame([{"arm": "lact", "seed": 0, "numerics": float32, "contended_intervals": 0},
+                          {"arm": "lact", "seed": 1, "numerics": native, "contended_intervals": 0},
+                          {"arm": "efficient_lvsm", "seed": 0, "numerics": None, "contended_intervals": 0},
+                          {"arm": "efficient_lvsm", "seed": 1, "numerics": None, "contended_intervals": 0}])
+    step_costs = {"step_ms": {"lact": 600.0, "efficient_lvsm": 90.0}, "step_iqr_ms": {"lact": 5.0, "efficient_lvsm": 2.0},
+                  "rounds": 10, "device": "cpu: X (1 thread)", "numerics": {"lact": {"newton_schulz": "bfloat16 (native kernel)"}}}
+    notes = seconds_notes(exp, table, step_costs)
+    assert f"lact 600.0 ms (IQR 5.0) [{native}], efficient_lvsm 90.0 ms (IQR 2.0)" in notes[0]
+    differing = [note for note in notes if "different numerics" in note]
+    assert differing == [f"lact: its seeds trained with different numerics (seed 0: {float32}; seed 1: {native}); "
+                         "the seed range includes that"]
 
 
 def test_from_records_rebuilds_the_tables_under_new_code_without_training(tmp_path, monkeypatch, capsys):

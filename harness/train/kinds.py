@@ -66,7 +66,7 @@ def measure_cost(exp: ConvergenceExperiment, arm_name: str) -> dict[str, Any]:
         torch.set_num_threads(threads)
     return {"params": model.num_parameters(), "gflops": flops.counted / 1e9, "latency_ms": timing["latency_ms"],
             "latency_iqr_ms": timing["latency_iqr_ms"], "noisy": timing["noisy"], "device": timed_on,
-            "threads": exp.cost.threads}
+            "threads": exp.cost.threads, **({"numerics": numerics} if (numerics := model.numerics(device)) else {})}
 
 
 def measure_step_costs(exp: ConvergenceExperiment, arm_names: list[str]) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def measure_step_costs(exp: ConvergenceExperiment, arm_names: list[str]) -> dict
         names = ("input_images", "input_c2w", "input_fxfycxcy", "target_c2w", "target_fxfycxcy")
         batch = {**dict(zip(names, views)), "target_images": torch.rand(exp.train.batch_size, data.n_target, 3,
                                                                         data.image_size, data.image_size, device=device)}
-        calls = []
+        calls, numerics = [], {}
         for name in arm_names:
             spec, train = exp.model_spec(name), exp.train_spec(name, exp.run_seeds()[0])
             torch.manual_seed(0)
@@ -99,6 +99,8 @@ def measure_step_costs(exp: ConvergenceExperiment, arm_names: list[str]) -> dict
             criterion = ReconstructionLoss(train.perceptual_weight, device)
             step = TrainStep(model, model, criterion, optimizer, scheduler, exp.optim.grad_clip, device, "float32")
             calls.append(lambda step=step: step(batch))
+            if choice := model.numerics(device):  # a kernel choice changes what a step costs
+                numerics[name] = choice
         with Contention(device) as contention:
             times = interleaved_ms(calls, device, exp.step_cost_rounds, warmup=2)
         timed_on = device_name(device)  # as in measure_cost
@@ -106,7 +108,7 @@ def measure_step_costs(exp: ConvergenceExperiment, arm_names: list[str]) -> dict
         torch.set_num_threads(threads)
     stats = {name: median_iqr(t) for name, t in zip(arm_names, times)}
     return {"step_ms": {n: v[0] for n, v in stats.items()}, "step_iqr_ms": {n: v[1] for n, v in stats.items()},
-            "rounds": len(times[0]), **contention.columns, "device": timed_on}
+            "rounds": len(times[0]), **contention.columns, "device": timed_on, **({"numerics": numerics} if numerics else {})}
 
 
 def write_validation_index(exp: ConvergenceExperiment, out_dir: Path) -> Path:
@@ -268,6 +270,7 @@ def recorded_step_cost(sweep: Sweep, point: dict[str, Any]) -> dict[str, Any] | 
     from .loop import _model_config
     ms: dict[str, float] = {}
     iqr: dict[str, float] = {}
+    numerics: dict[str, dict[str, str]] = {}
     base: dict[str, Any] | None = None
     commits: set[str] = set()  # arms timed by different runs name every commit that timed one
     for row in reversed(sweep.store.rows()):
@@ -281,12 +284,14 @@ def recorded_step_cost(sweep: Sweep, point: dict[str, Any]) -> dict[str, Any] | 
             if name not in ms and name in (row.get("step_ms") or {}) and \
                     _model_config(row.get("models", {}).get(name, {})) == _model_config(spec):
                 ms[name], iqr[name] = row["step_ms"][name], (row.get("step_iqr_ms") or {}).get(name)
+                if name in (row.get("numerics") or {}):
+                    numerics[name] = row["numerics"][name]
                 base = base or row
                 commits.add(str(row.get("commit")))
     if base is None:
         return None
     return {**base, "commit": ", ".join(sorted(commits)), "step_cost": list(ms), "step_ms": ms, "step_iqr_ms": iqr,
-            "untimed": [name for name in point["step_cost"] if name not in ms]}
+            "numerics": numerics, "untimed": [name for name in point["step_cost"] if name not in ms]}
 
 
 def step_cost_point(exp: ConvergenceExperiment, arms: list[Arm]) -> dict[str, Any] | None:

@@ -32,6 +32,11 @@ def final_columns(result: RunResult) -> dict[str, Any]:
             **({"numerics": numerics} if (numerics := result.model.numerics(result.device)) else {})}
 
 
+def numerics_text(choices: dict[str, str] | None) -> str:
+    """A model's precision choices as one phrase ("newton_schulz bfloat16 (native kernel)"), '' for none."""
+    return ", ".join(f"{key} {value}" for key, value in (choices or {}).items())
+
+
 # ------------------------------------------------------------------------------------ convergence
 
 
@@ -93,6 +98,7 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
                "seconds": round(final["steps"] * per_step / 1e3, 1) if per_step else None,
                "step_ms": per_step, "wall_seconds": round(final["seconds"], 1),
                "contended_intervals": contended_intervals(run_dirs[arm, seed]), "device": final.get("device"),
+               "numerics": numerics_text(final.get("numerics")) or None,
                "final_psnr": final["final_psnr"], "final_ssim": final["final_ssim"], "best_trivial_psnr": best_trivial,
                "pose_swap_drop_db": final["pose_swap_drop_db"], "swapped_psnr": final["swapped_psnr"],
                "above_trivial_db": None if best_trivial is None else final["final_psnr"] - best_trivial,
@@ -171,8 +177,9 @@ def convergence_report(exp: ConvergenceExperiment, finals: list[dict[str, Any]],
 def seconds_notes(exp: ConvergenceExperiment, final_table: pd.DataFrame, step_costs: dict[str, Any] | None) -> list[str]:
     if not step_costs:
         return ["seconds: training wall-clock only (no clean step cost recorded); on a shared machine it includes other work"]
+    kernels = step_costs.get("numerics") or {}
     spread = ", ".join(f"{arm} {ms:.1f} ms" + (f" (IQR {step_costs['step_iqr_ms'][arm]:.1f})" if step_costs["step_iqr_ms"].get(arm) else "")
-                       for arm, ms in step_costs["step_ms"].items())
+                       + (f" [{numerics_text(kernels[arm])}]" if kernels.get(arm) else "") for arm, ms in step_costs["step_ms"].items())
     notes = [f"clean cost per training step, every arm's step timed in turn on one batch of {exp.train.batch_size} after "
              f"training, on {step_costs.get('device', 'this machine')} ({step_costs['rounds']} rounds, "
              f"{exp.train.threads or 'default'} thread(s), commit "
@@ -186,6 +193,12 @@ def seconds_notes(exp: ConvergenceExperiment, final_table: pd.DataFrame, step_co
     if not flagged.empty:
         notes.append("wall-clock under contention: " + ", ".join(f"{r.arm} seed {r.seed} ({r.contended_intervals} logging "
                                                                  "intervals)" for r in flagged.itertuples()))
+    if "numerics" in final_table:
+        for arm, choices in final_table.groupby("arm", sort=False)["numerics"]:
+            if choices.nunique(dropna=False) > 1:  # e.g. LaCT's bfloat16 step trained on CPUs with and without bfloat16 units
+                notes.append(f"{arm}: its seeds trained with different numerics (" + "; ".join(
+                    f"seed {seed}: {choice if isinstance(choice, str) else 'not recorded'}"
+                    for seed, choice in zip(final_table.loc[choices.index, "seed"], choices)) + "); the seed range includes that")
     if counts.isna().any():
         notes.append("contended_intervals n/a: runs logged before each interval's CPU time was recorded, so whether "
                      "their wall-clock was shared is unknown (compare the clean seconds)")

@@ -228,9 +228,11 @@ class ViewMeasure:
     def __call__(self, point: dict[str, Any]) -> dict[str, Any]:
         n, mode = point["n_input"], point["mode"]
         parts = self.batches(n)
-        renders, gap = render_views(self.model(point["checkpoint"]), parts, n, mode, self.device, self.move)
+        model = self.model(point["checkpoint"])
+        renders, gap = render_views(model, parts, n, mode, self.device, self.move)
         return {**score_renders(zip(renders, parts)), "kv_vs_full_max_abs": gap if mode == "kv_cache" else None,
-                "moved_vs_full_max_abs": gap if mode == "rigid" else None, "train_n_input": self.trained.study.data.n_input}
+                "moved_vs_full_max_abs": gap if mode == "rigid" else None, "train_n_input": self.trained.study.data.n_input,
+                **({"numerics": numerics} if (numerics := model.numerics(self.device)) else {})}
 
 
 def point_label(point: dict[str, Any]) -> str:
