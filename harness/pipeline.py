@@ -315,6 +315,8 @@ def run_plan(spec: Any, plan: Plan, options: Any) -> list[dict[str, Any]]:
         if not sweep.world.is_main:
             return []
         rows, line = sweep.rows(plan.points), summary.line(spec.name)
+    # The index names the rows the tables show, not every version's rows the records keep.
+    write_manifest(sweep.out_dir, spec, {**(plan.manifest or {}), "rows_shown": [r["key"] for r in rows]})
     report = plan.report(rows, len(plan.points))
     report.notes.insert(0, line)
     write_report(report, sweep.out_dir, spec, rows)

@@ -409,6 +409,21 @@ def test_the_paper_index_names_the_device_of_the_rows_that_have_one(tmp_path):
     assert line.startswith("measured here: 3 rows on cpu: X (1 thread); cpu: Y (1 thread)"), line
 
 
+def test_the_paper_index_counts_the_rows_the_tables_show_not_every_point_ever_recorded(tmp_path):
+    """A narrower rerun of a sweep keeps the wider run's rows in its records; the index describes what the
+    tables now show."""
+    from harness.cli import main
+    from harness.paper import status
+    from harness.schema import PaperEntry
+    args = ["run", str(ROOT / "experiments" / "flops.yaml"), "--no-progress", "--preset", "tiny", "--set", f"output_dir={tmp_path}",
+            "--set", "models=[efficient_lvsm]", "--set", "n_targets=[1]"]
+    assert main([*args, "--set", "n_inputs=[1, 2]"]) == 0
+    assert main([*args, "--set", "n_inputs=[2]"]) == 0
+    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 2
+    spec = load_experiment(ROOT / "experiments" / "flops.yaml", [f"output_dir={tmp_path}"])
+    assert status(spec, PaperEntry(title="t", published="p", target="flops")).startswith("measured here: 1 rows on ")
+
+
 def test_one_registry_for_models_sources_and_kinds():
     """Models, data sources and experiment kinds share one Registry: a taken name is refused with each
     one's error type, an unknown one names those registered, and "module:attr" entries load on first use."""
