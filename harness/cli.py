@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .distributed import close_world, env_rank, env_world_size, joined
+    from .distributed import close_world, current_world, env_rank, env_world_size, joined
     rank, several = env_rank(), env_world_size() > 1
     # Under torchrun rank 0 says what happens; the other ranks speak up only about warnings and errors.
     logging.basicConfig(level=logging.WARNING if args.quiet or rank else logging.INFO, stream=sys.stderr,
@@ -232,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     from .outputs import ledger
     with ledger() as book:
         try:
-            return args.func(args, book)
+            status = args.func(args, book)
+            if joined():  # the ranks leave the group together: gloo aborts a rank that leaves while rank 0 still writes
+                current_world().barrier()
+            return status
         except HarnessError as error:
             if args.debug:
                 raise
