@@ -262,6 +262,12 @@ def device_name(device: torch.device | str) -> str:
     return f"cpu: {cpu_model()} ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})"
 
 
+def numerics_text(choices: dict[str, str] | None) -> str:
+    """A model's precision choices (`numerics`) as one phrase, e.g. "newton_schulz bfloat16 (native kernel)";
+    '' for none."""
+    return "; ".join(f"{key} {value}" for key, value in (choices or {}).items())
+
+
 def devices_of(rows) -> str:
     """Every device the rows were measured on, in one line: rows merged across machines name them all."""
     return "; ".join(sorted({str(r["device"]) for r in rows if r.get("device")}))

@@ -32,7 +32,7 @@ from ..errors import MissingResource
 from ..pipeline import Plan, Report, Table, by_config, failure_notes, ok_frame, run_plan
 from ..report import preset_setting
 from ..profile.measure import interleaved_ms, median_iqr, refuse_shared_cores, synthetic_views
-from ..provenance import environment, measured_by
+from ..provenance import environment, measured_by, numerics_text
 from ..schema import ExperimentBase, Kind, PositiveFloat, Positive, PresetName, RunOptions, Spec
 from .loader import LOADER_REPOSITORIES, LOADER_SOURCES, loader_parity
 from .official import build_pair, check_checkout, official_code, official_variants, repositories, stand_ins
@@ -141,7 +141,7 @@ def measure_model(spec: ParitySpec, point: Mapping[str, Any]) -> dict[str, Any]:
             difference = (official() - ours()).abs().max().item()
             if code.portable:  # the tolerance holds for portable numerics; the released ones are reported
                 extra = {"max_render_diff_bfloat16": difference,
-                         "numerics_ours": "; ".join(f"{k} {v}" for k, v in pair.ours.numerics("cpu").items())}
+                         "numerics_ours": numerics_text(pair.ours.numerics("cpu"))}
                 with code.portable_context(load), pair.ours.portable_numerics():
                     difference = (official() - ours()).abs().max().item()
         flops_official, flops_ours = counted_flops(official), counted_flops(ours)

@@ -30,7 +30,7 @@ from models.flops import FlopEstimate
 from ..distributed import current_world
 from ..errors import ConfigError
 from ..pipeline import measured_commits
-from ..provenance import environment
+from ..provenance import environment, numerics_text
 from ..runtime import DTYPES, autocast, default_dtype, resolve_device, resolve_preset
 from ..schema import Measurement
 
@@ -581,8 +581,7 @@ class RunContext:
         else:
             where = (f"measured: {self.env['device']}, dtype {self.dtype} ({'autocast' if self.dtype != 'float32' else 'no autocast'}), "
                      f"torch {self.env['torch']}, torch threads={self.env['threads']}, torch.no_grad()")
-        ran = sorted({f"{label(name)}: {key} {value}" for r in rows for name, choice in (r.get("numerics") or {}).items()
-                      for key, value in choice.items()})
+        ran = sorted({f"{label(name)}: {numerics_text(choice)}" for r in rows for name, choice in (r.get("numerics") or {}).items()})
         numerics = [f"numerics: {'; '.join(ran)}"] if ran else []
         return [where, size, *numerics, "inputs: synthetic random views; weights: random init (cost does not depend on values)",
                 f"code: commit {', '.join(measured_commits(rows) or [self.env['commit']])}, "

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ..pipeline import Report, Table
-from ..provenance import devices_of
+from ..provenance import devices_of, numerics_text
 from ..report import Fact, Setting
 from .config import ConvergenceExperiment
 from .figures import arm_colors, cost_figure, curves_figure, per_arm_figure
@@ -30,11 +30,6 @@ def final_columns(result: RunResult) -> dict[str, Any]:
             "swapped_psnr": swap["swapped_psnr"], "params": result.model.num_parameters(), "loss": result.loss,
             "loss_note": result.loss_note, "dtype": result.dtype, **result.environment,
             **({"numerics": numerics} if (numerics := result.model.numerics(result.device)) else {})}
-
-
-def numerics_text(choices: dict[str, str] | None) -> str:
-    """A model's precision choices as one phrase ("newton_schulz bfloat16 (native kernel)"), '' for none."""
-    return ", ".join(f"{key} {value}" for key, value in (choices or {}).items())
 
 
 # ------------------------------------------------------------------------------------ convergence
@@ -193,12 +188,10 @@ def seconds_notes(exp: ConvergenceExperiment, final_table: pd.DataFrame, step_co
     if not flagged.empty:
         notes.append("wall-clock under contention: " + ", ".join(f"{r.arm} seed {r.seed} ({r.contended_intervals} logging "
                                                                  "intervals)" for r in flagged.itertuples()))
-    if "numerics" in final_table:
-        for arm, choices in final_table.groupby("arm", sort=False)["numerics"]:
-            if choices.nunique(dropna=False) > 1:  # e.g. LaCT's bfloat16 step trained on CPUs with and without bfloat16 units
-                notes.append(f"{arm}: its seeds trained with different numerics (" + "; ".join(
-                    f"seed {seed}: {choice if isinstance(choice, str) else 'not recorded'}"
-                    for seed, choice in zip(final_table.loc[choices.index, "seed"], choices)) + "); the seed range includes that")
+    for arm, runs in final_table.groupby("arm", sort=False) if "numerics" in final_table else ():
+        if runs["numerics"].nunique(dropna=False) > 1:  # e.g. LaCT's bfloat16 step trained on CPUs with and without bfloat16 units
+            seeds = "; ".join(f"seed {r.seed}: {r.numerics if isinstance(r.numerics, str) else 'not recorded'}" for r in runs.itertuples())
+            notes.append(f"{arm}: its seeds trained with different numerics ({seeds}); the seed range includes that")
     if counts.isna().any():
         notes.append("contended_intervals n/a: runs logged before each interval's CPU time was recorded, so whether "
                      "their wall-clock was shared is unknown (compare the clean seconds)")
